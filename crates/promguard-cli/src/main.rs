@@ -1,0 +1,2 @@
+//! The `promguard` binary.
+fn main() {}

@@ -1,0 +1,180 @@
+//! Where hosts come from. The [`CloudProvider`] trait creates, lists and
+//! destroys a deployment's hosts; providers implement it: [`local`] (network,
+//! mount and PID namespaces on this machine) and, later, DigitalOcean.
+//!
+//! This crate knows nothing about what runs on a host: it hands back
+//! addresses, SSH endpoints and SSH host keys, and a way to open a TCP
+//! connection to a host's SSH port.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+
+use async_trait::async_trait;
+use promguard_core::{DeploymentName, HostName, Region, Role};
+
+pub mod local;
+
+/// Errors of a provider.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CloudError {
+    /// Something this machine lacks (root, a program, a kernel feature).
+    #[error("the {provider} provider cannot run here: {what}; {fix}")]
+    Missing {
+        /// Provider name.
+        provider: &'static str,
+        /// What is missing.
+        what: String,
+        /// How to fix it.
+        fix: String,
+    },
+    /// A host could not be created, started or destroyed.
+    #[error("host {host}: {message}")]
+    Host {
+        /// The host.
+        host: HostName,
+        /// What went wrong.
+        message: String,
+    },
+    /// A failure that concerns the whole deployment.
+    #[error("deployment {deployment}: {message}")]
+    Deployment {
+        /// The deployment.
+        deployment: DeploymentName,
+        /// What went wrong.
+        message: String,
+    },
+    /// A host did not become ready in time.
+    #[error("host {host} did not become ready within {seconds} s: {message}")]
+    Timeout {
+        /// The host.
+        host: HostName,
+        /// How long we waited.
+        seconds: u64,
+        /// Last thing observed.
+        message: String,
+    },
+}
+
+/// An SSH public key in OpenSSH format (`ssh-ed25519 AAAA... [comment]`),
+/// validated to have a known algorithm and base64 body.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SshPublicKey {
+    algorithm: String,
+    body: String,
+}
+
+impl SshPublicKey {
+    /// Parses `algorithm base64 [comment]`; the comment is dropped.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = text.split_whitespace();
+        let algorithm = parts.next().ok_or("empty SSH public key")?;
+        let body = parts.next().ok_or("SSH public key has no key data")?;
+        let known = [
+            "ssh-ed25519",
+            "ssh-rsa",
+            "ecdsa-sha2-nistp256",
+            "ecdsa-sha2-nistp384",
+            "ecdsa-sha2-nistp521",
+        ];
+        if !known.contains(&algorithm) {
+            return Err(format!("unsupported SSH key type {algorithm:?}"));
+        }
+        if body.is_empty()
+            || !body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
+        {
+            return Err("SSH public key data is not base64".into());
+        }
+        Ok(Self {
+            algorithm: algorithm.to_owned(),
+            body: body.to_owned(),
+        })
+    }
+
+    /// The algorithm name, e.g. `ssh-ed25519`.
+    pub fn algorithm(&self) -> &str {
+        &self.algorithm
+    }
+
+    /// The base64 key blob.
+    pub fn base64(&self) -> &str {
+        &self.body
+    }
+}
+
+impl fmt::Display for SshPublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.algorithm, self.body)
+    }
+}
+
+impl fmt::Debug for SshPublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SshPublicKey({self})")
+    }
+}
+
+/// What to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRequest {
+    /// Host name.
+    pub name: HostName,
+    /// Monitor or node.
+    pub role: Role,
+    /// Region.
+    pub region: Region,
+}
+
+/// A host that exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Host name.
+    pub name: HostName,
+    /// Monitor or node, as tagged.
+    pub role: Option<Role>,
+    /// Region.
+    pub region: Region,
+    /// The provider's id.
+    pub id: String,
+    /// Public (underlay) address.
+    pub public_address: IpAddr,
+    /// SSH endpoint.
+    pub ssh: SocketAddr,
+    /// The SSH host key, where the provider knows it.
+    pub ssh_host_key: Option<SshPublicKey>,
+}
+
+/// A cloud that makes hosts.
+#[async_trait]
+pub trait CloudProvider: Send + Sync {
+    /// Short name for messages (`local`, `digitalocean`).
+    fn name(&self) -> &'static str;
+
+    /// Checks that the provider can work here (root, programs, token) and
+    /// says exactly what is missing otherwise.
+    async fn preflight(&self) -> Result<(), CloudError>;
+
+    /// Makes `key` an authorized login key for hosts created afterwards.
+    async fn register_ssh_key(&self, key: &SshPublicKey) -> Result<(), CloudError>;
+
+    /// Creates hosts in one batch and waits until each is reachable on SSH.
+    async fn create_hosts(&self, requests: &[HostRequest]) -> Result<Vec<Host>, CloudError>;
+
+    /// Lists the deployment's hosts.
+    async fn list_hosts(&self) -> Result<Vec<Host>, CloudError>;
+
+    /// Destroys the named hosts; names that do not exist are ignored.
+    async fn destroy_hosts(&self, names: &[HostName]) -> Result<(), CloudError>;
+
+    /// Destroys every host and every other resource of the deployment. A
+    /// second call is a no-op.
+    async fn destroy_deployment(&self) -> Result<(), CloudError>;
+
+    /// Opens a TCP connection to `addr` (a host's SSH endpoint) from where
+    /// the hosts are reachable. Blocking; called from a blocking thread.
+    fn connect(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
+    }
+}

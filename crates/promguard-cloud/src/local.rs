@@ -1,0 +1,1 @@
+//! The local provider: hosts are namespaces on this machine.

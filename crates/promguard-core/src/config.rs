@@ -1,0 +1,861 @@
+//! The config file, `promguard.toml`: what the operator wants.
+//!
+//! Parsing happens in two stages: serde reads the TOML into plain mirror
+//! structs (unknown keys are refused with line and column), then
+//! [`Config::from_toml`] validates every field into typed values. Defaults
+//! reproduce the 2018 original: a monitor in `tor1` and three nodes in
+//! `lon1`, `sfo2` and `sgp1` on `10.0.0.0/24`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+
+use crate::names::{
+    DeploymentName, ExporterName, HostName, InterfaceName, NameError, Port, Region,
+};
+
+/// The config file name `promguard` looks for.
+pub const CONFIG_FILE: &str = "promguard.toml";
+
+/// A config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys or wrong types.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is well-formed TOML but not acceptable.
+    #[error("config {path}: {field}: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Dotted path of the offending field, e.g. `nodes.host[2].name`.
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// Which cloud creates the hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    /// Namespace hosts on this machine.
+    Local,
+    /// DigitalOcean droplets.
+    DigitalOcean,
+}
+
+impl ProviderKind {
+    /// The name used in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::DigitalOcean => "digitalocean",
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ProviderKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "local" => Ok(Self::Local),
+            "digitalocean" => Ok(Self::DigitalOcean),
+            other => Err(format!(
+                "unknown provider {other:?}; use \"local\" or \"digitalocean\""
+            )),
+        }
+    }
+}
+
+/// An exporter an operator runs on a host, which Prometheus scrapes over the
+/// tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExporterSpec {
+    /// Exporter (and Prometheus job) name.
+    pub name: ExporterName,
+    /// TCP port it listens on, at the host's WireGuard address.
+    pub port: Port,
+}
+
+/// One host the operator asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpec {
+    /// Host name.
+    pub name: HostName,
+    /// Region.
+    pub region: Region,
+    /// Extra exporters besides node_exporter.
+    pub exporters: Vec<ExporterSpec>,
+}
+
+/// SSH settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshConfig {
+    /// Port sshd listens on.
+    pub port: Port,
+    /// Private key to log in with; `None` means the provider's default (a
+    /// per-deployment key for the local provider, `~/.ssh/id_ed25519` for
+    /// clouds).
+    pub private_key: Option<PathBuf>,
+}
+
+/// DigitalOcean settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigitalOceanConfig {
+    /// Droplet size slug.
+    pub size: String,
+    /// Image slug.
+    pub image: String,
+    /// SSH public key to register; `None` means `~/.ssh/id_ed25519.pub`,
+    /// then `~/.ssh/id_rsa.pub`.
+    pub ssh_public_key: Option<PathBuf>,
+    /// Whether to create a Cloud Firewall for the deployment.
+    pub firewall: bool,
+}
+
+/// A validated config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Deployment name.
+    pub deployment: DeploymentName,
+    /// Which cloud creates the hosts.
+    pub provider: ProviderKind,
+    /// WireGuard subnet.
+    pub subnet: IpNetwork,
+    /// Whether each monitor-node pair gets a preshared key.
+    pub preshared_keys: bool,
+    /// WireGuard interface name.
+    pub interface: InterfaceName,
+    /// WireGuard UDP port.
+    pub wireguard_port: Port,
+    /// Prometheus scrape interval.
+    pub scrape_interval: Duration,
+    /// node_exporter port on every host.
+    pub node_exporter_port: Port,
+    /// The monitor.
+    pub monitor: HostSpec,
+    /// The nodes, in order.
+    pub nodes: Vec<HostSpec>,
+    /// SSH settings.
+    pub ssh: SshConfig,
+    /// DigitalOcean settings.
+    pub digitalocean: DigitalOceanConfig,
+}
+
+impl Default for Config {
+    /// The original deployment: a monitor in Toronto and nodes in London,
+    /// San Francisco and Singapore, on the local provider.
+    fn default() -> Self {
+        Config::from_toml("", Path::new("<built-in default>")).expect("the default config is valid")
+    }
+}
+
+// ---- the serde mirror ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    deployment: RawDeployment,
+    #[serde(default)]
+    wireguard: RawWireGuard,
+    #[serde(default)]
+    prometheus: RawPrometheus,
+    #[serde(default)]
+    monitor: RawMonitor,
+    #[serde(default)]
+    nodes: RawNodes,
+    #[serde(default)]
+    ssh: RawSsh,
+    #[serde(default)]
+    digitalocean: RawDigitalOcean,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    name: Option<String>,
+    provider: Option<String>,
+    subnet: Option<String>,
+    preshared_keys: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWireGuard {
+    interface: Option<String>,
+    port: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrometheus {
+    scrape_interval: Option<String>,
+    node_exporter_port: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMonitor {
+    name: Option<String>,
+    region: Option<String>,
+    #[serde(default)]
+    exporters: Vec<RawExporter>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNodes {
+    count: Option<i64>,
+    regions: Option<Vec<String>>,
+    name_prefix: Option<String>,
+    #[serde(default)]
+    exporters: Vec<RawExporter>,
+    host: Option<Vec<RawHost>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: String,
+    region: String,
+    #[serde(default)]
+    exporters: Vec<RawExporter>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExporter {
+    name: String,
+    port: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    port: Option<i64>,
+    private_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDigitalOcean {
+    size: Option<String>,
+    image: Option<String>,
+    ssh_public_key: Option<PathBuf>,
+    firewall: Option<bool>,
+}
+
+const DEFAULT_REGIONS: [&str; 3] = ["lon1", "sfo2", "sgp1"];
+
+struct Checker<'a> {
+    path: &'a Path,
+}
+
+impl Checker<'_> {
+    fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn name<T>(&self, field: &str, r: Result<T, NameError>) -> Result<T, ConfigError> {
+        r.map_err(|e| self.invalid(field, e.to_string()))
+    }
+
+    fn port(&self, field: &str, value: i64) -> Result<Port, ConfigError> {
+        u16::try_from(value)
+            .ok()
+            .and_then(|p| Port::new(p).ok())
+            .ok_or_else(|| self.invalid(field, format!("port {value} must be between 1 and 65535")))
+    }
+
+    fn exporters(
+        &self,
+        field: &str,
+        raw: &[RawExporter],
+    ) -> Result<Vec<ExporterSpec>, ConfigError> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let field = format!("{field}.exporters[{i}]");
+                let name = self.name(&format!("{field}.name"), ExporterName::new(&e.name))?;
+                if name.as_str() == "node" {
+                    return Err(self.invalid(
+                        format!("{field}.name"),
+                        "\"node\" is reserved for node_exporter, which every host runs already",
+                    ));
+                }
+                Ok(ExporterSpec {
+                    name,
+                    port: self.port(&format!("{field}.port"), e.port)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Parses a Prometheus-style duration: a whole number followed by `ms`, `s`,
+/// `m` or `h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    };
+    (!d.is_zero()).then_some(d)
+}
+
+/// Formats a duration the way Prometheus writes it (`30s`, `1500ms`).
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// How many host addresses a subnet offers: IPv4 excludes the network and
+/// broadcast addresses, IPv6 the subnet-router anycast (network) address.
+pub fn usable_addresses(subnet: IpNetwork) -> u128 {
+    match subnet {
+        IpNetwork::V4(n) => {
+            let size = 1u128 << (32 - u32::from(n.prefix()));
+            size.saturating_sub(2)
+        }
+        IpNetwork::V6(n) => {
+            let bits = 128 - u32::from(n.prefix());
+            if bits >= 128 {
+                u128::MAX
+            } else {
+                (1u128 << bits) - 1
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` is only used in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let c = Checker { path };
+
+        let deployment = c.name(
+            "deployment.name",
+            DeploymentName::new(raw.deployment.name.as_deref().unwrap_or("promguard")),
+        )?;
+        let provider = raw
+            .deployment
+            .provider
+            .as_deref()
+            .unwrap_or("local")
+            .parse()
+            .map_err(|m: String| c.invalid("deployment.provider", m))?;
+        let subnet_text = raw.deployment.subnet.as_deref().unwrap_or("10.0.0.0/24");
+        let subnet: IpNetwork = subnet_text.parse().map_err(|_| {
+            c.invalid(
+                "deployment.subnet",
+                format!("{subnet_text:?} is not a CIDR subnet such as 10.0.0.0/24 or fd00:10::/64"),
+            )
+        })?;
+        if subnet.network() != subnet.ip() {
+            return Err(c.invalid(
+                "deployment.subnet",
+                format!(
+                    "{subnet_text} has host bits set; did you mean {}/{}?",
+                    subnet.network(),
+                    subnet.prefix()
+                ),
+            ));
+        }
+
+        let interface = c.name(
+            "wireguard.interface",
+            InterfaceName::new(raw.wireguard.interface.as_deref().unwrap_or("wg0")),
+        )?;
+        let wireguard_port = c.port("wireguard.port", raw.wireguard.port.unwrap_or(51820))?;
+
+        let interval_text = raw.prometheus.scrape_interval.as_deref().unwrap_or("30s");
+        let scrape_interval = parse_duration(interval_text).ok_or_else(|| {
+            c.invalid(
+                "prometheus.scrape_interval",
+                format!("{interval_text:?} is not a duration such as \"30s\", \"1m\" or \"500ms\""),
+            )
+        })?;
+        let node_exporter_port = c.port(
+            "prometheus.node_exporter_port",
+            raw.prometheus.node_exporter_port.unwrap_or(9100),
+        )?;
+
+        let monitor = HostSpec {
+            name: c.name(
+                "monitor.name",
+                HostName::new(raw.monitor.name.as_deref().unwrap_or("promguard-monitor-1")),
+            )?,
+            region: c.name(
+                "monitor.region",
+                Region::new(raw.monitor.region.as_deref().unwrap_or("tor1")),
+            )?,
+            exporters: c.exporters("monitor", &raw.monitor.exporters)?,
+        };
+
+        let nodes = Self::nodes(&c, &raw.nodes)?;
+
+        let ssh = SshConfig {
+            port: c.port("ssh.port", raw.ssh.port.unwrap_or(22))?,
+            private_key: raw.ssh.private_key,
+        };
+        let digitalocean = DigitalOceanConfig {
+            size: raw
+                .digitalocean
+                .size
+                .unwrap_or_else(|| "s-1vcpu-1gb".into()),
+            image: raw
+                .digitalocean
+                .image
+                .unwrap_or_else(|| "ubuntu-24-04-x64".into()),
+            ssh_public_key: raw.digitalocean.ssh_public_key,
+            firewall: raw.digitalocean.firewall.unwrap_or(true),
+        };
+        for (field, value) in [
+            ("digitalocean.size", &digitalocean.size),
+            ("digitalocean.image", &digitalocean.image),
+        ] {
+            c.name(
+                field,
+                Region::new(value).map_err(|e| NameError { what: "slug", ..e }),
+            )?;
+        }
+
+        let config = Config {
+            deployment,
+            provider,
+            subnet,
+            preshared_keys: raw.deployment.preshared_keys.unwrap_or(true),
+            interface,
+            wireguard_port,
+            scrape_interval,
+            node_exporter_port,
+            monitor,
+            nodes,
+            ssh,
+            digitalocean,
+        };
+        config.check_hosts(&c)?;
+        Ok(config)
+    }
+
+    fn nodes(c: &Checker<'_>, raw: &RawNodes) -> Result<Vec<HostSpec>, ConfigError> {
+        let shared = c.exporters("nodes", &raw.exporters)?;
+        if let Some(hosts) = &raw.host {
+            if raw.count.is_some() || raw.regions.is_some() || raw.name_prefix.is_some() {
+                return Err(c.invalid(
+                    "nodes",
+                    "give either [[nodes.host]] entries or count/regions/name_prefix, not both",
+                ));
+            }
+            if hosts.is_empty() {
+                return Err(c.invalid(
+                    "nodes.host",
+                    "the node list is empty; add at least one [[nodes.host]]",
+                ));
+            }
+            return hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let field = format!("nodes.host[{i}]");
+                    let mut exporters = shared.clone();
+                    exporters.extend(c.exporters(&field, &h.exporters)?);
+                    Ok(HostSpec {
+                        name: c.name(&format!("{field}.name"), HostName::new(&h.name))?,
+                        region: c.name(&format!("{field}.region"), Region::new(&h.region))?,
+                        exporters,
+                    })
+                })
+                .collect();
+        }
+        let count = raw.count.unwrap_or(3);
+        if count < 1 {
+            return Err(c.invalid(
+                "nodes.count",
+                "the node list is empty; a deployment needs at least one node",
+            ));
+        }
+        if count > 1_000_000 {
+            return Err(c.invalid(
+                "nodes.count",
+                format!("{count} nodes is more than PromGuard supports (1000000)"),
+            ));
+        }
+        let regions: Vec<Region> = match &raw.regions {
+            None => DEFAULT_REGIONS
+                .iter()
+                .map(|r| Region::new(r).expect("valid"))
+                .collect(),
+            Some(list) if list.is_empty() => {
+                return Err(c.invalid(
+                    "nodes.regions",
+                    "the region list is empty; name at least one region",
+                ))
+            }
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, r)| c.name(&format!("nodes.regions[{i}]"), Region::new(r)))
+                .collect::<Result<_, _>>()?,
+        };
+        let prefix = raw.name_prefix.as_deref().unwrap_or("promguard-node");
+        (0..count as usize)
+            .map(|i| {
+                Ok(HostSpec {
+                    name: c.name(
+                        "nodes.name_prefix",
+                        HostName::new(&format!("{prefix}-{}", i + 1)),
+                    )?,
+                    region: regions[i % regions.len()].clone(),
+                    exporters: shared.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn check_hosts(&self, c: &Checker<'_>) -> Result<(), ConfigError> {
+        let mut names = BTreeSet::new();
+        for (i, host) in self.hosts().enumerate() {
+            if !names.insert(&host.name) {
+                let field = if i == 0 {
+                    "monitor.name".to_owned()
+                } else {
+                    format!("nodes[{}].name", i - 1)
+                };
+                return Err(c.invalid(
+                    field,
+                    format!(
+                        "duplicate host name {}; every host needs its own name",
+                        host.name
+                    ),
+                ));
+            }
+            let mut ports: BTreeMap<Port, &str> = BTreeMap::new();
+            ports.insert(self.ssh.port, "ssh");
+            if ports
+                .insert(self.node_exporter_port, "node_exporter")
+                .is_some()
+            {
+                return Err(c.invalid(
+                    "prometheus.node_exporter_port",
+                    format!("port {} is already used by ssh", self.node_exporter_port),
+                ));
+            }
+            if i == 0
+                && ports
+                    .insert(Port::new(9090).expect("nonzero"), "prometheus")
+                    .is_some()
+            {
+                return Err(c.invalid(
+                    "prometheus.node_exporter_port",
+                    "port 9090 is used by Prometheus on the monitor",
+                ));
+            }
+            for e in &host.exporters {
+                if let Some(other) = ports.insert(e.port, e.name.as_str()) {
+                    return Err(c.invalid(
+                        format!("host {}: exporter {}", host.name, e.name),
+                        format!("port {} clashes with {other} on the same host; give each exporter its own port", e.port),
+                    ));
+                }
+            }
+            let mut exporter_names = BTreeSet::new();
+            for e in &host.exporters {
+                if !exporter_names.insert(&e.name) {
+                    return Err(c.invalid(
+                        format!("host {}: exporter {}", host.name, e.name),
+                        "exporter listed twice on the same host",
+                    ));
+                }
+            }
+        }
+        let needed = self.nodes.len() as u128 + 1;
+        let usable = usable_addresses(self.subnet);
+        if needed > usable {
+            return Err(c.invalid(
+                "deployment.subnet",
+                format!(
+                    "{} has room for {usable} host address(es) but the deployment has {needed} hosts; use a larger subnet (a smaller prefix length)",
+                    self.subnet
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every host, monitor first, then nodes in order.
+    pub fn hosts(&self) -> impl Iterator<Item = &HostSpec> {
+        std::iter::once(&self.monitor).chain(self.nodes.iter())
+    }
+
+    /// The commented config `promguard init` writes.
+    pub fn template(provider: ProviderKind, nodes: usize) -> String {
+        let regions = DEFAULT_REGIONS.map(|r| format!("{r:?}")).join(", ");
+        format!(
+            r#"# PromGuard configuration. Every key is optional; the values shown are the
+# defaults, which reproduce the original deployment: one monitor and three
+# nodes, every exporter reachable only through WireGuard.
+
+[deployment]
+# Prefixed to everything the deployment creates (tags, namespaces).
+name = "promguard"
+# "local" (network namespaces on this machine) or "digitalocean".
+provider = "{provider}"
+# WireGuard addresses: the monitor gets the first, nodes the next free ones.
+# An IPv6 subnet such as "fd00:10::/64" works too.
+subnet = "10.0.0.0/24"
+# A preshared key per monitor-node pair, for post-quantum resistance.
+preshared_keys = true
+
+[wireguard]
+interface = "wg0"
+port = 51820
+
+[prometheus]
+scrape_interval = "30s"
+# node_exporter runs on every host, bound to its WireGuard address.
+node_exporter_port = 9100
+
+[monitor]
+name = "promguard-monitor-1"
+region = "tor1"
+
+[nodes]
+# Either a count spread over regions...
+count = {nodes}
+regions = [{regions}]
+name_prefix = "promguard-node"
+# Extra exporters every node runs (Prometheus scrapes them over the tunnel):
+# exporters = [{{ name = "postgres", port = 9187 }}]
+
+# ...or nodes one by one (remove count/regions/name_prefix above):
+# [[nodes.host]]
+# name = "db-1"
+# region = "lon1"
+# exporters = [{{ name = "postgres", port = 9187 }}]
+
+[ssh]
+port = 22
+# private_key = "~/.ssh/id_ed25519"
+
+[digitalocean]
+size = "s-1vcpu-1gb"
+image = "ubuntu-24-04-x64"
+# ssh_public_key = "~/.ssh/id_ed25519.pub"
+# A Cloud Firewall allowing only SSH and WireGuard inbound.
+firewall = true
+"#
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("promguard.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_reproduce_the_original() {
+        let c = Config::default();
+        assert_eq!(c.deployment.as_str(), "promguard");
+        assert_eq!(c.provider, ProviderKind::Local);
+        assert_eq!(c.monitor.name.as_str(), "promguard-monitor-1");
+        assert_eq!(c.monitor.region.as_str(), "tor1");
+        let nodes: Vec<_> = c
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.region.as_str()))
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                ("promguard-node-1", "lon1"),
+                ("promguard-node-2", "sfo2"),
+                ("promguard-node-3", "sgp1")
+            ]
+        );
+        assert_eq!(c.subnet.to_string(), "10.0.0.0/24");
+        assert_eq!(c.wireguard_port.get(), 51820);
+        assert_eq!(c.interface.as_str(), "wg0");
+        assert_eq!(c.node_exporter_port.get(), 9100);
+        assert_eq!(c.scrape_interval, Duration::from_secs(30));
+        assert!(c.preshared_keys);
+    }
+
+    #[test]
+    fn template_parses_to_the_defaults() {
+        let c = parse(&Config::template(ProviderKind::Local, 3)).unwrap();
+        assert_eq!(c, Config::default());
+        let c = parse(&Config::template(ProviderKind::DigitalOcean, 5)).unwrap();
+        assert_eq!(c.nodes.len(), 5);
+        assert_eq!(c.provider, ProviderKind::DigitalOcean);
+    }
+
+    #[test]
+    fn nodes_one_by_one_with_exporters() {
+        let c = parse(
+            r#"
+[[nodes.host]]
+name = "db-1"
+region = "lon1"
+exporters = [{ name = "postgres", port = 9187 }]
+[[nodes.host]]
+name = "web-1"
+region = "fra1"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.nodes[0].exporters[0].port.get(), 9187);
+        assert!(c.nodes[1].exporters.is_empty());
+    }
+
+    #[test]
+    fn count_spreads_over_regions() {
+        let c = parse("[nodes]\ncount = 5\nregions = [\"ams3\", \"nyc1\"]\n").unwrap();
+        let regions: Vec<_> = c.nodes.iter().map(|n| n.region.as_str()).collect();
+        assert_eq!(regions, ["ams3", "nyc1", "ams3", "nyc1", "ams3"]);
+    }
+
+    #[test]
+    fn ipv6_subnet() {
+        let c = parse("[deployment]\nsubnet = \"fd00:10::/120\"\n").unwrap();
+        assert!(c.subnet.is_ipv6());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let msg = error("[deployment]\nname = \"x\"\nsubnett = \"10.0.0.0/24\"\n");
+        assert!(
+            msg.contains("line 3") && msg.contains("column 1") && msg.contains("subnett"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn subnet_too_small() {
+        let msg = error("[deployment]\nsubnet = \"10.0.0.0/30\"\n");
+        assert!(
+            msg.contains("room for 2 host address(es)") && msg.contains("4 hosts"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn invalid_cidr() {
+        let msg = error("[deployment]\nsubnet = \"10.0.0.0/33\"\n");
+        assert!(
+            msg.contains("deployment.subnet") && msg.contains("not a CIDR"),
+            "{msg}"
+        );
+        let msg = error("[deployment]\nsubnet = \"10.0.0.7/24\"\n");
+        assert!(msg.contains("did you mean 10.0.0.0/24"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_host_names() {
+        let msg = error(
+            "[monitor]\nname = \"a\"\n[[nodes.host]]\nname = \"b\"\nregion = \"x1\"\n[[nodes.host]]\nname = \"b\"\nregion = \"x1\"\n",
+        );
+        assert!(msg.contains("duplicate host name b"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_host_name() {
+        let msg = error("[monitor]\nname = \"$(touch /tmp/pwned)\"\n");
+        assert!(
+            msg.contains("monitor.name") && msg.contains("invalid host name"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn port_clash() {
+        let msg = error("[nodes]\nexporters = [{ name = \"x\", port = 9100 }]\n");
+        assert!(
+            msg.contains("port 9100 clashes with node_exporter"),
+            "{msg}"
+        );
+        let msg = error("[prometheus]\nnode_exporter_port = 22\n");
+        assert!(msg.contains("already used by ssh"), "{msg}");
+    }
+
+    #[test]
+    fn empty_node_list() {
+        assert!(error("[nodes]\ncount = 0\n").contains("node list is empty"));
+        assert!(error("[nodes]\nhost = []\n").contains("node list is empty"));
+    }
+
+    #[test]
+    fn bad_scrape_interval() {
+        assert!(error("[prometheus]\nscrape_interval = \"soon\"\n").contains("not a duration"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0s"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(format_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+}

@@ -1,0 +1,31 @@
+//! PromGuard's model of a deployment, with no IO but the state file: the
+//! config (`promguard.toml`) and its validation, WireGuard address
+//! allocation, key generation, the per-host desired state (the [`Plan`]) and
+//! the state file that makes runs repeatable.
+//!
+//! This crate knows nothing about HTTP, SSH or processes. A library user can
+//! plan a deployment without any cloud:
+//!
+//! ```
+//! use promguard_core::{config::Config, planner};
+//!
+//! let config = Config::default();
+//! let plan = planner::plan(&config, None).unwrap();
+//! assert_eq!(plan.hosts.len(), 4);
+//! assert_eq!(plan.monitor().interface.address.to_string(), "10.0.0.1");
+//! ```
+
+pub mod config;
+pub mod keys;
+pub mod names;
+pub mod plan;
+pub mod planner;
+pub mod state;
+
+pub use keys::{PresharedKey, PrivateKey, PublicKey};
+pub use names::{DeploymentName, ExporterName, HostName, InterfaceName, Port, Region};
+pub use plan::{
+    Change, ExporterPlan, FirewallPolicy, HostPlan, InterfacePlan, PeerPlan, Plan, PrometheusPlan,
+    Role, ScrapeTarget,
+};
+pub use state::{HostRecord, State, StateLock};

@@ -1,0 +1,276 @@
+//! The plan: what every host of a deployment should look like, and what
+//! changes that means against the recorded state.
+//!
+//! A [`Plan`] is a value, computed without IO by [`crate::planner::plan`].
+//! The same value is printed by `promguard plan` and applied by `promguard
+//! up`, so what a user reviews is what happens.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use crate::names::{DeploymentName, ExporterName, HostName, InterfaceName, Port, Region};
+use crate::state::State;
+
+/// What a host is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Runs Prometheus and peers with every node.
+    Monitor,
+    /// Runs exporters and peers only with the monitor.
+    Node,
+}
+
+impl Role {
+    /// `"monitor"` or `"node"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Monitor => "monitor",
+            Role::Node => "node",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The whole desired deployment plus the changes it means.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The deployment's name.
+    pub deployment: DeploymentName,
+    /// The WireGuard subnet all addresses come from.
+    pub subnet: IpNetwork,
+    /// Every host, monitor first, then nodes in config order.
+    pub hosts: Vec<HostPlan>,
+    /// What differs from the state the plan was made against.
+    pub changes: Vec<Change>,
+    /// The state to record once the plan is applied: it holds the keys and
+    /// addresses of new hosts and drops those of removed ones.
+    pub next_state: State,
+}
+
+impl Plan {
+    /// The host called `name`, if the plan has one.
+    pub fn host(&self, name: &HostName) -> Option<&HostPlan> {
+        self.hosts.iter().find(|h| &h.name == name)
+    }
+
+    /// The monitor's plan. Every plan has exactly one monitor.
+    pub fn monitor(&self) -> &HostPlan {
+        self.hosts
+            .iter()
+            .find(|h| h.role == Role::Monitor)
+            .expect("a plan always has a monitor")
+    }
+}
+
+/// Everything one host should run and contain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPlan {
+    /// The host's name.
+    pub name: HostName,
+    /// Monitor or node.
+    pub role: Role,
+    /// Cloud region (for the local provider only a label).
+    pub region: Region,
+    /// The host's public (underlay) address, once a provider has reported it.
+    pub public_address: Option<IpAddr>,
+    /// The WireGuard interface.
+    pub interface: InterfacePlan,
+    /// WireGuard peers, sorted by name.
+    pub peers: Vec<PeerPlan>,
+    /// Exporters on this host, all bound to its WireGuard address.
+    pub exporters: Vec<ExporterPlan>,
+    /// The host firewall.
+    pub firewall: FirewallPolicy,
+    /// Prometheus, on the monitor only.
+    pub prometheus: Option<PrometheusPlan>,
+}
+
+/// A host's WireGuard interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfacePlan {
+    /// Interface name, `wg0` by default.
+    pub name: InterfaceName,
+    /// The host's WireGuard address. It is configured as a single-host
+    /// prefix (/32 or /128) so a node has no route to other nodes.
+    pub address: IpAddr,
+    /// UDP port WireGuard listens on.
+    pub listen_port: Port,
+    /// The host's private key.
+    pub private_key: PrivateKey,
+}
+
+impl InterfacePlan {
+    /// The public key of [`InterfacePlan::private_key`].
+    pub fn public_key(&self) -> PublicKey {
+        self.private_key.public_key()
+    }
+}
+
+/// One WireGuard peer of a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerPlan {
+    /// The peer host's name (written as a comment in `wg0.conf`).
+    pub name: HostName,
+    /// The peer's public key.
+    pub public_key: PublicKey,
+    /// The pair's preshared key, when preshared keys are on.
+    pub preshared_key: Option<PresharedKey>,
+    /// The peer's WireGuard address; AllowedIPs is exactly this address as a
+    /// single-host prefix.
+    pub allowed_ip: IpAddr,
+    /// Where to send packets, once the peer's public address is known.
+    pub endpoint: Option<SocketAddr>,
+    /// Keepalive in seconds; nodes keep their tunnel to the monitor open so
+    /// the monitor can always reach them.
+    pub persistent_keepalive: Option<u16>,
+}
+
+impl PeerPlan {
+    /// AllowedIPs as a network: the peer's address as /32 or /128.
+    pub fn allowed_ips(&self) -> IpNetwork {
+        host_network(self.allowed_ip)
+    }
+}
+
+/// `addr` as a single-host network (/32 or /128).
+pub fn host_network(addr: IpAddr) -> IpNetwork {
+    let prefix = if addr.is_ipv4() { 32 } else { 128 };
+    IpNetwork::new(addr, prefix).expect("a full-length prefix is always valid")
+}
+
+/// An exporter Prometheus scrapes on a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExporterPlan {
+    /// Exporter name, also the Prometheus job name (`node` for
+    /// node_exporter).
+    pub name: ExporterName,
+    /// Where it listens: the host's WireGuard address and the exporter port.
+    pub listen: SocketAddr,
+    /// True for node_exporter, which PromGuard installs and runs itself;
+    /// extra exporters are run by the operator and only scraped and
+    /// firewalled by PromGuard.
+    pub managed: bool,
+}
+
+/// The firewall of one host: SSH and WireGuard open to all, exporters open
+/// only to the monitor's WireGuard address on the WireGuard interface,
+/// everything else inbound dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallPolicy {
+    /// The SSH port, open to everyone.
+    pub ssh_port: Port,
+    /// The WireGuard UDP port, open to everyone.
+    pub wireguard_port: Port,
+    /// The WireGuard interface scrapes arrive on.
+    pub interface: InterfaceName,
+    /// The only source address allowed to reach exporter ports.
+    pub scraper: IpAddr,
+    /// Exporter TCP ports, sorted and unique.
+    pub exporter_ports: Vec<Port>,
+}
+
+/// Prometheus on the monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrometheusPlan {
+    /// Where Prometheus listens (always loopback; reached through an SSH
+    /// port forward).
+    pub listen: SocketAddr,
+    /// Global scrape interval.
+    pub scrape_interval: Duration,
+    /// Every scrape target, grouped by job when rendered.
+    pub targets: Vec<ScrapeTarget>,
+}
+
+impl PrometheusPlan {
+    /// Job names in order of first appearance (`node` first).
+    pub fn jobs(&self) -> Vec<&ExporterName> {
+        let mut jobs: Vec<&ExporterName> = Vec::new();
+        for t in &self.targets {
+            if !jobs.contains(&&t.job) {
+                jobs.push(&t.job);
+            }
+        }
+        jobs
+    }
+}
+
+/// One target in Prometheus' file_sd files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScrapeTarget {
+    /// The job (exporter name).
+    pub job: ExporterName,
+    /// WireGuard address and port to scrape.
+    pub address: SocketAddr,
+    /// `instance` label: the host name.
+    pub instance: HostName,
+    /// `region` label.
+    pub region: Region,
+    /// `role` label.
+    pub role: Role,
+}
+
+/// One difference between the recorded state and the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// A host in the config that does not exist yet.
+    CreateHost {
+        /// Host name.
+        host: HostName,
+        /// Its role.
+        role: Role,
+        /// Its region.
+        region: Region,
+    },
+    /// A host in the state that is no longer in the config.
+    RemoveHost {
+        /// Host name.
+        host: HostName,
+    },
+    /// A peer `peer` appears in `host`'s WireGuard config.
+    AddPeer {
+        /// The host whose config changes.
+        host: HostName,
+        /// The new peer.
+        peer: HostName,
+    },
+    /// A peer disappears from `host`'s WireGuard config.
+    RemovePeer {
+        /// The host whose config changes.
+        host: HostName,
+        /// The removed peer.
+        peer: HostName,
+    },
+    /// A file on `host` will be written (new or different content).
+    WriteFile {
+        /// The host.
+        host: HostName,
+        /// Absolute path on the host.
+        path: String,
+    },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::CreateHost { host, role, region } => {
+                write!(f, "+ create {role} {host} in {region}")
+            }
+            Change::RemoveHost { host } => write!(f, "- destroy {host}"),
+            Change::AddPeer { host, peer } => write!(f, "~ {host}: add peer {peer}"),
+            Change::RemovePeer { host, peer } => write!(f, "~ {host}: remove peer {peer}"),
+            Change::WriteFile { host, path } => write!(f, "~ {host}: write {path}"),
+        }
+    }
+}

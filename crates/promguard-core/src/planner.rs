@@ -1,0 +1,563 @@
+//! Turns a config and the recorded state into a [`Plan`]: addresses, keys,
+//! peers, exporters, firewall and scrape targets for every host, plus the
+//! list of changes.
+//!
+//! Addresses and keys are sticky: a host name that is in the state keeps its
+//! WireGuard address and key pair; a removed host's address becomes free
+//! again, but no other host is renumbered.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ipnetwork::IpNetwork;
+
+use crate::config::{usable_addresses, Config};
+use crate::keys::{PresharedKey, PrivateKey};
+use crate::names::{ExporterName, HostName, Port};
+use crate::plan::{
+    Change, ExporterPlan, FirewallPolicy, HostPlan, InterfacePlan, PeerPlan, Plan, PrometheusPlan,
+    Role, ScrapeTarget,
+};
+use crate::state::{HostRecord, PairKey, State};
+
+/// Why a plan cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The state belongs to another deployment.
+    #[error("the state belongs to deployment {found:?} but the config names {expected:?}; use the matching config or state file")]
+    WrongDeployment {
+        /// Deployment in the state.
+        found: String,
+        /// Deployment in the config.
+        expected: String,
+    },
+    /// A host in the state has an address outside the configured subnet.
+    #[error("host {host} has WireGuard address {address}, which is outside the configured subnet {subnet}; changing the subnet of a running deployment is not supported: restore the old subnet or run `promguard down` first")]
+    AddressOutsideSubnet {
+        /// The host.
+        host: HostName,
+        /// Its recorded address.
+        address: IpAddr,
+        /// The configured subnet.
+        subnet: IpNetwork,
+    },
+    /// An existing host would change role or region.
+    #[error("host {host} exists as {was}, but the config asks for {now}; a host cannot be moved: give the new host another name, or remove it from the config and run `up` to destroy it first")]
+    HostChanged {
+        /// The host.
+        host: HostName,
+        /// Role and region in the state.
+        was: String,
+        /// Role and region in the config.
+        now: String,
+    },
+    /// There are not enough free addresses.
+    #[error("subnet {subnet} has no free address left for host {host}; use a larger subnet")]
+    SubnetFull {
+        /// The subnet.
+        subnet: IpNetwork,
+        /// The first host without an address.
+        host: HostName,
+    },
+}
+
+/// Keepalive nodes send to the monitor, in seconds.
+pub const NODE_KEEPALIVE: u16 = 25;
+
+/// Where Prometheus listens on the monitor.
+pub const PROMETHEUS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9090);
+
+/// Plans `config` against `state` (`None` for a new deployment). New hosts
+/// get fresh keys from the OS RNG and the lowest free addresses.
+pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
+    let empty;
+    let old = match state {
+        Some(s) => s,
+        None => {
+            empty = State::new(config.deployment.clone());
+            &empty
+        }
+    };
+    if old.deployment != config.deployment {
+        return Err(PlanError::WrongDeployment {
+            found: old.deployment.to_string(),
+            expected: config.deployment.to_string(),
+        });
+    }
+
+    let specs: Vec<(Role, &crate::config::HostSpec)> =
+        std::iter::once((Role::Monitor, &config.monitor))
+            .chain(config.nodes.iter().map(|n| (Role::Node, n)))
+            .collect();
+    let wanted: BTreeSet<&HostName> = specs.iter().map(|(_, s)| &s.name).collect();
+
+    // Existing hosts keep their records; check they still fit.
+    let mut next = State::new(config.deployment.clone());
+    next.provider = old.provider.clone();
+    let mut used: HashSet<IpAddr> = HashSet::new();
+    for (role, spec) in &specs {
+        if let Some(record) = old.hosts.get(&spec.name) {
+            if record.role != *role || record.region != spec.region {
+                return Err(PlanError::HostChanged {
+                    host: spec.name.clone(),
+                    was: format!("{} in {}", record.role, record.region),
+                    now: format!("{} in {}", role, spec.region),
+                });
+            }
+            if !config.subnet.contains(record.wireguard_address)
+                || !is_host_address(config.subnet, record.wireguard_address)
+            {
+                return Err(PlanError::AddressOutsideSubnet {
+                    host: spec.name.clone(),
+                    address: record.wireguard_address,
+                    subnet: config.subnet,
+                });
+            }
+            used.insert(record.wireguard_address);
+            next.hosts.insert(spec.name.clone(), record.clone());
+        }
+    }
+
+    // New hosts: lowest free address, monitor first.
+    let mut allocator = Allocator::new(config.subnet);
+    for (role, spec) in &specs {
+        if next.hosts.contains_key(&spec.name) {
+            continue;
+        }
+        let address = allocator
+            .next_free(&used)
+            .ok_or_else(|| PlanError::SubnetFull {
+                subnet: config.subnet,
+                host: spec.name.clone(),
+            })?;
+        used.insert(address);
+        let private_key = PrivateKey::generate();
+        next.hosts.insert(
+            spec.name.clone(),
+            HostRecord {
+                role: *role,
+                region: spec.region.clone(),
+                wireguard_address: address,
+                public_key: private_key.public_key(),
+                private_key,
+                created: false,
+                provider_id: None,
+                public_address: None,
+                ssh_port: None,
+                ssh_host_key: None,
+                files: BTreeMap::new(),
+            },
+        );
+    }
+
+    // Preshared keys per monitor-node pair.
+    let monitor = &config.monitor.name;
+    if config.preshared_keys {
+        for node in &config.nodes {
+            let key = old
+                .preshared_key(monitor, &node.name)
+                .cloned()
+                .unwrap_or_else(PresharedKey::generate);
+            next.preshared_keys.push(PairKey {
+                monitor: monitor.clone(),
+                node: node.name.clone(),
+                key,
+            });
+        }
+    }
+
+    let hosts: Vec<HostPlan> = specs
+        .iter()
+        .map(|(role, spec)| host_plan(config, &next, *role, spec))
+        .collect();
+
+    let mut changes = Vec::new();
+    for (role, spec) in &specs {
+        let existed = old.hosts.get(&spec.name).is_some_and(|r| r.created);
+        if !existed {
+            changes.push(Change::CreateHost {
+                host: spec.name.clone(),
+                role: *role,
+                region: spec.region.clone(),
+            });
+        }
+    }
+    for name in old.hosts.keys() {
+        if !wanted.contains(name) {
+            changes.push(Change::RemoveHost { host: name.clone() });
+        }
+    }
+    // Peer changes on hosts that already exist.
+    for host in &hosts {
+        let Some(record) = old.hosts.get(&host.name).filter(|r| r.created) else {
+            continue;
+        };
+        let before: BTreeSet<&HostName> = old
+            .hosts
+            .iter()
+            .filter(|(name, other)| *name != &host.name && peers_with(record.role, other.role))
+            .map(|(name, _)| name)
+            .collect();
+        let after: BTreeSet<&HostName> = host.peers.iter().map(|p| &p.name).collect();
+        for peer in after.difference(&before) {
+            changes.push(Change::AddPeer {
+                host: host.name.clone(),
+                peer: (*peer).clone(),
+            });
+        }
+        for peer in before.difference(&after) {
+            changes.push(Change::RemovePeer {
+                host: host.name.clone(),
+                peer: (*peer).clone(),
+            });
+        }
+    }
+
+    Ok(Plan {
+        deployment: config.deployment.clone(),
+        subnet: config.subnet,
+        hosts,
+        changes,
+        next_state: next,
+    })
+}
+
+/// In a star, monitors peer with nodes and nodes with monitors.
+fn peers_with(a: Role, b: Role) -> bool {
+    a != b
+}
+
+fn host_plan(
+    config: &Config,
+    state: &State,
+    role: Role,
+    spec: &crate::config::HostSpec,
+) -> HostPlan {
+    let record = &state.hosts[&spec.name];
+    let monitor_name = &config.monitor.name;
+    let monitor_address = state.hosts[monitor_name].wireguard_address;
+
+    let peer = |name: &HostName, keepalive: Option<u16>| {
+        let other = &state.hosts[name];
+        let (m, n) = if role == Role::Monitor {
+            (&spec.name, name)
+        } else {
+            (name, &spec.name)
+        };
+        PeerPlan {
+            name: name.clone(),
+            public_key: other.public_key,
+            preshared_key: state.preshared_key(m, n).cloned(),
+            allowed_ip: other.wireguard_address,
+            endpoint: other
+                .public_address
+                .map(|a| SocketAddr::new(a, config.wireguard_port.get())),
+            persistent_keepalive: keepalive,
+        }
+    };
+    let mut peers: Vec<PeerPlan> = match role {
+        Role::Monitor => config.nodes.iter().map(|n| peer(&n.name, None)).collect(),
+        Role::Node => vec![peer(monitor_name, Some(NODE_KEEPALIVE))],
+    };
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let host_exporters = exporters(config, record.wireguard_address, spec);
+    let mut exporter_ports: Vec<Port> = host_exporters
+        .iter()
+        .map(|e| Port::new(e.listen.port()).expect("nonzero"))
+        .collect();
+    exporter_ports.sort();
+    exporter_ports.dedup();
+
+    let prometheus = (role == Role::Monitor).then(|| PrometheusPlan {
+        listen: PROMETHEUS_LISTEN,
+        scrape_interval: config.scrape_interval,
+        targets: config
+            .hosts()
+            .flat_map(|h| {
+                let r = &state.hosts[&h.name];
+                exporters(config, r.wireguard_address, h)
+                    .into_iter()
+                    .map(move |e| ScrapeTarget {
+                        job: e.name,
+                        address: e.listen,
+                        instance: h.name.clone(),
+                        region: h.region.clone(),
+                        role: r.role,
+                    })
+            })
+            .collect(),
+    });
+
+    HostPlan {
+        name: spec.name.clone(),
+        role,
+        region: spec.region.clone(),
+        public_address: record.public_address,
+        interface: InterfacePlan {
+            name: config.interface.clone(),
+            address: record.wireguard_address,
+            listen_port: config.wireguard_port,
+            private_key: record.private_key.clone(),
+        },
+        peers,
+        exporters: host_exporters,
+        firewall: FirewallPolicy {
+            ssh_port: config.ssh.port,
+            wireguard_port: config.wireguard_port,
+            interface: config.interface.clone(),
+            scraper: monitor_address,
+            exporter_ports,
+        },
+        prometheus,
+    }
+}
+
+fn exporters(
+    config: &Config,
+    address: IpAddr,
+    spec: &crate::config::HostSpec,
+) -> Vec<ExporterPlan> {
+    std::iter::once(ExporterPlan {
+        name: ExporterName::new("node").expect("valid"),
+        listen: SocketAddr::new(address, config.node_exporter_port.get()),
+        managed: true,
+    })
+    .chain(spec.exporters.iter().map(|e| ExporterPlan {
+        name: e.name.clone(),
+        listen: SocketAddr::new(address, e.port.get()),
+        managed: false,
+    }))
+    .collect()
+}
+
+fn is_host_address(subnet: IpNetwork, addr: IpAddr) -> bool {
+    match subnet {
+        IpNetwork::V4(n) if n.prefix() <= 30 => {
+            addr != IpAddr::V4(n.network()) && addr != IpAddr::V4(n.broadcast())
+        }
+        IpNetwork::V4(_) => false,
+        IpNetwork::V6(n) => addr != IpAddr::V6(n.network()),
+    }
+}
+
+/// Hands out host addresses of a subnet in ascending order.
+struct Allocator {
+    base: u128,
+    offset: u128,
+    usable: u128,
+    v4: bool,
+}
+
+impl Allocator {
+    fn new(subnet: IpNetwork) -> Self {
+        let (base, v4) = match subnet.network() {
+            IpAddr::V4(a) => (u128::from(u32::from(a)), true),
+            IpAddr::V6(a) => (u128::from(a), false),
+        };
+        Self {
+            base,
+            offset: 0,
+            usable: usable_addresses(subnet),
+            v4,
+        }
+    }
+
+    fn next_free(&mut self, used: &HashSet<IpAddr>) -> Option<IpAddr> {
+        while self.offset < self.usable {
+            self.offset += 1;
+            let n = self.base + self.offset;
+            let addr = if self.v4 {
+                IpAddr::V4(Ipv4Addr::from(n as u32))
+            } else {
+                IpAddr::V6(Ipv6Addr::from(n))
+            };
+            if !used.contains(&addr) {
+                return Some(addr);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::from_toml(text, Path::new("t.toml")).unwrap()
+    }
+
+    /// Marks every host of a plan as created, as `up` would.
+    fn applied(plan: &Plan) -> State {
+        let mut s = plan.next_state.clone();
+        for r in s.hosts.values_mut() {
+            r.created = true;
+        }
+        s
+    }
+
+    #[test]
+    fn default_plan_is_the_original_star() {
+        let plan = plan(&Config::default(), None).unwrap();
+        let addrs: Vec<String> = plan
+            .hosts
+            .iter()
+            .map(|h| h.interface.address.to_string())
+            .collect();
+        assert_eq!(addrs, ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]);
+        let monitor = plan.monitor();
+        assert_eq!(monitor.peers.len(), 3);
+        assert!(monitor.peers.iter().all(|p| p.name != monitor.name));
+        for node in plan.hosts.iter().filter(|h| h.role == Role::Node) {
+            assert_eq!(node.peers.len(), 1);
+            assert_eq!(node.peers[0].name, monitor.name);
+            assert_eq!(node.peers[0].allowed_ips().to_string(), "10.0.0.1/32");
+            assert_eq!(node.peers[0].persistent_keepalive, Some(NODE_KEEPALIVE));
+            assert_eq!(node.firewall.scraper, monitor.interface.address);
+        }
+        for p in &monitor.peers {
+            assert_eq!(p.allowed_ips().prefix(), 32);
+            assert!(p.preshared_key.is_some());
+        }
+        let prom = monitor.prometheus.as_ref().unwrap();
+        assert_eq!(prom.targets.len(), 4, "three nodes and the monitor itself");
+        assert_eq!(prom.targets[0].address.to_string(), "10.0.0.1:9100");
+        assert_eq!(plan.changes.len(), 4);
+        assert!(plan
+            .changes
+            .iter()
+            .all(|c| matches!(c, Change::CreateHost { .. })));
+    }
+
+    #[test]
+    fn preshared_keys_match_on_both_ends() {
+        let plan = plan(&Config::default(), None).unwrap();
+        let monitor = plan.monitor();
+        for node in &plan.hosts[1..] {
+            let from_monitor = monitor.peers.iter().find(|p| p.name == node.name).unwrap();
+            assert_eq!(from_monitor.preshared_key, node.peers[0].preshared_key);
+            assert_eq!(from_monitor.public_key, node.interface.public_key());
+        }
+    }
+
+    #[test]
+    fn adding_a_node_keeps_addresses_and_keys() {
+        let first = plan(&Config::default(), None).unwrap();
+        let state = applied(&first);
+        let second = plan(&config("[nodes]\ncount = 4\n"), Some(&state)).unwrap();
+        for old in &first.hosts {
+            let new = second.host(&old.name).unwrap();
+            assert_eq!(new.interface.address, old.interface.address);
+            assert_eq!(new.interface.private_key, old.interface.private_key);
+        }
+        for (old, new) in first.monitor().peers.iter().zip(&second.monitor().peers) {
+            assert_eq!(old, new, "existing peers are unchanged");
+        }
+        assert_eq!(second.hosts[4].interface.address.to_string(), "10.0.0.5");
+        let changes: Vec<String> = second.changes.iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            changes,
+            [
+                "+ create node promguard-node-4 in lon1",
+                "~ promguard-monitor-1: add peer promguard-node-4"
+            ]
+        );
+    }
+
+    #[test]
+    fn removing_a_node_frees_its_address_without_renumbering() {
+        let first = plan(&Config::default(), None).unwrap();
+        let state = applied(&first);
+        let c = config(
+            "[[nodes.host]]\nname = \"promguard-node-1\"\nregion = \"lon1\"\n[[nodes.host]]\nname = \"promguard-node-3\"\nregion = \"sgp1\"\n",
+        );
+        let second = plan(&c, Some(&state)).unwrap();
+        let addrs: Vec<String> = second
+            .hosts
+            .iter()
+            .map(|h| h.interface.address.to_string())
+            .collect();
+        assert_eq!(addrs, ["10.0.0.1", "10.0.0.2", "10.0.0.4"]);
+        assert!(second.changes.contains(&Change::RemoveHost {
+            host: HostName::new("promguard-node-2").unwrap()
+        }));
+        assert!(second.changes.contains(&Change::RemovePeer {
+            host: HostName::new("promguard-monitor-1").unwrap(),
+            peer: HostName::new("promguard-node-2").unwrap()
+        }));
+        assert!(!second
+            .next_state
+            .hosts
+            .contains_key(&HostName::new("promguard-node-2").unwrap()));
+        // The freed address goes to the next new host.
+        let third = plan(&Config::default(), Some(&applied(&second))).unwrap();
+        assert_eq!(third.hosts[2].interface.address.to_string(), "10.0.0.3");
+    }
+
+    #[test]
+    fn replanning_a_converged_state_changes_nothing() {
+        let first = plan(&Config::default(), None).unwrap();
+        let second = plan(&Config::default(), Some(&applied(&first))).unwrap();
+        assert!(second.changes.is_empty(), "{:?}", second.changes);
+        assert_eq!(second.hosts, first.hosts);
+    }
+
+    #[test]
+    fn ipv6_addresses() {
+        let plan = plan(&config("[deployment]\nsubnet = \"fd00:10::/64\"\n"), None).unwrap();
+        assert_eq!(plan.hosts[0].interface.address.to_string(), "fd00:10::1");
+        assert_eq!(
+            plan.monitor().peers[0].allowed_ips().to_string(),
+            "fd00:10::2/128"
+        );
+    }
+
+    #[test]
+    fn moving_a_host_is_refused() {
+        let state = applied(&plan(&Config::default(), None).unwrap());
+        let err = plan(&config("[monitor]\nregion = \"nyc1\"\n"), Some(&state)).unwrap_err();
+        assert!(
+            err.to_string().contains("exists as monitor in tor1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn state_of_another_deployment_is_refused() {
+        let state = State::new(crate::DeploymentName::new("other").unwrap());
+        assert!(matches!(
+            plan(&Config::default(), Some(&state)),
+            Err(PlanError::WrongDeployment { .. })
+        ));
+    }
+
+    #[test]
+    fn subnet_change_is_refused() {
+        let state = applied(&plan(&Config::default(), None).unwrap());
+        let err = plan(
+            &config("[deployment]\nsubnet = \"10.9.0.0/24\"\n"),
+            Some(&state),
+        )
+        .unwrap_err();
+        assert!(matches!(err, PlanError::AddressOutsideSubnet { .. }));
+    }
+
+    #[test]
+    fn public_addresses_become_endpoints() {
+        let mut state = applied(&plan(&Config::default(), None).unwrap());
+        for (i, r) in state.hosts.values_mut().enumerate() {
+            r.public_address = Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10 + i as u8)));
+        }
+        let plan = plan(&Config::default(), Some(&state)).unwrap();
+        assert!(plan
+            .monitor()
+            .peers
+            .iter()
+            .all(|p| p.endpoint.is_some_and(|e| e.port() == 51820)));
+    }
+}

@@ -1,0 +1,467 @@
+//! The state file (`promguard.state.json`): what a deployment has, so the
+//! next run keeps every address and key, knows which hosts exist and which
+//! SSH host keys to trust.
+//!
+//! It is versioned JSON, written atomically (temporary file, fsync, rename,
+//! fsync of the directory) with mode 0600 because it holds private keys, and
+//! guarded by a lock file so two runs cannot interleave. A state from a newer
+//! PromGuard or a corrupt one is refused and never overwritten.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use crate::names::{DeploymentName, HostName, Port, Region};
+use crate::plan::Role;
+
+/// The state format this build writes and the newest it reads.
+pub const STATE_VERSION: u32 = 1;
+
+/// Errors reading, writing or locking the state file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The file exists but cannot be read.
+    #[error("cannot read state file {path}: {source}; check its permissions")]
+    Read {
+        /// The state file.
+        path: PathBuf,
+        /// The IO error.
+        source: io::Error,
+    },
+    /// The file is not valid state JSON.
+    #[error("state file {path} is corrupt: {reason}; it was left untouched: restore it from a backup, or move it away and adopt the hosts again")]
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong, with line and column where known.
+        reason: String,
+    },
+    /// The file was written by a newer PromGuard.
+    #[error("state file {path} has version {found}, but this promguard understands only up to version {supported}; upgrade promguard (the file was left untouched)")]
+    NewerVersion {
+        /// The state file.
+        path: PathBuf,
+        /// The version found.
+        found: u64,
+        /// [`STATE_VERSION`].
+        supported: u32,
+    },
+    /// The state belongs to a different deployment than the config.
+    #[error("state file {path} belongs to deployment {found:?}, but the config names {expected:?}; use the matching config or another state file")]
+    WrongDeployment {
+        /// The state file.
+        path: PathBuf,
+        /// Deployment named in the state.
+        found: String,
+        /// Deployment named in the config.
+        expected: String,
+    },
+    /// Writing the file failed; the previous file, if any, is intact.
+    #[error("cannot write state file {path}: {source}; the previous state is unchanged")]
+    Write {
+        /// The state file.
+        path: PathBuf,
+        /// The IO error.
+        source: io::Error,
+    },
+    /// Another run holds the lock.
+    #[error("another promguard run (pid {pid}) is working on this deployment (lock {path}); wait for it to finish")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// The holder's process id as written in the lock file, or "unknown".
+        pid: String,
+    },
+    /// The lock file cannot be created.
+    #[error("cannot create lock file {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The IO error.
+        source: io::Error,
+    },
+}
+
+/// Everything PromGuard remembers about one deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// Format version, [`STATE_VERSION`].
+    pub version: u32,
+    /// The deployment this state belongs to.
+    pub deployment: DeploymentName,
+    /// Hosts by name.
+    #[serde(default)]
+    pub hosts: BTreeMap<HostName, HostRecord>,
+    /// One preshared key per monitor-node pair.
+    #[serde(default)]
+    pub preshared_keys: Vec<PairKey>,
+    /// Provider-specific values (ids of registered keys, firewalls, ...).
+    #[serde(default)]
+    pub provider: BTreeMap<String, String>,
+}
+
+/// What the state knows about one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostRecord {
+    /// Monitor or node.
+    pub role: Role,
+    /// Region it was created in.
+    pub region: Region,
+    /// Its WireGuard address; stays with the host name for its lifetime.
+    pub wireguard_address: IpAddr,
+    /// Its WireGuard private key.
+    pub private_key: PrivateKey,
+    /// Its public key, stored for humans and checked against the private key
+    /// on load.
+    pub public_key: PublicKey,
+    /// True once a provider created the host.
+    #[serde(default)]
+    pub created: bool,
+    /// The provider's id for the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<String>,
+    /// Public (underlay) address, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_address: Option<IpAddr>,
+    /// SSH port on the public address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<Port>,
+    /// Pinned SSH host public key, OpenSSH format (`ssh-ed25519 AAAA...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key: Option<String>,
+    /// SHA-256 (hex) of every file PromGuard last wrote on the host, by path.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+}
+
+/// The preshared key of one monitor-node pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairKey {
+    /// The monitor.
+    pub monitor: HostName,
+    /// The node.
+    pub node: HostName,
+    /// Their shared key.
+    pub key: PresharedKey,
+}
+
+impl State {
+    /// An empty state for `deployment`.
+    pub fn new(deployment: DeploymentName) -> Self {
+        Self {
+            version: STATE_VERSION,
+            deployment,
+            hosts: BTreeMap::new(),
+            preshared_keys: Vec::new(),
+            provider: BTreeMap::new(),
+        }
+    }
+
+    /// The preshared key of a monitor-node pair.
+    pub fn preshared_key(&self, monitor: &HostName, node: &HostName) -> Option<&PresharedKey> {
+        self.preshared_keys
+            .iter()
+            .find(|p| &p.monitor == monitor && &p.node == node)
+            .map(|p| &p.key)
+    }
+
+    /// Parses state JSON, refusing newer versions and inconsistent content.
+    /// `path` is only used in error messages.
+    pub fn from_json(path: &Path, bytes: &[u8]) -> Result<Self, StateError> {
+        let corrupt = |reason: String| StateError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::str::from_utf8(bytes).map_err(|e| corrupt(format!("not UTF-8 ({e})")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+        let version = value
+            .get("version")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| corrupt("no numeric \"version\" field".into()))?;
+        if version > u64::from(STATE_VERSION) {
+            return Err(StateError::NewerVersion {
+                path: path.to_owned(),
+                found: version,
+                supported: STATE_VERSION,
+            });
+        }
+        if version == 0 {
+            return Err(corrupt("version 0 does not exist".into()));
+        }
+        let state: State = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+        state.check().map_err(corrupt)?;
+        Ok(state)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let mut seen = BTreeMap::new();
+        for (name, host) in &self.hosts {
+            if host.private_key.public_key() != host.public_key {
+                return Err(format!(
+                    "host {name}: public key does not belong to its private key"
+                ));
+            }
+            if let Some(other) = seen.insert(host.wireguard_address, name) {
+                return Err(format!(
+                    "hosts {other} and {name} share the WireGuard address {}",
+                    host.wireguard_address
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The JSON text of the state (with secrets: write it only to a 0600
+    /// file).
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).expect("state always serializes");
+        text.push('\n');
+        text
+    }
+
+    /// Reads the state at `path`; `Ok(None)` when there is no file.
+    pub fn load(path: &Path) -> Result<Option<Self>, StateError> {
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|source| StateError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+        Self::from_json(path, &bytes).map(Some)
+    }
+
+    /// Writes the state atomically with mode 0600: a crash leaves either the
+    /// old file or the new one, never a mix.
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        write_atomic(path, self.to_json().as_bytes(), 0o600).map_err(|source| StateError::Write {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory,
+/// fsyncs it, renames it over `path` and fsyncs the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The mode given to open is filtered by the umask; set it exactly.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// An exclusive lock on a deployment, held until dropped.
+#[derive(Debug)]
+pub struct StateLock {
+    path: PathBuf,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl StateLock {
+    /// Takes the lock at `path` (created if missing), without waiting: if
+    /// another process holds it, the error names that process.
+    pub fn acquire(path: &Path) -> Result<Self, StateError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| StateError::Lock {
+                path: path.to_owned(),
+                source,
+            })?;
+        let mut lock =
+            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => lock,
+                Err((mut file, _)) => {
+                    let mut pid = String::new();
+                    let _ = file.read_to_string(&mut pid);
+                    let pid = pid.trim();
+                    let pid = if pid.is_empty()
+                        || pid.len() > 20
+                        || !pid.bytes().all(|b| b.is_ascii_digit())
+                    {
+                        "unknown".to_owned()
+                    } else {
+                        pid.to_owned()
+                    };
+                    return Err(StateError::Locked {
+                        path: path.to_owned(),
+                        pid,
+                    });
+                }
+            };
+        let write_pid = (|| {
+            lock.set_len(0)?;
+            use std::io::Seek;
+            lock.seek(io::SeekFrom::Start(0))?;
+            writeln!(lock, "{}", std::process::id())?;
+            lock.sync_all()
+        })();
+        write_pid.map_err(|source| StateError::Lock {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> State {
+        let mut state = State::new(DeploymentName::new("promguard").unwrap());
+        let key = PrivateKey::generate();
+        state.hosts.insert(
+            HostName::new("promguard-monitor-1").unwrap(),
+            HostRecord {
+                role: Role::Monitor,
+                region: Region::new("tor1").unwrap(),
+                wireguard_address: "10.0.0.1".parse().unwrap(),
+                public_key: key.public_key(),
+                private_key: key,
+                created: true,
+                provider_id: Some("1".into()),
+                public_address: Some("198.18.0.2".parse().unwrap()),
+                ssh_port: Some(Port::new(22).unwrap()),
+                ssh_host_key: None,
+                files: BTreeMap::new(),
+            },
+        );
+        state
+    }
+
+    #[test]
+    fn save_load_round_trip_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("promguard.state.json");
+        let state = sample();
+        state.save(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(State::load(&path).unwrap().unwrap(), state);
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn missing_file_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(State::load(&dir.path().join("nope.json"))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn newer_version_is_refused() {
+        let text = sample()
+            .to_json()
+            .replace("\"version\": 1", "\"version\": 7");
+        let err = State::from_json(Path::new("s.json"), text.as_bytes()).unwrap_err();
+        assert!(
+            matches!(err, StateError::NewerVersion { found: 7, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("upgrade promguard"));
+    }
+
+    #[test]
+    fn corrupt_state_is_refused_with_position() {
+        let err = State::from_json(Path::new("s.json"), b"{\"version\": 1, ").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("is corrupt") && msg.contains("line 1"),
+            "{msg}"
+        );
+        let err = State::from_json(Path::new("s.json"), b"\xff\xfe").unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"));
+    }
+
+    #[test]
+    fn mismatched_public_key_is_refused() {
+        let mut state = sample();
+        for host in state.hosts.values_mut() {
+            host.public_key = PrivateKey::generate().public_key();
+        }
+        let err = State::from_json(Path::new("s.json"), state.to_json().as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("does not belong"), "{err}");
+    }
+
+    #[test]
+    fn hostile_host_names_in_state_are_refused() {
+        let text = sample()
+            .to_json()
+            .replace("promguard-monitor-1", "$(touch /tmp/pwned)");
+        assert!(State::from_json(Path::new("s.json"), text.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn second_lock_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("promguard.state.lock");
+        let _held = StateLock::acquire(&path).unwrap();
+        let err = StateLock::acquire(&path).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+    }
+}
