@@ -6,10 +6,10 @@
 //! addresses, SSH endpoints and SSH host keys, and a way to open a TCP
 //! connection to a host's SSH port.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 
 use async_trait::async_trait;
+pub use promguard_core::SshPublicKey;
 use promguard_core::{DeploymentName, HostName, Region, Role};
 
 pub mod local;
@@ -54,66 +54,6 @@ pub enum CloudError {
         /// Last thing observed.
         message: String,
     },
-}
-
-/// An SSH public key in OpenSSH format (`ssh-ed25519 AAAA... [comment]`),
-/// validated to have a known algorithm and base64 body.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SshPublicKey {
-    algorithm: String,
-    body: String,
-}
-
-impl SshPublicKey {
-    /// Parses `algorithm base64 [comment]`; the comment is dropped.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut parts = text.split_whitespace();
-        let algorithm = parts.next().ok_or("empty SSH public key")?;
-        let body = parts.next().ok_or("SSH public key has no key data")?;
-        let known = [
-            "ssh-ed25519",
-            "ssh-rsa",
-            "ecdsa-sha2-nistp256",
-            "ecdsa-sha2-nistp384",
-            "ecdsa-sha2-nistp521",
-        ];
-        if !known.contains(&algorithm) {
-            return Err(format!("unsupported SSH key type {algorithm:?}"));
-        }
-        if body.is_empty()
-            || !body
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
-        {
-            return Err("SSH public key data is not base64".into());
-        }
-        Ok(Self {
-            algorithm: algorithm.to_owned(),
-            body: body.to_owned(),
-        })
-    }
-
-    /// The algorithm name, e.g. `ssh-ed25519`.
-    pub fn algorithm(&self) -> &str {
-        &self.algorithm
-    }
-
-    /// The base64 key blob.
-    pub fn base64(&self) -> &str {
-        &self.body
-    }
-}
-
-impl fmt::Display for SshPublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.algorithm, self.body)
-    }
-}
-
-impl fmt::Debug for SshPublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SshPublicKey({self})")
-    }
 }
 
 /// What to create.

@@ -18,8 +18,11 @@
 pub mod config;
 pub mod keys;
 pub mod names;
+pub mod nftables;
 pub mod plan;
 pub mod planner;
+pub mod prometheus;
+pub mod ssh;
 pub mod state;
 
 pub use keys::{PresharedKey, PrivateKey, PublicKey};
@@ -28,4 +31,5 @@ pub use plan::{
     Change, ExporterPlan, FirewallPolicy, HostPlan, InterfacePlan, PeerPlan, Plan, PrometheusPlan,
     Role, ScrapeTarget,
 };
+pub use ssh::SshPublicKey;
 pub use state::{HostRecord, State, StateLock};
