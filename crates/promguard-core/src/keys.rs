@@ -52,7 +52,16 @@ pub struct PrivateKey(x25519_dalek::StaticSecret);
 impl PrivateKey {
     /// Generates a new key from the operating system's RNG.
     pub fn generate() -> Self {
-        Self(x25519_dalek::StaticSecret::random_from_rng(OsRng))
+        let mut bytes = [0u8; 32];
+        OsRng.fill_bytes(&mut bytes);
+        // Clamp as `wg genkey` does, so the key a running interface reports
+        // is byte for byte the one in the state.
+        bytes[0] &= 248;
+        bytes[31] &= 127;
+        bytes[31] |= 64;
+        let key = Self(x25519_dalek::StaticSecret::from(bytes));
+        bytes.zeroize();
+        key
     }
 
     /// Parses the base64 form used by `wg genkey` and `wg0.conf`.
@@ -231,6 +240,14 @@ mod tests {
         let err = PrivateKey::from_base64("c2VjcmV0").unwrap_err();
         assert!(!err.to_string().contains("c2VjcmV0"));
         assert!(PublicKey::from_base64(&"!".repeat(44)).is_err());
+    }
+
+    #[test]
+    fn generated_keys_are_clamped_like_wg_genkey() {
+        let key = PrivateKey::generate();
+        let bytes = STANDARD.decode(key.expose_base64()).unwrap();
+        assert_eq!(bytes[0] & 7, 0);
+        assert_eq!(bytes[31] & 0xc0, 0x40);
     }
 
     #[test]

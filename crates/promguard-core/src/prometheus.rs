@@ -1,19 +1,193 @@
 //! Prometheus files for the monitor: `prometheus.yml` and one file_sd
 //! targets file per job. Text only; no IO.
+//!
+//! Targets live in file_sd JSON files rather than in `prometheus.yml`, so a
+//! new node only changes a targets file, which Prometheus rereads by itself
+//! without a restart.
 
-use crate::plan::PrometheusPlan;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::config::format_duration;
+use crate::names::ExporterName;
+use crate::plan::{PrometheusPlan, ScrapeTarget};
 
 /// Where the monitor's Prometheus config lives.
 pub const CONFIG_PATH: &str = "/etc/prometheus/prometheus.yml";
 /// Directory of the file_sd targets files (`<job>.json`).
 pub const TARGETS_DIR: &str = "/etc/prometheus/promguard";
 
-/// Renders `prometheus.yml`.
-pub fn render_config(_plan: &PrometheusPlan) -> String {
-    todo!()
+/// The file name of `job`'s targets file inside [`TARGETS_DIR`].
+pub fn targets_file_name(job: &ExporterName) -> String {
+    format!("{job}.json")
 }
 
-/// Renders the targets files: `(absolute path, JSON text)` per job.
-pub fn render_targets(_plan: &PrometheusPlan) -> Vec<(String, String)> {
-    todo!()
+/// The absolute path of `job`'s targets file on the monitor.
+pub fn targets_path(job: &ExporterName) -> String {
+    format!("{TARGETS_DIR}/{}", targets_file_name(job))
+}
+
+/// Renders `prometheus.yml`.
+pub fn render_config(plan: &PrometheusPlan) -> String {
+    render_config_with_targets_dir(plan, TARGETS_DIR)
+}
+
+/// Renders `prometheus.yml` with the targets files in `targets_dir`
+/// instead of [`TARGETS_DIR`] (for checking the config with `promtool`
+/// against files in a scratch directory).
+pub fn render_config_with_targets_dir(plan: &PrometheusPlan, targets_dir: &str) -> String {
+    let interval = format_duration(plan.scrape_interval);
+    let mut out = String::from(
+        "# Managed by PromGuard: changes here are overwritten by the next `promguard up`.\n\
+         # Targets are in file_sd files, one per job, updated without a restart.\n",
+    );
+    // Writing to a String cannot fail; the results are ignored on purpose.
+    let _ = write!(
+        out,
+        "global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n\nscrape_configs:\n"
+    );
+    for job in plan.jobs() {
+        let file = format!(
+            "{}/{}",
+            targets_dir.trim_end_matches('/'),
+            targets_file_name(job)
+        );
+        // JSON strings are valid YAML double-quoted scalars, so quoting with
+        // serde_json is safe for any path.
+        let _ = write!(
+            out,
+            "  - job_name: {}\n    file_sd_configs:\n      - files:\n          - {}\n",
+            yaml_string(job.as_str()),
+            yaml_string(&file)
+        );
+    }
+    out
+}
+
+fn yaml_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a string always serializes")
+}
+
+/// One file_sd target group: one target, so each gets its own labels.
+#[derive(Serialize)]
+struct TargetGroup<'a> {
+    targets: [String; 1],
+    labels: Labels<'a>,
+}
+
+#[derive(Serialize)]
+struct Labels<'a> {
+    instance: &'a str,
+    region: &'a str,
+    role: &'a str,
+}
+
+impl<'a> From<&'a ScrapeTarget> for TargetGroup<'a> {
+    fn from(t: &'a ScrapeTarget) -> Self {
+        Self {
+            // SocketAddr brackets IPv6 addresses, as Prometheus wants.
+            targets: [t.address.to_string()],
+            labels: Labels {
+                instance: t.instance.as_str(),
+                region: t.region.as_str(),
+                role: t.role.as_str(),
+            },
+        }
+    }
+}
+
+/// Renders the targets files: `(absolute path, JSON text)` per job, in the
+/// order of [`PrometheusPlan::jobs`].
+pub fn render_targets(plan: &PrometheusPlan) -> Vec<(String, String)> {
+    plan.jobs()
+        .into_iter()
+        .map(|job| {
+            let groups: Vec<TargetGroup<'_>> = plan
+                .targets
+                .iter()
+                .filter(|t| &t.job == job)
+                .map(TargetGroup::from)
+                .collect();
+            let mut json =
+                serde_json::to_string_pretty(&groups).expect("target groups always serialize");
+            json.push('\n');
+            (targets_path(job), json)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use expect_test::expect_file;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::planner;
+
+    fn prometheus_plan(config_toml: &str) -> PrometheusPlan {
+        let config = Config::from_toml(config_toml, Path::new("t.toml")).unwrap();
+        let plan = planner::plan(&config, None).unwrap();
+        plan.monitor().prometheus.clone().unwrap()
+    }
+
+    /// An IPv6 deployment with an extra exporter on every node and one more
+    /// on the monitor.
+    const EXTRA: &str = "[deployment]\nsubnet = \"fd00:10::/64\"\n\
+        [prometheus]\nscrape_interval = \"15s\"\n\
+        [monitor]\nexporters = [{ name = \"blackbox\", port = 9115 }]\n\
+        [nodes]\ncount = 2\nexporters = [{ name = \"postgres\", port = 9187 }]\n";
+
+    fn all_files(plan: &PrometheusPlan) -> String {
+        let mut out = format!("=== {CONFIG_PATH}\n{}", render_config(plan));
+        for (path, json) in render_targets(plan) {
+            let _ = write!(out, "=== {path}\n{json}");
+        }
+        out
+    }
+
+    #[test]
+    fn snapshot_default() {
+        // Keys do not appear in Prometheus files, so random keys are fine.
+        expect_file!["../tests/data/prometheus-default.txt"]
+            .assert_eq(&all_files(&prometheus_plan("")));
+    }
+
+    #[test]
+    fn snapshot_ipv6_with_extra_exporters() {
+        expect_file!["../tests/data/prometheus-ipv6-extra.txt"]
+            .assert_eq(&all_files(&prometheus_plan(EXTRA)));
+    }
+
+    #[test]
+    fn one_job_and_one_file_per_exporter() {
+        let plan = prometheus_plan(EXTRA);
+        let files = render_targets(&plan);
+        let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/etc/prometheus/promguard/node.json",
+                "/etc/prometheus/promguard/blackbox.json",
+                "/etc/prometheus/promguard/postgres.json"
+            ]
+        );
+        let node: serde_json::Value = serde_json::from_str(&files[0].1).unwrap();
+        assert_eq!(node.as_array().unwrap().len(), 3, "monitor and two nodes");
+        assert_eq!(node[1]["targets"][0], "[fd00:10::2]:9100");
+        assert_eq!(node[1]["labels"]["instance"], "promguard-node-1");
+        assert_eq!(node[1]["labels"]["role"], "node");
+        assert_eq!(node[0]["labels"]["role"], "monitor");
+        let config = render_config(&plan);
+        assert_eq!(config.matches("- job_name:").count(), 3);
+        assert!(config.contains("scrape_interval: 15s"));
+    }
+
+    #[test]
+    fn targets_dir_can_be_moved() {
+        let config = render_config_with_targets_dir(&prometheus_plan(""), "/tmp/x y/");
+        assert!(config.contains("- \"/tmp/x y/node.json\""), "{config}");
+    }
 }
