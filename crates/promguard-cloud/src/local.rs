@@ -1,1 +1,709 @@
 //! The local provider: hosts are namespaces on this machine.
+//!
+//! Each host is a network namespace (`pg-<deployment>-<index>`) with one
+//! veth, `eth0`, on a bridge (`br0`) in the deployment's hub namespace
+//! (`pg-<deployment>-hub`), plus mount, PID, UTS and IPC namespaces whose
+//! PID 1 is the host's own `sshd`. The hosts' "public" addresses come from
+//! a /24 of `198.18.0.0/15` that collides with no route of this machine and
+//! no other local deployment; the gateway address `.1` sits on the bridge
+//! and host `i` gets `.10 + i`. No namespace has a default route, so no
+//! packet of a deployment leaves the machine, and the root namespace is
+//! never changed: the CLI reaches the hosts through sockets opened inside
+//! the hub namespace ([`LocalProvider::connect`]).
+//!
+//! On disk, `<state_dir>/<deployment>/` (mode 0700) holds `deployment.json`
+//! and `hosts/<name>/`, the host's private directories that are
+//! bind-mounted over `/etc/wireguard`, `/etc/prometheus`,
+//! `/var/lib/prometheus`, `/etc/promguard`, `/var/log/promguard`,
+//! `/etc/default`, `/root` and `/tmp` inside the host; `/run` is a tmpfs of
+//! its own. Destroying a host kills its PID 1 (recorded with its start time,
+//! so a recycled PID is never signalled), which ends every process of the
+//! host, then deletes its namespace and directory.
+
+mod host;
+mod net;
+mod preflight;
+mod process;
+mod record;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ipnetwork::Ipv4Network;
+use promguard_core::{DeploymentName, HostName, Port, SshPublicKey};
+
+use crate::{CloudError, CloudProvider, Host, HostRequest};
+use host::{HostDir, HostSpec};
+use record::{DeploymentRecord, HostEntry, OutsiderEntry, StateDir};
+
+pub use net::run_in_netns;
+pub use preflight::{check as check_programs, Program, REQUIRED_PROGRAMS};
+
+/// How long a new host's sshd may take to accept connections.
+const SSH_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a killed host may take to end.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bridge in the hub namespace.
+const BRIDGE: &str = "br0";
+
+/// Where the local provider keeps its files and which SSH port hosts use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalOptions {
+    /// The state directory; each deployment gets `<state_dir>/<name>/`. It
+    /// must not lie under a directory that hosts replace with a private one
+    /// (`/tmp`, `/root`, `/run`, ...).
+    pub state_dir: PathBuf,
+    /// The port each host's sshd listens on.
+    pub ssh_port: Port,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/promguard/local"),
+            ssh_port: Port::new(22).expect("22 is a valid port"),
+        }
+    }
+}
+
+/// A namespace on a deployment's bridge that is no host of it: no sshd, no
+/// processes. Tests run commands in it (`ip netns exec <netns> ...`) to act
+/// as "the internet".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outsider {
+    /// The name given at creation.
+    pub name: HostName,
+    /// Its network namespace, a name under `/run/netns`.
+    pub netns: String,
+    /// Its address on the underlay.
+    pub address: Ipv4Addr,
+}
+
+/// The local provider for one deployment.
+#[derive(Debug, Clone)]
+pub struct LocalProvider {
+    deployment: DeploymentName,
+    options: LocalOptions,
+    state: StateDir,
+}
+
+/// Paths a host replaces with private ones; the state directory must not
+/// be under them, or a host could not see its own files.
+const PRIVATE_PATHS: &[&str] = &[
+    "/tmp",
+    "/root",
+    "/run",
+    "/proc",
+    "/sys",
+    "/etc/wireguard",
+    "/etc/prometheus",
+    "/var/lib/prometheus",
+    "/etc/promguard",
+    "/var/log/promguard",
+    "/etc/default",
+];
+
+impl LocalProvider {
+    /// A provider for `deployment`; creates nothing until asked. A relative
+    /// state directory is taken from the current directory.
+    pub fn new(deployment: DeploymentName, options: LocalOptions) -> Self {
+        let root = std::path::absolute(&options.state_dir).unwrap_or(options.state_dir.clone());
+        Self {
+            deployment,
+            options,
+            state: StateDir { root },
+        }
+    }
+
+    /// The deployment this provider manages.
+    pub fn deployment(&self) -> &DeploymentName {
+        &self.deployment
+    }
+
+    /// The name of the deployment's hub namespace (it may not exist yet).
+    pub fn hub_netns(&self) -> String {
+        format!("pg-{}-hub", self.deployment)
+    }
+
+    /// The network namespace of host `name`, if the deployment has it.
+    pub fn host_netns(&self, name: &HostName) -> Option<String> {
+        self.find_host(name).map(|h| h.netns)
+    }
+
+    /// The PID (in this machine's PID namespace) of host `name`'s PID 1,
+    /// while it runs: `nsenter -t <pid> -a` enters the host.
+    pub fn host_init_pid(&self, name: &HostName) -> Option<u32> {
+        let init = self.find_host(name)?.init?;
+        init.is_alive().then_some(init.pid as u32)
+    }
+
+    /// The directory that holds host `name`'s private directories.
+    pub fn host_dir(&self, name: &HostName) -> PathBuf {
+        self.state.host_dir(&self.deployment, name)
+    }
+
+    /// The deployment's underlay network, once chosen.
+    pub fn underlay(&self) -> Option<Ipv4Network> {
+        self.load().ok().flatten().and_then(|r| r.underlay)
+    }
+
+    fn find_host(&self, name: &HostName) -> Option<HostEntry> {
+        self.load()
+            .ok()
+            .flatten()?
+            .hosts
+            .into_iter()
+            .find(|h| &h.name == name)
+    }
+
+    fn deployment_error(&self, message: impl Into<String>) -> CloudError {
+        CloudError::Deployment {
+            deployment: self.deployment.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn state_error(&self, err: io::Error) -> CloudError {
+        self.deployment_error(format!(
+            "state directory {}: {err}",
+            self.state.root.display()
+        ))
+    }
+
+    fn load(&self) -> Result<Option<DeploymentRecord>, CloudError> {
+        self.state
+            .load(&self.deployment)
+            .map_err(|err| self.state_error(err))
+    }
+
+    fn save(&self, record: &DeploymentRecord) -> Result<(), CloudError> {
+        self.state.save(record).map_err(|err| self.state_error(err))
+    }
+
+    fn lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>, CloudError> {
+        self.state.lock().map_err(|err| self.state_error(err))
+    }
+
+    fn check_state_dir(&self) -> Result<(), CloudError> {
+        let root = &self.state.root;
+        match PRIVATE_PATHS.iter().find(|p| root.starts_with(p)) {
+            Some(private) => Err(self.deployment_error(format!(
+                "state directory {} is under {private}, which every local host replaces with a \
+                 private directory; choose a state directory elsewhere (the default is {})",
+                root.display(),
+                LocalOptions::default().state_dir.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates the hub namespace and its bridge if they do not exist,
+    /// choosing the underlay first if the deployment has none.
+    fn ensure_hub(&self, record: &mut DeploymentRecord) -> Result<Ipv4Network, CloudError> {
+        let hub = self.hub_netns();
+        if let (Some(underlay), Some(_)) = (record.underlay, &record.hub_netns) {
+            if net::netns_path(&hub).exists() {
+                return Ok(underlay);
+            }
+        }
+        let underlay = match record.underlay {
+            Some(underlay) => underlay,
+            None => {
+                let routes = net::root_routes().map_err(|e| self.deployment_error(e))?;
+                let taken = self
+                    .state
+                    .other_underlays(&self.deployment)
+                    .map_err(|err| self.state_error(err))?;
+                net::pick_underlay(&routes, &taken).ok_or_else(|| {
+                    self.deployment_error(format!(
+                        "no /24 of {} is free: every one overlaps a route of this machine or \
+                         another local deployment; destroy an old local deployment",
+                        net::UNDERLAY_RANGE
+                    ))
+                })?
+            }
+        };
+        refuse_foreign_netns(&hub).map_err(|e| self.deployment_error(e))?;
+        record.underlay = Some(underlay);
+        record.hub_netns = Some(hub.clone());
+        // Record first, so that a failure below still leaves something that
+        // destroy_deployment cleans up.
+        self.save(record)?;
+        let gateway = underlay.nth(1).expect("a /24 has a .1");
+        net::add_netns(&hub).map_err(|e| self.deployment_error(e))?;
+        net::ip_batch(
+            &hub,
+            &[
+                format!("link add {BRIDGE} address {} type bridge", mac_for(gateway)),
+                format!("addr add {gateway}/24 dev {BRIDGE}"),
+                format!("link set {BRIDGE} up"),
+                "link set lo up".to_owned(),
+            ],
+        )
+        .map_err(|e| self.deployment_error(e))?;
+        Ok(underlay)
+    }
+
+    /// Adds network namespace `netns` with `eth0` at `address` on the
+    /// bridge, through veth `v<index>` in the hub.
+    fn attach(&self, netns: &str, index: u8, address: Ipv4Addr) -> Result<(), String> {
+        let hub = self.hub_netns();
+        refuse_foreign_netns(netns)?;
+        net::add_netns(netns)?;
+        let veth = format!("v{index}");
+        net::ip_batch(
+            &hub,
+            &[
+                format!(
+                    "link add {veth} type veth peer name eth0 address {} netns {netns}",
+                    mac_for(address)
+                ),
+                format!("link set {veth} master {BRIDGE}"),
+                format!("link set {veth} up"),
+            ],
+        )?;
+        net::ip_batch(
+            netns,
+            &[
+                format!("addr add {address}/24 dev eth0"),
+                "link set eth0 up".to_owned(),
+                "link set lo up".to_owned(),
+            ],
+        )
+    }
+
+    /// Removes a namespace attached with [`Self::attach`].
+    fn detach(&self, netns: &str, index: u8) -> Result<(), String> {
+        let hub = self.hub_netns();
+        // Deleting the hub end at once (rather than when the kernel frees
+        // the host namespace) lets the index be reused right away.
+        if net::netns_path(&hub).exists() {
+            let _ = net::run(
+                "ip",
+                &["-n", &hub, "link", "del", &format!("v{index}")],
+                None,
+            );
+        }
+        net::delete_netns(netns)
+    }
+
+    /// Ends hosts and removes their namespaces and directories. Kills all
+    /// of them first so that they end in parallel.
+    fn teardown(&self, hosts: &[HostEntry]) -> Result<(), CloudError> {
+        for host in hosts {
+            if let Some(init) = host.init {
+                init.kill();
+            }
+        }
+        for host in hosts {
+            let host_error = |message: String| CloudError::Host {
+                host: host.name.clone(),
+                message,
+            };
+            if let Some(init) = host.init {
+                if !init.wait_gone(STOP_TIMEOUT) {
+                    return Err(host_error(format!(
+                        "its init (pid {}) did not end within {} s of SIGKILL",
+                        init.pid,
+                        STOP_TIMEOUT.as_secs()
+                    )));
+                }
+            }
+            self.detach(&host.netns, host.index).map_err(host_error)?;
+            let dir = self.host_dir(&host.name);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    return Err(host_error(format!(
+                        "cannot remove {}: {err}",
+                        dir.display()
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn to_host(&self, entry: &HostEntry) -> Host {
+        Host {
+            name: entry.name.clone(),
+            role: entry.role,
+            region: entry.region.clone(),
+            id: entry.netns.clone(),
+            public_address: IpAddr::V4(entry.address),
+            ssh: SocketAddr::new(IpAddr::V4(entry.address), entry.ssh_port.get()),
+            ssh_host_key: entry
+                .host_key
+                .as_deref()
+                .and_then(|k| SshPublicKey::parse(k).ok()),
+        }
+    }
+
+    /// Brings up one recorded host: namespace, directories, init, and
+    /// waits for its sshd.
+    fn bring_up(&self, entry: &HostEntry, authorized_keys: &[String]) -> Result<Host, CloudError> {
+        let host_error = |message: String| CloudError::Host {
+            host: entry.name.clone(),
+            message,
+        };
+        self.attach(&entry.netns, entry.index, entry.address)
+            .map_err(host_error)?;
+        let dir = HostDir {
+            path: self.host_dir(&entry.name),
+        };
+        let spec = HostSpec {
+            name: &entry.name,
+            address: entry.address,
+            ssh_port: entry.ssh_port,
+            authorized_keys,
+        };
+        let host_key = host::prepare(&dir, &spec).map_err(host_error)?;
+        let init = host::start_init(&dir, &entry.name, &entry.netns).map_err(host_error)?;
+        let entry = {
+            let _lock = self.lock()?;
+            let mut record = self.load()?.ok_or_else(|| {
+                self.deployment_error("deployment.json vanished while creating hosts")
+            })?;
+            let recorded = record
+                .hosts
+                .iter_mut()
+                .find(|h| h.name == entry.name)
+                .ok_or_else(|| {
+                    host_error("its record vanished while it was being created".into())
+                })?;
+            recorded.init = Some(init);
+            recorded.host_key = Some(host_key.to_string());
+            let entry = recorded.clone();
+            self.save(&record)?;
+            entry
+        };
+        let ssh = SocketAddr::new(IpAddr::V4(entry.address), entry.ssh_port.get());
+        host::wait_for_ssh(&dir, &self.hub_netns(), ssh, &init, SSH_READY_TIMEOUT).map_err(
+            |message| CloudError::Timeout {
+                host: entry.name.clone(),
+                seconds: SSH_READY_TIMEOUT.as_secs(),
+                message,
+            },
+        )?;
+        Ok(self.to_host(&entry))
+    }
+
+    fn create_hosts_blocking(&self, requests: &[HostRequest]) -> Result<Vec<Host>, CloudError> {
+        self.check_state_dir()?;
+        for (i, request) in requests.iter().enumerate() {
+            if requests[..i].iter().any(|r| r.name == request.name) {
+                return Err(CloudError::Host {
+                    host: request.name.clone(),
+                    message: "requested twice in one batch".into(),
+                });
+            }
+        }
+        let (entries, authorized_keys) = {
+            let _lock = self.lock()?;
+            let mut record = self
+                .load()?
+                .unwrap_or_else(|| DeploymentRecord::new(self.deployment.clone()));
+            let underlay = self.ensure_hub(&mut record)?;
+            let mut dead = Vec::new();
+            for request in requests {
+                if let Some(existing) = record.hosts.iter().find(|h| h.name == request.name) {
+                    if existing.init.is_some_and(|i| i.is_alive()) {
+                        return Err(CloudError::Host {
+                            host: request.name.clone(),
+                            message: format!(
+                                "already exists in local deployment {}; destroy it first or \
+                                 choose another name",
+                                self.deployment
+                            ),
+                        });
+                    }
+                    dead.push(existing.clone());
+                }
+            }
+            // A recorded host whose init has ended (a crash, a reboot) is
+            // cleared away and made anew under the same name.
+            self.teardown(&dead)?;
+            record
+                .hosts
+                .retain(|h| !dead.iter().any(|d| d.name == h.name));
+            let mut entries = Vec::new();
+            for request in requests {
+                let index = record.free_index().ok_or_else(|| {
+                    self.deployment_error("a local deployment holds at most 244 hosts")
+                })?;
+                let address = underlay
+                    .nth(10 + u32::from(index))
+                    .expect("index keeps the address inside the /24");
+                let entry = HostEntry {
+                    name: request.name.clone(),
+                    index,
+                    address,
+                    netns: format!("pg-{}-{index}", self.deployment),
+                    role: Some(request.role),
+                    region: request.region.clone(),
+                    ssh_port: self.options.ssh_port,
+                    host_key: None,
+                    init: None,
+                };
+                record.hosts.push(entry.clone());
+                entries.push(entry);
+            }
+            // Recorded before anything exists, so that destroy always finds
+            // every host, whatever happens next.
+            self.save(&record)?;
+            (entries, record.authorized_keys.clone())
+        };
+        let results: Vec<Result<Host, CloudError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = entries
+                .iter()
+                .map(|entry| scope.spawn(|| self.bring_up(entry, &authorized_keys)))
+                .collect();
+            handles
+                .into_iter()
+                .zip(&entries)
+                .map(|(handle, entry)| {
+                    handle.join().unwrap_or_else(|_| {
+                        Err(CloudError::Host {
+                            host: entry.name.clone(),
+                            message: "creating it panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        let failed: Vec<HostName> = entries
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_err())
+            .map(|(entry, _)| entry.name.clone())
+            .collect();
+        if !failed.is_empty() {
+            // A half-made host is of no use: remove it, keep the others.
+            if let Err(err) = self.destroy_hosts_blocking(&failed) {
+                tracing::warn!("cleaning up local hosts that failed to start: {err}");
+            }
+        }
+        results.into_iter().collect()
+    }
+
+    fn list_hosts_blocking(&self) -> Result<Vec<Host>, CloudError> {
+        let Some(record) = self.load()? else {
+            return Ok(Vec::new());
+        };
+        let mut hosts = Vec::new();
+        for entry in &record.hosts {
+            if entry.init.is_some_and(|i| i.is_alive()) {
+                hosts.push(self.to_host(entry));
+            } else {
+                tracing::warn!(
+                    "local host {} of deployment {} is recorded but not running; \
+                     creating it again replaces it",
+                    entry.name,
+                    self.deployment
+                );
+            }
+        }
+        Ok(hosts)
+    }
+
+    fn destroy_hosts_blocking(&self, names: &[HostName]) -> Result<(), CloudError> {
+        let _lock = self.lock()?;
+        let Some(mut record) = self.load()? else {
+            return Ok(());
+        };
+        let doomed: Vec<HostEntry> = record
+            .hosts
+            .iter()
+            .filter(|h| names.contains(&h.name))
+            .cloned()
+            .collect();
+        let outcome = self.teardown(&doomed);
+        // Forget only the hosts that are really gone, even on failure.
+        record.hosts.retain(|h| {
+            !doomed.iter().any(|d| d.name == h.name) || self.host_dir(&h.name).exists()
+        });
+        self.save(&record)?;
+        outcome
+    }
+
+    /// [`CloudProvider::destroy_deployment`] without async, for `Drop`
+    /// guards and synchronous callers. Blocks the calling thread.
+    pub fn destroy_deployment_blocking(&self) -> Result<(), CloudError> {
+        let _lock = self.lock()?;
+        // Without a record there is nothing of ours to remove: a hub
+        // namespace of this name then belongs to a deployment of the same
+        // name in another state directory.
+        if let Some(record) = self.load()? {
+            self.teardown(&record.hosts)?;
+            for outsider in &record.outsiders {
+                self.detach(&outsider.netns, outsider.index)
+                    .map_err(|e| self.deployment_error(e))?;
+            }
+            if let Some(hub) = &record.hub_netns {
+                net::delete_netns(hub).map_err(|e| self.deployment_error(e))?;
+            }
+        }
+        let dir = self.state.deployment_dir(&self.deployment);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(err) => {
+                Err(self.deployment_error(format!("cannot remove {}: {err}", dir.display())))
+            }
+        }
+    }
+
+    fn register_ssh_key_blocking(&self, key: &SshPublicKey) -> Result<(), CloudError> {
+        self.check_state_dir()?;
+        let _lock = self.lock()?;
+        let mut record = self
+            .load()?
+            .unwrap_or_else(|| DeploymentRecord::new(self.deployment.clone()));
+        let key = key.to_string();
+        if !record.authorized_keys.contains(&key) {
+            record.authorized_keys.push(key);
+        }
+        self.save(&record)
+    }
+
+    fn create_outsider_blocking(&self, name: &HostName) -> Result<Outsider, CloudError> {
+        self.check_state_dir()?;
+        let _lock = self.lock()?;
+        let mut record = self
+            .load()?
+            .unwrap_or_else(|| DeploymentRecord::new(self.deployment.clone()));
+        if record.outsiders.iter().any(|o| &o.name == name) {
+            return Err(self.deployment_error(format!("outsider {name} already exists")));
+        }
+        let underlay = self.ensure_hub(&mut record)?;
+        let index = record
+            .free_index()
+            .ok_or_else(|| self.deployment_error("no free address on the underlay"))?;
+        let entry = OutsiderEntry {
+            name: name.clone(),
+            index,
+            address: underlay
+                .nth(10 + u32::from(index))
+                .expect("index keeps the address inside the /24"),
+            netns: format!("pg-{}-o{index}", self.deployment),
+        };
+        record.outsiders.push(entry.clone());
+        self.save(&record)?;
+        self.attach(&entry.netns, entry.index, entry.address)
+            .map_err(|e| self.deployment_error(format!("outsider {name}: {e}")))?;
+        Ok(Outsider {
+            name: entry.name,
+            netns: entry.netns,
+            address: entry.address,
+        })
+    }
+
+    /// Attaches a namespace that belongs to no host to the deployment's
+    /// bridge, with an underlay address; [`CloudProvider::destroy_deployment`]
+    /// removes it.
+    pub async fn create_outsider(&self, name: &HostName) -> Result<Outsider, CloudError> {
+        let this = self.clone();
+        let name = name.clone();
+        self.blocking(move || this.create_outsider_blocking(&name))
+            .await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, CloudError> + Send + 'static,
+    ) -> Result<T, CloudError> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|err| self.deployment_error(format!("a provider task failed: {err}")))?
+    }
+}
+
+/// Fails if network namespace `name` exists although this deployment's
+/// record does not account for it: it belongs to a deployment of the same
+/// name in another state directory, or to a run that crashed, and deleting
+/// it could break someone else's hosts.
+fn refuse_foreign_netns(name: &str) -> Result<(), String> {
+    if net::netns_path(name).exists() {
+        return Err(format!(
+            "network namespace {name} already exists but is not recorded in this state \
+             directory (a deployment of the same name in another state directory, or a \
+             crashed run); destroy that deployment, or delete it with `ip netns delete {name}` \
+             if nothing uses it"
+        ));
+    }
+    Ok(())
+}
+
+/// The MAC address of the interface that holds `address` on the underlay.
+/// Derived from the address rather than random so that when a destroyed
+/// host's address is given to a new host, the neighbour caches of the hub
+/// and the other hosts are still right (stale entries would black-hole
+/// traffic until they expire). `02:` marks it locally administered.
+fn mac_for(address: Ipv4Addr) -> String {
+    let [_, b, c, d] = address.octets();
+    format!("02:70:67:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// The path of a named network namespace, for [`run_in_netns`].
+pub fn netns_path(name: &str) -> PathBuf {
+    net::netns_path(name)
+}
+
+#[async_trait]
+impl CloudProvider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn preflight(&self) -> Result<(), CloudError> {
+        self.check_state_dir()?;
+        preflight::check(REQUIRED_PROGRAMS)
+    }
+
+    async fn register_ssh_key(&self, key: &SshPublicKey) -> Result<(), CloudError> {
+        let this = self.clone();
+        let key = key.clone();
+        self.blocking(move || this.register_ssh_key_blocking(&key))
+            .await
+    }
+
+    async fn create_hosts(&self, requests: &[HostRequest]) -> Result<Vec<Host>, CloudError> {
+        let this = self.clone();
+        let requests = requests.to_vec();
+        self.blocking(move || this.create_hosts_blocking(&requests))
+            .await
+    }
+
+    async fn list_hosts(&self) -> Result<Vec<Host>, CloudError> {
+        let this = self.clone();
+        self.blocking(move || this.list_hosts_blocking()).await
+    }
+
+    async fn destroy_hosts(&self, names: &[HostName]) -> Result<(), CloudError> {
+        let this = self.clone();
+        let names = names.to_vec();
+        self.blocking(move || this.destroy_hosts_blocking(&names))
+            .await
+    }
+
+    async fn destroy_deployment(&self) -> Result<(), CloudError> {
+        let this = self.clone();
+        self.blocking(move || this.destroy_deployment_blocking())
+            .await
+    }
+
+    /// Opens the socket inside the deployment's hub namespace, where every
+    /// host's underlay address is reachable.
+    fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let hub = netns_path(&self.hub_netns());
+        run_in_netns(&hub, || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        })?
+    }
+}
