@@ -1,2 +1,129 @@
-//! Project automation.
-fn main() {}
+//! Project automation, run as `cargo xtask <command>` from anywhere in the
+//! workspace:
+//!
+//! - `test`: installs the Debian packages the tests need when missing, then
+//!   runs everything CI checks (fmt, clippy, all tests, the local
+//!   end-to-end scenario).
+//! - `demo`: installs what is missing, builds, brings up a monitor and three
+//!   nodes on the local provider and prints the targets.
+//! - `e2e --local`: the local end-to-end scenario on its own.
+//! - `deps`: only the package installation.
+//!
+//! xtask keeps few dependencies so it builds before the system libraries
+//! the workspace needs (libssh2) are installed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+mod deps;
+mod e2e;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = project_root();
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("test") => test(&root),
+        Some("demo") => demo(&root),
+        Some("e2e") => {
+            let rest: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+            match rest.as_slice() {
+                ["--local"] => {
+                    deps::ensure()?;
+                    e2e::local(&root)
+                }
+                [] | ["--fake"] => bail!(
+                    "the DigitalOcean end-to-end test is not implemented yet; run `cargo xtask e2e --local`"
+                ),
+                other => bail!("unknown e2e arguments {other:?}; use --local"),
+            }
+        }
+        Some("deps") => deps::ensure(),
+        Some(other) => {
+            bail!("unknown xtask command {other:?}; use test, demo, e2e --local or deps")
+        }
+        None => bail!("usage: cargo xtask <test|demo|e2e --local|deps>"),
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// Runs a command, failing with its command line when it does not succeed.
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed with {status}", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn test(root: &Path) -> Result<()> {
+    deps::ensure()?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args(["test", "--workspace"]))?;
+    e2e::local(root)?;
+    eprintln!("xtask test: everything passed");
+    Ok(())
+}
+
+fn demo(root: &Path) -> Result<()> {
+    deps::ensure()?;
+    run(cargo().args(["build", "-p", "promguard-cli"]))?;
+    let bin = root.join("target/debug/promguard");
+    let dir = root.join("target/demo");
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("promguard.toml");
+    if !config.exists() {
+        run(Command::new(&bin).arg("--config").arg(&config).args([
+            "init",
+            "--provider",
+            "local",
+            "--nodes",
+            "3",
+        ]))?;
+    }
+    run(Command::new(&bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["up", "--yes"]))?;
+    let shown = config
+        .strip_prefix(root)
+        .unwrap_or(&config)
+        .display()
+        .to_string();
+    println!(
+        "\nThe deployment is up. Next:\n  target/debug/promguard --config {shown} status\n  target/debug/promguard --config {shown} tunnel     # then open http://127.0.0.1:9090/targets\n  target/debug/promguard --config {shown} down --yes"
+    );
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! `promguard up`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::commands::{runtime, table};
+use crate::deploy::{self, Context, UpOptions};
+use crate::project::Project;
+
+pub fn run(config: Option<&Path>, verbose: bool, options: UpOptions) -> anyhow::Result<ExitCode> {
+    let project = Project::load(config)?;
+    let ctx = Context::new(project, verbose)?;
+    let report = runtime()?.block_on(deploy::up(&ctx, &options))?;
+    if report.changes.is_empty() {
+        println!("No changes to hosts or peers.");
+    } else {
+        println!("Applied {} change(s):", report.changes.len());
+        for c in &report.changes {
+            println!("  {c}");
+        }
+    }
+    let rows: Vec<Vec<String>> = report
+        .hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.name.to_string(),
+                h.role.to_string(),
+                h.region.clone(),
+                h.public_address.clone(),
+                h.wireguard_address.clone(),
+                h.health.clone(),
+            ]
+        })
+        .collect();
+    println!();
+    print!(
+        "{}",
+        table::format(
+            &["HOST", "ROLE", "REGION", "PUBLIC", "WIREGUARD", "TARGETS"],
+            &rows
+        )
+    );
+    println!("\nPrometheus targets (scraped over WireGuard):");
+    let rows: Vec<Vec<String>> = report
+        .targets
+        .iter()
+        .map(|t| {
+            vec![
+                t.instance.clone(),
+                t.job.clone(),
+                t.scrape_url.clone(),
+                t.health.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::format(&["INSTANCE", "JOB", "SCRAPE URL", "HEALTH"], &rows)
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,649 @@
+//! The workflows that touch hosts: `up` (create, converge, verify), `down`,
+//! and the connections `status`, `tunnel` and `ssh` need.
+//!
+//! Data flows one way: config -> plan (core) -> hosts (cloud) -> converge
+//! each host (remote) -> verify through the monitor -> state (core). The
+//! state is saved after every step that changes what exists, so an
+//! interrupted run never forgets a host or a key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use promguard_cloud::local::{LocalOptions, LocalProvider};
+use promguard_cloud::{CloudProvider, Host, HostRequest};
+use promguard_core::config::ProviderKind;
+use promguard_core::{Change, HostName, HostPlan, Plan, Role, SshPublicKey, State};
+use promguard_remote::recipe::{self, DesiredFile, DesiredHost};
+use promguard_remote::{ConnectOptions, Connection, Connector, SshTarget};
+use promguard_wg::Secrets;
+
+use crate::commands::plan::make_plan;
+use crate::files::render_host;
+use crate::progress::Progress;
+use crate::project::Project;
+use crate::prometheus_api::{self, TargetHealth};
+
+/// Everything a run that talks to hosts needs.
+pub struct Context {
+    /// Config and paths.
+    pub project: Project,
+    /// Where hosts come from.
+    pub provider: Arc<dyn CloudProvider>,
+    /// Private key to log in with.
+    pub identity: PathBuf,
+    /// Progress display.
+    pub progress: Progress,
+}
+
+impl Context {
+    /// Builds the provider the config names and finds (or, for the local
+    /// provider, makes) the login key.
+    pub fn new(project: Project, verbose: bool) -> anyhow::Result<Self> {
+        let provider: Arc<dyn CloudProvider> = match project.config.provider {
+            ProviderKind::Local => Arc::new(LocalProvider::new(
+                project.config.deployment.clone(),
+                LocalOptions {
+                    ssh_port: project.config.ssh.port,
+                    ..LocalOptions::default()
+                },
+            )),
+            ProviderKind::DigitalOcean => bail!(
+                "the digitalocean provider is not available in this version yet; use provider = \"local\""
+            ),
+        };
+        let identity = match &project.config.ssh.private_key {
+            Some(path) => expand_home(path),
+            None => project.data_dir().join("id_ed25519"),
+        };
+        Ok(Self {
+            project,
+            provider,
+            identity,
+            progress: Progress::new(verbose),
+        })
+    }
+
+    /// The login key's public half, generating the key pair with
+    /// `ssh-keygen` when it is PromGuard's own and missing.
+    pub fn login_public_key(&self) -> anyhow::Result<SshPublicKey> {
+        let public = PathBuf::from(format!("{}.pub", self.identity.display()));
+        if !self.identity.exists() {
+            if self.project.config.ssh.private_key.is_some() {
+                bail!(
+                    "SSH private key {} (ssh.private_key) does not exist",
+                    self.identity.display()
+                );
+            }
+            let dir = self.identity.parent().expect("a file in a directory");
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            set_mode(dir, 0o700)?;
+            let status = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+                .arg(format!("promguard-{}", self.project.config.deployment))
+                .arg("-f")
+                .arg(&self.identity)
+                .status()
+                .context("cannot run ssh-keygen (install openssh-client)")?;
+            if !status.success() {
+                bail!("ssh-keygen failed to create {}", self.identity.display());
+            }
+        }
+        let text = std::fs::read_to_string(&public)
+            .with_context(|| format!("cannot read SSH public key {}", public.display()))?;
+        SshPublicKey::parse(&text).map_err(|e| anyhow!("SSH public key {}: {e}", public.display()))
+    }
+
+    fn connector(&self) -> Connector {
+        let provider = Arc::clone(&self.provider);
+        Arc::new(move |addr: SocketAddr| provider.connect(addr))
+    }
+
+    /// How to reach `name` according to `state`.
+    pub fn target(&self, state: &State, name: &HostName) -> anyhow::Result<SshTarget> {
+        let record = state
+            .hosts
+            .get(name)
+            .filter(|r| r.created)
+            .ok_or_else(|| anyhow!("host {name} does not exist yet; run `promguard up`"))?;
+        let address = record.public_address.ok_or_else(|| {
+            anyhow!("host {name} has no public address in the state; run `promguard up`")
+        })?;
+        let port = record.ssh_port.unwrap_or(self.project.config.ssh.port);
+        let expected_host_key = record
+            .ssh_host_key
+            .as_deref()
+            .map(SshPublicKey::parse)
+            .transpose()
+            .map_err(|e| {
+                anyhow!("host {name}: pinned SSH host key in the state is invalid: {e}")
+            })?;
+        Ok(SshTarget {
+            host: name.clone(),
+            addr: SocketAddr::new(address, port.get()),
+            user: "root".to_owned(),
+            expected_host_key,
+            identity: self.identity.clone(),
+        })
+    }
+
+    /// Opens the one SSH connection of this run to `name`.
+    pub fn connect(&self, state: &State, name: &HostName) -> anyhow::Result<Connection> {
+        let target = self.target(state, name)?;
+        Ok(Connection::connect(
+            &target,
+            &self.connector(),
+            ConnectOptions::default(),
+        )?)
+    }
+}
+
+fn expand_home(path: &Path) -> PathBuf {
+    match path.strip_prefix("~") {
+        Ok(rest) => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(rest))
+            .unwrap_or_else(|| path.to_owned()),
+        Err(_) => path.to_owned(),
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set permissions of {}", path.display()))
+}
+
+/// Options of `up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Destroying removed hosts was confirmed.
+    pub yes: bool,
+    /// Hosts converged at once.
+    pub parallel: usize,
+    /// Bound on waiting for targets.
+    pub verify_timeout: Duration,
+}
+
+/// What `up` did, per host.
+#[derive(Debug, Clone)]
+pub struct UpHost {
+    /// Host name.
+    pub name: HostName,
+    /// Role.
+    pub role: Role,
+    /// Region.
+    pub region: String,
+    /// Public address.
+    pub public_address: String,
+    /// WireGuard address.
+    pub wireguard_address: String,
+    /// Files written and actions taken.
+    pub changed: Vec<String>,
+    /// Remote round trips spent.
+    pub round_trips: u64,
+    /// Health of this host's targets (`up`, or the error).
+    pub health: String,
+}
+
+/// The result of `up`.
+#[derive(Debug, Clone)]
+pub struct UpReport {
+    /// Changes the plan listed.
+    pub changes: Vec<Change>,
+    /// Per host.
+    pub hosts: Vec<UpHost>,
+    /// Every target of the monitor.
+    pub targets: Vec<TargetHealth>,
+}
+
+/// Shared, saved-as-it-changes state of a run.
+struct Recorder {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+impl Recorder {
+    fn update(&self, f: impl FnOnce(&mut State)) -> anyhow::Result<()> {
+        let mut state = self
+            .state
+            .lock()
+            .expect("no panics while holding the state");
+        f(&mut state);
+        state.save(&self.path)?;
+        Ok(())
+    }
+
+    fn snapshot(&self) -> State {
+        self.state
+            .lock()
+            .expect("no panics while holding the state")
+            .clone()
+    }
+}
+
+/// `promguard up`.
+pub async fn up(ctx: &Context, options: &UpOptions) -> anyhow::Result<UpReport> {
+    let _lock = ctx.project.lock()?;
+    let old_state = ctx.project.load_state()?;
+    ctx.provider.preflight().await?;
+    let login_key = ctx.login_public_key()?;
+
+    if old_state
+        .as_ref()
+        .is_none_or(|s| s.hosts.values().all(|h| !h.created))
+    {
+        let existing = ctx.provider.list_hosts().await?;
+        if !existing.is_empty() {
+            let names: Vec<String> = existing.iter().map(|h| h.name.to_string()).collect();
+            bail!(
+                "the state file {} knows no hosts, but deployment {} already has hosts ({}); they were made by a run whose state is lost: remove them with `promguard down --yes` (the provider finds them without a state file), or restore the state file",
+                ctx.project.state_path().display(),
+                ctx.project.config.deployment,
+                names.join(", ")
+            );
+        }
+    }
+
+    let plan = make_plan(&ctx.project, old_state.as_ref())?;
+    let removed: Vec<HostName> = plan
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::RemoveHost { host } => Some(host.clone()),
+            _ => None,
+        })
+        .collect();
+    if !removed.is_empty() && !options.yes {
+        let names: Vec<String> = removed.iter().map(|h| h.to_string()).collect();
+        bail!(
+            "this run would destroy {} (no longer in the config); run `promguard plan` to review, then `promguard up --yes`",
+            names.join(", ")
+        );
+    }
+    let changes = plan.changes.clone();
+
+    // Record new keys and addresses before anything is created, so nothing
+    // made from here on can be forgotten.
+    let recorder = Arc::new(Recorder {
+        path: ctx.project.state_path(),
+        state: Mutex::new(merge_removed(&plan, old_state.as_ref())),
+    });
+    recorder.update(|_| ())?;
+
+    // Create what is missing.
+    let to_create: Vec<HostRequest> = plan
+        .hosts
+        .iter()
+        .filter(|h| !recorder.snapshot().hosts[&h.name].created)
+        .map(|h| HostRequest {
+            name: h.name.clone(),
+            role: h.role,
+            region: h.region.clone(),
+        })
+        .collect();
+    if !to_create.is_empty() {
+        ctx.progress.note(&format!(
+            "Creating {} host(s) on the {} provider",
+            to_create.len(),
+            ctx.provider.name()
+        ));
+        ctx.provider.register_ssh_key(&login_key).await?;
+        let created = ctx.provider.create_hosts(&to_create).await;
+        // Whatever exists now is recorded, even when some creations failed.
+        let listed = ctx.provider.list_hosts().await.unwrap_or_default();
+        recorder.update(|state| {
+            for host in listed
+                .iter()
+                .chain(created.as_ref().map(|v| v.as_slice()).unwrap_or(&[]))
+            {
+                record_host(state, host);
+            }
+        })?;
+        created?;
+    }
+
+    // Plan again: public addresses are known now, so peers get endpoints.
+    let state = recorder.snapshot();
+    let plan = make_plan(&ctx.project, Some(&state))?;
+
+    // Converge every host concurrently.
+    let hosts = converge_all(ctx, &plan, &recorder, options.parallel).await?;
+
+    // Removed hosts go last: the monitor has dropped their peers by now.
+    if !removed.is_empty() {
+        ctx.progress
+            .note(&format!("Destroying {} removed host(s)", removed.len()));
+        ctx.provider.destroy_hosts(&removed).await?;
+        recorder.update(|state| {
+            for name in &removed {
+                state.hosts.remove(name);
+                state
+                    .preshared_keys
+                    .retain(|p| &p.node != name && &p.monitor != name);
+            }
+        })?;
+    }
+
+    // Verify through the monitor.
+    let state = recorder.snapshot();
+    let targets = verify(ctx, &plan, &state, options.verify_timeout).await?;
+    let hosts = hosts
+        .into_iter()
+        .map(|mut h| {
+            let mine: Vec<&TargetHealth> = targets
+                .iter()
+                .filter(|t| t.instance == h.name.as_str())
+                .collect();
+            h.health = if mine.iter().all(|t| t.health == "up") && !mine.is_empty() {
+                "up".to_owned()
+            } else {
+                mine.iter()
+                    .map(|t| format!("{} {}", t.job, t.health))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            h
+        })
+        .collect();
+    Ok(UpReport {
+        changes,
+        hosts,
+        targets,
+    })
+}
+
+/// The plan's next state, keeping records of hosts that are to be removed
+/// until they are really destroyed.
+fn merge_removed(plan: &Plan, old: Option<&State>) -> State {
+    let mut next = plan.next_state.clone();
+    if let Some(old) = old {
+        for (name, record) in &old.hosts {
+            if !next.hosts.contains_key(name) && record.created {
+                next.hosts.insert(name.clone(), record.clone());
+            }
+        }
+        for pair in &old.preshared_keys {
+            if next.preshared_key(&pair.monitor, &pair.node).is_none() {
+                next.preshared_keys.push(pair.clone());
+            }
+        }
+    }
+    next
+}
+
+fn record_host(state: &mut State, host: &Host) {
+    if let Some(record) = state.hosts.get_mut(&host.name) {
+        record.created = true;
+        record.provider_id = Some(host.id.clone());
+        record.public_address = Some(host.public_address);
+        record.ssh_port = promguard_core::Port::new(host.ssh.port()).ok();
+        if let Some(key) = &host.ssh_host_key {
+            match &record.ssh_host_key {
+                // A pinned key is never replaced by what a provider reports.
+                Some(_) => {}
+                None => record.ssh_host_key = Some(key.to_string()),
+            }
+        }
+    }
+}
+
+/// What the recipe needs to converge `host`.
+pub fn desired_host(ctx: &Context, host: &HostPlan) -> DesiredHost {
+    let node_exporter = host
+        .exporters
+        .iter()
+        .find(|e| e.managed)
+        .expect("every host runs node_exporter");
+    DesiredHost {
+        name: host.name.clone(),
+        role: host.role,
+        interface: host.interface.name.clone(),
+        wireguard_address: host.interface.address,
+        files: render_host(host, Secrets::Include)
+            .into_iter()
+            .map(|f| DesiredFile {
+                path: f.path,
+                mode: f.mode,
+                content: f.content.into_bytes(),
+            })
+            .collect(),
+        node_exporter_listen: node_exporter.listen,
+        prometheus_listen: host.prometheus.as_ref().map(|p| p.listen),
+        install_packages: ctx.provider.name() != "local",
+    }
+}
+
+async fn converge_all(
+    ctx: &Context,
+    plan: &Plan,
+    recorder: &Arc<Recorder>,
+    parallel: usize,
+) -> anyhow::Result<Vec<UpHost>> {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let state = recorder.snapshot();
+    for (index, host) in plan.hosts.iter().enumerate() {
+        let line = ctx.progress.host(host.name.as_str());
+        line.phase("waiting");
+        let target = ctx.target(&state, &host.name)?;
+        let connector = ctx.connector();
+        let desired = desired_host(ctx, host);
+        let digests: BTreeMap<String, String> = render_host(host, Secrets::Include)
+            .iter()
+            .map(|f| (f.path.clone(), f.digest()))
+            .collect();
+        let semaphore = Arc::clone(&semaphore);
+        let recorder = Arc::clone(recorder);
+        let summary = UpHost {
+            name: host.name.clone(),
+            role: host.role,
+            region: host.region.to_string(),
+            public_address: host
+                .public_address
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            wireguard_address: host.interface.address.to_string(),
+            changed: Vec::new(),
+            round_trips: 0,
+            health: String::new(),
+        };
+        tasks.spawn(async move {
+            let _permit = semaphore
+                .acquire_owned()
+                .await
+                .expect("semaphore never closes");
+            let name = target.host.clone();
+            let result =
+                tokio::task::spawn_blocking(move || -> anyhow::Result<(UpHost, Option<String>)> {
+                    line.phase("connecting");
+                    let conn = Connection::connect(&target, &connector, ConnectOptions::default())?;
+                    let pinned = target
+                        .expected_host_key
+                        .is_none()
+                        .then(|| conn.presented_host_key().to_string());
+                    line.phase("converging");
+                    let report = recipe::converge(&conn, &desired)?;
+                    for action in report.changed_files.iter().chain(&report.actions) {
+                        line.detail(action);
+                    }
+                    let mut summary = summary;
+                    summary.changed = report
+                        .changed_files
+                        .iter()
+                        .chain(&report.actions)
+                        .cloned()
+                        .collect();
+                    summary.round_trips = conn.round_trips();
+                    line.finish(&if summary.changed.is_empty() {
+                        "unchanged".to_owned()
+                    } else {
+                        format!("converged ({} change(s))", summary.changed.len())
+                    });
+                    Ok((summary, pinned))
+                })
+                .await
+                .map_err(|e| anyhow!("host {name}: task failed: {e}"))
+                .and_then(|r| r);
+            match result {
+                Ok((summary, pinned)) => {
+                    let name = summary.name.clone();
+                    recorder.update(|state| {
+                        if let Some(record) = state.hosts.get_mut(&name) {
+                            record.files = digests;
+                            if let Some(key) = pinned {
+                                record.ssh_host_key = Some(key);
+                            }
+                        }
+                    })?;
+                    Ok((index, summary))
+                }
+                Err(e) => Err(e.context(format!("host {name}"))),
+            }
+        });
+    }
+    let mut done: Vec<(usize, UpHost)> = Vec::new();
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(item)) => done.push(item),
+            Ok(Err(e)) => failures.push(format!("{e:#}")),
+            Err(e) => failures.push(format!("a host task failed: {e}")),
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} host(s) failed to converge (the others did): {}",
+            failures.len(),
+            plan.hosts.len(),
+            failures.join("; ")
+        );
+    }
+    done.sort_by_key(|(i, _)| *i);
+    Ok(done.into_iter().map(|(_, h)| h).collect())
+}
+
+/// Reads the monitor's targets.
+pub fn fetch_targets(
+    conn: &Connection,
+    prometheus: SocketAddr,
+) -> anyhow::Result<Vec<TargetHealth>> {
+    let (status, body) = conn.http_get(prometheus, prometheus_api::TARGETS_PATH)?;
+    if status != 200 {
+        bail!(
+            "Prometheus answered HTTP {status} to {}",
+            prometheus_api::TARGETS_PATH
+        );
+    }
+    prometheus_api::parse_targets(&body).map_err(|e| anyhow!(e))
+}
+
+async fn verify(
+    ctx: &Context,
+    plan: &Plan,
+    state: &State,
+    timeout: Duration,
+) -> anyhow::Result<Vec<TargetHealth>> {
+    let monitor = plan.monitor();
+    let prometheus = monitor
+        .prometheus
+        .as_ref()
+        .expect("the monitor runs Prometheus");
+    let expected: Vec<(String, String)> = prometheus
+        .targets
+        .iter()
+        .map(|t| (t.job.to_string(), format!("http://{}/metrics", t.address)))
+        .collect();
+    let line = ctx.progress.host(monitor.name.as_str());
+    line.phase("verifying targets");
+    let target = ctx.target(state, &monitor.name)?;
+    let connector = ctx.connector();
+    let listen = prometheus.listen;
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<TargetHealth>> {
+        let conn = Connection::connect(&target, &connector, ConnectOptions::default())?;
+        let start = Instant::now();
+        let mut last: Result<Vec<TargetHealth>, String>;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match fetch_targets(&conn, listen) {
+                Ok(targets) => {
+                    let all_up = expected.iter().all(|(job, url)| {
+                        targets
+                            .iter()
+                            .any(|t| &t.job == job && &t.scrape_url == url && t.health == "up")
+                    });
+                    if all_up {
+                        return Ok(targets);
+                    }
+                    last = Ok(targets);
+                }
+                Err(e) => last = Err(format!("{e:#}")),
+            }
+            if start.elapsed() >= timeout {
+                break;
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+        let detail = match last {
+            Err(e) => format!("Prometheus did not answer: {e}"),
+            Ok(targets) => expected
+                .iter()
+                .filter_map(|(job, url)| {
+                    let found = targets
+                        .iter()
+                        .find(|t| &t.job == job && &t.scrape_url == url);
+                    match found {
+                        Some(t) if t.health == "up" => None,
+                        Some(t) => Some(format!(
+                            "{} ({job}) at {url} is {}: {}",
+                            t.instance,
+                            t.health,
+                            if t.last_error.is_empty() {
+                                "not scraped yet"
+                            } else {
+                                &t.last_error
+                            }
+                        )),
+                        None => Some(format!("{job} target {url} is not known to Prometheus")),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        bail!(
+            "not every target was up after {} s: {detail}; run `promguard status` for details",
+            timeout.as_secs()
+        )
+    })
+    .await
+    .map_err(|e| anyhow!("verification task failed: {e}"))?;
+    match &result {
+        Ok(_) => line.finish("every target is up"),
+        Err(_) => line.finish("verification failed"),
+    }
+    result
+}
+
+/// `promguard down`: destroys every host of the deployment and forgets
+/// them. Works without a state file too: the provider finds the
+/// deployment's hosts itself.
+pub async fn down(ctx: &Context) -> anyhow::Result<usize> {
+    let _lock = ctx.project.lock()?;
+    let state = ctx.project.load_state()?;
+    ctx.provider.preflight().await?;
+    let listed = ctx.provider.list_hosts().await?;
+    ctx.provider.destroy_deployment().await?;
+    if let Some(mut state) = state {
+        let count = state.hosts.len().max(listed.len());
+        state.hosts.clear();
+        state.preshared_keys.clear();
+        state.save(&ctx.project.state_path())?;
+        return Ok(count);
+    }
+    Ok(listed.len())
+}

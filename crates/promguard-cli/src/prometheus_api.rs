@@ -1,0 +1,103 @@
+//! Reading Prometheus' HTTP API on the monitor (through SSH): which targets
+//! exist and how their last scrape went. Responses are untrusted input and
+//! are parsed into typed values.
+
+use serde::{Deserialize, Serialize};
+
+/// One active target, as `GET /api/v1/targets` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetHealth {
+    /// The `instance` label (the host name).
+    pub instance: String,
+    /// The job (exporter name).
+    pub job: String,
+    /// The URL Prometheus scrapes.
+    pub scrape_url: String,
+    /// `up`, `down` or `unknown`.
+    pub health: String,
+    /// Time of the last scrape (RFC 3339), if any.
+    pub last_scrape: Option<String>,
+    /// The last scrape's error, empty when it worked.
+    pub last_error: String,
+}
+
+#[derive(Deserialize)]
+struct Response {
+    status: String,
+    data: Option<Data>,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Data {
+    active_targets: Vec<ActiveTarget>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ActiveTarget {
+    labels: std::collections::BTreeMap<String, String>,
+    scrape_url: String,
+    health: String,
+    #[serde(default)]
+    last_error: String,
+    last_scrape: Option<String>,
+}
+
+/// The path of the targets API.
+pub const TARGETS_PATH: &str = "/api/v1/targets?state=active";
+
+/// Parses a `/api/v1/targets` response body.
+pub fn parse_targets(body: &[u8]) -> Result<Vec<TargetHealth>, String> {
+    let response: Response = serde_json::from_slice(body)
+        .map_err(|e| format!("Prometheus answered with unexpected JSON: {e}"))?;
+    if response.status != "success" {
+        return Err(format!(
+            "Prometheus answered {}: {}",
+            response.status,
+            response.error.unwrap_or_default()
+        ));
+    }
+    let data = response.data.ok_or("Prometheus' answer has no data")?;
+    Ok(data
+        .active_targets
+        .into_iter()
+        .map(|t| TargetHealth {
+            instance: t.labels.get("instance").cloned().unwrap_or_default(),
+            job: t.labels.get("job").cloned().unwrap_or_default(),
+            scrape_url: t.scrape_url,
+            health: t.health,
+            // Prometheus reports "0001-01-01T00:00:00Z" before the first scrape.
+            last_scrape: t.last_scrape.filter(|s| !s.starts_with("0001-")),
+            last_error: t.last_error,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_targets() {
+        let body = br#"{"status":"success","data":{"activeTargets":[{"discoveredLabels":{},"labels":{"instance":"promguard-node-1","job":"node","region":"lon1","role":"node"},"scrapePool":"node","scrapeUrl":"http://10.0.0.2:9100/metrics","globalUrl":"http://10.0.0.2:9100/metrics","lastError":"","lastScrape":"2026-11-28T01:00:00.1Z","lastScrapeDuration":0.01,"health":"up","scrapeInterval":"30s","scrapeTimeout":"10s"}],"droppedTargets":[]}}"#;
+        let targets = parse_targets(body).unwrap();
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].instance, "promguard-node-1");
+        assert_eq!(targets[0].health, "up");
+        assert_eq!(targets[0].scrape_url, "http://10.0.0.2:9100/metrics");
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(parse_targets(b"<html>").is_err());
+        assert!(parse_targets(br#"{"status":"error","error":"boom"}"#)
+            .unwrap_err()
+            .contains("boom"));
+        assert!(
+            parse_targets(br#"{"status":"success","data":{"activeTargets":[{"labels":1}]}}"#)
+                .is_err()
+        );
+    }
+}

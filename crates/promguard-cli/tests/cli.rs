@@ -1,0 +1,279 @@
+//! The `promguard` binary from the outside: exit codes, messages, and that
+//! bad input never writes a file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Dir {
+    dir: tempfile::TempDir,
+}
+
+impl Dir {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path().join(name);
+        fs::write(&p, content).unwrap();
+        p
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_promguard"))
+            .args(args)
+            .current_dir(self.path())
+            .env_remove("PROMGUARD_LOG")
+            .output()
+            .unwrap()
+    }
+
+    fn listing(&self) -> Vec<(String, Vec<u8>)> {
+        let mut entries: Vec<_> = fs::read_dir(self.path())
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let content = fs::read(e.path()).unwrap_or_default();
+                (e.file_name().to_string_lossy().into_owned(), content)
+            })
+            .collect();
+        entries.sort();
+        entries
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `plan` on a bad config and checks the failure: non-zero exit, the
+/// expected words in one paragraph, and no file written.
+fn check_bad_config(config: &str, expected: &[&str]) {
+    let dir = Dir::new();
+    dir.write("promguard.toml", config);
+    let before = dir.listing();
+    for args in [
+        &["plan"][..],
+        &["plan", "--json"],
+        &["render", "promguard-monitor-1"],
+    ] {
+        let out = dir.run(args);
+        assert!(!out.status.success(), "{args:?} succeeded on a bad config");
+        let err = stderr(&out);
+        for word in expected {
+            assert!(err.contains(word), "{args:?}: {err:?} lacks {word:?}");
+        }
+        assert!(err.starts_with("error: "), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one paragraph: {err}");
+        assert!(stdout(&out).is_empty());
+        assert_eq!(dir.listing(), before, "a file was written");
+    }
+}
+
+#[test]
+fn subnet_too_small() {
+    check_bad_config(
+        "[deployment]\nsubnet = \"10.0.0.0/30\"\n",
+        &["deployment.subnet", "room for 2"],
+    );
+}
+
+#[test]
+fn invalid_cidr() {
+    check_bad_config(
+        "[deployment]\nsubnet = \"10.0.0/24x\"\n",
+        &["not a CIDR subnet"],
+    );
+}
+
+#[test]
+fn duplicate_host_names() {
+    check_bad_config(
+        "[[nodes.host]]\nname = \"promguard-monitor-1\"\nregion = \"lon1\"\n",
+        &["duplicate host name promguard-monitor-1"],
+    );
+}
+
+#[test]
+fn invalid_host_name() {
+    check_bad_config(
+        "[[nodes.host]]\nname = \"node;rm -rf /\"\nregion = \"lon1\"\n",
+        &["nodes.host[0].name", "invalid host name"],
+    );
+}
+
+#[test]
+fn port_clash() {
+    check_bad_config(
+        "[[nodes.host]]\nname = \"db\"\nregion = \"lon1\"\nexporters = [{ name = \"pg\", port = 22 }]\n",
+        &["port 22 clashes with ssh"],
+    );
+}
+
+#[test]
+fn unknown_key() {
+    check_bad_config(
+        "[wireguard]\nprot = 51820\n",
+        &["unknown field `prot`", "line 2, column 1"],
+    );
+}
+
+#[test]
+fn empty_node_list() {
+    check_bad_config("[nodes]\ncount = 0\n", &["node list is empty"]);
+}
+
+fn default_state(dir: &Dir) -> String {
+    // A valid state made by planning once, as `up` would have saved it.
+    let config = promguard_core::config::Config::default();
+    let plan = promguard_core::planner::plan(&config, None).unwrap();
+    let text = plan.next_state.to_json();
+    dir.write("promguard.state.json", &text);
+    dir.write(
+        "promguard.toml",
+        promguard_core::config::Config::template(promguard_core::config::ProviderKind::Local, 3),
+    );
+    text
+}
+
+#[test]
+fn corrupt_state() {
+    let dir = Dir::new();
+    default_state(&dir);
+    dir.write("promguard.state.json", "{\"version\": 1, \"deployment\": ");
+    let before = dir.listing();
+    let out = dir.run(&["plan"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is corrupt"), "{}", stderr(&out));
+    assert_eq!(dir.listing(), before);
+}
+
+#[test]
+fn unreadable_state() {
+    let dir = Dir::new();
+    default_state(&dir);
+    // A directory where the state file should be cannot be read as a file.
+    fs::remove_file(dir.path().join("promguard.state.json")).unwrap();
+    fs::create_dir(dir.path().join("promguard.state.json")).unwrap();
+    let out = dir.run(&["plan"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot read state file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn state_from_a_newer_version() {
+    let dir = Dir::new();
+    let text = default_state(&dir);
+    dir.write(
+        "promguard.state.json",
+        text.replacen("\"version\": 1", "\"version\": 2", 1),
+    );
+    let before = dir.listing();
+    let out = dir.run(&["plan"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("version 2"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("upgrade promguard"));
+    assert_eq!(dir.listing(), before, "the newer state was touched");
+}
+
+#[test]
+fn plan_json_contract_and_no_secrets() {
+    let dir = Dir::new();
+    let text = default_state(&dir);
+    let out = dir.run(&["plan", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hosts = json["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 4);
+    for key in ["name", "role", "region", "wireguard_address", "public_key"] {
+        assert!(hosts[0].get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(hosts[0]["wireguard_address"], "10.0.0.1");
+    assert_eq!(json["changes"][0]["kind"], "create_host");
+    let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (_, host) in state["hosts"].as_object().unwrap() {
+        let secret = host["private_key"].as_str().unwrap();
+        assert!(!stdout(&out).contains(secret));
+        let human = dir.run(&["plan"]);
+        assert!(!stdout(&human).contains(secret));
+    }
+}
+
+#[test]
+fn render_redacts_unless_asked() {
+    let dir = Dir::new();
+    let text = default_state(&dir);
+    let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let secret = state["hosts"]["promguard-node-1"]["private_key"]
+        .as_str()
+        .unwrap();
+    let psk = state["preshared_keys"][0]["key"].as_str().unwrap();
+    let out = dir.run(&["render", "promguard-node-1", "wg"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains(secret) && !stdout(&out).contains(psk));
+    assert!(stdout(&out).contains("[Peer]"));
+    let out = dir.run(&["render", "promguard-node-1", "wg", "--show-secrets"]);
+    assert!(stdout(&out).contains(secret) && stdout(&out).contains(psk));
+    let out = dir.run(&["render", "promguard-node-1", "prometheus"]);
+    assert!(!out.status.success(), "a node has no Prometheus config");
+    let out = dir.run(&["render", "promguard-monitor-1"]);
+    assert!(stdout(&out).contains("/etc/prometheus/prometheus.yml"));
+    let out = dir.run(&["render", "nope"]);
+    assert!(stderr(&out).contains("no host nope"));
+}
+
+#[test]
+fn init_writes_a_valid_config_and_refuses_to_overwrite() {
+    let dir = Dir::new();
+    let out = dir.run(&["init", "--nodes", "5"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written = fs::read_to_string(dir.path().join("promguard.toml")).unwrap();
+    assert!(written.contains("count = 5"));
+    let out = dir.run(&["plan", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["hosts"].as_array().unwrap().len(), 6);
+    let out = dir.run(&["init"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already exists"));
+    assert_eq!(
+        fs::read_to_string(dir.path().join("promguard.toml")).unwrap(),
+        written
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    let dir = Dir::new();
+    for cmd in [
+        "init", "plan", "render", "up", "status", "tunnel", "ssh", "down",
+    ] {
+        let out = dir.run(&[cmd, "--help"]);
+        assert!(out.status.success(), "{cmd} --help");
+        assert!(stdout(&out).contains("Usage"), "{cmd}");
+    }
+}
+
+#[test]
+fn plan_without_config_uses_the_default() {
+    let dir = Dir::new();
+    let out = dir.run(&["plan"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("built-in default"));
+    assert!(stdout(&out).contains("promguard-node-3"));
+    assert!(dir.listing().is_empty(), "plan wrote a file");
+}

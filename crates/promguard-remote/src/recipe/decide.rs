@@ -1,0 +1,388 @@
+//! The decision: which files to write and which actions to run, from the
+//! desired host and its facts. Pure code, so every combination is a table
+//! test.
+
+use std::fmt;
+
+use promguard_core::InterfaceName;
+
+use super::facts::{Facts, InterfaceState, ProcessState, PROGRAMS};
+use super::script::{self, NODE_EXPORTER_BIN, PROMETHEUS_BIN};
+use super::{DesiredFile, DesiredHost};
+use crate::error::RemoteError;
+
+/// One thing the apply script does besides writing files. They run in the
+/// order [`decide`] lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `apt-get install` these packages (before any file is written, with
+    /// services kept from starting until their config is in place).
+    InstallPackages(Vec<String>),
+    /// `systemctl daemon-reload`, after a unit file changed.
+    DaemonReload,
+    /// Bring the interface up: it does not exist yet.
+    WireguardUp(InterfaceName),
+    /// Delete the broken interface and bring it up again.
+    WireguardRecreate(InterfaceName),
+    /// `wg syncconf` from the config (keeps every other tunnel up), then
+    /// routes for the peers' AllowedIPs; `readdress` also replaces the
+    /// interface's address.
+    WireguardSync {
+        /// The interface.
+        interface: InterfaceName,
+        /// The interface's address differs from the desired one.
+        readdress: bool,
+    },
+    /// `nft -f` the ruleset (replaces only PromGuard's table).
+    LoadFirewall,
+    /// Enable the unit that loads the ruleset at boot (systemd only).
+    EnableFirewallAtBoot,
+    /// Start node_exporter, or restart it when `restart`.
+    StartNodeExporter {
+        /// It runs already, with other arguments or config.
+        restart: bool,
+    },
+    /// Start Prometheus, or restart it when `restart`.
+    StartPrometheus {
+        /// It runs already, with other arguments.
+        restart: bool,
+    },
+    /// Make Prometheus reread `prometheus.yml` (SIGHUP or `systemctl
+    /// reload`).
+    ReloadPrometheus,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::InstallPackages(packages) => {
+                write!(f, "apt-get install {}", packages.join(" "))
+            }
+            Action::DaemonReload => f.write_str("systemctl daemon-reload"),
+            Action::WireguardUp(i) => write!(f, "wg-quick up {i}"),
+            Action::WireguardRecreate(i) => write!(f, "recreate {i} and wg-quick up {i}"),
+            Action::WireguardSync {
+                interface,
+                readdress: false,
+            } => write!(f, "wg syncconf {interface}"),
+            Action::WireguardSync {
+                interface,
+                readdress: true,
+            } => {
+                write!(f, "set address of {interface} and wg syncconf {interface}")
+            }
+            Action::LoadFirewall => write!(f, "nft -f {}", promguard_core::nftables::RULESET_PATH),
+            Action::EnableFirewallAtBoot => f.write_str("enable promguard-firewall.service"),
+            Action::StartNodeExporter { restart: false } => f.write_str("start node_exporter"),
+            Action::StartNodeExporter { restart: true } => f.write_str("restart node_exporter"),
+            Action::StartPrometheus { restart: false } => f.write_str("start prometheus"),
+            Action::StartPrometheus { restart: true } => f.write_str("restart prometheus"),
+            Action::ReloadPrometheus => f.write_str("reload prometheus"),
+        }
+    }
+}
+
+/// Files to write and actions to run on one host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Files whose content differs or that are missing.
+    pub files: Vec<DesiredFile>,
+    /// Actions, in order.
+    pub actions: Vec<Action>,
+}
+
+impl Decision {
+    /// True when the host is converged.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.actions.is_empty()
+    }
+
+    fn wrote(&self, path: &str) -> bool {
+        self.files.iter().any(|f| f.path == path)
+    }
+}
+
+/// Decides what to do on `host` given its `facts`. Fails only when a
+/// program is missing and the host is not one where packages are
+/// installed.
+pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError> {
+    let mut decision = Decision::default();
+    let wants_prometheus = host.prometheus_listen.is_some();
+
+    let mut packages: Vec<String> = Vec::new();
+    for (program, package) in PROGRAMS {
+        let needed = *program != PROMETHEUS_BIN || wants_prometheus;
+        if needed && !facts.programs.get(*program).copied().unwrap_or(false) {
+            if !host.install_packages {
+                return Err(RemoteError::MissingProgram {
+                    host: host.name.clone(),
+                    program: program.to_string(),
+                    package: package.to_string(),
+                });
+            }
+            if !packages.iter().any(|p| p == package) {
+                packages.push(package.to_string());
+            }
+        }
+    }
+    if !packages.is_empty() {
+        decision.actions.push(Action::InstallPackages(packages));
+    }
+
+    let mut all_files = host.files.clone();
+    if facts.systemd {
+        all_files.extend(script::systemd_files(host));
+    }
+    decision.files = all_files
+        .into_iter()
+        .filter(|f| facts.files.get(&f.path).cloned().flatten() != Some(f.sha256()))
+        .collect();
+
+    if facts.systemd
+        && decision
+            .files
+            .iter()
+            .any(|f| f.path.starts_with("/etc/systemd/"))
+    {
+        decision.actions.push(Action::DaemonReload);
+    }
+
+    let interface = host.interface.clone();
+    match &facts.interface {
+        InterfaceState::Missing => decision.actions.push(Action::WireguardUp(interface)),
+        InterfaceState::Broken => decision.actions.push(Action::WireguardRecreate(interface)),
+        InterfaceState::Up { addresses } => {
+            let readdress = !addresses.contains(&host.wireguard_prefix());
+            if readdress || decision.wrote(&host.wireguard_config_path()) {
+                decision.actions.push(Action::WireguardSync {
+                    interface,
+                    readdress,
+                });
+            }
+        }
+    }
+
+    if !facts.firewall_loaded || decision.wrote(promguard_core::nftables::RULESET_PATH) {
+        decision.actions.push(Action::LoadFirewall);
+    }
+    if facts.systemd && decision.wrote(script::FIREWALL_UNIT_PATH) {
+        decision.actions.push(Action::EnableFirewallAtBoot);
+    }
+
+    let node_flag = format!("--web.listen-address={}", host.node_exporter_listen);
+    let node_config_changed = facts.systemd
+        && (decision.wrote(script::NODE_EXPORTER_DEFAULTS_PATH)
+            || decision.wrote(script::NODE_EXPORTER_DROPIN_PATH));
+    if let Some(restart) = daemon_start(
+        facts.systemd,
+        &facts.node_exporter,
+        NODE_EXPORTER_BIN,
+        &node_flag,
+        node_config_changed,
+    ) {
+        decision.actions.push(Action::StartNodeExporter { restart });
+    }
+
+    if let Some(listen) = host.prometheus_listen {
+        let flag = format!("--web.listen-address={listen}");
+        let defaults_changed = facts.systemd && decision.wrote(script::PROMETHEUS_DEFAULTS_PATH);
+        match daemon_start(
+            facts.systemd,
+            &facts.prometheus,
+            PROMETHEUS_BIN,
+            &flag,
+            defaults_changed,
+        ) {
+            Some(restart) => decision.actions.push(Action::StartPrometheus { restart }),
+            None if decision.wrote(promguard_core::prometheus::CONFIG_PATH) => {
+                decision.actions.push(Action::ReloadPrometheus)
+            }
+            // Targets files are picked up by file_sd without a reload.
+            None => {}
+        }
+    }
+    Ok(decision)
+}
+
+/// Whether a daemon must be started (`Some(false)`) or restarted
+/// (`Some(true)`). Without systemd its command line must be exactly ours
+/// (binary first, with `flag`); with systemd its arguments live in a
+/// managed file, so `config_changed` decides.
+fn daemon_start(
+    systemd: bool,
+    state: &ProcessState,
+    binary: &str,
+    flag: &str,
+    config_changed: bool,
+) -> Option<bool> {
+    match state {
+        ProcessState::Stopped => Some(false),
+        ProcessState::Running { .. } if systemd => config_changed.then_some(true),
+        ProcessState::Running { args } => {
+            let ours =
+                args.first().map(String::as_str) == Some(binary) && args.iter().any(|a| a == flag);
+            (!ours).then_some(true)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{monitor, node};
+    use super::*;
+
+    /// Facts of a host where everything of `host` is already in place.
+    fn converged(host: &DesiredHost, systemd: bool) -> Facts {
+        let mut files: std::collections::BTreeMap<_, _> = host
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), Some(f.sha256())))
+            .collect();
+        for f in script::systemd_files(host) {
+            files.insert(f.path.clone(), systemd.then(|| f.sha256()));
+        }
+        let running = |bin: &str, listen: String| ProcessState::Running {
+            args: if systemd {
+                vec![]
+            } else {
+                vec![bin.to_owned(), format!("--web.listen-address={listen}")]
+            },
+        };
+        Facts {
+            systemd,
+            files,
+            interface: InterfaceState::Up {
+                addresses: vec![host.wireguard_prefix(), "fe80::1/64".into()],
+            },
+            firewall_loaded: true,
+            node_exporter: running(NODE_EXPORTER_BIN, host.node_exporter_listen.to_string()),
+            prometheus: match host.prometheus_listen {
+                Some(listen) => running(PROMETHEUS_BIN, listen.to_string()),
+                None => ProcessState::Stopped,
+            },
+            programs: PROGRAMS
+                .iter()
+                .map(|(p, _)| (p.to_string(), true))
+                .collect(),
+        }
+    }
+
+    /// Runs `decide` and prints files and actions on one line each.
+    fn check(host: &DesiredHost, facts: &Facts) -> String {
+        match decide(host, facts) {
+            Ok(d) => {
+                let files: Vec<&str> = d.files.iter().map(|f| f.path.as_str()).collect();
+                let actions: Vec<String> = d.actions.iter().map(ToString::to_string).collect();
+                format!(
+                    "write: [{}]\nrun: [{}]",
+                    files.join(", "),
+                    actions.join(", ")
+                )
+            }
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        type Tweak = fn(&mut DesiredHost, &mut Facts);
+        let cases: Vec<(&str, DesiredHost, bool, Tweak)> = vec![
+            ("converged node", node(), false, |_, _| {}),
+            ("converged monitor", monitor(), false, |_, _| {}),
+            ("converged systemd monitor", monitor(), true, |_, _| {}),
+            ("fresh local node", node(), false, |h, f| {
+                for v in f.files.values_mut() {
+                    *v = None;
+                }
+                f.interface = InterfaceState::Missing;
+                f.firewall_loaded = false;
+                f.node_exporter = ProcessState::Stopped;
+                let _ = h;
+            }),
+            ("new peer on the monitor", monitor(), false, |h, _| {
+                h.files[0].content.extend_from_slice(b"[Peer]\n");
+            }),
+            ("address changed", node(), false, |h, _| {
+                h.wireguard_address = "10.0.0.7".parse().unwrap();
+                h.node_exporter_listen = "10.0.0.7:9100".parse().unwrap();
+                h.files[0].content.extend_from_slice(b"# moved\n");
+            }),
+            ("interface broken", node(), false, |_, f| {
+                f.interface = InterfaceState::Broken
+            }),
+            ("firewall flushed by someone", node(), false, |_, f| {
+                f.firewall_loaded = false
+            }),
+            ("ruleset changed", node(), false, |h, _| {
+                h.files[1].content.push(b'\n')
+            }),
+            (
+                "pid file points at another program",
+                node(),
+                false,
+                |_, f| {
+                    f.node_exporter = ProcessState::Running {
+                        args: vec!["/usr/sbin/sshd".into(), "-D".into()],
+                    };
+                },
+            ),
+            ("prometheus.yml changed", monitor(), false, |h, _| {
+                h.files[2].content.push(b'\n')
+            }),
+            ("only targets changed", monitor(), false, |h, _| {
+                h.files[3].content = b"[{}]\n".to_vec()
+            }),
+            ("prometheus down", monitor(), false, |_, f| {
+                f.prometheus = ProcessState::Stopped
+            }),
+            (
+                "prometheus.yml changed while down",
+                monitor(),
+                false,
+                |h, f| {
+                    h.files[2].content.push(b'\n');
+                    f.prometheus = ProcessState::Stopped;
+                },
+            ),
+            (
+                "fresh systemd monitor with packages",
+                monitor(),
+                true,
+                |h, f| {
+                    h.install_packages = true;
+                    for v in f.files.values_mut() {
+                        *v = None;
+                    }
+                    for v in f.programs.values_mut() {
+                        *v = false;
+                    }
+                    f.interface = InterfaceState::Missing;
+                    f.firewall_loaded = false;
+                    f.node_exporter = ProcessState::Stopped;
+                    f.prometheus = ProcessState::Stopped;
+                },
+            ),
+            (
+                "systemd node exporter address changed",
+                node(),
+                true,
+                |h, _| {
+                    h.node_exporter_listen = "10.0.0.2:9101".parse().unwrap();
+                },
+            ),
+            ("missing program on a local host", node(), false, |_, f| {
+                f.programs.insert("/usr/sbin/nft".into(), false);
+            }),
+            ("prometheus not needed on a node", node(), false, |_, f| {
+                f.programs.insert("/usr/bin/prometheus".into(), false);
+            }),
+        ];
+        let mut out = String::new();
+        for (name, mut host, systemd, tweak) in cases {
+            let mut facts = converged(&host, systemd);
+            tweak(&mut host, &mut facts);
+            out.push_str(&format!("## {name}\n{}\n\n", check(&host, &facts)));
+        }
+        expect_test::expect_file!["snapshots/decisions.txt"].assert_eq(&out);
+    }
+}

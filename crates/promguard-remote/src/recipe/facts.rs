@@ -1,0 +1,423 @@
+//! The facts round trip: a fixed script that reports a host's state, and
+//! a strict parser for its output.
+//!
+//! The output comes from the remote host, so the parser treats it as
+//! untrusted: anything unexpected is an error, never a panic.
+
+use std::collections::BTreeMap;
+
+use promguard_core::InterfaceName;
+
+use crate::quote::shell_quote;
+
+/// Programs the recipe runs, with the Debian package providing each.
+pub const PROGRAMS: &[(&str, &str)] = &[
+    ("/usr/bin/wg", "wireguard-tools"),
+    ("/usr/bin/wg-quick", "wireguard-tools"),
+    ("/usr/sbin/nft", "nftables"),
+    (
+        "/usr/bin/prometheus-node-exporter",
+        "prometheus-node-exporter",
+    ),
+    ("/usr/bin/prometheus", "prometheus"),
+];
+
+/// The daemons the recipe runs, as named in facts and PID files.
+pub const NODE_EXPORTER: &str = "node_exporter";
+/// See [`NODE_EXPORTER`].
+pub const PROMETHEUS: &str = "prometheus";
+
+/// A host's state as the facts script saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// systemd is the init system (`/run/systemd/system` exists).
+    pub systemd: bool,
+    /// SHA-256 (hex) of each managed file; `None` when it does not exist.
+    pub files: BTreeMap<String, Option<String>>,
+    /// The WireGuard interface.
+    pub interface: InterfaceState,
+    /// PromGuard's nftables table (`inet promguard`) is loaded.
+    pub firewall_loaded: bool,
+    /// node_exporter.
+    pub node_exporter: ProcessState,
+    /// Prometheus.
+    pub prometheus: ProcessState,
+    /// Which of [`PROGRAMS`] are installed.
+    pub programs: BTreeMap<String, bool>,
+}
+
+/// The WireGuard interface's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterfaceState {
+    /// No such link.
+    Missing,
+    /// The link exists but `wg show` cannot talk to it (for example
+    /// wireguard-go died and left its TUN device).
+    Broken,
+    /// Up, with these addresses (`10.0.0.2/32`).
+    Up {
+        /// Addresses as `ip address` prints them.
+        addresses: Vec<String>,
+    },
+}
+
+/// Whether a daemon runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessState {
+    /// Not running (or its PID file points at another program).
+    Stopped,
+    /// Running. Without systemd, `args` is its command line from
+    /// `/proc/<pid>/cmdline`; with systemd it is empty (its arguments are
+    /// in a managed `/etc/default` file).
+    Running {
+        /// The command line, split on whitespace.
+        args: Vec<String>,
+    },
+}
+
+/// The facts script for a host whose managed files are `paths` (each
+/// already checked by [`crate::check_remote_path`]). It is the same for
+/// every run but for those paths and the interface name, both quoted.
+pub fn facts_script(interface: &InterfaceName, paths: &[String]) -> String {
+    let quoted_paths: Vec<String> = paths.iter().map(|p| shell_quote(p)).collect();
+    let programs: Vec<String> = PROGRAMS.iter().map(|(p, _)| shell_quote(p)).collect();
+    format!(
+        r#"facts() {{
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+iface={iface}
+echo 'promguard-facts 1'
+if [ -d /run/systemd/system ]; then sd=1; echo 'systemd yes'; else sd=0; echo 'systemd no'; fi
+for f in {paths}; do
+  if [ -f "$f" ] && h=$(sha256sum < "$f"); then echo "file ${{h%% *}} $f"; else echo "file missing $f"; fi
+done
+for p in {programs}; do
+  if [ -x "$p" ]; then echo "program yes $p"; else echo "program no $p"; fi
+done
+if ip link show dev "$iface" >/dev/null 2>&1; then
+  if wg show "$iface" >/dev/null 2>&1; then echo 'interface up'; else echo 'interface broken'; fi
+  ip -o address show dev "$iface" | while read -r _ _ _ addr _; do echo "address $addr"; done
+else
+  echo 'interface missing'
+fi
+if nft list table inet promguard >/dev/null 2>&1; then echo 'firewall loaded'; else echo 'firewall missing'; fi
+process() {{
+  if [ "$sd" = 1 ]; then
+    if systemctl is-active --quiet "$2"; then echo "process $1 running"; else echo "process $1 stopped"; fi
+    return
+  fi
+  pid=
+  [ -r "/run/promguard/$1.pid" ] && read -r pid < "/run/promguard/$1.pid"
+  case "$pid" in ''|*[!0-9]*) echo "process $1 stopped"; return;; esac
+  # /proc files have size 0, so read the command line instead of `[ -s ]`;
+  # a zombie's is empty.
+  cmd=$(tr '\0\n' '  ' < "/proc/$pid/cmdline" 2>/dev/null)
+  if kill -0 "$pid" 2>/dev/null && [ -n "$cmd" ]; then
+    echo "process $1 running $cmd"
+  else
+    echo "process $1 stopped"
+  fi
+}}
+process {node_exporter} prometheus-node-exporter.service
+process {prometheus} prometheus.service
+echo 'end'
+}}
+facts </dev/null
+"#,
+        iface = shell_quote(interface.as_str()),
+        paths = quoted_paths.join(" "),
+        programs = programs.join(" "),
+        node_exporter = NODE_EXPORTER,
+        prometheus = PROMETHEUS,
+    )
+}
+
+/// Parses the facts script's output. `paths` are the files asked about;
+/// each must be reported exactly once. Lines before the header (noise from
+/// a login script) are skipped; everything after it must be understood.
+pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
+    let mut lines = output.lines().skip_while(|l| *l != "promguard-facts 1");
+    if lines.next().is_none() {
+        return Err("the output has no `promguard-facts 1` header (is bash installed?)".into());
+    }
+    let mut systemd = None;
+    let mut files = BTreeMap::new();
+    let mut interface = None;
+    let mut addresses = Vec::new();
+    let mut firewall_loaded = None;
+    let mut node_exporter = None;
+    let mut prometheus = None;
+    let mut programs = BTreeMap::new();
+    let mut ended = false;
+    for line in lines {
+        if ended {
+            return Err(format!("unexpected line after `end`: {:?}", short(line)));
+        }
+        let (key, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let bad = || format!("malformed line {:?}", short(line));
+        match key {
+            "end" if rest.is_empty() => ended = true,
+            "systemd" => systemd = Some(yes_no(rest, "yes", "no").ok_or_else(bad)?),
+            "file" => {
+                let (hash, path) = rest.split_once(' ').ok_or_else(bad)?;
+                let hash = match hash {
+                    "missing" => None,
+                    h if h.len() == 64
+                        && h.bytes()
+                            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) =>
+                    {
+                        Some(h.to_owned())
+                    }
+                    _ => return Err(bad()),
+                };
+                if !paths.iter().any(|p| p == path) {
+                    return Err(format!(
+                        "facts report a file that was not asked about: {:?}",
+                        short(path)
+                    ));
+                }
+                if files.insert(path.to_owned(), hash).is_some() {
+                    return Err(format!("file {path} is reported twice"));
+                }
+            }
+            "program" => {
+                let (present, path) = rest.split_once(' ').ok_or_else(bad)?;
+                let present = yes_no(present, "yes", "no").ok_or_else(bad)?;
+                if !PROGRAMS.iter().any(|(p, _)| *p == path) {
+                    return Err(bad());
+                }
+                programs.insert(path.to_owned(), present);
+            }
+            "interface" => {
+                interface = Some(match rest {
+                    "up" => InterfaceState::Up {
+                        addresses: Vec::new(),
+                    },
+                    "broken" => InterfaceState::Broken,
+                    "missing" => InterfaceState::Missing,
+                    _ => return Err(bad()),
+                })
+            }
+            "address" => {
+                if rest.is_empty() || rest.contains(' ') {
+                    return Err(bad());
+                }
+                addresses.push(rest.to_owned());
+            }
+            "firewall" => {
+                firewall_loaded = Some(yes_no(rest, "loaded", "missing").ok_or_else(bad)?)
+            }
+            "process" => {
+                let mut words = rest.split_whitespace();
+                let name = words.next().ok_or_else(bad)?;
+                let state = match words.next() {
+                    Some("running") => ProcessState::Running {
+                        args: words.map(str::to_owned).collect(),
+                    },
+                    Some("stopped") if words.next().is_none() => ProcessState::Stopped,
+                    _ => return Err(bad()),
+                };
+                let slot = match name {
+                    NODE_EXPORTER => &mut node_exporter,
+                    PROMETHEUS => &mut prometheus,
+                    _ => return Err(bad()),
+                };
+                *slot = Some(state);
+            }
+            _ => return Err(format!("unknown line {:?}", short(line))),
+        }
+    }
+    if !ended {
+        return Err("the output ends before `end` (the script was cut short)".into());
+    }
+    let missing = |what: &str| format!("the output has no {what} line");
+    if let Some(path) = paths.iter().find(|p| !files.contains_key(*p)) {
+        return Err(format!("the output does not report file {path}"));
+    }
+    if programs.len() != PROGRAMS.len() {
+        return Err(missing("`program` line for every program; it"));
+    }
+    let mut interface = interface.ok_or_else(|| missing("`interface`"))?;
+    match &mut interface {
+        InterfaceState::Up { addresses: a } => *a = addresses,
+        _ if !addresses.is_empty() => {
+            return Err("the output lists addresses of an interface that is not up".into())
+        }
+        _ => {}
+    }
+    Ok(Facts {
+        systemd: systemd.ok_or_else(|| missing("`systemd`"))?,
+        files,
+        interface,
+        firewall_loaded: firewall_loaded.ok_or_else(|| missing("`firewall`"))?,
+        node_exporter: node_exporter.ok_or_else(|| missing("`process node_exporter`"))?,
+        prometheus: prometheus.ok_or_else(|| missing("`process prometheus`"))?,
+        programs,
+    })
+}
+
+fn yes_no(text: &str, yes: &str, no: &str) -> Option<bool> {
+    match text {
+        t if t == yes => Some(true),
+        t if t == no => Some(false),
+        _ => None,
+    }
+}
+
+/// At most 80 characters of untrusted text for an error message.
+fn short(text: &str) -> String {
+    text.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+
+    fn paths() -> Vec<String> {
+        vec![
+            "/etc/wireguard/wg0.conf".into(),
+            "/etc/promguard/nftables.conf".into(),
+        ]
+    }
+
+    fn sample() -> String {
+        format!(
+            "noise from a login script\npromguard-facts 1\nsystemd no\n\
+             file {HASH} /etc/wireguard/wg0.conf\nfile missing /etc/promguard/nftables.conf\n\
+             program yes /usr/bin/wg\nprogram yes /usr/bin/wg-quick\nprogram yes /usr/sbin/nft\n\
+             program yes /usr/bin/prometheus-node-exporter\nprogram no /usr/bin/prometheus\n\
+             interface up\naddress 10.0.0.2/32\naddress fe80::1/64\nfirewall missing\n\
+             process node_exporter running /usr/bin/prometheus-node-exporter --web.listen-address=10.0.0.2:9100 \n\
+             process prometheus stopped\nend\n"
+        )
+    }
+
+    #[test]
+    fn parses_a_full_report() {
+        let facts = parse_facts(&sample(), &paths()).unwrap();
+        expect_test::expect![[r#"
+            Facts {
+                systemd: false,
+                files: {
+                    "/etc/promguard/nftables.conf": None,
+                    "/etc/wireguard/wg0.conf": Some(
+                        "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03",
+                    ),
+                },
+                interface: Up {
+                    addresses: [
+                        "10.0.0.2/32",
+                        "fe80::1/64",
+                    ],
+                },
+                firewall_loaded: false,
+                node_exporter: Running {
+                    args: [
+                        "/usr/bin/prometheus-node-exporter",
+                        "--web.listen-address=10.0.0.2:9100",
+                    ],
+                },
+                prometheus: Stopped,
+                programs: {
+                    "/usr/bin/prometheus": false,
+                    "/usr/bin/prometheus-node-exporter": true,
+                    "/usr/bin/wg": true,
+                    "/usr/bin/wg-quick": true,
+                    "/usr/sbin/nft": true,
+                },
+            }
+        "#]]
+        .assert_debug_eq(&facts);
+    }
+
+    #[test]
+    fn malformed_output_is_an_error_not_a_panic() {
+        let good = sample();
+        let cases: Vec<(String, &str)> = vec![
+            (String::new(), "no `promguard-facts 1` header"),
+            (good.replace("end\n", ""), "ends before `end`"),
+            (good.replace("end\n", "end\nextra\n"), "after `end`"),
+            (
+                good.replace("systemd no", "systemd maybe"),
+                "malformed line \"systemd maybe\"",
+            ),
+            (good.replace("systemd no\n", ""), "no `systemd` line"),
+            (good.replace(HASH, "XYZ"), "malformed line"),
+            (good.replace(HASH, &HASH.to_uppercase()), "malformed line"),
+            (
+                good.replace("/etc/wireguard/wg0.conf", "/etc/shadow"),
+                "not asked about",
+            ),
+            (
+                good.replace("file missing /etc/promguard/nftables.conf\n", ""),
+                "does not report file /etc/promguard/nftables.conf",
+            ),
+            (
+                good.replace(
+                    "nftables.conf\n",
+                    "nftables.conf\nfile missing /etc/promguard/nftables.conf\n",
+                ),
+                "reported twice",
+            ),
+            (good.replace("interface up", "interface missing"), "not up"),
+            (good.replace("interface up\n", ""), "no `interface` line"),
+            (
+                good.replace("process prometheus stopped", "process sshd stopped"),
+                "malformed line",
+            ),
+            (
+                good.replace(
+                    "process prometheus stopped",
+                    "process prometheus stopped now",
+                ),
+                "malformed line",
+            ),
+            (
+                good.replace("program no /usr/bin/prometheus", "program no /bin/sh"),
+                "malformed line",
+            ),
+            (
+                good.replace("program no /usr/bin/prometheus\n", ""),
+                "every program",
+            ),
+            (
+                good.replace("firewall missing", "firewall ☃"),
+                "malformed line",
+            ),
+            (
+                good.replace("end\n", "rm -rf /\nend\n"),
+                "unknown line \"rm -rf /\"",
+            ),
+            (
+                good.replace("address 10.0.0.2/32", "address"),
+                "malformed line",
+            ),
+        ];
+        for (output, expected) in cases {
+            let err = parse_facts(&output, &paths()).unwrap_err();
+            assert!(err.contains(expected), "expected {expected:?}, got {err:?}");
+        }
+        // Arbitrary bytes never panic.
+        for n in 0..good.len() {
+            if good.is_char_boundary(n) {
+                let _ = parse_facts(&good[..n], &paths());
+            }
+        }
+    }
+
+    #[test]
+    fn script_quotes_paths_and_runs_locally() {
+        let iface = InterfaceName::new("wg0").unwrap();
+        let script = facts_script(&iface, &paths());
+        assert!(script
+            .contains("for f in '/etc/wireguard/wg0.conf' '/etc/promguard/nftables.conf'; do"));
+        // The script is valid bash (syntax check only: running it here
+        // would look at this machine, not a host).
+        let status = std::process::Command::new("bash")
+            .args(["-n", "-c", &script])
+            .status()
+            .expect("bash is needed for this test");
+        assert!(status.success());
+    }
+}

@@ -1,0 +1,316 @@
+//! The host recipe: converge one host to its desired state in at most two
+//! round trips.
+//!
+//! 1. **Facts** ([`facts`]): one fixed script reports the SHA-256 of every
+//!    managed file, whether systemd runs, the WireGuard interface, the
+//!    firewall table and the daemons.
+//! 2. **Decision** ([`decide`]): pure code compares the facts with the
+//!    [`DesiredHost`] and picks the files to write and the actions to run.
+//!    Nothing to do means the run ends here, after one round trip.
+//! 3. **Apply** ([`script`]): one generated script writes the changed files
+//!    atomically, runs the actions in order and checks that the daemons
+//!    listen before it exits.
+//!
+//! The recipe does not know which cloud made the host. Hosts with systemd
+//! (cloud images) get units and `/etc/default` files; hosts without (the
+//! local provider's namespaces) get daemons started with `setsid` and
+//! tracked by PID files in `/run/promguard`.
+
+pub mod decide;
+pub mod facts;
+pub mod script;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use promguard_core::{HostName, InterfaceName, Role};
+use sha2::{Digest, Sha256};
+
+use crate::error::{tail, RemoteError};
+use crate::quote::check_remote_path;
+use crate::session::Connection;
+
+pub use decide::{decide, Action, Decision};
+pub use facts::{parse_facts, Facts, InterfaceState, ProcessState};
+
+/// Everything one host should contain and run. The caller renders the
+/// files; the recipe only installs them and starts what uses them.
+#[derive(Debug, Clone)]
+pub struct DesiredHost {
+    /// The host's name (for errors and the script's header).
+    pub name: HostName,
+    /// Monitor or node.
+    pub role: Role,
+    /// The WireGuard interface (`wg0`); its config is
+    /// `/etc/wireguard/<interface>.conf`.
+    pub interface: InterfaceName,
+    /// The host's WireGuard address, configured as a /32 or /128.
+    pub wireguard_address: IpAddr,
+    /// Every managed file with its content: the WireGuard config (0600),
+    /// the nftables ruleset and, on the monitor, `prometheus.yml` and the
+    /// file_sd targets files.
+    pub files: Vec<DesiredFile>,
+    /// Where node_exporter listens (the WireGuard address, port 9100).
+    pub node_exporter_listen: SocketAddr,
+    /// Where Prometheus listens (`127.0.0.1:9090`); `None` on hosts
+    /// without Prometheus.
+    pub prometheus_listen: Option<SocketAddr>,
+    /// Install missing packages with apt-get (cloud hosts). When false, a
+    /// missing program is an error.
+    pub install_packages: bool,
+}
+
+impl DesiredHost {
+    /// Path of the WireGuard config: `/etc/wireguard/<interface>.conf`.
+    pub fn wireguard_config_path(&self) -> String {
+        format!("/etc/wireguard/{}.conf", self.interface)
+    }
+
+    /// The WireGuard address as a single-host prefix, as `ip address`
+    /// prints it (`10.0.0.2/32`).
+    pub fn wireguard_prefix(&self) -> String {
+        let bits = if self.wireguard_address.is_ipv4() {
+            32
+        } else {
+            128
+        };
+        format!("{}/{bits}", self.wireguard_address)
+    }
+}
+
+/// One file to install.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DesiredFile {
+    /// Absolute path (checked by [`check_remote_path`]).
+    pub path: String,
+    /// Permission bits, e.g. `0o600`.
+    pub mode: u32,
+    /// The content.
+    pub content: Vec<u8>,
+}
+
+impl DesiredFile {
+    /// A file with `content` at `path` with `mode`.
+    pub fn new(path: impl Into<String>, mode: u32, content: impl Into<Vec<u8>>) -> Self {
+        Self {
+            path: path.into(),
+            mode,
+            content: content.into(),
+        }
+    }
+
+    /// Hex SHA-256 of the content, as `sha256sum` prints it.
+    pub fn sha256(&self) -> String {
+        hex::encode(Sha256::digest(&self.content))
+    }
+}
+
+// The content may hold private keys: never print it.
+impl std::fmt::Debug for DesiredFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DesiredFile")
+            .field("path", &self.path)
+            .field("mode", &format_args!("{:04o}", self.mode))
+            .field("content", &format_args!("<{} bytes>", self.content.len()))
+            .finish()
+    }
+}
+
+/// What [`converge`] did on one host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Paths written, in the order written.
+    pub changed_files: Vec<String>,
+    /// Actions run, in order (`wg-quick up wg0`, `wg syncconf wg0`,
+    /// `nft -f /etc/promguard/nftables.conf`, `restart node_exporter`,
+    /// `reload prometheus`, ...).
+    pub actions: Vec<String>,
+    /// SSH round trips used: 1 when nothing changed, 2 otherwise.
+    pub round_trips: u64,
+}
+
+impl Report {
+    /// True when the host was already converged.
+    pub fn is_noop(&self) -> bool {
+        self.changed_files.is_empty() && self.actions.is_empty()
+    }
+}
+
+/// Brings `host` to its desired state over `conn`: one round trip to read
+/// facts and, only if something differs, one to apply the changes. A
+/// failing step becomes [`RemoteError::CommandFailed`] naming the step.
+pub fn converge(conn: &Connection, host: &DesiredHost) -> Result<Report, RemoteError> {
+    let before = conn.round_trips();
+    validate(host)?;
+    let managed = managed_paths(host);
+    let facts_script = facts::facts_script(&host.interface, &managed);
+    let output = conn.exec_checked("gathering facts", "bash -s", facts_script.as_bytes())?;
+    let facts =
+        parse_facts(&String::from_utf8_lossy(&output.stdout), &managed).map_err(|reason| {
+            RemoteError::Protocol {
+                host: host.name.clone(),
+                what: "the facts script".into(),
+                reason,
+            }
+        })?;
+    let decision = decide(host, &facts)?;
+    let mut report = Report {
+        changed_files: decision.files.iter().map(|f| f.path.clone()).collect(),
+        actions: decision.actions.iter().map(ToString::to_string).collect(),
+        round_trips: 0,
+    };
+    if !decision.is_empty() {
+        tracing::info!(host = %host.name, files = ?report.changed_files, actions = ?report.actions, "applying changes");
+        let apply = script::apply_script(host, facts.systemd, &decision);
+        let output = conn.exec("bash -s", apply.as_bytes())?;
+        if !output.success() {
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let step = stdout
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("step "))
+                .unwrap_or("the apply script");
+            return Err(RemoteError::CommandFailed {
+                host: host.name.clone(),
+                what: step.to_owned(),
+                exit_code: output.exit_code,
+                stderr_tail: tail(&output.stderr, 2000),
+            });
+        }
+    }
+    report.round_trips = conn.round_trips() - before;
+    Ok(report)
+}
+
+/// Checks every value of `host` that will reach a remote shell.
+pub fn validate(host: &DesiredHost) -> Result<(), RemoteError> {
+    let invalid = |what: String, reason: String| RemoteError::InvalidInput {
+        host: host.name.clone(),
+        what,
+        reason,
+    };
+    let mut seen = BTreeSet::new();
+    for file in &host.files {
+        check_remote_path(&file.path).map_err(|r| invalid(format!("file {:?}", file.path), r))?;
+        if file.mode > 0o7777 {
+            return Err(invalid(
+                format!("mode {:o} of {}", file.mode, file.path),
+                "a file mode is at most 7777 (octal)".into(),
+            ));
+        }
+        if !seen.insert(file.path.as_str()) {
+            return Err(invalid(
+                format!("file {}", file.path),
+                "it is listed twice".into(),
+            ));
+        }
+        if script::SYSTEMD_PATHS.contains(&file.path.as_str()) {
+            return Err(invalid(
+                format!("file {}", file.path),
+                "the recipe writes this file itself on systemd hosts".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every path the facts script hashes: the caller's files, then the files
+/// the recipe writes itself on systemd hosts (hashed everywhere, so one
+/// facts round trip is enough before systemd is known).
+fn managed_paths(host: &DesiredHost) -> Vec<String> {
+    host.files
+        .iter()
+        .map(|f| f.path.clone())
+        .chain(script::SYSTEMD_PATHS.iter().map(|p| p.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A node as the CLI would describe it, with placeholder file contents.
+    pub fn node() -> DesiredHost {
+        DesiredHost {
+            name: HostName::new("node-1").unwrap(),
+            role: Role::Node,
+            interface: InterfaceName::new("wg0").unwrap(),
+            wireguard_address: "10.0.0.2".parse().unwrap(),
+            files: vec![
+                DesiredFile::new(
+                    "/etc/wireguard/wg0.conf",
+                    0o600,
+                    "[Interface]\nPrivateKey = secret\n",
+                ),
+                DesiredFile::new(
+                    "/etc/promguard/nftables.conf",
+                    0o644,
+                    "table inet promguard {}\n",
+                ),
+            ],
+            node_exporter_listen: "10.0.0.2:9100".parse().unwrap(),
+            prometheus_listen: None,
+            install_packages: false,
+        }
+    }
+
+    /// The monitor, with Prometheus files.
+    pub fn monitor() -> DesiredHost {
+        let mut host = node();
+        host.name = HostName::new("monitor").unwrap();
+        host.role = Role::Monitor;
+        host.wireguard_address = "10.0.0.1".parse().unwrap();
+        host.node_exporter_listen = "10.0.0.1:9100".parse().unwrap();
+        host.prometheus_listen = Some("127.0.0.1:9090".parse().unwrap());
+        host.files.push(DesiredFile::new(
+            "/etc/prometheus/prometheus.yml",
+            0o644,
+            "global: {}\n",
+        ));
+        host.files.push(DesiredFile::new(
+            "/etc/prometheus/promguard/node.json",
+            0o644,
+            "[]\n",
+        ));
+        host
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn debug_hides_file_content() {
+        let host = node();
+        let debug = format!("{host:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        assert!(debug.contains("<32 bytes>"), "{debug}");
+        assert!(debug.contains("0600"), "{debug}");
+    }
+
+    #[test]
+    fn validation_refuses_unsafe_files() {
+        assert!(validate(&monitor()).is_ok());
+        let cases = [
+            (
+                "/etc/../etc/shadow",
+                0o600,
+                "has an empty, '.' or '..' component",
+            ),
+            ("/etc/x;reboot", 0o600, "contains ';'"),
+            ("etc/x", 0o600, "must be absolute"),
+            ("/etc/x", 0o10000, "at most 7777"),
+            ("/etc/wireguard/wg0.conf", 0o600, "listed twice"),
+            ("/etc/default/prometheus", 0o644, "writes this file itself"),
+        ];
+        for (path, mode, reason) in cases {
+            let mut host = node();
+            host.files.push(DesiredFile::new(path, mode, "x"));
+            let err = validate(&host).unwrap_err().to_string();
+            assert!(err.contains(reason), "{path}: {err}");
+            assert!(err.contains("node-1"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! The apply script: one bash script, generated from a [`Decision`], that
+//! writes the changed files and runs the actions.
+//!
+//! Nothing from outside reaches the script unchecked: paths passed
+//! [`crate::check_remote_path`] and are quoted, file contents travel as
+//! base64 in quoted here-documents, addresses and interface names are
+//! typed values and quoted too. The script runs under `bash -s` with its
+//! body in a function, so bash has read all of it before the first
+//! command runs and no command can swallow the rest of the script from
+//! standard input.
+
+use std::fmt::Write as _;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+use super::decide::{Action, Decision};
+use super::facts::{NODE_EXPORTER, PROMETHEUS};
+use super::{DesiredFile, DesiredHost};
+use crate::quote::shell_quote;
+
+/// node_exporter's binary (Debian's `prometheus-node-exporter`).
+pub const NODE_EXPORTER_BIN: &str = "/usr/bin/prometheus-node-exporter";
+/// Prometheus' binary.
+pub const PROMETHEUS_BIN: &str = "/usr/bin/prometheus";
+/// Prometheus' data directory (Debian's default).
+pub const PROMETHEUS_STORAGE: &str = "/var/lib/prometheus/metrics2";
+/// Where daemons started without systemd keep PID files and logs.
+pub const RUN_DIR: &str = "/run/promguard";
+
+/// node_exporter's flags on systemd hosts.
+pub const NODE_EXPORTER_DEFAULTS_PATH: &str = "/etc/default/prometheus-node-exporter";
+/// Orders node_exporter after the WireGuard interface on systemd hosts.
+pub const NODE_EXPORTER_DROPIN_PATH: &str =
+    "/etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf";
+/// Prometheus' flags on systemd hosts.
+pub const PROMETHEUS_DEFAULTS_PATH: &str = "/etc/default/prometheus";
+/// Loads PromGuard's ruleset at boot on systemd hosts.
+pub const FIREWALL_UNIT_PATH: &str = "/etc/systemd/system/promguard-firewall.service";
+
+/// Files the recipe itself writes on systemd hosts.
+pub const SYSTEMD_PATHS: &[&str] = &[
+    NODE_EXPORTER_DEFAULTS_PATH,
+    NODE_EXPORTER_DROPIN_PATH,
+    FIREWALL_UNIT_PATH,
+    PROMETHEUS_DEFAULTS_PATH,
+];
+
+/// The marker ending each embedded file; base64 never contains `_`.
+const EOF_MARKER: &str = "PROMGUARD_EOF";
+
+fn prometheus_args(listen: std::net::SocketAddr) -> Vec<String> {
+    vec![
+        "--config.file=/etc/prometheus/prometheus.yml".to_owned(),
+        format!("--storage.tsdb.path={PROMETHEUS_STORAGE}"),
+        format!("--web.listen-address={listen}"),
+    ]
+}
+
+/// The files the recipe writes itself on a systemd host.
+pub fn systemd_files(host: &DesiredHost) -> Vec<DesiredFile> {
+    let wg_unit = format!("wg-quick@{}.service", host.interface);
+    let mut files = vec![
+        DesiredFile::new(
+            NODE_EXPORTER_DEFAULTS_PATH,
+            0o644,
+            format!(
+                "# Managed by PromGuard.\nARGS=\"--web.listen-address={}\"\n",
+                host.node_exporter_listen
+            ),
+        ),
+        DesiredFile::new(
+            NODE_EXPORTER_DROPIN_PATH,
+            0o644,
+            format!(
+                "# Managed by PromGuard: node_exporter binds to the WireGuard address.\n\
+                 [Unit]\nWants={wg_unit}\nAfter={wg_unit}\n"
+            ),
+        ),
+        DesiredFile::new(
+            FIREWALL_UNIT_PATH,
+            0o644,
+            format!(
+                "# Managed by PromGuard.\n[Unit]\nDescription=PromGuard firewall table\n\
+                 Before=network-pre.target\nWants=network-pre.target\n\n\
+                 [Service]\nType=oneshot\nRemainAfterExit=yes\n\
+                 ExecStart=/usr/sbin/nft -f {}\n\n[Install]\nWantedBy=multi-user.target\n",
+                promguard_core::nftables::RULESET_PATH
+            ),
+        ),
+    ];
+    if let Some(listen) = host.prometheus_listen {
+        files.push(DesiredFile::new(
+            PROMETHEUS_DEFAULTS_PATH,
+            0o644,
+            format!(
+                "# Managed by PromGuard.\nARGS=\"{}\"\n",
+                prometheus_args(listen).join(" ")
+            ),
+        ));
+    }
+    files
+}
+
+/// Shell functions every apply script starts with.
+const PRELUDE: &str = r#"set -u
+# Directories we create must be readable by the daemons' user; file
+# contents are safe anyway, as mktemp makes every temp file 0600.
+umask 022
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+fail() { echo "promguard: $*" >&2; exit 1; }
+step() { echo "step $*"; }
+# write_file PATH MODE < base64: atomic (temp file in the same dir + mv).
+write_file() {
+  mkdir -p -- "$(dirname -- "$1")" || fail "cannot create the directory of $1"
+  tmp=$(mktemp -- "$(dirname -- "$1")/.promguard.XXXXXX") || fail "cannot create a temporary file next to $1"
+  if ! base64 -d > "$tmp"; then rm -f -- "$tmp"; fail "cannot decode the content of $1"; fi
+  chmod "$2" -- "$tmp" && mv -f -- "$tmp" "$1" || { rm -f -- "$tmp"; fail "cannot install $1"; }
+}
+# wait_listening WHAT ADDR LOGCMD...: up to 15 s for a TCP listener on ADDR.
+wait_listening() {
+  what=$1 addr=$2; shift 2
+  i=0
+  while [ "$i" -lt 150 ]; do
+    if ss -Hltn | awk '{print $4}' | grep -Fxq -- "$addr"; then return 0; fi
+    sleep 0.1; i=$((i + 1))
+  done
+  echo "promguard: $what is not listening on $addr after 15 s; its last log lines:" >&2
+  "$@" >&2 || true
+  exit 1
+}
+"#;
+
+/// Functions for hosts without systemd: daemons tracked by PID files.
+const SUPERVISOR: &str = r#"# is_ours PID BINARY: the process runs BINARY (guards against PID reuse).
+is_ours() { [ "$(tr '\0' '\n' < "/proc/$1/cmdline" 2>/dev/null | head -n 1)" = "$2" ]; }
+# stop_daemon NAME BINARY: ends the process in NAME's PID file, by PID.
+stop_daemon() {
+  pid=
+  [ -r "/run/promguard/$1.pid" ] && read -r pid < "/run/promguard/$1.pid"
+  case "$pid" in ''|*[!0-9]*) rm -f "/run/promguard/$1.pid"; return 0;; esac
+  if is_ours "$pid" "$2"; then
+    kill "$pid" 2>/dev/null
+    i=0
+    while is_ours "$pid" "$2" && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    if is_ours "$pid" "$2"; then kill -9 "$pid" 2>/dev/null; fi
+  fi
+  rm -f "/run/promguard/$1.pid"
+}
+# start_daemon NAME BINARY ARGS...: detached, as the prometheus user when
+# it exists, PID in /run/promguard/NAME.pid (written by the process itself,
+# so it is the daemon's PID), output appended to /run/promguard/NAME.log.
+start_daemon() {
+  name=$1; shift
+  mkdir -p /run/promguard || fail "cannot create /run/promguard"
+  stop_daemon "$name" "$1"
+  if command -v setpriv >/dev/null 2>&1 && id prometheus >/dev/null 2>&1; then
+    set -- setpriv --reuid=prometheus --regid=prometheus --init-groups -- "$@"
+  fi
+  setsid sh -c 'echo $$ > "$0" && exec "$@"' "/run/promguard/$name.pid" "$@" \
+    </dev/null >>"/run/promguard/$name.log" 2>&1 &
+}
+# signal_daemon NAME BINARY SIGNAL
+signal_daemon() {
+  pid=
+  [ -r "/run/promguard/$1.pid" ] && read -r pid < "/run/promguard/$1.pid"
+  case "$pid" in ''|*[!0-9]*) fail "$1 has no PID file";; esac
+  is_ours "$pid" "$2" || fail "$1 is not running"
+  kill "-$3" "$pid" || fail "cannot signal $1"
+}
+"#;
+
+/// Functions for route upkeep after `wg syncconf`, which (unlike
+/// `wg-quick up`) adds no routes for new peers.
+const ROUTES: &str = r#"# sync_routes IFACE: a route per AllowedIPs entry, none for removed peers.
+sync_routes() {
+  allowed=" $(wg show "$1" allowed-ips | cut -f 2 | tr '\n' ' ') "
+  for net in $allowed; do
+    [ "$net" = "(none)" ] || ip route replace "$net" dev "$1" || fail "cannot add a route to $net via $1"
+  done
+  for fam in 4 6; do
+    ip "-$fam" route show dev "$1" | while read -r dst rest; do
+      case " $rest " in *" proto kernel "*) continue;; esac
+      case "$dst" in */*) net=$dst;; *) if [ "$fam" = 4 ]; then net=$dst/32; else net=$dst/128; fi;; esac
+      case "$allowed" in *" $net "*) ;; *) ip "-$fam" route del "$dst" dev "$1" || true;; esac
+    done
+  done
+}
+"#;
+
+/// The apply script for `host` (its facts said `systemd`) carrying out
+/// `decision`.
+pub fn apply_script(host: &DesiredHost, systemd: bool, decision: &Decision) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# PromGuard apply script for {} ({}), generated; run with bash -s.",
+        host.name, host.role
+    );
+    s.push_str("main() {\n");
+    s.push_str(PRELUDE);
+    if !systemd {
+        s.push_str(SUPERVISOR);
+    }
+    if decision
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::WireguardSync { .. }))
+    {
+        s.push_str(ROUTES);
+    }
+
+    // Packages first, so their files exist before ours replace them.
+    for action in &decision.actions {
+        if let Action::InstallPackages(packages) = action {
+            install_packages(&mut s, packages);
+        }
+    }
+    for file in &decision.files {
+        let path = shell_quote(&file.path);
+        let _ = writeln!(s, "step {}", shell_quote(&format!("write {}", file.path)));
+        let _ = writeln!(s, "write_file {path} {:04o} <<'{EOF_MARKER}'", file.mode);
+        let encoded = STANDARD.encode(&file.content);
+        for chunk in encoded.as_bytes().chunks(76) {
+            s.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+            s.push('\n');
+        }
+        let _ = writeln!(s, "{EOF_MARKER}");
+    }
+    for action in &decision.actions {
+        if !matches!(action, Action::InstallPackages(_)) {
+            let _ = writeln!(s, "step {}", shell_quote(&action.to_string()));
+            if systemd {
+                systemd_action(&mut s, host, action);
+            } else {
+                plain_action(&mut s, host, action);
+            }
+        }
+    }
+    s.push_str("echo 'step done'\n}\nmain </dev/null\n");
+    s
+}
+
+fn install_packages(s: &mut String, packages: &[String]) {
+    let list: Vec<String> = packages.iter().map(|p| shell_quote(p)).collect();
+    let _ = writeln!(
+        s,
+        "step {}",
+        shell_quote(&format!("apt-get install {}", packages.join(" ")))
+    );
+    // policy-rc.d keeps the new services from starting with Debian's
+    // defaults (node_exporter on every address) before our config is in.
+    let _ = writeln!(
+        s,
+        r#"export DEBIAN_FRONTEND=noninteractive
+policy=
+if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy=1; fi
+apt-get -q -o DPkg::Lock::Timeout=300 update >&2 || fail "apt-get update failed"
+apt-get install -y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {} >&2 || {{ [ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d; fail "apt-get install failed"; }}
+[ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d"#,
+        list.join(" ")
+    );
+}
+
+/// Commands for one action on a host without systemd.
+fn plain_action(s: &mut String, host: &DesiredHost, action: &Action) {
+    let node_listen = shell_quote(&host.node_exporter_listen.to_string());
+    match action {
+        Action::InstallPackages(_) | Action::DaemonReload | Action::EnableFirewallAtBoot => {}
+        Action::WireguardUp(name) | Action::WireguardRecreate(name) => {
+            let i = shell_quote(name.as_str());
+            if matches!(action, Action::WireguardRecreate(_)) {
+                let sock = shell_quote(&format!("/run/wireguard/{name}.sock"));
+                let _ = writeln!(s, "ip link delete dev {i} 2>/dev/null; rm -f {sock}");
+            }
+            // An interface name is lowercase letters, digits and '-' only
+            // (checked by its type), so it may appear unquoted in messages.
+            let _ = writeln!(
+                s,
+                "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 wg-quick up {i} >&2 || fail \"wg-quick up {name} failed\"\n\
+                 wg show {i} >/dev/null || fail \"{name} does not answer after wg-quick up\""
+            );
+        }
+        Action::WireguardSync {
+            interface,
+            readdress,
+        } => wireguard_sync(s, host, interface, *readdress),
+        Action::LoadFirewall => load_firewall(s),
+        Action::StartNodeExporter { .. } => {
+            let _ = writeln!(
+                s,
+                "start_daemon {NODE_EXPORTER} {NODE_EXPORTER_BIN} --web.listen-address={node_listen}\n\
+                 wait_listening node_exporter {node_listen} tail -n 20 {RUN_DIR}/{NODE_EXPORTER}.log"
+            );
+        }
+        Action::StartPrometheus { .. } => {
+            let listen = host
+                .prometheus_listen
+                .expect("Prometheus actions only when it is wanted");
+            let args: Vec<String> = prometheus_args(listen)
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect();
+            let _ = writeln!(
+                s,
+                "mkdir -p {PROMETHEUS_STORAGE} || fail \"cannot create {PROMETHEUS_STORAGE}\"\n\
+                 if id prometheus >/dev/null 2>&1; then chown prometheus:prometheus {PROMETHEUS_STORAGE}; fi\n\
+                 start_daemon {PROMETHEUS} {PROMETHEUS_BIN} {}\n\
+                 wait_listening prometheus {} tail -n 20 {RUN_DIR}/{PROMETHEUS}.log",
+                args.join(" "),
+                shell_quote(&listen.to_string())
+            );
+        }
+        Action::ReloadPrometheus => {
+            let _ = writeln!(s, "signal_daemon {PROMETHEUS} {PROMETHEUS_BIN} HUP");
+        }
+    }
+}
+
+/// Commands for one action on a systemd host.
+fn systemd_action(s: &mut String, host: &DesiredHost, action: &Action) {
+    let node_listen = shell_quote(&host.node_exporter_listen.to_string());
+    match action {
+        Action::InstallPackages(_) => {}
+        Action::DaemonReload => {
+            s.push_str("systemctl daemon-reload || fail \"systemctl daemon-reload failed\"\n")
+        }
+        Action::WireguardUp(name) | Action::WireguardRecreate(name) => {
+            let unit_name = format!("wg-quick@{name}.service");
+            let unit = shell_quote(&unit_name);
+            let i = shell_quote(name.as_str());
+            if matches!(action, Action::WireguardRecreate(_)) {
+                let _ = writeln!(s, "ip link delete dev {i} 2>/dev/null");
+            }
+            let _ = writeln!(
+                s,
+                "systemctl enable {unit} && systemctl restart {unit} || fail \"cannot start {unit_name}\"\n\
+                 wg show {i} >/dev/null || fail \"{name} does not answer after starting {unit_name}\""
+            );
+        }
+        Action::WireguardSync {
+            interface,
+            readdress,
+        } => wireguard_sync(s, host, interface, *readdress),
+        Action::LoadFirewall => load_firewall(s),
+        Action::EnableFirewallAtBoot => {
+            s.push_str("systemctl enable promguard-firewall.service || fail \"cannot enable promguard-firewall.service\"\n");
+        }
+        Action::StartNodeExporter { .. } => {
+            let _ = writeln!(
+                s,
+                "systemctl enable prometheus-node-exporter.service && systemctl restart prometheus-node-exporter.service || fail \"cannot start prometheus-node-exporter.service\"\n\
+                 wait_listening node_exporter {node_listen} journalctl -u prometheus-node-exporter.service -n 20 --no-pager"
+            );
+        }
+        Action::StartPrometheus { .. } => {
+            let listen = host
+                .prometheus_listen
+                .expect("Prometheus actions only when it is wanted");
+            let _ = writeln!(
+                s,
+                "systemctl enable prometheus.service && systemctl restart prometheus.service || fail \"cannot start prometheus.service\"\n\
+                 wait_listening prometheus {} journalctl -u prometheus.service -n 20 --no-pager",
+                shell_quote(&listen.to_string())
+            );
+        }
+        Action::ReloadPrometheus => {
+            s.push_str("systemctl reload prometheus.service || fail \"cannot reload prometheus.service\"\n");
+        }
+    }
+}
+
+fn wireguard_sync(
+    s: &mut String,
+    host: &DesiredHost,
+    interface: &promguard_core::InterfaceName,
+    readdress: bool,
+) {
+    let i = shell_quote(interface.as_str());
+    if readdress {
+        let _ = writeln!(
+            s,
+            "ip address flush dev {i} scope global && ip address add {} dev {i} || fail \"cannot set the address of {interface}\"",
+            shell_quote(&host.wireguard_prefix())
+        );
+    }
+    let _ = writeln!(
+        s,
+        "wg syncconf {i} <(wg-quick strip {i}) || fail \"wg syncconf {interface} failed\"\nsync_routes {i}"
+    );
+}
+
+fn load_firewall(s: &mut String) {
+    let path = shell_quote(promguard_core::nftables::RULESET_PATH);
+    let _ = writeln!(
+        s,
+        "nft -f {path} || fail \"nft rejected {}\"",
+        promguard_core::nftables::RULESET_PATH
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::decide::decide;
+    use super::super::test_support::{monitor, node};
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const HOSTILE: &str = "PROMGUARD_EOF\n$(touch /tmp/promguard-pwned)`id`'\"\\\n\0\u{2603}";
+
+    fn bash_syntax_ok(script: &str) {
+        let status = std::process::Command::new("bash")
+            .args(["-n", "-c", script])
+            .status()
+            .expect("bash is needed for this test");
+        assert!(status.success(), "bash -n rejected the script:\n{script}");
+    }
+
+    #[test]
+    fn node_script_snapshot() {
+        let mut host = node();
+        host.files[0].content = HOSTILE.as_bytes().to_vec();
+        let decision = Decision {
+            files: host.files.clone(),
+            actions: vec![
+                Action::WireguardUp(host.interface.clone()),
+                Action::LoadFirewall,
+                Action::StartNodeExporter { restart: false },
+            ],
+        };
+        let script = apply_script(&host, false, &decision);
+        bash_syntax_ok(&script);
+        assert!(
+            !script.contains("touch"),
+            "file content must only appear as base64"
+        );
+        expect_test::expect_file!["snapshots/apply-node.sh"].assert_eq(&script);
+    }
+
+    #[test]
+    fn monitor_scripts_are_valid_bash() {
+        let host = monitor();
+        let all = vec![
+            Action::InstallPackages(vec!["wireguard-tools".into(), "prometheus".into()]),
+            Action::DaemonReload,
+            Action::WireguardRecreate(host.interface.clone()),
+            Action::WireguardSync {
+                interface: host.interface.clone(),
+                readdress: true,
+            },
+            Action::LoadFirewall,
+            Action::EnableFirewallAtBoot,
+            Action::StartNodeExporter { restart: true },
+            Action::StartPrometheus { restart: true },
+            Action::ReloadPrometheus,
+        ];
+        for systemd in [false, true] {
+            let mut files = host.files.clone();
+            files.extend(systemd_files(&host));
+            let decision = Decision {
+                files,
+                actions: all.clone(),
+            };
+            bash_syntax_ok(&apply_script(&host, systemd, &decision));
+        }
+        let decision = Decision {
+            files: systemd_files(&host),
+            actions: vec![
+                Action::StartPrometheus { restart: false },
+                Action::ReloadPrometheus,
+            ],
+        };
+        expect_test::expect_file!["snapshots/apply-monitor-systemd.sh"]
+            .assert_eq(&apply_script(&host, true, &decision));
+    }
+
+    #[test]
+    fn systemd_files_snapshot() {
+        let text: String = systemd_files(&monitor())
+            .iter()
+            .map(|f| {
+                format!(
+                    "== {} ({:04o})\n{}\n",
+                    f.path,
+                    f.mode,
+                    String::from_utf8_lossy(&f.content)
+                )
+            })
+            .collect();
+        expect_test::expect_file!["snapshots/systemd-files.txt"].assert_eq(&text);
+    }
+
+    /// Runs the file-writing part of a real apply script on this machine,
+    /// inside a temp dir: hostile content arrives byte for byte, with its
+    /// mode, and nothing else runs.
+    #[test]
+    fn written_files_round_trip_through_bash() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().to_str().unwrap();
+        let mut host = node();
+        let binary: Vec<u8> = (0..=255u8).collect();
+        host.files = vec![
+            DesiredFile::new(format!("{base}/etc/wireguard/wg0.conf"), 0o600, HOSTILE),
+            DesiredFile::new(format!("{base}/etc/promguard/bytes"), 0o644, binary.clone()),
+            DesiredFile::new(format!("{base}/empty"), 0o640, ""),
+        ];
+        let decision = Decision {
+            files: host.files.clone(),
+            actions: vec![],
+        };
+        let script = apply_script(&host, false, &decision);
+        let mut child = std::process::Command::new("bash")
+            .arg("-s")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("bash is needed for this test");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).ends_with("step done\n"));
+        for file in &host.files {
+            assert_eq!(
+                std::fs::read(&file.path).unwrap(),
+                file.content,
+                "{}",
+                file.path
+            );
+            let mode = std::fs::metadata(&file.path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, file.mode, "{}", file.path);
+        }
+        assert!(!std::path::Path::new("/tmp/promguard-pwned").exists());
+    }
+
+    #[test]
+    fn fresh_node_decision_produces_ordered_script() {
+        let host = node();
+        let facts = super::super::facts::parse_facts(
+            "promguard-facts 1\nsystemd no\nfile missing /etc/wireguard/wg0.conf\n\
+             file missing /etc/promguard/nftables.conf\n\
+             file missing /etc/default/prometheus-node-exporter\n\
+             file missing /etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf\n\
+             file missing /etc/systemd/system/promguard-firewall.service\n\
+             file missing /etc/default/prometheus\n\
+             program yes /usr/bin/wg\nprogram yes /usr/bin/wg-quick\nprogram yes /usr/sbin/nft\n\
+             program yes /usr/bin/prometheus-node-exporter\nprogram yes /usr/bin/prometheus\n\
+             interface missing\nfirewall missing\nprocess node_exporter stopped\n\
+             process prometheus stopped\nend\n",
+            &super::super::managed_paths(&host),
+        )
+        .unwrap();
+        let decision = decide(&host, &facts).unwrap();
+        let script = apply_script(&host, false, &decision);
+        let steps: Vec<&str> = script.lines().filter(|l| l.starts_with("step ")).collect();
+        assert_eq!(
+            steps,
+            [
+                "step 'write /etc/wireguard/wg0.conf'",
+                "step 'write /etc/promguard/nftables.conf'",
+                "step 'wg-quick up wg0'",
+                "step 'nft -f /etc/promguard/nftables.conf'",
+                "step 'start node_exporter'",
+            ]
+        );
+    }
+}

@@ -1,0 +1,61 @@
+# PromGuard apply script for monitor (monitor), generated; run with bash -s.
+main() {
+set -u
+# Directories we create must be readable by the daemons' user; file
+# contents are safe anyway, as mktemp makes every temp file 0600.
+umask 022
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+fail() { echo "promguard: $*" >&2; exit 1; }
+step() { echo "step $*"; }
+# write_file PATH MODE < base64: atomic (temp file in the same dir + mv).
+write_file() {
+  mkdir -p -- "$(dirname -- "$1")" || fail "cannot create the directory of $1"
+  tmp=$(mktemp -- "$(dirname -- "$1")/.promguard.XXXXXX") || fail "cannot create a temporary file next to $1"
+  if ! base64 -d > "$tmp"; then rm -f -- "$tmp"; fail "cannot decode the content of $1"; fi
+  chmod "$2" -- "$tmp" && mv -f -- "$tmp" "$1" || { rm -f -- "$tmp"; fail "cannot install $1"; }
+}
+# wait_listening WHAT ADDR LOGCMD...: up to 15 s for a TCP listener on ADDR.
+wait_listening() {
+  what=$1 addr=$2; shift 2
+  i=0
+  while [ "$i" -lt 150 ]; do
+    if ss -Hltn | awk '{print $4}' | grep -Fxq -- "$addr"; then return 0; fi
+    sleep 0.1; i=$((i + 1))
+  done
+  echo "promguard: $what is not listening on $addr after 15 s; its last log lines:" >&2
+  "$@" >&2 || true
+  exit 1
+}
+step 'write /etc/default/prometheus-node-exporter'
+write_file '/etc/default/prometheus-node-exporter' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZC4KQVJHUz0iLS13ZWIubGlzdGVuLWFkZHJlc3M9MTAuMC4w
+LjE6OTEwMCIK
+PROMGUARD_EOF
+step 'write /etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf'
+write_file '/etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZDogbm9kZV9leHBvcnRlciBiaW5kcyB0byB0aGUgV2lyZUd1
+YXJkIGFkZHJlc3MuCltVbml0XQpXYW50cz13Zy1xdWlja0B3ZzAuc2VydmljZQpBZnRlcj13Zy1x
+dWlja0B3ZzAuc2VydmljZQo=
+PROMGUARD_EOF
+step 'write /etc/systemd/system/promguard-firewall.service'
+write_file '/etc/systemd/system/promguard-firewall.service' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZC4KW1VuaXRdCkRlc2NyaXB0aW9uPVByb21HdWFyZCBmaXJl
+d2FsbCB0YWJsZQpCZWZvcmU9bmV0d29yay1wcmUudGFyZ2V0CldhbnRzPW5ldHdvcmstcHJlLnRh
+cmdldAoKW1NlcnZpY2VdClR5cGU9b25lc2hvdApSZW1haW5BZnRlckV4aXQ9eWVzCkV4ZWNTdGFy
+dD0vdXNyL3NiaW4vbmZ0IC1mIC9ldGMvcHJvbWd1YXJkL25mdGFibGVzLmNvbmYKCltJbnN0YWxs
+XQpXYW50ZWRCeT1tdWx0aS11c2VyLnRhcmdldAo=
+PROMGUARD_EOF
+step 'write /etc/default/prometheus'
+write_file '/etc/default/prometheus' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZC4KQVJHUz0iLS1jb25maWcuZmlsZT0vZXRjL3Byb21ldGhl
+dXMvcHJvbWV0aGV1cy55bWwgLS1zdG9yYWdlLnRzZGIucGF0aD0vdmFyL2xpYi9wcm9tZXRoZXVz
+L21ldHJpY3MyIC0td2ViLmxpc3Rlbi1hZGRyZXNzPTEyNy4wLjAuMTo5MDkwIgo=
+PROMGUARD_EOF
+step 'start prometheus'
+systemctl enable prometheus.service && systemctl restart prometheus.service || fail "cannot start prometheus.service"
+wait_listening prometheus '127.0.0.1:9090' journalctl -u prometheus.service -n 20 --no-pager
+step 'reload prometheus'
+systemctl reload prometheus.service || fail "cannot reload prometheus.service"
+echo 'step done'
+}
+main </dev/null

@@ -1,0 +1,381 @@
+//! The local end-to-end scenario: real sshd, WireGuard (wireguard-go),
+//! Prometheus, node_exporter and nftables on namespace hosts of this
+//! machine, driven through the `promguard` binary exactly as a user would.
+//!
+//! It always tears its deployment down, also when a check fails.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+/// A deployment made by the scenario; `down` runs when it is dropped.
+struct Deployment {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    name: String,
+}
+
+impl Deployment {
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("promguard.toml")
+    }
+
+    fn write_config(&self, nodes: &[&str]) -> Result<()> {
+        let mut text = format!(
+            "[deployment]\nname = \"{}\"\nprovider = \"local\"\n\n[prometheus]\nscrape_interval = \"2s\"\n\n[monitor]\nname = \"promguard-monitor-1\"\nregion = \"tor1\"\n",
+            self.name
+        );
+        let regions = ["lon1", "sfo2", "sgp1"];
+        for (i, n) in nodes.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[[nodes.host]]\nname = \"{n}\"\nregion = \"{}\"\n",
+                regions[i % regions.len()]
+            ));
+        }
+        std::fs::write(self.config_path(), text)?;
+        Ok(())
+    }
+
+    fn promguard(&self, args: &[&str]) -> Result<Output> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--config").arg(self.config_path()).args(args);
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot run {}", self.bin.display()))?;
+        Ok(out)
+    }
+
+    /// Runs promguard and fails with its output when it fails.
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let started = Instant::now();
+        let out = self.promguard(args)?;
+        eprintln!(
+            "e2e: promguard {} took {:.2?}",
+            args.join(" "),
+            started.elapsed()
+        );
+        if !out.status.success() {
+            bail!(
+                "promguard {} failed ({}):\n{}\n{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn ssh(&self, host: &str, command: &str) -> Result<Output> {
+        self.promguard(&["ssh", host, "--", command])
+    }
+
+    fn ssh_ok(&self, host: &str, command: &str) -> Result<String> {
+        let out = self.ssh(host, command)?;
+        if !out.status.success() {
+            bail!(
+                "on {host}, `{command}` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn status(&self) -> Result<Value> {
+        let out = self.promguard(&["status", "--json"])?;
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "status --json printed no JSON: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    fn state(&self) -> Result<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("promguard.state.json"))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        match self.promguard(&["down", "--yes"]) {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "e2e: cleanup `down` failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("e2e: cleanup `down` failed: {e:#}"),
+        }
+    }
+}
+
+/// Facts of one host that must not change across a no-op run.
+fn fingerprint(d: &Deployment, host: &str, monitor: bool) -> Result<String> {
+    let mut files = "/etc/wireguard/wg0.conf /etc/promguard/nftables.conf".to_owned();
+    if monitor {
+        files.push_str(" /etc/prometheus/prometheus.yml /etc/prometheus/promguard/node.json");
+    }
+    d.ssh_ok(
+        host,
+        &format!(
+            "stat -c '%n %Y.%y' {files}; cat /run/promguard/*.pid; pgrep -x wireguard-go || true"
+        ),
+    )
+}
+
+fn check_targets(status: &Value, expected_hosts: &[&str]) -> Result<()> {
+    let targets = status["targets"]
+        .as_array()
+        .context("status has no targets")?;
+    let mut seen = BTreeMap::new();
+    for t in targets {
+        let instance = t["instance"].as_str().unwrap_or_default();
+        let url = t["scrape_url"].as_str().unwrap_or_default();
+        ensure!(
+            t["health"] == "up",
+            "target {instance} ({url}) is {}: {}",
+            t["health"],
+            t["last_error"]
+        );
+        ensure!(
+            url.starts_with("http://10.0.0.") && url.ends_with(":9100/metrics"),
+            "target {instance} is scraped at {url}, not a WireGuard address"
+        );
+        seen.insert(instance.to_owned(), url.to_owned());
+    }
+    let mut wanted: Vec<&str> = expected_hosts.to_vec();
+    wanted.sort();
+    let got: Vec<&str> = seen.keys().map(String::as_str).collect();
+    ensure!(got == wanted, "targets are {got:?}, expected {wanted:?}");
+    Ok(())
+}
+
+fn connect_from(netns: &str, addr: SocketAddr) -> Result<bool> {
+    // bash's /dev/tcp inside the namespace: exit 0 when the connect works.
+    let status = Command::new("ip")
+        .args(["netns", "exec", netns, "timeout", "3", "bash", "-c"])
+        .arg(format!("exec 3<>/dev/tcp/{}/{}", addr.ip(), addr.port()))
+        .status()?;
+    Ok(status.success())
+}
+
+/// Runs the scenario.
+pub fn local(root: &Path) -> Result<()> {
+    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
+    let bin = root.join("target/debug/promguard");
+    let name = format!("e2e{}", std::process::id() % 100000);
+    let d = Deployment {
+        bin,
+        dir: tempfile::tempdir()?,
+        name: name.clone(),
+    };
+    let three = ["promguard-node-1", "promguard-node-2", "promguard-node-3"];
+    let monitor = "promguard-monitor-1";
+
+    // 1. Up: every target is up at its WireGuard address.
+    d.write_config(&three)?;
+    let started = Instant::now();
+    d.ok(&["up", "--yes"])?;
+    let fresh = started.elapsed();
+    check_targets(&d.status()?, &[monitor, three[0], three[1], three[2]])?;
+    eprintln!("e2e: 1. every target is up over WireGuard (fresh up {fresh:.2?})");
+
+    // 2. From an outsider on the underlay, exporters and Prometheus are closed, SSH open.
+    let state = d.state()?;
+    let provider = promguard_cloud::local::LocalProvider::new(
+        promguard_core::DeploymentName::new(&name)?,
+        promguard_cloud::local::LocalOptions::default(),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let outsider =
+        runtime.block_on(provider.create_outsider(&promguard_core::HostName::new("outsider")?))?;
+    for (host, record) in state["hosts"].as_object().context("no hosts in state")? {
+        let public: IpAddr = record["public_address"]
+            .as_str()
+            .context("no public address")?
+            .parse()?;
+        let wg: IpAddr = record["wireguard_address"]
+            .as_str()
+            .context("no wireguard address")?
+            .parse()?;
+        ensure!(
+            !connect_from(&outsider.netns, SocketAddr::new(public, 9100))?,
+            "outsider reached {host}:9100 on {public}"
+        );
+        ensure!(
+            !connect_from(&outsider.netns, SocketAddr::new(wg, 9100))?,
+            "outsider reached {host}:9100 on {wg}"
+        );
+        ensure!(
+            !connect_from(&outsider.netns, SocketAddr::new(public, 9090))?,
+            "outsider reached {host}:9090"
+        );
+        ensure!(
+            connect_from(&outsider.netns, SocketAddr::new(public, 22))?,
+            "outsider cannot reach SSH of {host}"
+        );
+    }
+    eprintln!("e2e: 2. outsiders cannot reach exporters or Prometheus; SSH answers");
+
+    // 3. Node to node: no route, no peer; the monitor's Prometheus is not reachable from a node.
+    let probe = |from: &str, to: &str| -> Result<bool> {
+        let out = d.ssh(
+            from,
+            &format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{to}' && echo open || echo closed"),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains("open"))
+    };
+    ensure!(
+        !probe(three[0], "10.0.0.3/9100")?,
+        "node 1 reached node 2's exporter"
+    );
+    ensure!(
+        !probe(three[0], "10.0.0.1/9090")?,
+        "node 1 reached the monitor's Prometheus"
+    );
+    ensure!(
+        probe(monitor, "10.0.0.3/9100")?,
+        "the monitor cannot reach node 2's exporter"
+    );
+    eprintln!("e2e: 3. nodes cannot reach each other or Prometheus");
+
+    // 4. A second up changes nothing.
+    let before: Vec<String> = std::iter::once(monitor)
+        .chain(three)
+        .map(|h| fingerprint(&d, h, h == monitor))
+        .collect::<Result<_>>()?;
+    let started = Instant::now();
+    let out = d.ok(&["up", "--yes"])?;
+    let noop = started.elapsed();
+    ensure!(
+        out.contains("No changes"),
+        "second up reported changes:\n{out}"
+    );
+    let after: Vec<String> = std::iter::once(monitor)
+        .chain(three)
+        .map(|h| fingerprint(&d, h, h == monitor))
+        .collect::<Result<_>>()?;
+    ensure!(
+        before == after,
+        "a no-op up touched files or restarted processes:\n{before:#?}\n{after:#?}"
+    );
+    eprintln!("e2e: 4. a second up changed nothing (no-op up {noop:.2?})");
+
+    // 5. A fourth node: its target comes up, existing tunnels stay.
+    let wg_pid = |d: &Deployment| d.ssh_ok(monitor, "pgrep -x wireguard-go");
+    let pid_before = wg_pid(&d)?;
+    let peers_before = peers_of(&d.status()?, monitor)?;
+    let four = [
+        "promguard-node-1",
+        "promguard-node-2",
+        "promguard-node-3",
+        "promguard-node-4",
+    ];
+    d.write_config(&four)?;
+    d.ok(&["up", "--yes"])?;
+    let status = d.status()?;
+    check_targets(&status, &[monitor, four[0], four[1], four[2], four[3]])?;
+    ensure!(
+        wg_pid(&d)? == pid_before,
+        "the monitor's WireGuard was restarted"
+    );
+    let peers_after = peers_of(&status, monitor)?;
+    for (peer, (key, rx)) in &peers_before {
+        let (key2, rx2) = peers_after
+            .get(peer)
+            .with_context(|| format!("peer {peer} vanished"))?;
+        ensure!(key == key2, "peer {peer} changed key");
+        ensure!(
+            rx2 >= rx,
+            "peer {peer}'s counters were reset: the tunnel was torn down"
+        );
+    }
+    eprintln!("e2e: 5. a fourth node joined; existing peers and tunnels unchanged");
+
+    // 6. Remove node 2.
+    let without = ["promguard-node-1", "promguard-node-3", "promguard-node-4"];
+    d.write_config(&without)?;
+    d.ok(&["up", "--yes"])?;
+    let status = d.status()?;
+    check_targets(&status, &[monitor, without[0], without[1], without[2]])?;
+    ensure!(
+        !peers_of(&status, monitor)?.contains_key("promguard-node-2"),
+        "node 2 is still a peer"
+    );
+    ensure!(
+        provider
+            .host_netns(&promguard_core::HostName::new("promguard-node-2")?)
+            .is_none(),
+        "node 2 still exists"
+    );
+    eprintln!("e2e: 6. node 2 was removed and destroyed");
+
+    // 7. Down leaves nothing.
+    let hosts = runtime.block_on(promguard_cloud::CloudProvider::list_hosts(&provider))?;
+    let pids: Vec<u32> = hosts
+        .iter()
+        .filter_map(|h| provider.host_init_pid(&h.name))
+        .collect();
+    ensure!(
+        pids.len() == hosts.len() && !pids.is_empty(),
+        "the provider does not know every host's init process"
+    );
+    d.ok(&["down", "--yes"])?;
+    let netns =
+        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output()?.stdout)
+            .into_owned();
+    ensure!(
+        !netns.contains(&format!("pg-{name}")),
+        "namespaces remain:\n{netns}"
+    );
+    ensure!(
+        !Path::new("/var/lib/promguard/local").join(&name).exists(),
+        "the deployment directory remains"
+    );
+    for pid in pids {
+        // A zombie (state Z) is already dead; only its parent can reap it.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let alive = stat
+            .rsplit(") ")
+            .next()
+            .is_some_and(|rest| !rest.starts_with('Z'));
+        ensure!(
+            !alive,
+            "process {pid} (a host's init) of the deployment remains"
+        );
+    }
+    eprintln!("e2e: 7. down left no namespace, process or directory");
+    eprintln!("e2e: local scenario passed (fresh up {fresh:.2?}, no-op up {noop:.2?})");
+    Ok(())
+}
+
+fn peers_of(status: &Value, host: &str) -> Result<BTreeMap<String, (String, u64)>> {
+    let hosts = status["hosts"].as_array().context("status has no hosts")?;
+    let h = hosts
+        .iter()
+        .find(|h| h["name"] == host)
+        .with_context(|| format!("no host {host} in status"))?;
+    Ok(h["peers"]
+        .as_array()
+        .context("no peers")?
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                (
+                    p["public_key"].as_str().unwrap_or_default().to_owned(),
+                    p["rx_bytes"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect())
+}
