@@ -5,10 +5,10 @@
 //! It always tears its deployment down, also when a check fails.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
@@ -31,10 +31,13 @@ impl Deployment {
             self.name
         );
         let regions = ["lon1", "sfo2", "sgp1"];
-        for (i, n) in nodes.iter().enumerate() {
+        for n in nodes {
+            // The region follows the node's number, so removing a node
+            // moves no other.
+            let number: usize = n.rsplit('-').next().and_then(|d| d.parse().ok()).unwrap_or(1);
             text.push_str(&format!(
                 "\n[[nodes.host]]\nname = \"{n}\"\nregion = \"{}\"\n",
-                regions[i % regions.len()]
+                regions[(number - 1) % regions.len()]
             ));
         }
         std::fs::write(self.config_path(), text)?;
@@ -162,6 +165,7 @@ fn connect_from(netns: &str, addr: SocketAddr) -> Result<bool> {
     let status = Command::new("ip")
         .args(["netns", "exec", netns, "timeout", "3", "bash", "-c"])
         .arg(format!("exec 3<>/dev/tcp/{}/{}", addr.ip(), addr.port()))
+        .stderr(std::process::Stdio::null())
         .status()?;
     Ok(status.success())
 }
@@ -169,7 +173,7 @@ fn connect_from(netns: &str, addr: SocketAddr) -> Result<bool> {
 /// Runs the scenario.
 pub fn local(root: &Path) -> Result<()> {
     crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
-    let bin = root.join("target/debug/promguard");
+    let bin = crate::target_dir(root).join("debug/promguard");
     let name = format!("e2e{}", std::process::id() % 100000);
     let d = Deployment {
         bin,
@@ -342,16 +346,18 @@ pub fn local(root: &Path) -> Result<()> {
         "the deployment directory remains"
     );
     for pid in pids {
-        // A zombie (state Z) is already dead; only its parent can reap it.
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let alive = stat
-            .rsplit(") ")
-            .next()
-            .is_some_and(|rest| !rest.starts_with('Z'));
-        ensure!(
-            !alive,
-            "process {pid} (a host's init) of the deployment remains"
-        );
+        // A zombie (state Z) or exiting (X) process is already dead; only its
+        // parent can reap it. Allow the kernel a moment to finish the exit.
+        let state = || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit(") ").next().and_then(|rest| rest.chars().next())
+        };
+        let alive = || state().is_some_and(|c| c != 'Z' && c != 'X');
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while alive() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        ensure!(!alive(), "process {pid} (a host's init) of the deployment remains (state {:?})", state());
     }
     eprintln!("e2e: 7. down left no namespace, process or directory");
     eprintln!("e2e: local scenario passed (fresh up {fresh:.2?}, no-op up {noop:.2?})");

@@ -56,6 +56,13 @@ fn project_root() -> PathBuf {
         .to_owned()
 }
 
+/// Where cargo puts build output (`CARGO_TARGET_DIR` or `target/`).
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
 /// Runs a command, failing with its command line when it does not succeed.
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {}", describe(cmd));
@@ -100,7 +107,7 @@ fn test(root: &Path) -> Result<()> {
 fn demo(root: &Path) -> Result<()> {
     deps::ensure()?;
     run(cargo().args(["build", "-p", "promguard-cli"]))?;
-    let bin = root.join("target/debug/promguard");
+    let bin = target_dir(root).join("debug/promguard");
     let dir = root.join("target/demo");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("promguard.toml");

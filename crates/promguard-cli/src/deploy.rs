@@ -576,7 +576,12 @@ async fn verify(
                             .iter()
                             .any(|t| &t.job == job && &t.scrape_url == url && t.health == "up")
                     });
-                    if all_up {
+                    // Removed targets must be gone too: Prometheus notices
+                    // file_sd changes shortly after they are written.
+                    let expected_target = |t: &TargetHealth| {
+                        expected.iter().any(|(job, url)| &t.job == job && &t.scrape_url == url)
+                    };
+                    if all_up && targets.iter().all(expected_target) {
                         return Ok(targets);
                     }
                     last = Ok(targets);
@@ -612,6 +617,17 @@ async fn verify(
                         None => Some(format!("{job} target {url} is not known to Prometheus")),
                     }
                 })
+                .chain(
+                    targets
+                        .iter()
+                        .filter(|t| !expected.iter().any(|(job, url)| &t.job == job && &t.scrape_url == url))
+                        .map(|t| {
+                            format!(
+                                "{} ({}) at {} was removed but Prometheus still scrapes it",
+                                t.instance, t.job, t.scrape_url
+                            )
+                        }),
+                )
                 .collect::<Vec<_>>()
                 .join("; "),
         };
