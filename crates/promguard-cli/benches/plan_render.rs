@@ -1,5 +1,8 @@
 //! Planning and rendering at fleet scale: 10,000 nodes in a /16.
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -579,7 +579,9 @@ async fn verify(
                     // Removed targets must be gone too: Prometheus notices
                     // file_sd changes shortly after they are written.
                     let expected_target = |t: &TargetHealth| {
-                        expected.iter().any(|(job, url)| &t.job == job && &t.scrape_url == url)
+                        expected
+                            .iter()
+                            .any(|(job, url)| &t.job == job && &t.scrape_url == url)
                     };
                     if all_up && targets.iter().all(expected_target) {
                         return Ok(targets);
@@ -620,7 +622,11 @@ async fn verify(
                 .chain(
                     targets
                         .iter()
-                        .filter(|t| !expected.iter().any(|(job, url)| &t.job == job && &t.scrape_url == url))
+                        .filter(|t| {
+                            !expected
+                                .iter()
+                                .any(|(job, url)| &t.job == job && &t.scrape_url == url)
+                        })
                         .map(|t| {
                             format!(
                                 "{} ({}) at {} was removed but Prometheus still scrapes it",
