@@ -276,10 +276,11 @@ pub async fn up(ctx: &Context, options: &UpOptions) -> anyhow::Result<UpReport> 
     recorder.update(|_| ())?;
 
     // Create what is missing.
+    let recorded = recorder.snapshot();
     let to_create: Vec<HostRequest> = plan
         .hosts
         .iter()
-        .filter(|h| !recorder.snapshot().hosts[&h.name].created)
+        .filter(|h| !recorded.hosts[&h.name].created)
         .map(|h| HostRequest {
             name: h.name.clone(),
             role: h.role,

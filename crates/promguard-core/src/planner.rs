@@ -6,7 +6,7 @@
 //! WireGuard address and key pair; a removed host's address becomes free
 //! again, but no other host is renumbered.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnetwork::IpNetwork;
@@ -155,10 +155,11 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
     // Preshared keys per monitor-node pair.
     let monitor = &config.monitor.name;
     if config.preshared_keys {
+        let old_keys = pair_index(old);
         for node in &config.nodes {
-            let key = old
-                .preshared_key(monitor, &node.name)
-                .cloned()
+            let key = old_keys
+                .get(&(monitor, &node.name))
+                .map(|&k| k.clone())
                 .unwrap_or_else(PresharedKey::generate);
             next.preshared_keys.push(PairKey {
                 monitor: monitor.clone(),
@@ -168,9 +169,10 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
         }
     }
 
+    let pairs = pair_index(&next);
     let hosts: Vec<HostPlan> = specs
         .iter()
-        .map(|(role, spec)| host_plan(config, &next, *role, spec))
+        .map(|(role, spec)| host_plan(config, &next, &pairs, *role, spec))
         .collect();
 
     let mut changes = Vec::new();
@@ -229,9 +231,22 @@ fn peers_with(a: Role, b: Role) -> bool {
     a != b
 }
 
+/// Preshared keys by (monitor, node), so planning stays linear in the
+/// number of hosts.
+type PairIndex<'a> = HashMap<(&'a HostName, &'a HostName), &'a PresharedKey>;
+
+fn pair_index(state: &State) -> PairIndex<'_> {
+    state
+        .preshared_keys
+        .iter()
+        .map(|p| ((&p.monitor, &p.node), &p.key))
+        .collect()
+}
+
 fn host_plan(
     config: &Config,
     state: &State,
+    pairs: &PairIndex<'_>,
     role: Role,
     spec: &crate::config::HostSpec,
 ) -> HostPlan {
@@ -249,7 +264,7 @@ fn host_plan(
         PeerPlan {
             name: name.clone(),
             public_key: other.public_key,
-            preshared_key: state.preshared_key(m, n).cloned(),
+            preshared_key: pairs.get(&(m, n)).map(|&k| k.clone()),
             allowed_ip: other.wireguard_address,
             endpoint: other
                 .public_address
