@@ -12,6 +12,9 @@ use async_trait::async_trait;
 pub use promguard_core::SshPublicKey;
 use promguard_core::{DeploymentName, HostName, Region, Role};
 
+pub mod digitalocean;
+#[cfg(feature = "fake-digitalocean")]
+pub mod fake_digitalocean;
 pub mod local;
 
 /// Errors of a provider.
