@@ -34,7 +34,11 @@ impl Deployment {
         for n in nodes {
             // The region follows the node's number, so removing a node
             // moves no other.
-            let number: usize = n.rsplit('-').next().and_then(|d| d.parse().ok()).unwrap_or(1);
+            let number: usize = n
+                .rsplit('-')
+                .next()
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(1);
             text.push_str(&format!(
                 "\n[[nodes.host]]\nname = \"{n}\"\nregion = \"{}\"\n",
                 regions[(number - 1) % regions.len()]
@@ -350,14 +354,20 @@ pub fn local(root: &Path) -> Result<()> {
         // parent can reap it. Allow the kernel a moment to finish the exit.
         let state = || {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            stat.rsplit(") ").next().and_then(|rest| rest.chars().next())
+            stat.rsplit(") ")
+                .next()
+                .and_then(|rest| rest.chars().next())
         };
         let alive = || state().is_some_and(|c| c != 'Z' && c != 'X');
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         while alive() && Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        ensure!(!alive(), "process {pid} (a host's init) of the deployment remains (state {:?})", state());
+        ensure!(
+            !alive(),
+            "process {pid} (a host's init) of the deployment remains (state {:?})",
+            state()
+        );
     }
     eprintln!("e2e: 7. down left no namespace, process or directory");
     eprintln!("e2e: local scenario passed (fresh up {fresh:.2?}, no-op up {noop:.2?})");

@@ -17,6 +17,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod bench;
 mod deps;
 mod e2e;
 
@@ -40,6 +41,21 @@ fn main() -> Result<()> {
                 other => bail!("unknown e2e arguments {other:?}; use --local"),
             }
         }
+        Some("bench") => {
+            let sizes = match args.get(1).map(String::as_str) {
+                Some("--sizes") => args
+                    .get(2)
+                    .context("--sizes needs a list such as 3,20,50")?
+                    .split(',')
+                    .map(|n| n.trim().parse::<usize>().context("--sizes takes numbers"))
+                    .collect::<Result<Vec<_>>>()?,
+                None => vec![3, 20, 50],
+                Some(other) => bail!("unknown bench argument {other:?}; use --sizes 3,20,50"),
+            };
+            deps::ensure()?;
+            bench::run(&root, &sizes)
+        }
+        Some("measure") => bench::measure_child(&args[1..]),
         Some("deps") => deps::ensure(),
         Some(other) => {
             bail!("unknown xtask command {other:?}; use test, demo, e2e --local or deps")
@@ -83,8 +99,12 @@ fn describe(cmd: &Command) -> String {
         .join(" ")
 }
 
+fn cargo_path() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
 fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    Command::new(cargo_path())
 }
 
 fn test(root: &Path) -> Result<()> {

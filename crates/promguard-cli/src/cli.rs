@@ -64,6 +64,10 @@ pub enum Command {
         /// How long to wait for every target to be up, in seconds.
         #[arg(long, default_value_t = 120)]
         verify_timeout: u64,
+        /// Also write a JSON report (phase times, per-host round trips and
+        /// changes) to FILE.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
     },
     /// Show tunnels (handshakes, transfer) and target health.
     Status {

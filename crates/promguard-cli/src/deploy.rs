@@ -199,6 +199,8 @@ pub struct UpReport {
     pub hosts: Vec<UpHost>,
     /// Every target of the monitor.
     pub targets: Vec<TargetHealth>,
+    /// Wall time of each phase (plan, create, converge, destroy, verify).
+    pub phases: Vec<(String, Duration)>,
 }
 
 /// Shared, saved-as-it-changes state of a run.
@@ -228,6 +230,7 @@ impl Recorder {
 
 /// `promguard up`.
 pub async fn up(ctx: &Context, options: &UpOptions) -> anyhow::Result<UpReport> {
+    let mut phases = Phases::start();
     let _lock = ctx.project.lock()?;
     let old_state = ctx.project.load_state()?;
     ctx.provider.preflight().await?;
@@ -274,6 +277,7 @@ pub async fn up(ctx: &Context, options: &UpOptions) -> anyhow::Result<UpReport> 
         state: Mutex::new(merge_removed(&plan, old_state.as_ref())),
     });
     recorder.update(|_| ())?;
+    phases.end("plan");
 
     // Create what is missing.
     let recorded = recorder.snapshot();
@@ -307,13 +311,15 @@ pub async fn up(ctx: &Context, options: &UpOptions) -> anyhow::Result<UpReport> 
         })?;
         created?;
     }
+    phases.end("create");
 
     // Plan again: public addresses are known now, so peers get endpoints.
     let state = recorder.snapshot();
     let plan = make_plan(&ctx.project, Some(&state))?;
 
     // Converge every host concurrently.
-    let hosts = converge_all(ctx, &plan, &recorder, options.parallel).await?;
+    let (hosts, monitor_conn) = converge_all(ctx, &plan, &recorder, options.parallel).await?;
+    phases.end("converge");
 
     // Removed hosts go last: the monitor has dropped their peers by now.
     if !removed.is_empty() {
@@ -329,13 +335,18 @@ pub async fn up(ctx: &Context, options: &UpOptions) -> anyhow::Result<UpReport> 
             }
         })?;
     }
+    phases.end("destroy");
 
-    // Verify through the monitor.
-    let state = recorder.snapshot();
-    let targets = verify(ctx, &plan, &state, options.verify_timeout).await?;
+    // Verify through the monitor, on the connection converge used.
+    let conn = monitor_conn.ok_or_else(|| anyhow!("the monitor's connection was lost"))?;
+    let (targets, verify_round_trips) = verify(ctx, &plan, conn, options.verify_timeout).await?;
+    phases.end("verify");
     let hosts = hosts
         .into_iter()
         .map(|mut h| {
+            if h.role == Role::Monitor {
+                h.round_trips += verify_round_trips;
+            }
             let mine: Vec<&TargetHealth> = targets
                 .iter()
                 .filter(|t| t.instance == h.name.as_str())
@@ -355,7 +366,29 @@ pub async fn up(ctx: &Context, options: &UpOptions) -> anyhow::Result<UpReport> 
         changes,
         hosts,
         targets,
+        phases: phases.done,
     })
+}
+
+/// Wall time per phase of a run, for `--report` and benchmarks.
+struct Phases {
+    last: Instant,
+    done: Vec<(String, Duration)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Self {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn end(&mut self, name: &str) {
+        let now = Instant::now();
+        self.done.push((name.to_owned(), now - self.last));
+        self.last = now;
+    }
 }
 
 /// The plan's next state, keeping records of hosts that are to be removed
@@ -424,7 +457,7 @@ async fn converge_all(
     plan: &Plan,
     recorder: &Arc<Recorder>,
     parallel: usize,
-) -> anyhow::Result<Vec<UpHost>> {
+) -> anyhow::Result<(Vec<UpHost>, Option<Connection>)> {
     let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let state = recorder.snapshot();
@@ -459,8 +492,8 @@ async fn converge_all(
                 .await
                 .expect("semaphore never closes");
             let name = target.host.clone();
-            let result =
-                tokio::task::spawn_blocking(move || -> anyhow::Result<(UpHost, Option<String>)> {
+            let result = tokio::task::spawn_blocking(
+                move || -> anyhow::Result<(UpHost, Option<String>, Connection)> {
                     line.phase("connecting");
                     let conn = Connection::connect(&target, &connector, ConnectOptions::default())?;
                     let pinned = target
@@ -485,13 +518,14 @@ async fn converge_all(
                     } else {
                         format!("converged ({} change(s))", summary.changed.len())
                     });
-                    Ok((summary, pinned))
-                })
-                .await
-                .map_err(|e| anyhow!("host {name}: task failed: {e}"))
-                .and_then(|r| r);
+                    Ok((summary, pinned, conn))
+                },
+            )
+            .await
+            .map_err(|e| anyhow!("host {name}: task failed: {e}"))
+            .and_then(|r| r);
             match result {
-                Ok((summary, pinned)) => {
+                Ok((summary, pinned, conn)) => {
                     let name = summary.name.clone();
                     recorder.update(|state| {
                         if let Some(record) = state.hosts.get_mut(&name) {
@@ -501,17 +535,24 @@ async fn converge_all(
                             }
                         }
                     })?;
-                    Ok((index, summary))
+                    // The monitor's connection is kept for verification, so
+                    // every host sees exactly one SSH connection per run.
+                    let conn = (summary.role == Role::Monitor).then_some(conn);
+                    Ok((index, summary, conn))
                 }
                 Err(e) => Err(e.context(format!("host {name}"))),
             }
         });
     }
     let mut done: Vec<(usize, UpHost)> = Vec::new();
+    let mut monitor_conn = None;
     let mut failures = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok(Ok(item)) => done.push(item),
+            Ok(Ok((index, summary, conn))) => {
+                done.push((index, summary));
+                monitor_conn = monitor_conn.or(conn);
+            }
             Ok(Err(e)) => failures.push(format!("{e:#}")),
             Err(e) => failures.push(format!("a host task failed: {e}")),
         }
@@ -525,7 +566,7 @@ async fn converge_all(
         );
     }
     done.sort_by_key(|(i, _)| *i);
-    Ok(done.into_iter().map(|(_, h)| h).collect())
+    Ok((done.into_iter().map(|(_, h)| h).collect(), monitor_conn))
 }
 
 /// Reads the monitor's targets.
@@ -546,9 +587,9 @@ pub fn fetch_targets(
 async fn verify(
     ctx: &Context,
     plan: &Plan,
-    state: &State,
+    conn: Connection,
     timeout: Duration,
-) -> anyhow::Result<Vec<TargetHealth>> {
+) -> anyhow::Result<(Vec<TargetHealth>, u64)> {
     let monitor = plan.monitor();
     let prometheus = monitor
         .prometheus
@@ -561,90 +602,89 @@ async fn verify(
         .collect();
     let line = ctx.progress.host(monitor.name.as_str());
     line.phase("verifying targets");
-    let target = ctx.target(state, &monitor.name)?;
-    let connector = ctx.connector();
     let listen = prometheus.listen;
-    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<TargetHealth>> {
-        let conn = Connection::connect(&target, &connector, ConnectOptions::default())?;
-        let start = Instant::now();
-        let mut last: Result<Vec<TargetHealth>, String>;
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match fetch_targets(&conn, listen) {
-                Ok(targets) => {
-                    let all_up = expected.iter().all(|(job, url)| {
-                        targets
-                            .iter()
-                            .any(|t| &t.job == job && &t.scrape_url == url && t.health == "up")
-                    });
-                    // Removed targets must be gone too: Prometheus notices
-                    // file_sd changes shortly after they are written.
-                    let expected_target = |t: &TargetHealth| {
-                        expected
-                            .iter()
-                            .any(|(job, url)| &t.job == job && &t.scrape_url == url)
-                    };
-                    if all_up && targets.iter().all(expected_target) {
-                        return Ok(targets);
-                    }
-                    last = Ok(targets);
-                }
-                Err(e) => last = Err(format!("{e:#}")),
-            }
-            if start.elapsed() >= timeout {
-                break;
-            }
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(Duration::from_millis(500));
-        }
-        let detail = match last {
-            Err(e) => format!("Prometheus did not answer: {e}"),
-            Ok(targets) => expected
-                .iter()
-                .filter_map(|(job, url)| {
-                    let found = targets
-                        .iter()
-                        .find(|t| &t.job == job && &t.scrape_url == url);
-                    match found {
-                        Some(t) if t.health == "up" => None,
-                        Some(t) => Some(format!(
-                            "{} ({job}) at {url} is {}: {}",
-                            t.instance,
-                            t.health,
-                            if t.last_error.is_empty() {
-                                "not scraped yet"
-                            } else {
-                                &t.last_error
-                            }
-                        )),
-                        None => Some(format!("{job} target {url} is not known to Prometheus")),
-                    }
-                })
-                .chain(
-                    targets
-                        .iter()
-                        .filter(|t| {
-                            !expected
+    let result =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<TargetHealth>, u64)> {
+            let before = conn.round_trips();
+            let start = Instant::now();
+            let mut last: Result<Vec<TargetHealth>, String>;
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match fetch_targets(&conn, listen) {
+                    Ok(targets) => {
+                        let all_up = expected.iter().all(|(job, url)| {
+                            targets
+                                .iter()
+                                .any(|t| &t.job == job && &t.scrape_url == url && t.health == "up")
+                        });
+                        // Removed targets must be gone too: Prometheus notices
+                        // file_sd changes shortly after they are written.
+                        let expected_target = |t: &TargetHealth| {
+                            expected
                                 .iter()
                                 .any(|(job, url)| &t.job == job && &t.scrape_url == url)
-                        })
-                        .map(|t| {
-                            format!(
-                                "{} ({}) at {} was removed but Prometheus still scrapes it",
-                                t.instance, t.job, t.scrape_url
-                            )
-                        }),
-                )
-                .collect::<Vec<_>>()
-                .join("; "),
-        };
-        bail!(
-            "not every target was up after {} s: {detail}; run `promguard status` for details",
-            timeout.as_secs()
-        )
-    })
-    .await
-    .map_err(|e| anyhow!("verification task failed: {e}"))?;
+                        };
+                        if all_up && targets.iter().all(expected_target) {
+                            return Ok((targets, conn.round_trips() - before));
+                        }
+                        last = Ok(targets);
+                    }
+                    Err(e) => last = Err(format!("{e:#}")),
+                }
+                if start.elapsed() >= timeout {
+                    break;
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+            let detail = match last {
+                Err(e) => format!("Prometheus did not answer: {e}"),
+                Ok(targets) => expected
+                    .iter()
+                    .filter_map(|(job, url)| {
+                        let found = targets
+                            .iter()
+                            .find(|t| &t.job == job && &t.scrape_url == url);
+                        match found {
+                            Some(t) if t.health == "up" => None,
+                            Some(t) => Some(format!(
+                                "{} ({job}) at {url} is {}: {}",
+                                t.instance,
+                                t.health,
+                                if t.last_error.is_empty() {
+                                    "not scraped yet"
+                                } else {
+                                    &t.last_error
+                                }
+                            )),
+                            None => Some(format!("{job} target {url} is not known to Prometheus")),
+                        }
+                    })
+                    .chain(
+                        targets
+                            .iter()
+                            .filter(|t| {
+                                !expected
+                                    .iter()
+                                    .any(|(job, url)| &t.job == job && &t.scrape_url == url)
+                            })
+                            .map(|t| {
+                                format!(
+                                    "{} ({}) at {} was removed but Prometheus still scrapes it",
+                                    t.instance, t.job, t.scrape_url
+                                )
+                            }),
+                    )
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            };
+            bail!(
+                "not every target was up after {} s: {detail}; run `promguard status` for details",
+                timeout.as_secs()
+            )
+        })
+        .await
+        .map_err(|e| anyhow!("verification task failed: {e}"))?;
     match &result {
         Ok(_) => line.finish("every target is up"),
         Err(_) => line.finish("verification failed"),

@@ -32,9 +32,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             yes,
             parallel,
             verify_timeout,
+            report,
         } => up::run(
             config,
             verbose,
+            report.as_deref(),
             crate::deploy::UpOptions {
                 yes,
                 parallel,

@@ -1,16 +1,42 @@
 //! `promguard up`.
 
 use std::path::Path;
+
+use anyhow::Context as _;
 use std::process::ExitCode;
 
 use crate::commands::{runtime, table};
 use crate::deploy::{self, Context, UpOptions};
 use crate::project::Project;
 
-pub fn run(config: Option<&Path>, verbose: bool, options: UpOptions) -> anyhow::Result<ExitCode> {
+pub fn run(
+    config: Option<&Path>,
+    verbose: bool,
+    report_path: Option<&Path>,
+    options: UpOptions,
+) -> anyhow::Result<ExitCode> {
     let project = Project::load(config)?;
     let ctx = Context::new(project, verbose)?;
     let report = runtime()?.block_on(deploy::up(&ctx, &options))?;
+    if let Some(path) = report_path {
+        let json = serde_json::json!({
+            "phases_ms": report
+                .phases
+                .iter()
+                .map(|(name, d)| (name.clone(), serde_json::json!(d.as_secs_f64() * 1000.0)))
+                .collect::<serde_json::Map<_, _>>(),
+            "hosts": report.hosts.iter().map(|h| serde_json::json!({
+                "name": h.name.as_str(),
+                "role": h.role.as_str(),
+                "ssh_connections": 1,
+                "round_trips": h.round_trips,
+                "changed": h.changed,
+            })).collect::<Vec<_>>(),
+            "changes": report.changes,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("cannot write report {}", path.display()))?;
+    }
     if report.changes.is_empty() {
         println!("No changes to hosts or peers.");
     } else {

@@ -1,0 +1,338 @@
+//! `cargo xtask bench`: whole-deployment figures on local namespace hosts,
+//! plus the criterion figures for planning and rendering 10,000 nodes.
+//! It reports; it never fails on a time.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// Resource use of one `promguard` run.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    wall: Duration,
+    cli_cpu: Duration,
+    cli_max_rss_kib: u64,
+    host_cpu: Duration,
+    report: Option<Value>,
+}
+
+/// What one deployment size measured.
+#[derive(Debug, Clone)]
+struct Size {
+    nodes: usize,
+    fresh: Run,
+    noop: Run,
+    add: Run,
+    status: Run,
+}
+
+const CLOCK_TICKS: f64 = 100.0;
+
+/// CPU time (user + system, including reaped children) of every process in
+/// the PID namespace of `init`.
+fn namespace_cpu(init: u32) -> Duration {
+    let Ok(ns) = std::fs::read_link(format!("/proc/{init}/ns/pid")) else {
+        return Duration::ZERO;
+    };
+    let mut ticks: u64 = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+            .ok()
+            .as_ref()
+            != Some(&ns)
+        {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name: state is field 3; utime..cstime are 14..17.
+        let rest = stat.rsplit(") ").next().unwrap_or_default();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        for i in 11..15 {
+            ticks += fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_secs_f64(ticks as f64 / CLOCK_TICKS)
+}
+
+fn hosts_cpu(provider: &promguard_cloud::local::LocalProvider, names: &[String]) -> Duration {
+    names
+        .iter()
+        .filter_map(|n| promguard_core::HostName::new(n).ok())
+        .filter_map(|n| provider.host_init_pid(&n))
+        .map(namespace_cpu)
+        .sum()
+}
+
+/// Runs `promguard` under `xtask measure` so its own rusage is read.
+fn measure(bin: &Path, config: &Path, args: &[&str], report: Option<&Path>) -> Result<Run> {
+    let usage = tempfile::NamedTempFile::new()?;
+    let me = std::env::current_exe()?;
+    let mut cmd = Command::new(me);
+    cmd.arg("measure")
+        .arg(usage.path())
+        .arg(bin)
+        .arg("--config")
+        .arg(config)
+        .args(args);
+    if let Some(r) = report {
+        cmd.arg("--report").arg(r);
+    }
+    let started = Instant::now();
+    let out = cmd.output()?;
+    let wall = started.elapsed();
+    if !out.status.success() {
+        bail!(
+            "promguard {} failed: {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let usage: Value = serde_json::from_str(&std::fs::read_to_string(usage.path())?)?;
+    let report = match report {
+        Some(r) => Some(serde_json::from_str(&std::fs::read_to_string(r)?)?),
+        None => None,
+    };
+    Ok(Run {
+        wall,
+        cli_cpu: Duration::from_secs_f64(usage["cpu_s"].as_f64().unwrap_or(0.0)),
+        cli_max_rss_kib: usage["max_rss_kib"].as_u64().unwrap_or(0),
+        host_cpu: Duration::ZERO,
+        report,
+    })
+}
+
+/// `xtask measure OUT PROGRAM ARGS...`: runs the program and writes its
+/// CPU time and peak memory as JSON to OUT.
+pub fn measure_child(args: &[String]) -> Result<()> {
+    let [out, program, rest @ ..] = args else {
+        bail!("usage: xtask measure OUT PROGRAM [ARGS...]");
+    };
+    let status = Command::new(program).args(rest).status()?;
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
+    let cpu = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    let json = serde_json::json!({
+        "cpu_s": cpu(usage.user_time()) + cpu(usage.system_time()),
+        "max_rss_kib": usage.max_rss(),
+    });
+    std::fs::write(out, json.to_string())?;
+    if !status.success() {
+        bail!("{program} failed with {status}");
+    }
+    Ok(())
+}
+
+fn write_config(path: &Path, name: &str, nodes: usize) -> Result<()> {
+    std::fs::write(
+        path,
+        format!(
+            "[deployment]\nname = \"{name}\"\nprovider = \"local\"\nsubnet = \"10.0.0.0/22\"\n\n[prometheus]\nscrape_interval = \"1s\"\n\n[nodes]\ncount = {nodes}\n"
+        ),
+    )?;
+    Ok(())
+}
+
+fn bench_size(bin: &Path, nodes: usize) -> Result<Size> {
+    let name = format!("bench{nodes}x{}", std::process::id() % 10000);
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("promguard.toml");
+    let provider = promguard_cloud::local::LocalProvider::new(
+        promguard_core::DeploymentName::new(&name)?,
+        promguard_cloud::local::LocalOptions::default(),
+    );
+    let host_names = |n: usize| -> Vec<String> {
+        std::iter::once("promguard-monitor-1".to_owned())
+            .chain((1..=n).map(|i| format!("promguard-node-{i}")))
+            .collect()
+    };
+    let result = (|| -> Result<Size> {
+        write_config(&config, &name, nodes)?;
+        let report = dir.path().join("report.json");
+        let mut fresh = measure(bin, &config, &["up", "--yes"], Some(&report))?;
+        fresh.host_cpu = hosts_cpu(&provider, &host_names(nodes));
+        let before = hosts_cpu(&provider, &host_names(nodes));
+        let mut noop = measure(bin, &config, &["up", "--yes"], Some(&report))?;
+        noop.host_cpu = hosts_cpu(&provider, &host_names(nodes)).saturating_sub(before);
+        let before = hosts_cpu(&provider, &host_names(nodes));
+        let mut status = measure(bin, &config, &["status", "--json"], None)?;
+        status.host_cpu = hosts_cpu(&provider, &host_names(nodes)).saturating_sub(before);
+        write_config(&config, &name, nodes + 1)?;
+        let before = hosts_cpu(&provider, &host_names(nodes));
+        let mut add = measure(bin, &config, &["up", "--yes"], Some(&report))?;
+        add.host_cpu = hosts_cpu(&provider, &host_names(nodes + 1)).saturating_sub(before);
+        Ok(Size {
+            nodes,
+            fresh,
+            noop,
+            add,
+            status,
+        })
+    })();
+    let down = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["down", "--yes"])
+        .output();
+    if let Ok(o) = &down {
+        if !o.status.success() {
+            eprintln!("bench: down failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+    result
+}
+
+fn phase(run: &Run, name: &str) -> f64 {
+    run.report
+        .as_ref()
+        .and_then(|r| r["phases_ms"][name].as_f64())
+        .unwrap_or(0.0)
+        / 1000.0
+}
+
+fn max_round_trips(run: &Run) -> u64 {
+    run.report
+        .as_ref()
+        .and_then(|r| r["hosts"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|h| h["round_trips"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+fn node_round_trips(run: &Run) -> u64 {
+    run.report
+        .as_ref()
+        .and_then(|r| r["hosts"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|h| h["role"] == "node")
+        .filter_map(|h| h["round_trips"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+fn table(sizes: &[Size]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| nodes | fresh `up` incl. creation | of which: create / converge / verify | fresh `up` without creation | no-op `up` | add one node | `status` | round trips per host, no-op (node / monitor) | round trips per host, fresh | SSH connections per host per run | CLI peak RSS | CPU per host, fresh `up` (CLI + hosts) |"
+    );
+    let _ = writeln!(
+        out,
+        "|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    );
+    for s in sizes {
+        let hosts = (s.nodes + 1) as f64;
+        let create = phase(&s.fresh, "create");
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} s | {:.2} / {:.2} / {:.2} s | {:.2} s | {:.3} s | {:.2} s | {:.3} s | {} / {} | {} | 1 | {:.1} MiB | {:.3} CPU-s ({:.3} + {:.3}) |",
+            s.nodes,
+            s.fresh.wall.as_secs_f64(),
+            create,
+            phase(&s.fresh, "converge"),
+            phase(&s.fresh, "verify"),
+            s.fresh.wall.as_secs_f64() - create,
+            s.noop.wall.as_secs_f64(),
+            s.add.wall.as_secs_f64(),
+            s.status.wall.as_secs_f64(),
+            node_round_trips(&s.noop),
+            max_round_trips(&s.noop),
+            max_round_trips(&s.fresh),
+            s.fresh.cli_max_rss_kib.max(s.add.cli_max_rss_kib) as f64 / 1024.0,
+            (s.fresh.cli_cpu + s.fresh.host_cpu).as_secs_f64() / hosts,
+            s.fresh.cli_cpu.as_secs_f64() / hosts,
+            s.fresh.host_cpu.as_secs_f64() / hosts,
+        );
+    }
+    out
+}
+
+fn criterion(root: &Path) -> Result<String> {
+    let out = Command::new(crate::cargo_path())
+        .current_dir(root)
+        .args([
+            "bench",
+            "-q",
+            "-p",
+            "promguard-cli",
+            "--bench",
+            "plan_render",
+            "--",
+            "--noplot",
+        ])
+        .output()
+        .context("cannot run cargo bench")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rows = String::from("| benchmark (10,000 nodes in a /16) | time (criterion: low / estimate / high) |\n|---|---|\n");
+    let mut name = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("10k-nodes/") {
+            name = t.split("time:").next().unwrap_or(t).trim().to_owned();
+        }
+        if let Some(time) = t.split("time:").nth(1) {
+            let _ = writeln!(rows, "| {name} | {} |", time.trim());
+        }
+    }
+    Ok(rows)
+}
+
+/// Runs the benchmark for `sizes` and writes docs/benchmarks.md.
+pub fn run(root: &Path, sizes: &[usize]) -> Result<()> {
+    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
+    let bin: PathBuf = crate::target_dir(root).join("debug/promguard");
+    let mut results = Vec::new();
+    for &n in sizes {
+        eprintln!("bench: {n} nodes");
+        match bench_size(&bin, n) {
+            Ok(s) => {
+                for (label, run) in [("fresh", &s.fresh), ("no-op", &s.noop), ("add", &s.add)] {
+                    eprintln!(
+                        "bench: {n} nodes, {label} up: {:.2?}; phases {}",
+                        run.wall,
+                        run.report
+                            .as_ref()
+                            .map(|r| r["phases_ms"].to_string())
+                            .unwrap_or_default()
+                    );
+                }
+                results.push(s);
+            }
+            Err(e) => eprintln!("bench: {n} nodes failed: {e:#}"),
+        }
+    }
+    let deployments = table(&results);
+    println!("{deployments}");
+    eprintln!("bench: criterion (planning and rendering 10,000 nodes)");
+    let crit = criterion(root)?;
+    println!("{crit}");
+    let doc = root.join("docs/benchmarks.md");
+    let old = std::fs::read_to_string(&doc).unwrap_or_default();
+    // Hand-written sections after the generated part are kept.
+    let kept = old
+        .split_once("<!-- end of generated figures -->")
+        .map(|(_, rest)| rest.to_owned())
+        .unwrap_or_default();
+    let text = format!(
+        "# Benchmarks\n\nGenerated by `cargo xtask bench` on this project's 2-core machine; figures are\nmeasurements, not limits. Local provider (namespace hosts), scrape interval 1 s,\ndebug build of the CLI.\n\n## Whole deployments\n\n{deployments}\n- *fresh `up`*: creating the hosts, converging them and waiting until Prometheus\n  reports every target up. *Without creation* subtracts the create phase.\n- *round trips*: SSH commands (exec/upload/HTTP through the tunnel) per host;\n  the monitor's include the Prometheus API polls of verification.\n- *CPU per host*: the CLI's user+system time plus every process on the hosts\n  (sshd sessions, wg, nft, wireguard-go, node_exporter, Prometheus), divided\n  by the number of hosts.\n\n## Planning and rendering\n\n{crit}\n<!-- end of generated figures -->{kept}"
+    );
+    std::fs::write(&doc, text)?;
+    eprintln!("bench: wrote {}", doc.display());
+    Ok(())
+}
