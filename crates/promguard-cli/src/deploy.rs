@@ -581,7 +581,9 @@ pub fn fetch_targets(
             prometheus_api::TARGETS_PATH
         );
     }
-    prometheus_api::parse_targets(&body).map_err(|e| anyhow!(e))
+    let mut targets = prometheus_api::parse_targets(&body).map_err(|e| anyhow!(e))?;
+    targets.sort_by(|a, b| (&a.instance, &a.job).cmp(&(&b.instance, &b.job)));
+    Ok(targets)
 }
 
 async fn verify(
