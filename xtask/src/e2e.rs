@@ -2,35 +2,62 @@
 //! Prometheus, node_exporter and nftables on namespace hosts of this
 //! machine, driven through the `promguard` binary exactly as a user would.
 //!
-//! It always tears its deployment down, also when a check fails.
+//! It always tears its deployment down, also when a check fails. The same
+//! scenario ([`scenario`]) runs through the DigitalOcean provider in
+//! `e2e_fake` (against the fake API, and against the real one).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 /// A deployment made by the scenario; `down` runs when it is dropped.
-struct Deployment {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    name: String,
+pub(crate) struct Deployment {
+    pub(crate) bin: PathBuf,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) name: String,
+    /// `local` or `digitalocean`.
+    pub(crate) provider: &'static str,
+    /// Regions of nodes 1, 2, 3 (node 4 gets node 1's).
+    pub(crate) regions: [&'static str; 3],
+    /// Config text appended after the hosts (`[ssh]`, `[digitalocean]`).
+    pub(crate) extra_config: String,
+    /// Environment of every promguard run.
+    pub(crate) env: Vec<(String, String)>,
+    /// Everything every promguard run printed, for checks over all output.
+    pub(crate) transcript: RefCell<String>,
 }
 
 impl Deployment {
-    fn config_path(&self) -> PathBuf {
+    /// A deployment on the local provider.
+    pub(crate) fn local(bin: PathBuf, name: String) -> Result<Self> {
+        Ok(Self {
+            bin,
+            dir: tempfile::tempdir()?,
+            name,
+            provider: "local",
+            regions: ["lon1", "sfo2", "sgp1"],
+            extra_config: String::new(),
+            env: Vec::new(),
+            transcript: RefCell::new(String::new()),
+        })
+    }
+
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("promguard.toml")
     }
 
-    fn write_config(&self, nodes: &[&str]) -> Result<()> {
+    pub(crate) fn write_config(&self, nodes: &[&str]) -> Result<()> {
         let mut text = format!(
-            "[deployment]\nname = \"{}\"\nprovider = \"local\"\n\n[prometheus]\nscrape_interval = \"2s\"\n\n[monitor]\nname = \"promguard-monitor-1\"\nregion = \"tor1\"\n",
-            self.name
+            "[deployment]\nname = \"{}\"\nprovider = \"{}\"\n\n[prometheus]\nscrape_interval = \"2s\"\n\n[monitor]\nname = \"promguard-monitor-1\"\nregion = \"tor1\"\n",
+            self.name, self.provider
         );
-        let regions = ["lon1", "sfo2", "sgp1"];
+        let regions = self.regions;
         for n in nodes {
             // The region follows the node's number, so removing a node
             // moves no other.
@@ -44,21 +71,30 @@ impl Deployment {
                 regions[(number - 1) % regions.len()]
             ));
         }
+        text.push_str(&self.extra_config);
         std::fs::write(self.config_path(), text)?;
         Ok(())
     }
 
-    fn promguard(&self, args: &[&str]) -> Result<Output> {
+    pub(crate) fn promguard(&self, args: &[&str]) -> Result<Output> {
+        ensure!(
+            !crate::e2e_fake::interrupted(),
+            "interrupted (Ctrl-C); cleaning up"
+        );
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--config").arg(self.config_path()).args(args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let out = cmd
             .output()
             .with_context(|| format!("cannot run {}", self.bin.display()))?;
+        let mut transcript = self.transcript.borrow_mut();
+        transcript.push_str(&String::from_utf8_lossy(&out.stdout));
+        transcript.push_str(&String::from_utf8_lossy(&out.stderr));
         Ok(out)
     }
 
     /// Runs promguard and fails with its output when it fails.
-    fn ok(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn ok(&self, args: &[&str]) -> Result<String> {
         let started = Instant::now();
         let out = self.promguard(args)?;
         eprintln!(
@@ -78,11 +114,11 @@ impl Deployment {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn ssh(&self, host: &str, command: &str) -> Result<Output> {
+    pub(crate) fn ssh(&self, host: &str, command: &str) -> Result<Output> {
         self.promguard(&["ssh", host, "--", command])
     }
 
-    fn ssh_ok(&self, host: &str, command: &str) -> Result<String> {
+    pub(crate) fn ssh_ok(&self, host: &str, command: &str) -> Result<String> {
         let out = self.ssh(host, command)?;
         if !out.status.success() {
             bail!(
@@ -94,7 +130,7 @@ impl Deployment {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn status(&self) -> Result<Value> {
+    pub(crate) fn status(&self) -> Result<Value> {
         let out = self.promguard(&["status", "--json"])?;
         serde_json::from_slice(&out.stdout).with_context(|| {
             format!(
@@ -104,7 +140,7 @@ impl Deployment {
         })
     }
 
-    fn state(&self) -> Result<Value> {
+    pub(crate) fn state(&self) -> Result<Value> {
         let text = std::fs::read_to_string(self.dir.path().join("promguard.state.json"))?;
         Ok(serde_json::from_str(&text)?)
     }
@@ -112,7 +148,13 @@ impl Deployment {
 
 impl Drop for Deployment {
     fn drop(&mut self) {
-        match self.promguard(&["down", "--yes"]) {
+        // Cleanup runs after Ctrl-C too.
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .args(["down", "--yes"]);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        match cmd.output() {
             Ok(o) if o.status.success() => {}
             Ok(o) => eprintln!(
                 "e2e: cleanup `down` failed: {}",
@@ -132,12 +174,12 @@ fn fingerprint(d: &Deployment, host: &str, monitor: bool) -> Result<String> {
     d.ssh_ok(
         host,
         &format!(
-            "stat -c '%n %Y.%y' {files}; cat /run/promguard/*.pid; pgrep -x wireguard-go || true"
+            "stat -c '%n %Y.%y' {files}; cat /run/promguard/*.pid 2>/dev/null || systemctl show -p MainPID prometheus prometheus-node-exporter; pgrep -x wireguard-go || true"
         ),
     )
 }
 
-fn check_targets(status: &Value, expected_hosts: &[&str]) -> Result<()> {
+pub(crate) fn check_targets(status: &Value, expected_hosts: &[&str]) -> Result<()> {
     let targets = status["targets"]
         .as_array()
         .context("status has no targets")?;
@@ -179,155 +221,17 @@ pub fn local(root: &Path) -> Result<()> {
     crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
     let bin = crate::target_dir(root).join("debug/promguard");
     let name = format!("e2e{}", std::process::id() % 100000);
-    let d = Deployment {
-        bin,
-        dir: tempfile::tempdir()?,
-        name: name.clone(),
-    };
-    let three = ["promguard-node-1", "promguard-node-2", "promguard-node-3"];
-    let monitor = "promguard-monitor-1";
-
-    // 1. Up: every target is up at its WireGuard address.
-    d.write_config(&three)?;
-    let started = Instant::now();
-    d.ok(&["up", "--yes"])?;
-    let fresh = started.elapsed();
-    check_targets(&d.status()?, &[monitor, three[0], three[1], three[2]])?;
-    eprintln!("e2e: 1. every target is up over WireGuard (fresh up {fresh:.2?})");
-
-    // 2. From an outsider on the underlay, exporters and Prometheus are closed, SSH open.
-    let state = d.state()?;
+    let d = Deployment::local(bin, name.clone())?;
     let provider = promguard_cloud::local::LocalProvider::new(
         promguard_core::DeploymentName::new(&name)?,
         promguard_cloud::local::LocalOptions::default(),
     );
+    let (fresh, noop) = scenario(&d, Some(&provider))?;
+
+    // 7. Down leaves nothing.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let outsider =
-        runtime.block_on(provider.create_outsider(&promguard_core::HostName::new("outsider")?))?;
-    for (host, record) in state["hosts"].as_object().context("no hosts in state")? {
-        let public: IpAddr = record["public_address"]
-            .as_str()
-            .context("no public address")?
-            .parse()?;
-        let wg: IpAddr = record["wireguard_address"]
-            .as_str()
-            .context("no wireguard address")?
-            .parse()?;
-        ensure!(
-            !connect_from(&outsider.netns, SocketAddr::new(public, 9100))?,
-            "outsider reached {host}:9100 on {public}"
-        );
-        ensure!(
-            !connect_from(&outsider.netns, SocketAddr::new(wg, 9100))?,
-            "outsider reached {host}:9100 on {wg}"
-        );
-        ensure!(
-            !connect_from(&outsider.netns, SocketAddr::new(public, 9090))?,
-            "outsider reached {host}:9090"
-        );
-        ensure!(
-            connect_from(&outsider.netns, SocketAddr::new(public, 22))?,
-            "outsider cannot reach SSH of {host}"
-        );
-    }
-    eprintln!("e2e: 2. outsiders cannot reach exporters or Prometheus; SSH answers");
-
-    // 3. Node to node: no route, no peer; the monitor's Prometheus is not reachable from a node.
-    let probe = |from: &str, to: &str| -> Result<bool> {
-        let out = d.ssh(
-            from,
-            &format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{to}' && echo open || echo closed"),
-        )?;
-        Ok(String::from_utf8_lossy(&out.stdout).contains("open"))
-    };
-    ensure!(
-        !probe(three[0], "10.0.0.3/9100")?,
-        "node 1 reached node 2's exporter"
-    );
-    ensure!(
-        !probe(three[0], "10.0.0.1/9090")?,
-        "node 1 reached the monitor's Prometheus"
-    );
-    ensure!(
-        probe(monitor, "10.0.0.3/9100")?,
-        "the monitor cannot reach node 2's exporter"
-    );
-    eprintln!("e2e: 3. nodes cannot reach each other or Prometheus");
-
-    // 4. A second up changes nothing.
-    let before: Vec<String> = std::iter::once(monitor)
-        .chain(three)
-        .map(|h| fingerprint(&d, h, h == monitor))
-        .collect::<Result<_>>()?;
-    let started = Instant::now();
-    let out = d.ok(&["up", "--yes"])?;
-    let noop = started.elapsed();
-    ensure!(
-        out.contains("No changes"),
-        "second up reported changes:\n{out}"
-    );
-    let after: Vec<String> = std::iter::once(monitor)
-        .chain(three)
-        .map(|h| fingerprint(&d, h, h == monitor))
-        .collect::<Result<_>>()?;
-    ensure!(
-        before == after,
-        "a no-op up touched files or restarted processes:\n{before:#?}\n{after:#?}"
-    );
-    eprintln!("e2e: 4. a second up changed nothing (no-op up {noop:.2?})");
-
-    // 5. A fourth node: its target comes up, existing tunnels stay.
-    let wg_pid = |d: &Deployment| d.ssh_ok(monitor, "pgrep -x wireguard-go");
-    let pid_before = wg_pid(&d)?;
-    let peers_before = peers_of(&d.status()?, monitor)?;
-    let four = [
-        "promguard-node-1",
-        "promguard-node-2",
-        "promguard-node-3",
-        "promguard-node-4",
-    ];
-    d.write_config(&four)?;
-    d.ok(&["up", "--yes"])?;
-    let status = d.status()?;
-    check_targets(&status, &[monitor, four[0], four[1], four[2], four[3]])?;
-    ensure!(
-        wg_pid(&d)? == pid_before,
-        "the monitor's WireGuard was restarted"
-    );
-    let peers_after = peers_of(&status, monitor)?;
-    for (peer, (key, rx)) in &peers_before {
-        let (key2, rx2) = peers_after
-            .get(peer)
-            .with_context(|| format!("peer {peer} vanished"))?;
-        ensure!(key == key2, "peer {peer} changed key");
-        ensure!(
-            rx2 >= rx,
-            "peer {peer}'s counters were reset: the tunnel was torn down"
-        );
-    }
-    eprintln!("e2e: 5. a fourth node joined; existing peers and tunnels unchanged");
-
-    // 6. Remove node 2.
-    let without = ["promguard-node-1", "promguard-node-3", "promguard-node-4"];
-    d.write_config(&without)?;
-    d.ok(&["up", "--yes"])?;
-    let status = d.status()?;
-    check_targets(&status, &[monitor, without[0], without[1], without[2]])?;
-    ensure!(
-        !peers_of(&status, monitor)?.contains_key("promguard-node-2"),
-        "node 2 is still a peer"
-    );
-    ensure!(
-        provider
-            .host_netns(&promguard_core::HostName::new("promguard-node-2")?)
-            .is_none(),
-        "node 2 still exists"
-    );
-    eprintln!("e2e: 6. node 2 was removed and destroyed");
-
-    // 7. Down leaves nothing.
     let hosts = runtime.block_on(promguard_cloud::CloudProvider::list_hosts(&provider))?;
     let pids: Vec<u32> = hosts
         .iter()
@@ -374,7 +278,180 @@ pub fn local(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn peers_of(status: &Value, host: &str) -> Result<BTreeMap<String, (String, u64)>> {
+/// Steps 1-6 of the scenario: up with a monitor and three nodes, every
+/// target up over WireGuard; outsiders refused; nodes isolated; a no-op
+/// second up; a fourth node; node 2 removed. `hosts_on` is the local
+/// provider whose namespace hosts are the deployment's hosts (the fake
+/// DigitalOcean's droplets are too); without one (a real cloud) the checks
+/// that need an outsider on the hosts' network are left out. Returns the
+/// durations of the fresh and the no-op `up`.
+pub(crate) fn scenario(
+    d: &Deployment,
+    hosts_on: Option<&promguard_cloud::local::LocalProvider>,
+) -> Result<(Duration, Duration)> {
+    let three = ["promguard-node-1", "promguard-node-2", "promguard-node-3"];
+    let monitor = "promguard-monitor-1";
+
+    // 1. Up: every target is up at its WireGuard address.
+    d.write_config(&three)?;
+    let started = Instant::now();
+    d.ok(&["up", "--yes"])?;
+    let fresh = started.elapsed();
+    check_targets(&d.status()?, &[monitor, three[0], three[1], three[2]])?;
+    eprintln!("e2e: 1. every target is up over WireGuard (fresh up {fresh:.2?})");
+
+    // 2. From an outsider on the underlay, exporters and Prometheus are closed, SSH open.
+    match hosts_on {
+        Some(provider) => {
+            outsider_checks(d, provider)?;
+            eprintln!("e2e: 2. outsiders cannot reach exporters or Prometheus; SSH answers");
+        }
+        None => eprintln!("e2e: 2. skipped: no outsider can join a real cloud's network"),
+    }
+
+    // 3. Node to node: no route, no peer; the monitor's Prometheus is not reachable from a node.
+    let probe = |from: &str, to: &str| -> Result<bool> {
+        let out = d.ssh(
+            from,
+            &format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{to}' && echo open || echo closed"),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains("open"))
+    };
+    ensure!(
+        !probe(three[0], "10.0.0.3/9100")?,
+        "node 1 reached node 2's exporter"
+    );
+    ensure!(
+        !probe(three[0], "10.0.0.1/9090")?,
+        "node 1 reached the monitor's Prometheus"
+    );
+    ensure!(
+        probe(monitor, "10.0.0.3/9100")?,
+        "the monitor cannot reach node 2's exporter"
+    );
+    eprintln!("e2e: 3. nodes cannot reach each other or Prometheus");
+
+    // 4. A second up changes nothing.
+    let before: Vec<String> = std::iter::once(monitor)
+        .chain(three)
+        .map(|h| fingerprint(d, h, h == monitor))
+        .collect::<Result<_>>()?;
+    let started = Instant::now();
+    let out = d.ok(&["up", "--yes"])?;
+    let noop = started.elapsed();
+    ensure!(
+        out.contains("No changes"),
+        "second up reported changes:\n{out}"
+    );
+    let after: Vec<String> = std::iter::once(monitor)
+        .chain(three)
+        .map(|h| fingerprint(d, h, h == monitor))
+        .collect::<Result<_>>()?;
+    ensure!(
+        before == after,
+        "a no-op up touched files or restarted processes:\n{before:#?}\n{after:#?}"
+    );
+    eprintln!("e2e: 4. a second up changed nothing (no-op up {noop:.2?})");
+
+    // 5. A fourth node: its target comes up, existing tunnels stay.
+    // wireguard-go's PID, or the kernel interface's index on cloud hosts.
+    let wg_pid = |d: &Deployment| {
+        d.ssh_ok(
+            monitor,
+            "pgrep -x wireguard-go || cat /sys/class/net/wg0/ifindex",
+        )
+    };
+    let pid_before = wg_pid(d)?;
+    let peers_before = peers_of(&d.status()?, monitor)?;
+    let four = [
+        "promguard-node-1",
+        "promguard-node-2",
+        "promguard-node-3",
+        "promguard-node-4",
+    ];
+    d.write_config(&four)?;
+    d.ok(&["up", "--yes"])?;
+    let status = d.status()?;
+    check_targets(&status, &[monitor, four[0], four[1], four[2], four[3]])?;
+    ensure!(
+        wg_pid(d)? == pid_before,
+        "the monitor's WireGuard was restarted"
+    );
+    let peers_after = peers_of(&status, monitor)?;
+    for (peer, (key, rx)) in &peers_before {
+        let (key2, rx2) = peers_after
+            .get(peer)
+            .with_context(|| format!("peer {peer} vanished"))?;
+        ensure!(key == key2, "peer {peer} changed key");
+        ensure!(
+            rx2 >= rx,
+            "peer {peer}'s counters were reset: the tunnel was torn down"
+        );
+    }
+    eprintln!("e2e: 5. a fourth node joined; existing peers and tunnels unchanged");
+
+    // 6. Remove node 2.
+    let without = ["promguard-node-1", "promguard-node-3", "promguard-node-4"];
+    d.write_config(&without)?;
+    d.ok(&["up", "--yes"])?;
+    let status = d.status()?;
+    check_targets(&status, &[monitor, without[0], without[1], without[2]])?;
+    ensure!(
+        !peers_of(&status, monitor)?.contains_key("promguard-node-2"),
+        "node 2 is still a peer"
+    );
+    if let Some(provider) = hosts_on {
+        ensure!(
+            provider
+                .host_netns(&promguard_core::HostName::new("promguard-node-2")?)
+                .is_none(),
+            "node 2 still exists"
+        );
+    }
+    eprintln!("e2e: 6. node 2 was removed and destroyed");
+
+    Ok((fresh, noop))
+}
+
+/// From an outsider on the hosts' underlay, exporters and Prometheus are
+/// closed and SSH is open.
+fn outsider_checks(d: &Deployment, provider: &promguard_cloud::local::LocalProvider) -> Result<()> {
+    let state = d.state()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let outsider =
+        runtime.block_on(provider.create_outsider(&promguard_core::HostName::new("outsider")?))?;
+    for (host, record) in state["hosts"].as_object().context("no hosts in state")? {
+        let public: IpAddr = record["public_address"]
+            .as_str()
+            .context("no public address")?
+            .parse()?;
+        let wg: IpAddr = record["wireguard_address"]
+            .as_str()
+            .context("no wireguard address")?
+            .parse()?;
+        ensure!(
+            !connect_from(&outsider.netns, SocketAddr::new(public, 9100))?,
+            "outsider reached {host}:9100 on {public}"
+        );
+        ensure!(
+            !connect_from(&outsider.netns, SocketAddr::new(wg, 9100))?,
+            "outsider reached {host}:9100 on {wg}"
+        );
+        ensure!(
+            !connect_from(&outsider.netns, SocketAddr::new(public, 9090))?,
+            "outsider reached {host}:9090"
+        );
+        ensure!(
+            connect_from(&outsider.netns, SocketAddr::new(public, 22))?,
+            "outsider cannot reach SSH of {host}"
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn peers_of(status: &Value, host: &str) -> Result<BTreeMap<String, (String, u64)>> {
     let hosts = status["hosts"].as_array().context("status has no hosts")?;
     let h = hosts
         .iter()

@@ -7,7 +7,11 @@
 //! - `demo`: installs what is missing, builds, brings up a monitor and three
 //!   nodes on the local provider and prints the targets.
 //! - `e2e --local`: the local end-to-end scenario on its own.
+//! - `e2e --faults`: the fault tests on local hosts (unreachable hosts,
+//!   signals, a lost state file, healing, hostile input, secrets).
 //! - `deps`: only the package installation.
+//! - `fuzz [--seconds N]`: runs each cargo-fuzz target for N seconds
+//!   (default 60); not part of `test`.
 //!
 //! xtask keeps few dependencies so it builds before the system libraries
 //! the workspace needs (libssh2) are installed.
@@ -20,6 +24,9 @@ use anyhow::{bail, Context, Result};
 mod bench;
 mod deps;
 mod e2e;
+mod e2e_fake;
+mod faults;
+mod fuzz;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,10 +42,16 @@ fn main() -> Result<()> {
                     deps::ensure()?;
                     e2e::local(&root)
                 }
-                [] | ["--fake"] => bail!(
-                    "the DigitalOcean end-to-end test is not implemented yet; run `cargo xtask e2e --local`"
-                ),
-                other => bail!("unknown e2e arguments {other:?}; use --local"),
+                ["--fake"] => {
+                    deps::ensure()?;
+                    e2e_fake::fake(&root)
+                }
+                ["--faults"] => {
+                    deps::ensure()?;
+                    faults::run(&root)
+                }
+                [] => e2e_fake::real(&root),
+                other => bail!("unknown e2e arguments {other:?}; use --local, --fake or nothing (real DigitalOcean)"),
             }
         }
         Some("bench") => {
@@ -57,6 +70,14 @@ fn main() -> Result<()> {
         }
         Some("measure") => bench::measure_child(&args[1..]),
         Some("deps") => deps::ensure(),
+        Some("fuzz") => {
+            let seconds = match (args.get(1).map(String::as_str), args.get(2)) {
+                (None, _) => 60,
+                (Some("--seconds"), Some(n)) => n.parse().context("--seconds takes a number")?,
+                _ => bail!("usage: cargo xtask fuzz [--seconds N]"),
+            };
+            fuzz::run(&root, seconds)
+        }
         Some(other) => {
             bail!("unknown xtask command {other:?}; use test, demo, e2e --local or deps")
         }
@@ -120,6 +141,8 @@ fn test(root: &Path) -> Result<()> {
     ]))?;
     run(cargo().args(["test", "--workspace"]))?;
     e2e::local(root)?;
+    faults::run(root)?;
+    e2e_fake::fake(root)?;
     eprintln!("xtask test: everything passed");
     Ok(())
 }

@@ -64,6 +64,10 @@ pub enum Command {
         /// How long to wait for every target to be up, in seconds.
         #[arg(long, default_value_t = 120)]
         verify_timeout: u64,
+        /// How long to keep retrying a host's SSH port, in seconds, before
+        /// that host counts as unreachable (the other hosts still converge).
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        connect_timeout: u64,
         /// Also write a JSON report (phase times, per-host round trips and
         /// changes) to FILE.
         #[arg(long, value_name = "FILE")]
@@ -94,6 +98,11 @@ pub enum Command {
         /// Do not ask for confirmation.
         #[arg(long, short = 'y')]
         yes: bool,
+        /// Find the deployment's hosts through the provider (tags on a
+        /// cloud, namespaces on the local provider) instead of the state
+        /// file: for a deployment whose state file is lost.
+        #[arg(long)]
+        discover: bool,
     },
     /// Internal: the ProxyCommand `promguard ssh` gives to ssh; pipes stdin
     /// and stdout to a host's SSH port from where hosts are reachable.

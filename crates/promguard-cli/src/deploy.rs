@@ -52,12 +52,13 @@ impl Context {
                     ..LocalOptions::default()
                 },
             )),
-            ProviderKind::DigitalOcean => bail!(
-                "the digitalocean provider is not available in this version yet; use provider = \"local\""
-            ),
+            ProviderKind::DigitalOcean => crate::cloud_setup::digitalocean(&project.config)?,
         };
         let identity = match &project.config.ssh.private_key {
             Some(path) => expand_home(path),
+            None if project.config.provider == ProviderKind::DigitalOcean => {
+                crate::cloud_setup::default_identity(&project.data_dir())
+            }
             None => project.data_dir().join("id_ed25519"),
         };
         Ok(Self {
@@ -71,7 +72,8 @@ impl Context {
     /// The login key's public half, generating the key pair with
     /// `ssh-keygen` when it is PromGuard's own and missing.
     pub fn login_public_key(&self) -> anyhow::Result<SshPublicKey> {
-        let public = PathBuf::from(format!("{}.pub", self.identity.display()));
+        let public =
+            crate::cloud_setup::login_public_key_path(&self.project.config, &self.identity);
         if !self.identity.exists() {
             if self.project.config.ssh.private_key.is_some() {
                 bail!(
@@ -167,6 +169,9 @@ pub struct UpOptions {
     pub parallel: usize,
     /// Bound on waiting for targets.
     pub verify_timeout: Duration,
+    /// How long refused, reset or unreachable SSH connections to one host
+    /// are retried before that host counts as unreachable.
+    pub connect_timeout: Duration,
 }
 
 /// What `up` did, per host.
@@ -207,6 +212,7 @@ pub struct UpReport {
 struct Recorder {
     path: PathBuf,
     state: Mutex<State>,
+    saves: Arc<SaveGate>,
 }
 
 impl Recorder {
@@ -216,6 +222,10 @@ impl Recorder {
             .lock()
             .expect("no panics while holding the state");
         f(&mut state);
+        let open = self.saves.open.lock().expect("no panics while saving");
+        if !*open {
+            bail!("the run was interrupted; the state was not saved again");
+        }
         state.save(&self.path)?;
         Ok(())
     }
@@ -228,28 +238,144 @@ impl Recorder {
     }
 }
 
-/// `promguard up`.
+/// Lets state saves happen until a signal closes it; closing waits for a
+/// save in progress, so an interrupted run never stops halfway through one.
+struct SaveGate {
+    open: Mutex<bool>,
+    /// Hosts whose recipe is running now. A signal lets them finish: a
+    /// remote script cut short can leave a host half configured.
+    converging: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one host as converging while it lives.
+struct Converging<'a>(&'a SaveGate);
+
+impl<'a> Converging<'a> {
+    fn start(gate: &'a SaveGate) -> Self {
+        gate.converging
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(gate)
+    }
+}
+
+impl Drop for Converging<'_> {
+    fn drop(&mut self) {
+        self.0
+            .converging
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// How long a signal waits for recipes in progress to finish.
+const FINISH_ON_SIGNAL: Duration = Duration::from_secs(30);
+
+/// `up` stopped because of SIGINT or SIGTERM. Every state save before the
+/// signal is complete; none happens after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted {
+    /// The signal's number (2 for SIGINT, 15 for SIGTERM).
+    pub signal: i32,
+}
+
+impl Interrupted {
+    /// The conventional exit code of a run ended by this signal.
+    pub fn exit_code(&self) -> u8 {
+        (128 + self.signal).clamp(0, 255) as u8
+    }
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.signal {
+            2 => "SIGINT",
+            15 => "SIGTERM",
+            _ => "a signal",
+        };
+        write!(
+            f,
+            "interrupted by {name}; the state file records every host and key made so far: run `promguard up` again to finish, or `promguard down` to remove everything"
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Waits for SIGINT or SIGTERM and returns its number.
+async fn termination_signal() -> anyhow::Result<i32> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(tokio::select! {
+        _ = int.recv() => 2,
+        _ = term.recv() => 15,
+    })
+}
+
+/// `promguard up`. SIGINT and SIGTERM stop it between state saves and
+/// return [`Interrupted`]; blocking work it started (host creation, remote
+/// scripts) may still be running, so the caller should exit soon after.
 pub async fn up(ctx: &Context, options: &UpOptions) -> anyhow::Result<UpReport> {
-    let mut phases = Phases::start();
     let _lock = ctx.project.lock()?;
+    let saves = Arc::new(SaveGate {
+        open: Mutex::new(true),
+        converging: Default::default(),
+    });
+    let signals = termination_signal();
+    tokio::pin!(signals);
+    tokio::select! {
+        result = up_locked(ctx, options, &saves) => result,
+        signal = &mut signals => {
+            let signal = signal?;
+            *saves.open.lock().expect("no panics while saving") = false;
+            let busy = || saves.converging.load(std::sync::atomic::Ordering::SeqCst);
+            if busy() > 0 {
+                ctx.progress.note(&format!(
+                    "Interrupted: letting {} host(s) finish the step in progress (at most {} s)",
+                    busy(),
+                    FINISH_ON_SIGNAL.as_secs()
+                ));
+                let deadline = Instant::now() + FINISH_ON_SIGNAL;
+                while busy() > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Err(Interrupted { signal }.into())
+        }
+    }
+}
+
+async fn up_locked(
+    ctx: &Context,
+    options: &UpOptions,
+    saves: &Arc<SaveGate>,
+) -> anyhow::Result<UpReport> {
+    let mut phases = Phases::start();
     let old_state = ctx.project.load_state()?;
     ctx.provider.preflight().await?;
     let login_key = ctx.login_public_key()?;
 
-    if old_state
-        .as_ref()
-        .is_none_or(|s| s.hosts.values().all(|h| !h.created))
-    {
-        let existing = ctx.provider.list_hosts().await?;
-        if !existing.is_empty() {
-            let names: Vec<String> = existing.iter().map(|h| h.name.to_string()).collect();
-            bail!(
-                "the state file {} knows no hosts, but deployment {} already has hosts ({}); they were made by a run whose state is lost: remove them with `promguard down --yes` (the provider finds them without a state file), or restore the state file",
-                ctx.project.state_path().display(),
-                ctx.project.config.deployment,
-                names.join(", ")
-            );
-        }
+    // Hosts the state does not know were made by a run whose state is lost:
+    // creating the config's hosts again would duplicate them. Hosts it
+    // knows but has not marked created were made by an interrupted run,
+    // after their keys were saved: they are adopted below.
+    let listed = ctx.provider.list_hosts().await?;
+    let unknown: Vec<String> = listed
+        .iter()
+        .filter(|h| {
+            old_state
+                .as_ref()
+                .is_none_or(|s| !s.hosts.contains_key(&h.name))
+        })
+        .map(|h| h.name.to_string())
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "deployment {} already has host(s) {} that the state file {} does not know; they were made by a run whose state is lost: remove them with `promguard down --discover --yes` (the provider finds them by {}), or adopt them by restoring the state file (it holds their WireGuard keys and pinned SSH host keys)",
+            ctx.project.config.deployment,
+            unknown.join(", "),
+            ctx.project.state_path().display(),
+            if ctx.provider.name() == "local" { "their namespaces" } else { "their tags" },
+        );
     }
 
     let plan = make_plan(&ctx.project, old_state.as_ref())?;
@@ -275,8 +401,29 @@ pub async fn up(ctx: &Context, options: &UpOptions) -> anyhow::Result<UpReport> 
     let recorder = Arc::new(Recorder {
         path: ctx.project.state_path(),
         state: Mutex::new(merge_removed(&plan, old_state.as_ref())),
+        saves: Arc::clone(saves),
     });
     recorder.update(|_| ())?;
+    let adopted: Vec<&Host> = {
+        let recorded = recorder.snapshot();
+        listed
+            .iter()
+            .filter(|h| recorded.hosts.get(&h.name).is_some_and(|r| !r.created))
+            .collect()
+    };
+    if !adopted.is_empty() {
+        let names: Vec<String> = adopted.iter().map(|h| h.name.to_string()).collect();
+        ctx.progress.note(&format!(
+            "Adopting {} host(s) an interrupted run created: {}",
+            adopted.len(),
+            names.join(", ")
+        ));
+        recorder.update(|state| {
+            for host in adopted {
+                record_host(state, host);
+            }
+        })?;
+    }
     phases.end("plan");
 
     // Create what is missing.
@@ -318,7 +465,7 @@ pub async fn up(ctx: &Context, options: &UpOptions) -> anyhow::Result<UpReport> 
     let plan = make_plan(&ctx.project, Some(&state))?;
 
     // Converge every host concurrently.
-    let (hosts, monitor_conn) = converge_all(ctx, &plan, &recorder, options.parallel).await?;
+    let (hosts, monitor_conn) = converge_all(ctx, &plan, &recorder, options).await?;
     phases.end("converge");
 
     // Removed hosts go last: the monitor has dropped their peers by now.
@@ -456,8 +603,13 @@ async fn converge_all(
     ctx: &Context,
     plan: &Plan,
     recorder: &Arc<Recorder>,
-    parallel: usize,
+    options: &UpOptions,
 ) -> anyhow::Result<(Vec<UpHost>, Option<Connection>)> {
+    let parallel = options.parallel;
+    let connect_options = ConnectOptions {
+        retry_for: options.connect_timeout,
+        ..ConnectOptions::default()
+    };
     let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let state = recorder.snapshot();
@@ -473,6 +625,15 @@ async fn converge_all(
             .collect();
         let semaphore = Arc::clone(&semaphore);
         let recorder = Arc::clone(recorder);
+        let connect_options = connect_options.clone();
+        let saves = Arc::clone(&recorder.saves);
+        // A host key the provider injected is replaced once, right after
+        // the first (verified) connection.
+        let rotate = state
+            .hosts
+            .get(&host.name)
+            .is_some_and(|r| crate::host_key::needs_rotation(ctx.provider.name(), r))
+            .then(|| Arc::clone(&recorder));
         let summary = UpHost {
             name: host.name.clone(),
             role: host.role,
@@ -495,13 +656,20 @@ async fn converge_all(
             let result = tokio::task::spawn_blocking(
                 move || -> anyhow::Result<(UpHost, Option<String>, Connection)> {
                     line.phase("connecting");
-                    let conn = Connection::connect(&target, &connector, ConnectOptions::default())?;
-                    let pinned = target
-                        .expected_host_key
-                        .is_none()
+                    let conn = Connection::connect(&target, &connector, connect_options)?;
+                    if let Some(recorder) = &rotate {
+                        line.phase("replacing the injected SSH host key");
+                        crate::host_key::rotate(&conn, &target, &connector, |key| {
+                            recorder.update(|state| crate::host_key::pin(state, &target.host, key))
+                        })?;
+                    }
+                    let pinned = (rotate.is_none() && target.expected_host_key.is_none())
                         .then(|| conn.presented_host_key().to_string());
                     line.phase("converging");
-                    let report = recipe::converge(&conn, &desired)?;
+                    let report = {
+                        let _converging = Converging::start(&saves);
+                        recipe::converge(&conn, &desired)?
+                    };
                     for action in report.changed_files.iter().chain(&report.actions) {
                         line.detail(action);
                     }
@@ -695,16 +863,32 @@ async fn verify(
 }
 
 /// `promguard down`: destroys every host of the deployment and forgets
-/// them. Works without a state file too: the provider finds the
-/// deployment's hosts itself.
-pub async fn down(ctx: &Context) -> anyhow::Result<usize> {
+/// them. The provider finds the hosts itself (by tag on a cloud, by its
+/// namespace records on the local provider), so hosts an interrupted `up`
+/// made before recording them are removed too. Without a state file it
+/// refuses unless `discover` is set: destroying what a provider finds under
+/// a deployment name nobody has state for must be asked for explicitly.
+pub async fn down(ctx: &Context, discover: bool) -> anyhow::Result<usize> {
     let _lock = ctx.project.lock()?;
     let state = ctx.project.load_state()?;
+    if state.is_none() && !discover {
+        bail!(
+            "there is no state file {}; to destroy the hosts the {} provider finds for deployment {} anyway, run `promguard down --discover --yes`",
+            ctx.project.state_path().display(),
+            ctx.provider.name(),
+            ctx.project.config.deployment
+        );
+    }
     ctx.provider.preflight().await?;
     let listed = ctx.provider.list_hosts().await?;
     ctx.provider.destroy_deployment().await?;
     if let Some(mut state) = state {
-        let count = state.hosts.len().max(listed.len());
+        let count = state
+            .hosts
+            .values()
+            .filter(|h| h.created)
+            .count()
+            .max(listed.len());
         state.hosts.clear();
         state.preshared_keys.clear();
         state.save(&ctx.project.state_path())?;

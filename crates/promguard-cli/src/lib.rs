@@ -10,9 +10,11 @@
 use std::process::ExitCode;
 
 pub mod cli;
+pub mod cloud_setup;
 pub mod commands;
 pub mod deploy;
 pub mod files;
+pub mod host_key;
 pub mod progress;
 pub mod project;
 pub mod prometheus_api;

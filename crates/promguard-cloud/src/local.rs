@@ -347,7 +347,12 @@ impl LocalProvider {
 
     /// Brings up one recorded host: namespace, directories, init, and
     /// waits for its sshd.
-    fn bring_up(&self, entry: &HostEntry, authorized_keys: &[String]) -> Result<Host, CloudError> {
+    fn bring_up(
+        &self,
+        entry: &HostEntry,
+        authorized_keys: &[String],
+        host_key: Option<&str>,
+    ) -> Result<Host, CloudError> {
         let host_error = |message: String| CloudError::Host {
             host: entry.name.clone(),
             message,
@@ -362,6 +367,7 @@ impl LocalProvider {
             address: entry.address,
             ssh_port: entry.ssh_port,
             authorized_keys,
+            host_key,
         };
         let host_key = host::prepare(&dir, &spec).map_err(host_error)?;
         let init = host::start_init(&dir, &entry.name, &entry.netns).map_err(host_error)?;
@@ -394,7 +400,14 @@ impl LocalProvider {
         Ok(self.to_host(&entry))
     }
 
-    fn create_hosts_blocking(&self, requests: &[HostRequest]) -> Result<Vec<Host>, CloudError> {
+    /// Creates `requests`; with `provided`, every host gets that private
+    /// host key and those authorized keys instead of a fresh key and the
+    /// registered ones.
+    fn create_hosts_blocking(
+        &self,
+        requests: &[HostRequest],
+        provided: Option<(&str, &[String])>,
+    ) -> Result<Vec<Host>, CloudError> {
         self.check_state_dir()?;
         for (i, request) in requests.iter().enumerate() {
             if requests[..i].iter().any(|r| r.name == request.name) {
@@ -459,10 +472,14 @@ impl LocalProvider {
             self.save(&record)?;
             (entries, record.authorized_keys.clone())
         };
+        let (host_key, authorized_keys) = match provided {
+            Some((key, authorized)) => (Some(key), authorized.to_vec()),
+            None => (None, authorized_keys),
+        };
         let results: Vec<Result<Host, CloudError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = entries
                 .iter()
-                .map(|entry| scope.spawn(|| self.bring_up(entry, &authorized_keys)))
+                .map(|entry| scope.spawn(|| self.bring_up(entry, &authorized_keys, host_key)))
                 .collect();
             handles
                 .into_iter()
@@ -512,7 +529,29 @@ impl LocalProvider {
         Ok(hosts)
     }
 
-    fn destroy_hosts_blocking(&self, names: &[HostName]) -> Result<(), CloudError> {
+    /// Creates one host whose sshd uses `host_key` (an OpenSSH private key,
+    /// as `ssh-keygen` writes it) and lets in exactly `authorized_keys`,
+    /// rather than a fresh host key and the registered login keys: a host
+    /// booted from what a cloud's user data says, as the fake DigitalOcean
+    /// API's droplets are. Blocks the calling thread.
+    pub fn create_host_with_key_blocking(
+        &self,
+        request: &HostRequest,
+        host_key: &str,
+        authorized_keys: &[SshPublicKey],
+    ) -> Result<Host, CloudError> {
+        let authorized: Vec<String> = authorized_keys.iter().map(|k| k.to_string()).collect();
+        let mut hosts = self
+            .create_hosts_blocking(std::slice::from_ref(request), Some((host_key, &authorized)))?;
+        hosts.pop().ok_or_else(|| CloudError::Host {
+            host: request.name.clone(),
+            message: "was not created".into(),
+        })
+    }
+
+    /// [`CloudProvider::destroy_hosts`] without async. Blocks the calling
+    /// thread.
+    pub fn destroy_hosts_blocking(&self, names: &[HostName]) -> Result<(), CloudError> {
         let _lock = self.lock()?;
         let Some(mut record) = self.load()? else {
             return Ok(());
@@ -676,7 +715,7 @@ impl CloudProvider for LocalProvider {
     async fn create_hosts(&self, requests: &[HostRequest]) -> Result<Vec<Host>, CloudError> {
         let this = self.clone();
         let requests = requests.to_vec();
-        self.blocking(move || this.create_hosts_blocking(&requests))
+        self.blocking(move || this.create_hosts_blocking(&requests, None))
             .await
     }
 

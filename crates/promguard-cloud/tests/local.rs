@@ -546,3 +546,93 @@ async fn a_namesake_in_another_state_directory_is_left_alone() {
     drop(namesake);
     assert!(netns_exists(&first.provider.hub_netns()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_with_a_provided_host_key_presents_it_and_survives_sighup() {
+    let deployment = deployment("k");
+    let provider = deployment.provider.clone();
+    let keys = tempfile::tempdir().unwrap();
+    let login = client_key(keys.path());
+    // A registered login key must not be authorized: only the given ones are.
+    let other = keys.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    provider
+        .register_ssh_key(&client_key(&other))
+        .await
+        .unwrap();
+    let host_key_path = keys.path().join("host_key");
+    run(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            host_key_path.to_str().unwrap(),
+        ],
+    );
+    let private = std::fs::read_to_string(&host_key_path).unwrap();
+    let public =
+        SshPublicKey::parse(&std::fs::read_to_string(host_key_path.with_extension("pub")).unwrap())
+            .unwrap();
+    let host = tokio::task::spawn_blocking({
+        let provider = provider.clone();
+        let login = login.clone();
+        move || {
+            provider.create_host_with_key_blocking(
+                &request("droplet", Role::Node),
+                &private,
+                std::slice::from_ref(&login),
+            )
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(host.ssh_host_key.as_ref(), Some(&public));
+
+    // sshd presents exactly that key.
+    let hub = provider.hub_netns();
+    let scanned = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &hub,
+            "ssh-keyscan",
+            "-t",
+            "ed25519",
+            &host.public_address.to_string(),
+        ],
+    );
+    assert!(
+        scanned.contains(&public.to_string()),
+        "ssh-keyscan saw {scanned}, expected {public}"
+    );
+    let authorized = in_host(&provider, "droplet", "cat /root/.ssh/authorized_keys");
+    assert_eq!(authorized.trim(), login.to_string());
+
+    // SIGHUP makes sshd, the host's PID 1, re-execute itself: the host
+    // lives on and accepts connections again.
+    let pid = provider.host_init_pid(&name("droplet")).unwrap();
+    in_host(&provider, "droplet", "kill -HUP 1");
+    let ssh = host.ssh;
+    let mut banner = String::new();
+    for _ in 0..50 {
+        if let Ok(stream) = provider.connect(ssh) {
+            banner = read_banner(stream);
+            if banner.starts_with("SSH-2.0-") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(banner.starts_with("SSH-2.0-"), "sshd is gone after SIGHUP");
+    assert_eq!(provider.host_init_pid(&name("droplet")), Some(pid));
+
+    provider.destroy_hosts_blocking(&[name("droplet")]).unwrap();
+    assert!(!pid_alive(pid));
+    assert!(provider.list_hosts().await.unwrap().is_empty());
+}

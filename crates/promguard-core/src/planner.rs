@@ -147,6 +147,7 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
                 public_address: None,
                 ssh_port: None,
                 ssh_host_key: None,
+                ssh_host_key_rotated: false,
                 files: BTreeMap::new(),
             },
         );

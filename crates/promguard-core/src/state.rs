@@ -138,6 +138,11 @@ pub struct HostRecord {
     /// Pinned SSH host public key, OpenSSH format (`ssh-ed25519 AAAA...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_host_key: Option<String>,
+    /// True once the host key a provider injected (and that stays readable
+    /// from the host's metadata service) was replaced by one generated on
+    /// the host, and `ssh_host_key` pins that one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ssh_host_key_rotated: bool,
     /// SHA-256 (hex) of every file PromGuard last wrote on the host, by path.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
@@ -382,6 +387,7 @@ mod tests {
                 public_address: Some("198.18.0.2".parse().unwrap()),
                 ssh_port: Some(Port::new(22).unwrap()),
                 ssh_host_key: None,
+                ssh_host_key_rotated: false,
                 files: BTreeMap::new(),
             },
         );
@@ -399,6 +405,30 @@ mod tests {
         assert_eq!(State::load(&path).unwrap().unwrap(), state);
         // No temporary file is left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn host_key_rotation_flag_is_optional_and_round_trips() {
+        let mut state = sample();
+        let text = state.to_json();
+        // Old state files have no flag; a false flag is not written.
+        assert!(!text.contains("ssh_host_key_rotated"));
+        assert_eq!(
+            State::from_json(Path::new("s.json"), text.as_bytes()).unwrap(),
+            state
+        );
+        for host in state.hosts.values_mut() {
+            host.ssh_host_key_rotated = true;
+        }
+        let text = state.to_json();
+        assert!(text.contains("\"ssh_host_key_rotated\": true"), "{text}");
+        assert_eq!(
+            State::from_json(Path::new("s.json"), text.as_bytes()).unwrap(),
+            state
+        );
+        // Unknown fields are still refused.
+        let bad = text.replace("ssh_host_key_rotated", "ssh_host_key_rotatd");
+        assert!(State::from_json(Path::new("s.json"), bad.as_bytes()).is_err());
     }
 
     #[test]

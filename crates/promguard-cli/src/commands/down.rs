@@ -7,14 +7,19 @@ use crate::commands::{confirm, runtime};
 use crate::deploy::{self, Context};
 use crate::project::Project;
 
-pub fn run(config: Option<&Path>, verbose: bool, yes: bool) -> anyhow::Result<ExitCode> {
+pub fn run(
+    config: Option<&Path>,
+    verbose: bool,
+    yes: bool,
+    discover: bool,
+) -> anyhow::Result<ExitCode> {
     let project = Project::load(config)?;
     let name = project.config.deployment.clone();
     if !yes && !confirm(&format!("Destroy every host of deployment {name}?")) {
         anyhow::bail!("not confirmed; run `promguard down --yes` to destroy deployment {name}");
     }
     let ctx = Context::new(project, verbose)?;
-    let count = runtime()?.block_on(deploy::down(&ctx))?;
+    let count = runtime()?.block_on(deploy::down(&ctx, discover))?;
     println!("Deployment {name}: destroyed {count} host(s); their keys are gone from the state.");
     Ok(ExitCode::SUCCESS)
 }

@@ -32,6 +32,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             yes,
             parallel,
             verify_timeout,
+            connect_timeout,
             report,
         } => up::run(
             config,
@@ -41,13 +42,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 yes,
                 parallel,
                 verify_timeout: Duration::from_secs(verify_timeout),
+                connect_timeout: Duration::from_secs(connect_timeout),
             },
         ),
         Command::Status { json } => status::run(config, verbose, json),
         Command::Tunnel { port } => tunnel::run(config, verbose, port),
         Command::Ssh { host, command } => ssh::run(config, args.config.as_deref(), &host, &command),
         Command::Proxy { host } => ssh::proxy(config, &host),
-        Command::Down { yes } => down::run(config, verbose, yes),
+        Command::Down { yes, discover } => down::run(config, verbose, yes, discover),
     }
 }
 

@@ -12,11 +12,6 @@ use promguard_core::HostName;
 use crate::deploy::Context;
 use crate::project::Project;
 
-/// Quotes `s` for a POSIX shell.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 pub fn run(
     config: Option<&Path>,
     config_arg: Option<&Path>,
@@ -37,14 +32,26 @@ pub fn run(
         anyhow!("host {name} has no pinned SSH host key yet; run `promguard up` first")
     })?;
     let alias = format!("promguard-{name}");
-    let known_hosts = tempfile_in_data_dir(&ctx, &format!("{alias} {key}\n"))?;
+    let known_hosts = known_hosts_file(&format!("{alias} {key}\n"))?;
     let exe = std::env::current_exe().context("cannot find the promguard executable")?;
-    let mut proxy = shell_quote(&exe.to_string_lossy());
-    if let Some(c) = config_arg {
-        proxy.push_str(&format!(" --config {}", shell_quote(&c.to_string_lossy())));
-    }
-    proxy.push_str(&format!(" proxy {name}"));
+    // ssh parses -o values itself (quotes, `%` tokens) before a shell
+    // sees them, so paths reach the proxy through the environment, never
+    // inside the ProxyCommand text; the host name is validated.
+    let proxy = format!("\"${PROXY_EXE}\" proxy {name}");
     let mut ssh = Command::new("ssh");
+    ssh.env(PROXY_EXE, &exe);
+    match config_arg {
+        Some(c) => ssh.env(PROXY_CONFIG, std::path::absolute(c)?),
+        None => ssh.env_remove(PROXY_CONFIG),
+    };
+    // ssh expands `%` tokens and `${VAR}` in identity file names, and
+    // checks the unexpanded name first: no escaping works for both.
+    let identity = target.identity.to_string_lossy();
+    if identity.contains('%') || identity.contains("${") {
+        anyhow::bail!(
+            "the SSH private key path {identity} contains `%` or `${{`, which ssh would expand; move the config (or set ssh.private_key) to a path without them"
+        );
+    }
     ssh.arg("-i")
         .arg(&target.identity)
         .args([
@@ -80,12 +87,27 @@ pub fn run(
     ))
 }
 
-fn tempfile_in_data_dir(ctx: &Context, content: &str) -> anyhow::Result<tempfile::NamedTempFile> {
-    let dir = ctx.project.data_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+/// Environment variable naming the promguard executable for the proxy.
+const PROXY_EXE: &str = "PROMGUARD_PROXY_EXE";
+/// Environment variable naming the config file for the proxy.
+const PROXY_CONFIG: &str = "PROMGUARD_PROXY_CONFIG";
+
+/// A known_hosts file with a name ssh's option parser reads as written: in
+/// the temporary directory, not beside a config whose path may hold
+/// quotes, spaces or `%`.
+fn known_hosts_file(content: &str) -> anyhow::Result<tempfile::NamedTempFile> {
     let mut file = tempfile::Builder::new()
-        .prefix("known_hosts.")
-        .tempfile_in(&dir)?;
+        .prefix("promguard-known_hosts.")
+        .tempfile()?;
+    let path = file.path().to_string_lossy().into_owned();
+    if !path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
+    {
+        anyhow::bail!(
+            "the temporary file {path} has a name ssh would misread; set TMPDIR to a plain directory such as /tmp"
+        );
+    }
     file.write_all(content.as_bytes())?;
     Ok(file)
 }
@@ -93,7 +115,8 @@ fn tempfile_in_data_dir(ctx: &Context, content: &str) -> anyhow::Result<tempfile
 /// Pipes stdin/stdout to the host's SSH port.
 pub fn proxy(config: Option<&Path>, host: &str) -> anyhow::Result<ExitCode> {
     let name = HostName::new(host)?;
-    let project = Project::load(config)?;
+    let from_env = std::env::var_os(PROXY_CONFIG).map(std::path::PathBuf::from);
+    let project = Project::load(config.or(from_env.as_deref()))?;
     let state = project.load_state()?.ok_or_else(|| anyhow!("no state"))?;
     let ctx = Context::new(project, false)?;
     let target = ctx.target(&state, &name)?;

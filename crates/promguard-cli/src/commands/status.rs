@@ -5,8 +5,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::collections::BTreeMap;
+
 use anyhow::anyhow;
 use promguard_core::{HostName, Plan, Role, State};
+use promguard_remote::recipe;
 use serde::Serialize;
 
 use crate::commands::plan::make_plan;
@@ -41,6 +44,93 @@ pub struct HostStatus {
     pub peers: Vec<PeerStatus>,
     /// Why the host could not be read, if it could not.
     pub error: Option<String>,
+    /// The services PromGuard manages on the host and whether each runs
+    /// (empty when the host could not be read).
+    pub services: Vec<ServiceStatus>,
+    /// What differs from what the last `up` left: stopped services,
+    /// missing or hand-edited files. `promguard up` repairs each.
+    pub problems: Vec<String>,
+}
+
+/// One managed service of a host.
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    /// `wireguard`, `node_exporter`, `prometheus` or `firewall`.
+    pub name: String,
+    /// Whether it runs (for `firewall`: whether PromGuard's table is loaded).
+    pub running: bool,
+}
+
+/// What one host reported.
+struct HostReport {
+    peers: Vec<PeerStatus>,
+    targets: Option<Vec<TargetHealth>>,
+    services: Vec<ServiceStatus>,
+    problems: Vec<String>,
+}
+
+/// Compares a host's facts with what the last `up` recorded for it. Pure,
+/// so every kind of damage is checked without a host.
+fn diagnose(
+    role: Role,
+    interface: &str,
+    facts: &recipe::Facts,
+    recorded: &BTreeMap<String, String>,
+) -> (Vec<ServiceStatus>, Vec<String>) {
+    let mut services = Vec::new();
+    let mut problems = Vec::new();
+    let wireguard = matches!(facts.interface, recipe::InterfaceState::Up { .. });
+    services.push(ServiceStatus {
+        name: "wireguard".into(),
+        running: wireguard,
+    });
+    match facts.interface {
+        recipe::InterfaceState::Up { .. } => {}
+        recipe::InterfaceState::Missing => problems.push(format!(
+            "WireGuard interface {interface} is missing (wireguard-go is not running)"
+        )),
+        recipe::InterfaceState::Broken => problems.push(format!(
+            "WireGuard interface {interface} exists but does not answer (wireguard-go died)"
+        )),
+    }
+    let running = |p: &recipe::ProcessState| matches!(p, recipe::ProcessState::Running { .. });
+    services.push(ServiceStatus {
+        name: "node_exporter".into(),
+        running: running(&facts.node_exporter),
+    });
+    if !running(&facts.node_exporter) {
+        problems.push("node_exporter is not running".into());
+    }
+    if role == Role::Monitor {
+        services.push(ServiceStatus {
+            name: "prometheus".into(),
+            running: running(&facts.prometheus),
+        });
+        if !running(&facts.prometheus) {
+            problems.push("prometheus is not running".into());
+        }
+    }
+    services.push(ServiceStatus {
+        name: "firewall".into(),
+        running: facts.firewall_loaded,
+    });
+    if !facts.firewall_loaded {
+        problems.push("the nftables table inet promguard is not loaded".into());
+    }
+    for (path, digest) in recorded {
+        match facts.files.get(path) {
+            Some(Some(found)) if found == digest => {}
+            Some(Some(_)) => problems.push(format!(
+                "{path} differs from what promguard wrote (edited by hand?)"
+            )),
+            Some(None) => problems.push(format!("{path} is missing")),
+            None => {}
+        }
+    }
+    if !problems.is_empty() {
+        problems.push("run `promguard up` to repair".into());
+    }
+    (services, problems)
 }
 
 /// One peer of a host.
@@ -63,11 +153,34 @@ fn read_host(
     state: &State,
     plan: &Plan,
     name: &HostName,
-) -> anyhow::Result<(Vec<PeerStatus>, Option<Vec<TargetHealth>>)> {
+) -> anyhow::Result<HostReport> {
     let conn = ctx.connect(state, name)?;
     let host = plan
         .host(name)
         .ok_or_else(|| anyhow!("host {name} is not in the config"))?;
+    // The recorded paths come from the state file, which is input like any
+    // other: only plain absolute paths reach the facts script.
+    let recorded: BTreeMap<String, String> = state.hosts[name]
+        .files
+        .iter()
+        .filter(|(path, _)| promguard_remote::check_remote_path(path).is_ok())
+        .map(|(p, d)| (p.clone(), d.clone()))
+        .collect();
+    let paths: Vec<String> = recorded.keys().cloned().collect();
+    let script = recipe::facts::facts_script(&host.interface.name, &paths);
+    let out = conn.exec_checked("gathering facts", "bash -s", script.as_bytes())?;
+    let facts = recipe::parse_facts(&String::from_utf8_lossy(&out.stdout), &paths)
+        .map_err(|reason| anyhow!("host {name}: unexpected facts output: {reason}"))?;
+    let (services, mut problems) =
+        diagnose(host.role, host.interface.name.as_str(), &facts, &recorded);
+    if !matches!(facts.interface, recipe::InterfaceState::Up { .. }) {
+        return Ok(HostReport {
+            peers: Vec::new(),
+            targets: None,
+            services,
+            problems,
+        });
+    }
     let out = conn.exec(&format!("wg show {} dump", host.interface.name), b"")?;
     if out.exit_code != 0 {
         anyhow::bail!(
@@ -98,10 +211,23 @@ fn read_host(
         })
         .collect();
     let targets = match &host.prometheus {
-        Some(p) => Some(fetch_targets(&conn, p.listen)?),
-        None => None,
+        Some(p) if matches!(facts.prometheus, recipe::ProcessState::Running { .. }) => {
+            match fetch_targets(&conn, p.listen) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    problems.insert(0, format!("Prometheus does not answer: {e:#}"));
+                    None
+                }
+            }
+        }
+        _ => None,
     };
-    Ok((peers, targets))
+    Ok(HostReport {
+        peers,
+        targets,
+        services,
+        problems,
+    })
 }
 
 pub fn run(config: Option<&Path>, verbose: bool, json: bool) -> anyhow::Result<ExitCode> {
@@ -144,16 +270,17 @@ pub fn run(config: Option<&Path>, verbose: bool, json: bool) -> anyhow::Result<E
     let mut failed = false;
     for (name, result) in names.iter().zip(results) {
         let record = &state.hosts[name];
-        let (peers, error) = match result {
-            Ok((peers, t)) => {
-                if let Some(t) = t {
+        let (peers, services, problems, error) = match result {
+            Ok(report) => {
+                if let Some(t) = report.targets {
                     targets = t;
                 }
-                (peers, None)
+                failed |= !report.problems.is_empty();
+                (report.peers, report.services, report.problems, None)
             }
             Err(e) => {
                 failed = true;
-                (Vec::new(), Some(format!("{e:#}")))
+                (Vec::new(), Vec::new(), Vec::new(), Some(format!("{e:#}")))
             }
         };
         hosts.push(HostStatus {
@@ -164,6 +291,8 @@ pub fn run(config: Option<&Path>, verbose: bool, json: bool) -> anyhow::Result<E
             wireguard_address: record.wireguard_address.to_string(),
             peers,
             error,
+            services,
+            problems,
         });
     }
     hosts.sort_by_key(|h| (h.role != Role::Monitor.as_str(), h.name.clone()));
@@ -203,6 +332,14 @@ pub fn run(config: Option<&Path>, verbose: bool, json: bool) -> anyhow::Result<E
             "{}",
             table::format(&["HOST", "PUBLIC", "WIREGUARD", "PEER", "TUNNEL"], &rows)
         );
+        let problems: Vec<Vec<String>> = hosts
+            .iter()
+            .flat_map(|h| h.problems.iter().map(|p| vec![h.name.clone(), p.clone()]))
+            .collect();
+        if !problems.is_empty() {
+            println!();
+            print!("{}", table::format(&["HOST", "PROBLEM"], &problems));
+        }
         println!();
         let rows: Vec<Vec<String>> = targets
             .iter()
@@ -237,4 +374,85 @@ pub fn run(config: Option<&Path>, verbose: bool, json: bool) -> anyhow::Result<E
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+    const OTHER: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn healthy() -> recipe::Facts {
+        recipe::Facts {
+            systemd: false,
+            files: [
+                ("/etc/wireguard/wg0.conf".to_owned(), Some(HASH.to_owned())),
+                (
+                    "/etc/promguard/nftables.conf".to_owned(),
+                    Some(HASH.to_owned()),
+                ),
+            ]
+            .into(),
+            interface: recipe::InterfaceState::Up {
+                addresses: vec!["10.0.0.1/32".into()],
+            },
+            firewall_loaded: true,
+            node_exporter: recipe::ProcessState::Running { args: vec![] },
+            prometheus: recipe::ProcessState::Running { args: vec![] },
+            programs: BTreeMap::new(),
+        }
+    }
+
+    fn recorded() -> BTreeMap<String, String> {
+        [
+            ("/etc/wireguard/wg0.conf".to_owned(), HASH.to_owned()),
+            ("/etc/promguard/nftables.conf".to_owned(), HASH.to_owned()),
+        ]
+        .into()
+    }
+
+    #[test]
+    fn a_healthy_host_has_no_problems() {
+        let (services, problems) = diagnose(Role::Monitor, "wg0", &healthy(), &recorded());
+        assert!(problems.is_empty(), "{problems:?}");
+        let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["wireguard", "node_exporter", "prometheus", "firewall"]
+        );
+        assert!(services.iter().all(|s| s.running));
+        // Nodes run no Prometheus, so its state does not matter there.
+        let mut node = healthy();
+        node.prometheus = recipe::ProcessState::Stopped;
+        let (services, problems) = diagnose(Role::Node, "wg0", &node, &recorded());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(services.len(), 3);
+    }
+
+    #[test]
+    fn every_kind_of_damage_is_reported() {
+        let mut facts = healthy();
+        facts.interface = recipe::InterfaceState::Missing;
+        facts.node_exporter = recipe::ProcessState::Stopped;
+        facts.prometheus = recipe::ProcessState::Stopped;
+        facts.firewall_loaded = false;
+        facts
+            .files
+            .insert("/etc/wireguard/wg0.conf".into(), Some(OTHER.into()));
+        facts
+            .files
+            .insert("/etc/promguard/nftables.conf".into(), None);
+        let (services, problems) = diagnose(Role::Monitor, "wg0", &facts, &recorded());
+        assert!(services.iter().all(|s| !s.running));
+        expect_test::expect![[r#"
+            WireGuard interface wg0 is missing (wireguard-go is not running)
+            node_exporter is not running
+            prometheus is not running
+            the nftables table inet promguard is not loaded
+            /etc/promguard/nftables.conf is missing
+            /etc/wireguard/wg0.conf differs from what promguard wrote (edited by hand?)
+            run `promguard up` to repair"#]]
+        .assert_eq(&problems.join("\n"));
+    }
 }

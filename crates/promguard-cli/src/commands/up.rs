@@ -17,7 +17,22 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let project = Project::load(config)?;
     let ctx = Context::new(project, verbose)?;
-    let report = runtime()?.block_on(deploy::up(&ctx, &options))?;
+    let runtime = runtime()?;
+    let result = runtime.block_on(deploy::up(&ctx, &options));
+    // After SIGINT or SIGTERM, threads that create hosts or run remote
+    // scripts may still be busy; they can no longer save state, and waiting
+    // for them would make the signal useless.
+    runtime.shutdown_background();
+    let report = match result {
+        Ok(report) => report,
+        Err(err) => match err.downcast_ref::<deploy::Interrupted>() {
+            Some(interrupted) => {
+                eprintln!("{interrupted}");
+                return Ok(ExitCode::from(interrupted.exit_code()));
+            }
+            None => return Err(err),
+        },
+    };
     if let Some(path) = report_path {
         let json = serde_json::json!({
             "phases_ms": report

@@ -34,6 +34,7 @@ const REGIONS: &[(&str, &str)] = &[
     ("lon1", "London 1"),
     ("nyc1", "New York 1"),
     ("nyc3", "New York 3"),
+    ("sfo2", "San Francisco 2"),
     ("sfo3", "San Francisco 3"),
     ("sgp1", "Singapore 1"),
     ("syd1", "Sydney 1"),

@@ -91,6 +91,8 @@ pub(crate) struct HostSpec<'a> {
     pub address: Ipv4Addr,
     pub ssh_port: Port,
     pub authorized_keys: &'a [String],
+    /// A private host key (OpenSSH format) to use instead of a fresh one.
+    pub host_key: Option<&'a str>,
 }
 
 fn io_context<'a>(what: &str, path: &'a Path) -> impl FnOnce(io::Error) -> String + 'a {
@@ -243,23 +245,34 @@ pub(crate) fn prepare(dir: &HostDir, spec: &HostSpec<'_>) -> Result<SshPublicKey
 
     let key_path = dir.host_key();
     let key_path_text = key_path.to_string_lossy();
-    let comment = format!("root@{}", spec.name);
-    run(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            &comment,
-            "-f",
-            &key_path_text,
-        ],
-        None,
-    )?;
     let public_path = dir.path.join("ssh_host_ed25519_key.pub");
+    match spec.host_key {
+        Some(private) => {
+            // Written 0600 before ssh-keygen reads it: it refuses keys
+            // others can read.
+            write(&key_path, private, 0o600)?;
+            let public = run("ssh-keygen", &["-y", "-f", &key_path_text], None)?;
+            write(&public_path, &public, 0o644)?;
+        }
+        None => {
+            let comment = format!("root@{}", spec.name);
+            run(
+                "ssh-keygen",
+                &[
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    &comment,
+                    "-f",
+                    &key_path_text,
+                ],
+                None,
+            )?;
+        }
+    }
     let public = fs::read_to_string(&public_path).map_err(io_context("read", &public_path))?;
     let public = SshPublicKey::parse(&public).map_err(|err| {
         format!(

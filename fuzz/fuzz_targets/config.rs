@@ -1,0 +1,11 @@
+//! The config parser and validator never panic, whatever the file holds.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ =
+            promguard_core::config::Config::from_toml(text, std::path::Path::new("promguard.toml"));
+    }
+});

@@ -1,0 +1,538 @@
+//! The end-to-end scenario through the DigitalOcean provider.
+//!
+//! `cargo xtask e2e --fake` runs it against the fake DigitalOcean API
+//! (in this process), whose droplets are real local namespace hosts booted
+//! from their cloud-init user data (host key, authorized keys): the
+//! `promguard` binary talks HTTP to the fake and SSH to the hosts, which it
+//! reaches through the hosts' hub namespace (`PROMGUARD_DIGITALOCEAN_NETNS`,
+//! honoured only with a `http://127.0.0.1` API URL). On top of the local
+//! scenario it checks that injected API faults still converge without a
+//! duplicate droplet, that a droplet that never becomes active fails `up`
+//! by name and `down` still removes everything, that the first SSH
+//! connection is verified against the injected host key and the pinned key
+//! is then one the host generated, and that no output contains the token.
+//!
+//! `cargo xtask e2e` runs the same scenario (without the fake-only checks)
+//! on real DigitalOcean with the caller's token, and always destroys
+//! everything tagged with its deployment at the end, also after a failure
+//! or Ctrl-C.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use promguard_cloud::digitalocean::cloud_init::host_key_for;
+use promguard_cloud::fake_digitalocean::{
+    DropletBackend, DropletSpec, FakeDigitalOcean, FakeOptions, Fault,
+};
+use promguard_cloud::local::{LocalOptions, LocalProvider};
+use promguard_cloud::{CloudProvider, HostRequest};
+use promguard_core::{DeploymentName, HostName, Region, Role, SshPublicKey};
+
+use crate::e2e::{check_targets, scenario, Deployment};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether Ctrl-C (or SIGTERM) arrived; runs stop and clean up then.
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+extern "C" fn on_signal(_: std::ffi::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Turns Ctrl-C and SIGTERM into a flag, so that xtask lives on to run its
+/// cleanup (the `promguard` child still gets the signal and stops; a handler,
+/// unlike an ignored signal, is not inherited across exec).
+fn catch_interrupts() -> Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe { sigaction(signal, &action) }.context("cannot install a signal handler")?;
+    }
+    Ok(())
+}
+
+/// Boots a local namespace host for every droplet, with the host key its
+/// user data installs and the account keys the create request named.
+struct NamespaceBackend {
+    hosts: LocalProvider,
+    /// Droplets that boot with a key of their own instead of the injected
+    /// one, as if someone sat between PromGuard and the droplet.
+    impostors: Mutex<HashSet<String>>,
+}
+
+impl NamespaceBackend {
+    fn boot(&self, droplet: &DropletSpec) -> Result<Ipv4Addr> {
+        let user_data = droplet
+            .user_data
+            .as_deref()
+            .context("the droplet has no user data")?;
+        let (mut private, _) = host_key_for(user_data, &droplet.name)
+            .context("the user data installs no host key for this droplet")?;
+        let impostor = self
+            .impostors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&droplet.name);
+        if impostor {
+            private = fresh_private_key()?;
+        }
+        let role = if droplet.tags.iter().any(|t| t == "promguard:monitor") {
+            Role::Monitor
+        } else {
+            Role::Node
+        };
+        let request = HostRequest {
+            name: HostName::new(&droplet.name)?,
+            role,
+            region: Region::new(&droplet.region)?,
+        };
+        let host = self.hosts.create_host_with_key_blocking(
+            &request,
+            &private,
+            &droplet.authorized_keys,
+        )?;
+        match host.public_address {
+            IpAddr::V4(v4) => Ok(v4),
+            IpAddr::V6(v6) => bail!("the host got the IPv6 address {v6}"),
+        }
+    }
+}
+
+impl DropletBackend for NamespaceBackend {
+    fn create(&self, droplet: &DropletSpec) -> Result<Ipv4Addr, String> {
+        self.boot(droplet)
+            .map_err(|e| format!("droplet {}: {e:#}", droplet.name))
+    }
+
+    fn destroy(&self, droplet: &DropletSpec) -> Result<(), String> {
+        let name = HostName::new(&droplet.name).map_err(|e| e.to_string())?;
+        self.hosts
+            .destroy_hosts_blocking(&[name])
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn fresh_private_key() -> Result<String> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("key");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", ""])
+        .arg("-f")
+        .arg(&path)
+        .status()
+        .context("cannot run ssh-keygen (install openssh-client)")?;
+    ensure!(status.success(), "ssh-keygen failed");
+    Ok(std::fs::read_to_string(&path)?)
+}
+
+/// Destroys the namespace hosts behind the fake's droplets when dropped.
+struct Hosts(LocalProvider);
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.destroy_deployment_blocking() {
+            eprintln!("e2e: cleanup of the fake's hosts failed: {e}");
+        }
+    }
+}
+
+fn build(root: &Path) -> Result<std::path::PathBuf> {
+    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
+    Ok(crate::target_dir(root).join("debug/promguard"))
+}
+
+fn login_key(path: &Path) -> Result<()> {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "promguard-e2e", "-f"])
+        .arg(path)
+        .status()
+        .context("cannot run ssh-keygen (install openssh-client)")?;
+    ensure!(status.success(), "ssh-keygen failed to make the login key");
+    Ok(())
+}
+
+/// Polls `check` for up to `seconds`.
+fn eventually(seconds: u64, what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{what} (after {seconds} s)");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `cargo xtask e2e --fake`.
+pub fn fake(root: &Path) -> Result<()> {
+    catch_interrupts()?;
+    let bin = build(root)?;
+    let id = std::process::id() % 100_000;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+
+    // The machines behind the droplets: one local deployment.
+    let hosts = LocalProvider::new(
+        DeploymentName::new(&format!("do{id}"))?,
+        LocalOptions::default(),
+    );
+    let _hosts_guard = Hosts(hosts.clone());
+    // Makes the hub namespace now: the CLI opens its SSH sockets there.
+    runtime.block_on(hosts.create_outsider(&HostName::new("hub-probe")?))?;
+    let backend = Arc::new(NamespaceBackend {
+        hosts: hosts.clone(),
+        impostors: Mutex::new(HashSet::new()),
+    });
+    let fake = FakeDigitalOcean::start_in_thread(FakeOptions {
+        active_after: Duration::from_millis(500),
+        destroy_after: Duration::from_millis(200),
+        backend: backend.clone(),
+        ..FakeOptions::default()
+    })?;
+    let token = fake.token().to_owned();
+
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("id_ed25519");
+    login_key(&key)?;
+    let d = Deployment {
+        bin,
+        dir,
+        name: format!("fake{id}"),
+        provider: "digitalocean",
+        regions: ["lon1", "sfo3", "sgp1"],
+        // The e2e's own login key, not the user's.
+        extra_config: format!("\n[ssh]\nprivate_key = \"{}\"\n", key.display()),
+        env: vec![
+            ("DIGITALOCEAN_TOKEN".into(), token.clone()),
+            ("PROMGUARD_DIGITALOCEAN_URL".into(), fake.base_url()),
+            ("PROMGUARD_DIGITALOCEAN_NETNS".into(), hosts.hub_netns()),
+            ("PROMGUARD_DIGITALOCEAN_TEST_TIMING".into(), "fast".into()),
+        ],
+        transcript: Default::default(),
+    };
+    let droplet_names = || -> Vec<String> {
+        fake.droplets()
+            .into_iter()
+            .filter(|d| !d.destroying)
+            .map(|d| d.spec.name)
+            .collect()
+    };
+
+    // The first up meets a 429 burst, 5xx answers, and a create that made
+    // its droplets and then answered 500.
+    fake.inject(Fault::RateLimit {
+        count: 3,
+        retry_after_seconds: 1,
+    });
+    fake.inject(Fault::ServerError { count: 2 });
+    fake.inject(Fault::CreateSucceedsThenServerError);
+    let (fresh, noop) = scenario(&d, Some(&hosts))?;
+    let statuses: BTreeSet<u16> = fake.exchanges().iter().map(|e| e.status).collect();
+    ensure!(
+        statuses.contains(&429) && statuses.contains(&500),
+        "the injected faults were not answered (statuses {statuses:?})"
+    );
+    let mut names = droplet_names();
+    names.sort();
+    ensure!(
+        fake.droplets_created() == 5,
+        "{} droplets were created for 4 + 1 hosts: {names:?}",
+        fake.droplets_created()
+    );
+    ensure!(
+        names
+            == [
+                "promguard-monitor-1",
+                "promguard-node-1",
+                "promguard-node-3",
+                "promguard-node-4"
+            ],
+        "the droplets are {names:?}"
+    );
+    eprintln!("e2e: 8. with 429s, 5xx and a create that failed after succeeding: exactly one droplet per host");
+
+    host_key_checks(&d, &fake, &hosts)?;
+
+    // A create whose answer never comes (the client times out) after the
+    // droplet was made.
+    let before = fake.droplets_created();
+    fake.inject(Fault::CreateSucceedsThenStalls {
+        delay: Duration::from_secs(8),
+    });
+    let five = [
+        "promguard-node-1",
+        "promguard-node-3",
+        "promguard-node-4",
+        "promguard-node-5",
+    ];
+    d.write_config(&five)?;
+    d.ok(&["up", "--yes"])?;
+    let monitor = "promguard-monitor-1";
+    check_targets(&d.status()?, &[monitor, five[0], five[1], five[2], five[3]])?;
+    ensure!(
+        fake.droplets_created() == before + 1,
+        "a timed-out create was repeated: {} droplets created, expected {}",
+        fake.droplets_created(),
+        before + 1
+    );
+    eprintln!("e2e: 10. a create that timed out after succeeding made exactly one droplet");
+
+    // Down removes every droplet, the firewall, the tag and our SSH key.
+    d.ok(&["down", "--yes"])?;
+    all_gone(&d, &fake, &hosts, &runtime)?;
+    eprintln!("e2e: 11. down removed every droplet, host, firewall and the SSH key");
+
+    // A droplet that never becomes active fails `up` by name; `down` cleans up.
+    fake.inject(Fault::NeverActive {
+        name: "promguard-node-2".into(),
+    });
+    let three = ["promguard-node-1", "promguard-node-2", "promguard-node-3"];
+    d.write_config(&three)?;
+    let out = d.promguard(&["up", "--yes"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "up succeeded with a stuck droplet");
+    ensure!(
+        stderr.contains("promguard-node-2"),
+        "the failed up does not name the stuck droplet:\n{stderr}"
+    );
+    d.ok(&["down", "--yes"])?;
+    all_gone(&d, &fake, &hosts, &runtime)?;
+    eprintln!(
+        "e2e: 12. a droplet that never became active failed up by name; down removed everything"
+    );
+
+    // A droplet presenting another host key than the injected one is refused.
+    backend
+        .impostors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert("promguard-node-1".into());
+    d.write_config(&["promguard-node-1"])?;
+    let out = d.promguard(&["up", "--yes"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "up accepted a droplet with the wrong host key"
+    );
+    ensure!(
+        stderr.contains("host key of promguard-node-1 does not match"),
+        "up failed, but not because of the host key:\n{stderr}"
+    );
+    d.ok(&["down", "--yes"])?;
+    all_gone(&d, &fake, &hosts, &runtime)?;
+    eprintln!("e2e: 13. a droplet presenting a key other than the injected one was refused");
+
+    // The token never shows.
+    let transcript = d.transcript.borrow().clone();
+    ensure!(
+        !transcript.is_empty(),
+        "no output was captured, so the token check would prove nothing"
+    );
+    ensure!(
+        !transcript.contains(&token),
+        "the API token appears in promguard's output"
+    );
+    for entry in std::fs::read_dir(d.dir.path())? {
+        let path = entry?.path();
+        if path.is_file() {
+            let text = String::from_utf8_lossy(&std::fs::read(&path)?).into_owned();
+            ensure!(
+                !text.contains(&token),
+                "the API token appears in {}",
+                path.display()
+            );
+        }
+    }
+    eprintln!("e2e: 14. the token appears in no output and no file");
+    eprintln!("e2e: fake DigitalOcean scenario passed (fresh up {fresh:.2?}, no-op up {noop:.2?})");
+    drop(d);
+    fake.stop_blocking();
+    Ok(())
+}
+
+/// After `up`: every host's pinned key is the one the host generated (in
+/// its key file), not the injected one, and a host presenting the injected
+/// key is refused.
+fn host_key_checks(d: &Deployment, fake: &FakeDigitalOcean, hosts: &LocalProvider) -> Result<()> {
+    let state = d.state()?;
+    let records = state["hosts"].as_object().context("no hosts in state")?;
+    let droplets = fake.droplets();
+    for (name, record) in records {
+        let pinned = SshPublicKey::parse(
+            record["ssh_host_key"]
+                .as_str()
+                .with_context(|| format!("{name} has no pinned host key"))?,
+        )
+        .map_err(anyhow::Error::msg)?;
+        let droplet = droplets
+            .iter()
+            .find(|x| &x.spec.name == name && !x.destroying)
+            .with_context(|| format!("no droplet {name}"))?;
+        let (_, injected) = droplet
+            .spec
+            .user_data
+            .as_deref()
+            .and_then(|u| host_key_for(u, name))
+            .with_context(|| format!("no injected key for {name}"))?;
+        let file = hosts
+            .host_dir(&HostName::new(name)?)
+            .join("ssh_host_ed25519_key.pub");
+        let on_host =
+            SshPublicKey::parse(&std::fs::read_to_string(&file)?).map_err(anyhow::Error::msg)?;
+        ensure!(
+            pinned != injected,
+            "{name}: the pinned key is still the injected one"
+        );
+        ensure!(
+            pinned == on_host,
+            "{name}: the pinned key is not the one the host generated"
+        );
+        ensure!(
+            record["ssh_host_key_rotated"] == true,
+            "{name}: the state does not mark the key as replaced"
+        );
+    }
+
+    // Pin the injected key again: the host, serving its own key now, is refused.
+    let path = d.dir.path().join("promguard.state.json");
+    let original = std::fs::read_to_string(&path)?;
+    let monitor = "promguard-monitor-1";
+    let droplet = droplets
+        .iter()
+        .find(|x| x.spec.name == monitor && !x.destroying)
+        .context("no monitor droplet")?;
+    let (_, injected) = droplet
+        .spec
+        .user_data
+        .as_deref()
+        .and_then(|u| host_key_for(u, monitor))
+        .context("no injected key for the monitor")?;
+    let mut tampered: serde_json::Value = serde_json::from_str(&original)?;
+    tampered["hosts"][monitor]["ssh_host_key"] = injected.to_string().into();
+    std::fs::write(&path, serde_json::to_string_pretty(&tampered)?)?;
+    let out = d.ssh(monitor, "true");
+    std::fs::write(&path, &original)?;
+    ensure!(
+        !out?.status.success(),
+        "ssh accepted the monitor with the injected key pinned"
+    );
+    d.ssh_ok(monitor, "true")?;
+    eprintln!("e2e: 9. the first connections were verified against the injected keys; every pinned key is now host-generated; the injected key is refused");
+    Ok(())
+}
+
+/// Nothing of the deployment is left: droplets, hosts, firewall, SSH key.
+fn all_gone(
+    d: &Deployment,
+    fake: &FakeDigitalOcean,
+    hosts: &LocalProvider,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<()> {
+    eventually(10, "droplets remain after down", || {
+        Ok(fake.droplets().is_empty())
+    })?;
+    let left = runtime.block_on(hosts.list_hosts())?;
+    ensure!(left.is_empty(), "hosts remain after down: {left:?}");
+    ensure!(
+        fake.firewalls().is_empty(),
+        "firewalls remain: {:?}",
+        fake.firewalls()
+    );
+    let ours = format!("promguard-{}", d.name);
+    ensure!(
+        !fake.ssh_keys().iter().any(|(name, _)| name == &ours),
+        "the SSH key {ours} remains"
+    );
+    Ok(())
+}
+
+/// Destroys everything tagged with the deployment on real DigitalOcean
+/// when dropped, whatever happened before.
+struct TagCleanup {
+    deployment: DeploymentName,
+}
+
+impl Drop for TagCleanup {
+    fn drop(&mut self) {
+        let result = (|| -> Result<()> {
+            let token = promguard_cloud::digitalocean::Token::from_env()?;
+            let provider = promguard_cloud::digitalocean::DigitalOceanProvider::builder(
+                self.deployment.clone(),
+                token,
+            )
+            .build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(provider.destroy_deployment())?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => eprintln!(
+                "e2e: everything tagged promguard:{} is destroyed",
+                self.deployment
+            ),
+            Err(e) => eprintln!(
+                "e2e: CLEANUP FAILED: {e:#}; delete the droplets tagged promguard:{} at https://cloud.digitalocean.com/droplets",
+                self.deployment
+            ),
+        }
+    }
+}
+
+/// `cargo xtask e2e`: the scenario on real DigitalOcean.
+pub fn real(root: &Path) -> Result<()> {
+    let has_token = ["DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN"]
+        .iter()
+        .any(|n| std::env::var(n).is_ok_and(|v| !v.trim().is_empty()));
+    if !has_token {
+        bail!(
+            "`cargo xtask e2e` runs on real DigitalOcean and needs an API token: create a personal access token with read and write scope at https://cloud.digitalocean.com/account/api/tokens and run `DIGITALOCEAN_TOKEN=<token> cargo xtask e2e` (it makes 5 s-1vcpu-1gb droplets for a few minutes, a few cents). Without an account: `cargo xtask e2e --fake` (fake API) or `cargo xtask e2e --local`"
+        );
+    }
+    for name in [
+        "PROMGUARD_DIGITALOCEAN_URL",
+        "PROMGUARD_DIGITALOCEAN_NETNS",
+        "PROMGUARD_DIGITALOCEAN_TEST_TIMING",
+    ] {
+        ensure!(
+            std::env::var_os(name).is_none(),
+            "{name} is set; unset it to run against the real API"
+        );
+    }
+    catch_interrupts()?;
+    let bin = build(root)?;
+    let name = format!("e2e{}", std::process::id() % 100_000);
+    let _cleanup = TagCleanup {
+        deployment: DeploymentName::new(&name)?,
+    };
+    let d = Deployment {
+        bin,
+        dir: tempfile::tempdir()?,
+        name,
+        provider: "digitalocean",
+        regions: ["lon1", "sfo3", "sgp1"],
+        extra_config: String::new(),
+        env: Vec::new(),
+        transcript: Default::default(),
+    };
+    let (fresh, noop) = scenario(&d, None)?;
+    d.ok(&["down", "--yes"])?;
+    eprintln!("e2e: DigitalOcean scenario passed (fresh up {fresh:.2?}, no-op up {noop:.2?})");
+    Ok(())
+}
