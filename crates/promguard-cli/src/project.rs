@@ -81,6 +81,19 @@ impl Project {
         Ok(state)
     }
 
+    /// The state of a deployment that has hosts; commands that talk to hosts
+    /// (`status`, `ssh`, `tunnel`) need one.
+    pub fn existing_state(&self) -> anyhow::Result<State> {
+        self.load_state()?
+            .filter(|s| s.hosts.values().any(|h| h.created))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "deployment {} has no hosts; run `promguard up` first",
+                    self.config.deployment
+                )
+            })
+    }
+
     /// Takes the deployment's lock for the length of a run.
     pub fn lock(&self) -> anyhow::Result<StateLock> {
         let path = self.dir.join(LOCK_FILE);

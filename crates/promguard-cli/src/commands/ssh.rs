@@ -20,12 +20,7 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let name = HostName::new(host)?;
     let project = Project::load(config)?;
-    let state = project.load_state()?.ok_or_else(|| {
-        anyhow!(
-            "deployment {} has no state; run `promguard up` first",
-            project.config.deployment
-        )
-    })?;
+    let state = project.existing_state()?;
     let ctx = Context::new(project, false)?;
     let target = ctx.target(&state, &name)?;
     let key = target.expected_host_key.ok_or_else(|| {
@@ -117,7 +112,7 @@ pub fn proxy(config: Option<&Path>, host: &str) -> anyhow::Result<ExitCode> {
     let name = HostName::new(host)?;
     let from_env = std::env::var_os(PROXY_CONFIG).map(std::path::PathBuf::from);
     let project = Project::load(config.or(from_env.as_deref()))?;
-    let state = project.load_state()?.ok_or_else(|| anyhow!("no state"))?;
+    let state = project.existing_state()?;
     let ctx = Context::new(project, false)?;
     let target = ctx.target(&state, &name)?;
     let stream = ctx

@@ -232,15 +232,7 @@ fn read_host(
 
 pub fn run(config: Option<&Path>, verbose: bool, json: bool) -> anyhow::Result<ExitCode> {
     let project = Project::load(config)?;
-    let state = project
-        .load_state()?
-        .filter(|s| s.hosts.values().any(|h| h.created))
-        .ok_or_else(|| {
-            anyhow!(
-                "deployment {} has no hosts; run `promguard up` first",
-                project.config.deployment
-            )
-        })?;
+    let state = project.existing_state()?;
     let ctx = Arc::new(Context::new(project, verbose)?);
     let plan = make_plan(&ctx.project, Some(&state))?;
     let state = Arc::new(state);

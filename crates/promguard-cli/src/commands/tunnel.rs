@@ -4,7 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::Context as _;
 
 use crate::commands::plan::make_plan;
 use crate::commands::runtime;
@@ -13,12 +13,7 @@ use crate::project::Project;
 
 pub fn run(config: Option<&Path>, verbose: bool, port: u16) -> anyhow::Result<ExitCode> {
     let project = Project::load(config)?;
-    let state = project.load_state()?.ok_or_else(|| {
-        anyhow!(
-            "deployment {} has no state; run `promguard up` first",
-            project.config.deployment
-        )
-    })?;
+    let state = project.existing_state()?;
     let ctx = Context::new(project, verbose)?;
     let plan = make_plan(&ctx.project, Some(&state))?;
     let monitor = plan.monitor();
