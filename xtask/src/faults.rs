@@ -357,7 +357,13 @@ fn interruptions(bin: &Path) -> Result<()> {
             &[Point::Create, Point::Converge, Point::Verify],
         ),
         (Signal::SIGTERM, &[Point::Converge, Point::Verify]),
-        (Signal::SIGKILL, &[Point::Create, Point::Verify]),
+        // SIGKILL during converge drops the SSH connection mid-script and
+        // can leave wg0 half configured (down, without address); the next
+        // run must repair it.
+        (
+            Signal::SIGKILL,
+            &[Point::Create, Point::Converge, Point::Verify],
+        ),
     ];
     for (signal, points) in plans {
         let d = Guard::new(bin, &format!("i{}", signal as i32))?;

@@ -90,7 +90,7 @@ fn diagnose(
             "WireGuard interface {interface} is missing (wireguard-go is not running)"
         )),
         recipe::InterfaceState::Broken => problems.push(format!(
-            "WireGuard interface {interface} exists but does not answer (wireguard-go died)"
+            "WireGuard interface {interface} is down or does not answer (wireguard-go died, or an interrupted run left it half configured); `promguard up` rebuilds it"
         )),
     }
     let running = |p: &recipe::ProcessState| matches!(p, recipe::ProcessState::Running { .. });

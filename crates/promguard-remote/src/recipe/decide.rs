@@ -22,7 +22,10 @@ pub enum Action {
     DaemonReload,
     /// Bring the interface up: it does not exist yet.
     WireguardUp(InterfaceName),
-    /// Delete the broken interface and bring it up again.
+    /// Delete the broken interface (it does not answer `wg show`, or it is
+    /// down after a `wg-quick up` cut short), wait for its wireguard-go to
+    /// let go of the control socket, remove a stale socket and bring it up
+    /// again.
     WireguardRecreate(InterfaceName),
     /// `wg syncconf` from the config (keeps every other tunnel up), then
     /// routes for the peers' AllowedIPs; `readdress` also replaces the
@@ -307,8 +310,20 @@ mod tests {
                 h.node_exporter_listen = "10.0.0.7:9100".parse().unwrap();
                 h.files[0].content.extend_from_slice(b"# moved\n");
             }),
-            ("interface broken", node(), false, |_, f| {
+            ("interface broken or down", node(), false, |_, f| {
                 f.interface = InterfaceState::Broken
+            }),
+            (
+                "interface broken or down while a peer is added",
+                monitor(),
+                false,
+                |h, f| {
+                    h.files[0].content.extend_from_slice(b"[Peer]\n");
+                    f.interface = InterfaceState::Broken;
+                },
+            ),
+            ("interface up without its address", node(), false, |_, f| {
+                f.interface = InterfaceState::Up { addresses: vec![] }
             }),
             ("firewall flushed by someone", node(), false, |_, f| {
                 f.firewall_loaded = false

@@ -51,14 +51,31 @@ pub struct Facts {
 pub enum InterfaceState {
     /// No such link.
     Missing,
-    /// The link exists but `wg show` cannot talk to it (for example
-    /// wireguard-go died and left its TUN device).
+    /// The link exists but is not usable as it is, so the recipe deletes
+    /// it and brings it up again: `wg show` cannot talk to it (wireguard-go
+    /// died and left its TUN device, maybe with a stale socket), or the
+    /// link is administratively down (a `wg-quick up` cut short by SIGKILL
+    /// or a dropped SSH connection leaves it down, often without
+    /// addresses, and routes cannot be added to a down link).
     Broken,
-    /// Up, with these addresses (`10.0.0.2/32`).
+    /// Administratively up and answering `wg show`, with these addresses
+    /// (`10.0.0.2/32`).
     Up {
         /// Addresses as `ip address` prints them.
         addresses: Vec<String>,
     },
+}
+
+/// wireguard-go's control socket `/run/wireguard/<interface>.sock`, as the
+/// facts script saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SocketState {
+    /// No socket file (a kernel interface, or no interface).
+    Absent,
+    /// A process listens on it.
+    Listening,
+    /// The file is left over from a wireguard-go that died.
+    Stale,
 }
 
 /// Whether a daemon runs.
@@ -93,8 +110,19 @@ done
 for p in {programs}; do
   if [ -x "$p" ]; then echo "program yes $p"; else echo "program no $p"; fi
 done
-if ip link show dev "$iface" >/dev/null 2>&1; then
-  if wg show "$iface" >/dev/null 2>&1; then echo 'interface up'; else echo 'interface broken'; fi
+# wireguard-go's control socket: `listening` when a process has it open.
+# ss prints the path the daemon bound, /var/run being a link to /run.
+sock="/run/wireguard/$iface.sock"
+if [ ! -S "$sock" ]; then echo 'socket absent'
+elif ss -Hxl 2>/dev/null | awk '{{print $5}}' | grep -Fxq -e "$sock" -e "/var$sock"; then echo 'socket listening'
+else echo 'socket stale'; fi
+if link=$(ip -o link show dev "$iface" 2>/dev/null) && [ -n "$link" ]; then
+  echo 'interface present'
+  # The administrative state is the UP flag in `<...>`: a `wg-quick up`
+  # cut short leaves the link without it (and often without addresses).
+  flags=${{link#*<}}; flags=${{flags%%>*}}
+  case ",$flags," in *,UP,*) echo 'link up';; *) echo 'link down';; esac
+  if wg show "$iface" >/dev/null 2>&1; then echo 'wg answers'; else echo 'wg silent'; fi
   ip -o address show dev "$iface" | while read -r _ _ _ addr _; do echo "address $addr"; done
 else
   echo 'interface missing'
@@ -142,6 +170,9 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
     let mut systemd = None;
     let mut files = BTreeMap::new();
     let mut interface = None;
+    let mut link_up = None;
+    let mut wg_answers = None;
+    let mut socket = None;
     let mut addresses = Vec::new();
     let mut firewall_loaded = None;
     let mut node_exporter = None;
@@ -187,13 +218,14 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
                 }
                 programs.insert(path.to_owned(), present);
             }
-            "interface" => {
-                interface = Some(match rest {
-                    "up" => InterfaceState::Up {
-                        addresses: Vec::new(),
-                    },
-                    "broken" => InterfaceState::Broken,
-                    "missing" => InterfaceState::Missing,
+            "interface" => interface = Some(yes_no(rest, "present", "missing").ok_or_else(bad)?),
+            "link" => link_up = Some(yes_no(rest, "up", "down").ok_or_else(bad)?),
+            "wg" => wg_answers = Some(yes_no(rest, "answers", "silent").ok_or_else(bad)?),
+            "socket" => {
+                socket = Some(match rest {
+                    "absent" => SocketState::Absent,
+                    "listening" => SocketState::Listening,
+                    "stale" => SocketState::Stale,
                     _ => return Err(bad()),
                 })
             }
@@ -236,14 +268,30 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
     if programs.len() != PROGRAMS.len() {
         return Err(missing("`program` line for every program; it"));
     }
-    let mut interface = interface.ok_or_else(|| missing("`interface`"))?;
-    match &mut interface {
-        InterfaceState::Up { addresses: a } => *a = addresses,
-        _ if !addresses.is_empty() => {
-            return Err("the output lists addresses of an interface that is not up".into())
+    let present = interface.ok_or_else(|| missing("`interface`"))?;
+    // The socket is reported for every host; it does not change the
+    // verdict (a kernel interface answers `wg show` beside a stale socket
+    // file, and without the kernel module a stale socket means `wg show`
+    // fails), but a malformed or missing line is still an error.
+    let _socket = socket.ok_or_else(|| missing("`socket`"))?;
+    let interface = if present {
+        let link_up = link_up.ok_or_else(|| missing("`link`"))?;
+        let wg_answers = wg_answers.ok_or_else(|| missing("`wg`"))?;
+        if link_up && wg_answers {
+            InterfaceState::Up { addresses }
+        } else {
+            // Addresses of a broken link do not matter: it is recreated.
+            InterfaceState::Broken
         }
-        _ => {}
-    }
+    } else {
+        if link_up.is_some() || wg_answers.is_some() || !addresses.is_empty() {
+            return Err(
+                "the output describes the link, its addresses or `wg show` of a missing interface"
+                    .into(),
+            );
+        }
+        InterfaceState::Missing
+    };
     Ok(Facts {
         systemd: systemd.ok_or_else(|| missing("`systemd`"))?,
         files,
@@ -287,7 +335,7 @@ mod tests {
              file {HASH} /etc/wireguard/wg0.conf\nfile missing /etc/promguard/nftables.conf\n\
              program yes /usr/bin/wg\nprogram yes /usr/bin/wg-quick\nprogram yes /usr/sbin/nft\n\
              program yes /usr/bin/prometheus-node-exporter\nprogram no /usr/bin/prometheus\n\
-             interface up\naddress 10.0.0.2/32\naddress fe80::1/64\nfirewall missing\n\
+             socket listening\ninterface present\nlink up\nwg answers\naddress 10.0.0.2/32\naddress fe80::1/64\nfirewall missing\n\
              process node_exporter running /usr/bin/prometheus-node-exporter --web.listen-address=10.0.0.2:9100 \n\
              process prometheus stopped\nend\n"
         )
@@ -331,6 +379,68 @@ mod tests {
         .assert_debug_eq(&facts);
     }
 
+    /// The interface lines of a report, as the facts script prints them
+    /// for each state a host can be in, and what the parser makes of them.
+    #[test]
+    fn interface_states() {
+        let cases = [
+            (
+                "healthy wireguard-go",
+                "socket listening\ninterface present\nlink up\nwg answers\naddress 10.0.0.2/32\n",
+            ),
+            (
+                "healthy kernel interface",
+                "socket absent\ninterface present\nlink up\nwg answers\naddress 10.0.0.2/32\n",
+            ),
+            (
+                "up without addresses",
+                "socket listening\ninterface present\nlink up\nwg answers\n",
+            ),
+            ("no interface", "socket absent\ninterface missing\n"),
+            (
+                "no interface, stale socket",
+                "socket stale\ninterface missing\n",
+            ),
+            (
+                "wg-quick cut before `ip link set up`",
+                "socket listening\ninterface present\nlink down\nwg answers\n",
+            ),
+            (
+                "set down, addresses kept",
+                "socket listening\ninterface present\nlink down\nwg answers\naddress 10.0.0.2/32\n",
+            ),
+            (
+                "wireguard-go died",
+                "socket stale\ninterface present\nlink up\nwg silent\naddress 10.0.0.2/32\n",
+            ),
+            (
+                "wireguard-go died, socket removed",
+                "socket absent\ninterface present\nlink down\nwg silent\n",
+            ),
+        ];
+        let mut out = String::new();
+        for (name, lines) in cases {
+            let report = sample().replace(
+                "socket listening\ninterface present\nlink up\nwg answers\naddress 10.0.0.2/32\naddress fe80::1/64\n",
+                lines,
+            );
+            let state = parse_facts(&report, &paths()).map(|f| f.interface);
+            out.push_str(&format!("{name}: {state:?}\n"));
+        }
+        expect_test::expect![[r#"
+            healthy wireguard-go: Ok(Up { addresses: ["10.0.0.2/32"] })
+            healthy kernel interface: Ok(Up { addresses: ["10.0.0.2/32"] })
+            up without addresses: Ok(Up { addresses: [] })
+            no interface: Ok(Missing)
+            no interface, stale socket: Ok(Missing)
+            wg-quick cut before `ip link set up`: Ok(Broken)
+            set down, addresses kept: Ok(Broken)
+            wireguard-go died: Ok(Broken)
+            wireguard-go died, socket removed: Ok(Broken)
+        "#]]
+        .assert_eq(&out);
+    }
+
     #[test]
     fn malformed_output_is_an_error_not_a_panic() {
         let good = sample();
@@ -360,8 +470,27 @@ mod tests {
                 ),
                 "reported twice",
             ),
-            (good.replace("interface up", "interface missing"), "not up"),
-            (good.replace("interface up\n", ""), "no `interface` line"),
+            (
+                good.replace("interface present", "interface missing"),
+                "of a missing interface",
+            ),
+            (
+                good.replace("interface present", "interface up"),
+                "malformed line \"interface up\"",
+            ),
+            (
+                good.replace("interface present\n", ""),
+                "no `interface` line",
+            ),
+            (good.replace("link up\n", ""), "no `link` line"),
+            (good.replace("link up", "link dormant"), "malformed line"),
+            (good.replace("wg answers\n", ""), "no `wg` line"),
+            (good.replace("wg answers", "wg maybe"), "malformed line"),
+            (good.replace("socket listening\n", ""), "no `socket` line"),
+            (
+                good.replace("socket listening", "socket open"),
+                "malformed line",
+            ),
             (
                 good.replace("process prometheus stopped", "process sshd stopped"),
                 "malformed line",

@@ -270,8 +270,7 @@ fn plain_action(s: &mut String, host: &DesiredHost, action: &Action) {
         Action::WireguardUp(name) | Action::WireguardRecreate(name) => {
             let i = shell_quote(name.as_str());
             if matches!(action, Action::WireguardRecreate(_)) {
-                let sock = shell_quote(&format!("/run/wireguard/{name}.sock"));
-                let _ = writeln!(s, "ip link delete dev {i} 2>/dev/null; rm -f {sock}");
+                delete_interface(s, name);
             }
             // An interface name is lowercase letters, digits and '-' only
             // (checked by its type), so it may appear unquoted in messages.
@@ -330,7 +329,7 @@ fn systemd_action(s: &mut String, host: &DesiredHost, action: &Action) {
             let unit = shell_quote(&unit_name);
             let i = shell_quote(name.as_str());
             if matches!(action, Action::WireguardRecreate(_)) {
-                let _ = writeln!(s, "ip link delete dev {i} 2>/dev/null");
+                delete_interface(s, name);
             }
             let _ = writeln!(
                 s,
@@ -368,6 +367,26 @@ fn systemd_action(s: &mut String, host: &DesiredHost, action: &Action) {
             s.push_str("systemctl reload prometheus.service || fail \"cannot reload prometheus.service\"\n");
         }
     }
+}
+
+/// Deletes a broken interface so that `wg-quick up` can create it anew.
+/// Its wireguard-go (if any) exits when its TUN device goes away and then
+/// removes its socket by path; waiting for that (at most 5 s) keeps it
+/// from removing the socket of the wireguard-go that `wg-quick up` starts
+/// next. A socket nobody listens on is left over and removed.
+fn delete_interface(s: &mut String, name: &promguard_core::InterfaceName) {
+    let i = shell_quote(name.as_str());
+    let sock = format!("/run/wireguard/{name}.sock");
+    let _ = writeln!(
+        s,
+        "ip link delete dev {i} 2>/dev/null\n\
+         i=0\n\
+         while [ -S {q} ] && ss -Hxl | awk '{{print $5}}' | grep -Fxq -e {q} -e {qv} && [ \"$i\" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done\n\
+         rm -f {q}\n\
+         ! ip link show dev {i} >/dev/null 2>&1 || fail \"cannot delete the broken interface {name}\"",
+        q = shell_quote(&sock),
+        qv = shell_quote(&format!("/var{sock}")),
+    );
 }
 
 fn wireguard_sync(
@@ -474,6 +493,54 @@ mod tests {
             .assert_eq(&apply_script(&host, true, &decision));
     }
 
+    /// The commands of a recreate, with and without systemd: delete the
+    /// link, wait for wireguard-go to let go of its socket, then bring it
+    /// up.
+    #[test]
+    fn recreate_snapshot() {
+        let host = node();
+        let decision = Decision {
+            files: vec![],
+            actions: vec![Action::WireguardRecreate(host.interface.clone())],
+        };
+        let mut out = String::new();
+        for systemd in [false, true] {
+            let script = apply_script(&host, systemd, &decision);
+            bash_syntax_ok(&script);
+            let steps: Vec<&str> = script
+                .lines()
+                .skip_while(|l| !l.starts_with("step 'recreate"))
+                .collect();
+            out.push_str(&format!("== systemd: {systemd}\n{}\n", steps.join("\n")));
+        }
+        expect_test::expect![[r#"
+            == systemd: false
+            step 'recreate wg0 and wg-quick up wg0'
+            ip link delete dev 'wg0' 2>/dev/null
+            i=0
+            while [ -S '/run/wireguard/wg0.sock' ] && ss -Hxl | awk '{print $5}' | grep -Fxq -e '/run/wireguard/wg0.sock' -e '/var/run/wireguard/wg0.sock' && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+            rm -f '/run/wireguard/wg0.sock'
+            ! ip link show dev 'wg0' >/dev/null 2>&1 || fail "cannot delete the broken interface wg0"
+            WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 wg-quick up 'wg0' >&2 || fail "wg-quick up wg0 failed"
+            wg show 'wg0' >/dev/null || fail "wg0 does not answer after wg-quick up"
+            echo 'step done'
+            }
+            main </dev/null
+            == systemd: true
+            step 'recreate wg0 and wg-quick up wg0'
+            ip link delete dev 'wg0' 2>/dev/null
+            i=0
+            while [ -S '/run/wireguard/wg0.sock' ] && ss -Hxl | awk '{print $5}' | grep -Fxq -e '/run/wireguard/wg0.sock' -e '/var/run/wireguard/wg0.sock' && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+            rm -f '/run/wireguard/wg0.sock'
+            ! ip link show dev 'wg0' >/dev/null 2>&1 || fail "cannot delete the broken interface wg0"
+            systemctl enable 'wg-quick@wg0.service' && systemctl restart 'wg-quick@wg0.service' || fail "cannot start wg-quick@wg0.service"
+            wg show 'wg0' >/dev/null || fail "wg0 does not answer after starting wg-quick@wg0.service"
+            echo 'step done'
+            }
+            main </dev/null
+        "#]].assert_eq(&out);
+    }
+
     #[test]
     fn systemd_files_snapshot() {
         let text: String = systemd_files(&monitor())
@@ -550,7 +617,7 @@ mod tests {
              file missing /etc/default/prometheus\n\
              program yes /usr/bin/wg\nprogram yes /usr/bin/wg-quick\nprogram yes /usr/sbin/nft\n\
              program yes /usr/bin/prometheus-node-exporter\nprogram yes /usr/bin/prometheus\n\
-             interface missing\nfirewall missing\nprocess node_exporter stopped\n\
+             socket absent\ninterface missing\nfirewall missing\nprocess node_exporter stopped\n\
              process prometheus stopped\nend\n",
             &super::super::managed_paths(&host),
         )

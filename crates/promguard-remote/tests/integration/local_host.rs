@@ -229,6 +229,72 @@ fn converge_a_local_monitor() {
     );
     assert!(report.actions.is_empty());
 
+    // A WireGuard interface left broken by a run cut short (SIGKILL or a
+    // dropped connection during `wg-quick up`) is repaired by the next
+    // run; one with only its address missing is readdressed in place.
+    let breakages = [
+        (
+            "set down",
+            "ip link set wg0 down",
+            "recreate wg0 and wg-quick up wg0",
+        ),
+        (
+            // What `wg-quick up` leaves when cut after `wg setconf`: the
+            // link exists and answers `wg show`, but is down, without an
+            // address or routes.
+            "half configured",
+            "ip link delete dev wg0\n\
+             i=0; while [ -S /run/wireguard/wg0.sock ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done\n\
+             WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 wireguard-go wg0 >/dev/null 2>&1\n\
+             wg setconf wg0 <(wg-quick strip wg0)\n\
+             wg show wg0 >/dev/null",
+            "recreate wg0 and wg-quick up wg0",
+        ),
+        (
+            "address flushed",
+            "ip address flush dev wg0",
+            "set address of wg0 and wg syncconf wg0",
+        ),
+    ];
+    for (name, breakage, repair) in breakages {
+        conn.exec_checked(name, "bash -s", breakage.as_bytes())
+            .unwrap();
+        let state = conn
+            .exec_checked(
+                "inspect wg0",
+                "ip -o link show dev wg0; ip -o address show dev wg0",
+                b"",
+            )
+            .unwrap();
+        let state = String::from_utf8_lossy(&state.stdout).into_owned();
+        assert!(
+            !state.contains(",UP,") || !state.contains("10.0.0.1/32"),
+            "{name}: the breakage left wg0 up with its address: {state}"
+        );
+        let report = converge(&conn, &desired).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(report.actions, [repair], "{name}");
+        let state = conn
+            .exec_checked(
+                "inspect wg0",
+                "ip -o link show dev wg0 && ip -o address show dev wg0 && ip route show dev wg0 && wg show wg0",
+                b"",
+            )
+            .unwrap_or_else(|e| panic!("{name}: wg0 is not usable after the repair: {e}"));
+        let state = String::from_utf8_lossy(&state.stdout).into_owned();
+        assert!(state.contains(",UP,"), "{name}: wg0 is not up: {state}");
+        assert!(state.contains("inet 10.0.0.1/32"), "{name}: {state}");
+        assert!(
+            state.contains("10.0.0.3 "),
+            "{name}: no route to the peer: {state}"
+        );
+        assert!(
+            state.contains("peer: "),
+            "{name}: no peer in `wg show`: {state}"
+        );
+        let report = converge(&conn, &desired).unwrap();
+        assert!(report.is_noop(), "{name}: {report:?}");
+    }
+
     // A failing step names the host and the step.
     desired.files[1].content = b"this is not nftables\n".to_vec();
     let err = converge(&conn, &desired).unwrap_err().to_string();
