@@ -104,9 +104,14 @@ PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 iface={iface}
 echo 'promguard-facts 1'
 if [ -d /run/systemd/system ]; then sd=1; echo 'systemd yes'; else sd=0; echo 'systemd no'; fi
+# One sha256sum for every file that exists (one process, not one per file).
+present=
 for f in {paths}; do
-  if [ -f "$f" ] && h=$(sha256sum < "$f"); then echo "file ${{h%% *}} $f"; else echo "file missing $f"; fi
+  if [ -f "$f" ]; then present="$present $f"; else echo "file missing $f"; fi
 done
+if [ -n "$present" ]; then
+  sha256sum -- $present | while read -r h f; do echo "file $h $f"; done
+fi
 for p in {programs}; do
   if [ -x "$p" ]; then echo "program yes $p"; else echo "program no $p"; fi
 done
