@@ -18,6 +18,7 @@ const TARGETS: &[&str] = &[
     "wg_dump",
     "state",
     "prometheus_targets",
+    "digitalocean_droplets",
 ];
 
 /// Runs each target for `seconds`.

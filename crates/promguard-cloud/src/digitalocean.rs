@@ -438,13 +438,13 @@ impl DigitalOceanProvider {
             if !d.tags.contains(&tag) {
                 continue;
             }
-            droplets.push(self.accept(d, what)?);
+            droplets.push(Self::accept(d, what)?);
         }
         Ok(droplets)
     }
 
     /// Validates a droplet from the API.
-    fn accept(&self, d: DropletJson, what: &str) -> Result<Droplet, ApiError> {
+    fn accept(d: DropletJson, what: &str) -> Result<Droplet, ApiError> {
         let invalid = |message: String| ApiError::Invalid {
             what: what.to_owned(),
             message,
@@ -1095,5 +1095,42 @@ mod tests {
         assert!(build("http://api.example.com").is_err());
         assert!(build("http://127.0.0.1:8080").is_ok());
         assert!(build("https://api.digitalocean.com").is_ok());
+    }
+}
+
+/// Decodes and validates one page of `GET /v2/droplets` exactly as the
+/// provider does, returning how many droplets it accepted. Only for the fuzz
+/// target (`fuzz/fuzz_targets/digitalocean_droplets.rs`): API responses are
+/// untrusted input.
+#[doc(hidden)]
+pub fn fuzz_decode_droplets_page(body: &[u8]) -> Result<usize, String> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let page: DropletsPage =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| e.to_string())?;
+    let mut accepted = 0;
+    for d in page.droplets {
+        DigitalOceanProvider::accept(d, "fuzz").map_err(|e| e.to_string())?;
+        accepted += 1;
+    }
+    Ok(accepted)
+}
+
+#[cfg(test)]
+mod fuzz_entry_tests {
+    use super::fuzz_decode_droplets_page;
+
+    #[test]
+    fn decodes_a_page_and_refuses_hostile_droplets() {
+        let page = br#"{"droplets":[{"id":1,"name":"promguard-node-1","status":"active","region":{"slug":"lon1"},"tags":["promguard:node"],"networks":{"v4":[{"ip_address":"10.1.0.5","type":"private"},{"ip_address":"198.51.100.7","type":"public"}]}}],"links":{},"meta":{"total":1}}"#;
+        assert_eq!(fuzz_decode_droplets_page(page), Ok(1));
+        let hostile = String::from_utf8_lossy(page).replace("promguard-node-1", "$(touch /tmp/x)");
+        assert!(fuzz_decode_droplets_page(hostile.as_bytes())
+            .unwrap_err()
+            .contains("no valid host name"));
+        let loopback = String::from_utf8_lossy(page).replace("198.51.100.7", "127.0.0.1");
+        assert!(fuzz_decode_droplets_page(loopback.as_bytes()).is_err());
+        assert!(fuzz_decode_droplets_page(b"{\"droplets\": 3}")
+            .unwrap_err()
+            .contains("droplets"));
     }
 }
