@@ -195,6 +195,37 @@ fn bench_size(bin: &Path, nodes: usize) -> Result<Size> {
     result
 }
 
+/// The `count` hosts that took longest (connect + converge), for "where
+/// the time goes".
+fn slowest_hosts(run: &Run, count: usize) -> String {
+    let mut hosts: Vec<(f64, String)> = run
+        .report
+        .as_ref()
+        .and_then(|r| r["hosts"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|h| {
+            let connect = h["connect_ms"].as_f64().unwrap_or(0.0);
+            let converge = h["converge_ms"].as_f64().unwrap_or(0.0);
+            (
+                connect + converge,
+                format!(
+                    "{} (connect {connect:.0} ms, converge {converge:.0} ms, {} round trips)",
+                    h["name"].as_str().unwrap_or("?"),
+                    h["round_trips"]
+                ),
+            )
+        })
+        .collect();
+    hosts.sort_by(|a, b| b.0.total_cmp(&a.0));
+    hosts
+        .into_iter()
+        .take(count)
+        .map(|(_, s)| s)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn phase(run: &Run, name: &str) -> f64 {
     run.report
         .as_ref()
@@ -304,12 +335,13 @@ pub fn run(root: &Path, sizes: &[usize]) -> Result<()> {
             Ok(s) => {
                 for (label, run) in [("fresh", &s.fresh), ("no-op", &s.noop), ("add", &s.add)] {
                     eprintln!(
-                        "bench: {n} nodes, {label} up: {:.2?}; phases {}",
+                        "bench: {n} nodes, {label} up: {:.2?}; phases {}; slowest hosts: {}",
                         run.wall,
                         run.report
                             .as_ref()
                             .map(|r| r["phases_ms"].to_string())
-                            .unwrap_or_default()
+                            .unwrap_or_default(),
+                        slowest_hosts(run, 3)
                     );
                 }
                 results.push(s);

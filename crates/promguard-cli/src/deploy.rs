@@ -191,6 +191,10 @@ pub struct UpHost {
     pub changed: Vec<String>,
     /// Remote round trips spent.
     pub round_trips: u64,
+    /// Wall time spent connecting (TCP, SSH handshake, login).
+    pub connect_time: Duration,
+    /// Wall time spent converging after the connection was up.
+    pub converge_time: Duration,
     /// Health of this host's targets (`up`, or the error).
     pub health: String,
 }
@@ -645,6 +649,8 @@ async fn converge_all(
             wireguard_address: host.interface.address.to_string(),
             changed: Vec::new(),
             round_trips: 0,
+            connect_time: Duration::ZERO,
+            converge_time: Duration::ZERO,
             health: String::new(),
         };
         tasks.spawn(async move {
@@ -656,7 +662,10 @@ async fn converge_all(
             let result = tokio::task::spawn_blocking(
                 move || -> anyhow::Result<(UpHost, Option<String>, Connection)> {
                     line.phase("connecting");
+                    let connecting = Instant::now();
                     let conn = Connection::connect(&target, &connector, connect_options)?;
+                    let connect_time = connecting.elapsed();
+                    let converging = Instant::now();
                     if let Some(recorder) = &rotate {
                         line.phase("replacing the injected SSH host key");
                         crate::host_key::rotate(&conn, &target, &connector, |key| {
@@ -681,6 +690,8 @@ async fn converge_all(
                         .cloned()
                         .collect();
                     summary.round_trips = conn.round_trips();
+                    summary.connect_time = connect_time;
+                    summary.converge_time = converging.elapsed();
                     line.finish(&if summary.changed.is_empty() {
                         "unchanged".to_owned()
                     } else {

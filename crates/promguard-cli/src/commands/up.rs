@@ -45,6 +45,8 @@ pub fn run(
                 "role": h.role.as_str(),
                 "ssh_connections": 1,
                 "round_trips": h.round_trips,
+                "connect_ms": h.connect_time.as_secs_f64() * 1000.0,
+                "converge_ms": h.converge_time.as_secs_f64() * 1000.0,
                 "changed": h.changed,
             })).collect::<Vec<_>>(),
             "changes": report.changes,
