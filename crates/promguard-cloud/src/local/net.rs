@@ -74,6 +74,44 @@ pub(crate) fn add_netns(name: &str) -> Result<(), String> {
     run("ip", &["netns", "add", name], None).map(drop)
 }
 
+/// Kills (SIGKILL) every process that lives in the named network namespace
+/// and waits, bounded, until none is left. The namespace is the
+/// deployment's own, so every process in it is one the deployment started;
+/// this also ends a host whose init an interrupted run never recorded.
+pub(crate) fn kill_netns_processes(name: &str, timeout: std::time::Duration) -> Result<(), String> {
+    if !netns_path(name).exists() {
+        return Ok(());
+    }
+    let pids = || -> Result<Vec<i32>, String> {
+        let out = run("ip", &["netns", "pids", name], None)?;
+        Ok(out
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter(|&p| p > 1)
+            .collect())
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = pids()?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "processes {left:?} in namespace {name} did not end within {} s of SIGKILL",
+                timeout.as_secs()
+            ));
+        }
+        for pid in left {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Deletes a named network namespace; a missing one is fine. The kernel
 /// frees the namespace (and the veth ends in it) once no process uses it.
 pub(crate) fn delete_netns(name: &str) -> Result<(), String> {
