@@ -127,6 +127,19 @@ fn diagnose(
             None => {}
         }
     }
+    match &facts.pending {
+        recipe::PendingApply::Clear => {}
+        recipe::PendingApply::Files(paths) => {
+            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            problems.push(format!(
+                "an earlier run stopped before applying {} (the files may differ from what runs)",
+                paths.join(", ")
+            ));
+        }
+        recipe::PendingApply::Unrecognized => problems.push(
+            "an earlier run stopped before applying its changes (the files may differ from what runs)".into(),
+        ),
+    }
     if !problems.is_empty() {
         problems.push("run `promguard up` to repair".into());
     }
@@ -393,6 +406,7 @@ mod tests {
             node_exporter: recipe::ProcessState::Running { args: vec![] },
             prometheus: recipe::ProcessState::Running { args: vec![] },
             programs: BTreeMap::new(),
+            pending: recipe::PendingApply::Clear,
         }
     }
 
@@ -435,6 +449,7 @@ mod tests {
         facts
             .files
             .insert("/etc/promguard/nftables.conf".into(), None);
+        facts.pending = recipe::PendingApply::Files(["/etc/wireguard/wg0.conf".to_owned()].into());
         let (services, problems) = diagnose(Role::Monitor, "wg0", &facts, &recorded());
         assert!(services.iter().all(|s| !s.running));
         expect_test::expect![[r#"
@@ -444,6 +459,7 @@ mod tests {
             the nftables table inet promguard is not loaded
             /etc/promguard/nftables.conf is missing
             /etc/wireguard/wg0.conf differs from what promguard wrote (edited by hand?)
+            an earlier run stopped before applying /etc/wireguard/wg0.conf (the files may differ from what runs)
             run `promguard up` to repair"#]]
         .assert_eq(&problems.join("\n"));
     }

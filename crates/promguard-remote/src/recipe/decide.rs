@@ -6,7 +6,7 @@ use std::fmt;
 
 use promguard_core::InterfaceName;
 
-use super::facts::{Facts, InterfaceState, ProcessState, PROGRAMS};
+use super::facts::{Facts, InterfaceState, PendingApply, ProcessState, PROGRAMS};
 use super::script::{self, NODE_EXPORTER_BIN, PROMETHEUS_BIN};
 use super::{DesiredFile, DesiredHost};
 use crate::error::RemoteError;
@@ -92,22 +92,41 @@ pub struct Decision {
     pub files: Vec<DesiredFile>,
     /// Actions, in order.
     pub actions: Vec<Action>,
+    /// Files whose actions this run owes: those in [`Decision::files`] and
+    /// those an earlier apply left pending (it was cut after writing them,
+    /// before their actions ran). The apply script lists them in the apply
+    /// marker ([`super::script::APPLY_MARKER_PATH`]) before writing any
+    /// file and removes the marker after the last action; every rule that
+    /// reacts to a written file reacts to these.
+    pub pending_files: Vec<String>,
+    /// The host has an apply marker, so the apply script removes it at the
+    /// end even when no file is pending any more (a marker left by a run
+    /// cut short whose files are no longer managed).
+    pub clear_marker: bool,
 }
 
 impl Decision {
-    /// True when the host is converged.
+    /// True when the host is converged: nothing to write or run, and no
+    /// apply marker to remove.
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.actions.is_empty()
+        self.files.is_empty() && self.actions.is_empty() && !self.clear_marker
     }
 
-    fn wrote(&self, path: &str) -> bool {
-        self.files.iter().any(|f| f.path == path)
+    /// The file at `path` is written by this run or was left pending by
+    /// an earlier one, so the actions that follow a change of it run.
+    fn touches(&self, path: &str) -> bool {
+        self.pending_files.iter().any(|p| p == path)
     }
 }
 
 /// Decides what to do on `host` given its `facts`. Fails only when a
 /// program is missing and the host is not one where packages are
 /// installed.
+///
+/// A file counts as changed when its digest differs *or* the host's apply
+/// marker lists it (an earlier apply wrote it and was cut before its
+/// actions ran): matching digests alone do not prove that WireGuard,
+/// nftables or Prometheus took the file in.
 pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError> {
     let mut decision = Decision::default();
     let wants_prometheus = host.prometheus_listen.is_some();
@@ -136,16 +155,28 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
     if facts.systemd {
         all_files.extend(script::systemd_files(host));
     }
-    decision.files = all_files
-        .into_iter()
-        .filter(|f| facts.files.get(&f.path).cloned().flatten() != Some(f.sha256()))
-        .collect();
+    let left_pending = |path: &str| match &facts.pending {
+        PendingApply::Clear => false,
+        PendingApply::Files(paths) => paths.contains(path),
+        // Not a marker this version wrote: assume the worst.
+        PendingApply::Unrecognized => true,
+    };
+    for file in all_files {
+        let written = facts.files.get(&file.path).cloned().flatten() != Some(file.sha256());
+        if written || left_pending(&file.path) {
+            decision.pending_files.push(file.path.clone());
+        }
+        if written {
+            decision.files.push(file);
+        }
+    }
+    decision.clear_marker = facts.pending != PendingApply::Clear;
 
     if facts.systemd
         && decision
-            .files
+            .pending_files
             .iter()
-            .any(|f| f.path.starts_with("/etc/systemd/"))
+            .any(|p| p.starts_with("/etc/systemd/"))
     {
         decision.actions.push(Action::DaemonReload);
     }
@@ -156,7 +187,7 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
         InterfaceState::Broken => decision.actions.push(Action::WireguardRecreate(interface)),
         InterfaceState::Up { addresses } => {
             let readdress = !addresses.contains(&host.wireguard_prefix());
-            if readdress || decision.wrote(&host.wireguard_config_path()) {
+            if readdress || decision.touches(&host.wireguard_config_path()) {
                 decision.actions.push(Action::WireguardSync {
                     interface,
                     readdress,
@@ -165,17 +196,17 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
         }
     }
 
-    if !facts.firewall_loaded || decision.wrote(promguard_core::nftables::RULESET_PATH) {
+    if !facts.firewall_loaded || decision.touches(promguard_core::nftables::RULESET_PATH) {
         decision.actions.push(Action::LoadFirewall);
     }
-    if facts.systemd && decision.wrote(script::FIREWALL_UNIT_PATH) {
+    if facts.systemd && decision.touches(script::FIREWALL_UNIT_PATH) {
         decision.actions.push(Action::EnableFirewallAtBoot);
     }
 
     let node_flag = format!("--web.listen-address={}", host.node_exporter_listen);
     let node_config_changed = facts.systemd
-        && (decision.wrote(script::NODE_EXPORTER_DEFAULTS_PATH)
-            || decision.wrote(script::NODE_EXPORTER_DROPIN_PATH));
+        && (decision.touches(script::NODE_EXPORTER_DEFAULTS_PATH)
+            || decision.touches(script::NODE_EXPORTER_DROPIN_PATH));
     if let Some(restart) = daemon_start(
         facts.systemd,
         &facts.node_exporter,
@@ -188,7 +219,7 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
 
     if let Some(listen) = host.prometheus_listen {
         let flag = format!("--web.listen-address={listen}");
-        let defaults_changed = facts.systemd && decision.wrote(script::PROMETHEUS_DEFAULTS_PATH);
+        let defaults_changed = facts.systemd && decision.touches(script::PROMETHEUS_DEFAULTS_PATH);
         match daemon_start(
             facts.systemd,
             &facts.prometheus,
@@ -197,7 +228,7 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
             defaults_changed,
         ) {
             Some(restart) => decision.actions.push(Action::StartPrometheus { restart }),
-            None if decision.wrote(promguard_core::prometheus::CONFIG_PATH) => {
+            None if decision.touches(promguard_core::prometheus::CONFIG_PATH) => {
                 decision.actions.push(Action::ReloadPrometheus)
             }
             // Targets files are picked up by file_sd without a reload.
@@ -267,17 +298,33 @@ mod tests {
                 .iter()
                 .map(|(p, _)| (p.to_string(), true))
                 .collect(),
+            pending: PendingApply::Clear,
         }
     }
 
-    /// Runs `decide` and prints files and actions on one line each.
+    /// A marker listing `paths`, as a run cut after writing them leaves.
+    fn marker(paths: &[&str]) -> PendingApply {
+        PendingApply::Files(paths.iter().map(|p| p.to_string()).collect())
+    }
+
+    /// Runs `decide` and prints files, actions and the marker's fate on
+    /// one line each.
     fn check(host: &DesiredHost, facts: &Facts) -> String {
         match decide(host, facts) {
             Ok(d) => {
                 let files: Vec<&str> = d.files.iter().map(|f| f.path.as_str()).collect();
                 let actions: Vec<String> = d.actions.iter().map(ToString::to_string).collect();
+                let marker = match (d.pending_files.is_empty(), d.clear_marker) {
+                    (true, false) => "none".to_owned(),
+                    (true, true) => "remove the old one".to_owned(),
+                    (false, old) => format!(
+                        "[{}]{}",
+                        d.pending_files.join(", "),
+                        if old { ", replacing the old one" } else { "" }
+                    ),
+                };
                 format!(
-                    "write: [{}]\nrun: [{}]",
+                    "write: [{}]\nrun: [{}]\nmarker: {marker}",
                     files.join(", "),
                     actions.join(", ")
                 )
@@ -391,6 +438,84 @@ mod tests {
             ("prometheus not needed on a node", node(), false, |_, f| {
                 f.programs.insert("/usr/bin/prometheus".into(), false);
             }),
+            (
+                "interrupted after writing wg0.conf",
+                node(),
+                false,
+                |_, f| f.pending = marker(&["/etc/wireguard/wg0.conf"]),
+            ),
+            (
+                "interrupted after writing every monitor file",
+                monitor(),
+                false,
+                |h, f| {
+                    let paths: Vec<&str> = h.files.iter().map(|f| f.path.as_str()).collect();
+                    f.pending = marker(&paths);
+                },
+            ),
+            (
+                "interrupted, and a new peer since",
+                monitor(),
+                false,
+                |h, f| {
+                    h.files[0].content.extend_from_slice(b"[Peer]\n");
+                    f.pending = marker(&["/etc/promguard/nftables.conf"]);
+                },
+            ),
+            (
+                "interrupted after writing wg0.conf, interface broken",
+                node(),
+                false,
+                |_, f| {
+                    f.pending = marker(&["/etc/wireguard/wg0.conf"]);
+                    f.interface = InterfaceState::Broken;
+                },
+            ),
+            (
+                "interrupted after writing systemd files",
+                monitor(),
+                true,
+                |_, f| {
+                    f.pending = marker(&[
+                        script::NODE_EXPORTER_DROPIN_PATH,
+                        script::FIREWALL_UNIT_PATH,
+                        script::PROMETHEUS_DEFAULTS_PATH,
+                    ])
+                },
+            ),
+            (
+                "systemd file pending on a host without systemd",
+                node(),
+                false,
+                |_, f| f.pending = marker(&[script::NODE_EXPORTER_DEFAULTS_PATH]),
+            ),
+            (
+                "interrupted with only the targets file pending",
+                monitor(),
+                false,
+                |_, f| f.pending = marker(&["/etc/prometheus/promguard/node.json"]),
+            ),
+            (
+                "marker lists a file no longer managed",
+                node(),
+                false,
+                |_, f| f.pending = marker(&["/etc/prometheus/prometheus.yml"]),
+            ),
+            ("empty marker of ours", node(), false, |_, f| {
+                f.pending = marker(&[])
+            }),
+            (
+                "unrecognized marker on a monitor",
+                monitor(),
+                false,
+                |_, f| f.pending = PendingApply::Unrecognized,
+            ),
+            (
+                "unrecognized marker on a systemd monitor",
+                monitor(),
+                true,
+                |_, f| f.pending = PendingApply::Unrecognized,
+            ),
         ];
         let mut out = String::new();
         for (name, mut host, systemd, tweak) in cases {
@@ -399,5 +524,44 @@ mod tests {
             out.push_str(&format!("## {name}\n{}\n\n", check(&host, &facts)));
         }
         expect_test::expect_file!["snapshots/decisions.txt"].assert_eq(&out);
+    }
+
+    /// The bug this pins: a run cut between writing `wg0.conf` (and the
+    /// ruleset, and `prometheus.yml`) and running their actions left
+    /// matching digests, so the next run did nothing and the live peers,
+    /// firewall and Prometheus config stayed old for good.
+    #[test]
+    fn interrupted_apply_reruns_actions_although_digests_match() {
+        let host = monitor();
+        let mut facts = converged(&host, false);
+        assert!(decide(&host, &facts).unwrap().is_empty());
+
+        facts.pending = marker(&[
+            "/etc/wireguard/wg0.conf",
+            "/etc/promguard/nftables.conf",
+            "/etc/prometheus/prometheus.yml",
+        ]);
+        let decision = decide(&host, &facts).unwrap();
+        assert!(decision.files.is_empty(), "digests match: nothing to write");
+        assert_eq!(
+            decision.actions,
+            [
+                Action::WireguardSync {
+                    interface: host.interface.clone(),
+                    readdress: false
+                },
+                Action::LoadFirewall,
+                Action::ReloadPrometheus,
+            ]
+        );
+        assert!(decision.clear_marker);
+        assert!(!decision.is_empty());
+
+        // The marker's mere presence costs the second round trip even with
+        // nothing left to redo, so that it goes away.
+        facts.pending = marker(&[]);
+        let decision = decide(&host, &facts).unwrap();
+        assert!(decision.actions.is_empty() && decision.files.is_empty());
+        assert!(!decision.is_empty());
     }
 }

@@ -4,11 +4,17 @@
 //! The output comes from the remote host, so the parser treats it as
 //! untrusted: anything unexpected is an error, never a panic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use promguard_core::InterfaceName;
 
-use crate::quote::shell_quote;
+use super::script::{APPLY_MARKER_HEADER, APPLY_MARKER_MAX_FILES, APPLY_MARKER_PATH};
+use crate::quote::{check_remote_path, shell_quote};
+
+/// The first line of the facts output. The number goes up whenever a line
+/// is added or changes meaning, so a parser never misreads another
+/// version's output (2 added the `apply-pending` lines).
+pub const FACTS_HEADER: &str = "promguard-facts 2";
 
 /// Programs the recipe runs, with the Debian package providing each.
 pub const PROGRAMS: &[(&str, &str)] = &[
@@ -44,6 +50,24 @@ pub struct Facts {
     pub prometheus: ProcessState,
     /// Which of [`PROGRAMS`] are installed.
     pub programs: BTreeMap<String, bool>,
+    /// What the apply marker ([`APPLY_MARKER_PATH`]) says: whether an
+    /// earlier apply stopped between writing files and finishing their
+    /// actions.
+    pub pending: PendingApply,
+}
+
+/// The apply marker as the facts script saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingApply {
+    /// No marker: the last apply finished (or none ever ran).
+    Clear,
+    /// A marker listing these paths: an apply wrote (or was about to
+    /// write) them and stopped before all their actions ran.
+    Files(BTreeSet<String>),
+    /// Something is at the marker's path, but not a marker this version
+    /// writes (another version, a hand edit, a directory): every managed
+    /// file counts as pending.
+    Unrecognized,
 }
 
 /// The WireGuard interface's state.
@@ -102,7 +126,7 @@ pub fn facts_script(interface: &InterfaceName, paths: &[String]) -> String {
         r#"facts() {{
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 iface={iface}
-echo 'promguard-facts 1'
+echo {header}
 if [ -d /run/systemd/system ]; then sd=1; echo 'systemd yes'; else sd=0; echo 'systemd no'; fi
 # One sha256sum for every file that exists (one process, not one per file).
 present=
@@ -152,6 +176,15 @@ process() {{
 }}
 process {node_exporter} prometheus-node-exporter.service
 process {prometheus} prometheus.service
+# The apply marker, line by line. One line more than a marker of ours can
+# hold is enough to tell that a longer one is not ours.
+marker={marker}
+if [ -e "$marker" ] || [ -L "$marker" ]; then
+  echo 'apply-pending present'
+  head -n {marker_lines} -- "$marker" 2>/dev/null | while IFS= read -r l || [ -n "$l" ]; do printf 'apply-pending-line %s\n' "$l"; done
+else
+  echo 'apply-pending absent'
+fi
 echo 'end'
 }}
 facts </dev/null
@@ -161,16 +194,25 @@ facts </dev/null
         programs = programs.join(" "),
         node_exporter = NODE_EXPORTER,
         prometheus = PROMETHEUS,
+        header = shell_quote(FACTS_HEADER),
+        marker = shell_quote(APPLY_MARKER_PATH),
+        marker_lines = MARKER_LINES_SHOWN,
     )
 }
+
+/// Lines of the marker the facts script prints at most: the header, the
+/// most `file` lines a marker of ours has, and one more.
+const MARKER_LINES_SHOWN: usize = APPLY_MARKER_MAX_FILES + 2;
 
 /// Parses the facts script's output. `paths` are the files asked about;
 /// each must be reported exactly once. Lines before the header (noise from
 /// a login script) are skipped; everything after it must be understood.
 pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
-    let mut lines = output.lines().skip_while(|l| *l != "promguard-facts 1");
+    let mut lines = output.lines().skip_while(|l| *l != FACTS_HEADER);
     if lines.next().is_none() {
-        return Err("the output has no `promguard-facts 1` header (is bash installed?)".into());
+        return Err(format!(
+            "the output has no `{FACTS_HEADER}` header (is bash installed?)"
+        ));
     }
     let mut systemd = None;
     let mut files = BTreeMap::new();
@@ -183,6 +225,8 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
     let mut node_exporter = None;
     let mut prometheus = None;
     let mut programs = BTreeMap::new();
+    let mut marker_present = None;
+    let mut marker_lines: Vec<&str> = Vec::new();
     let mut ended = false;
     for line in lines {
         if ended {
@@ -260,6 +304,27 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
                 };
                 *slot = Some(state);
             }
+            "apply-pending" => {
+                let present = yes_no(rest, "present", "absent").ok_or_else(bad)?;
+                if marker_present.replace(present).is_some() {
+                    return Err("the `apply-pending` line is reported twice".into());
+                }
+            }
+            // The marker's own lines: any text, judged as a whole below.
+            "apply-pending-line" if line.len() > key.len() => {
+                if marker_present != Some(true) {
+                    return Err(format!(
+                        "an `apply-pending-line` without `apply-pending present` before it: {:?}",
+                        short(line)
+                    ));
+                }
+                if marker_lines.len() == MARKER_LINES_SHOWN {
+                    return Err(format!(
+                        "more than {MARKER_LINES_SHOWN} `apply-pending-line` lines (the script prints at most that many)"
+                    ));
+                }
+                marker_lines.push(rest);
+            }
             _ => return Err(format!("unknown line {:?}", short(line))),
         }
     }
@@ -297,6 +362,10 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
         }
         InterfaceState::Missing
     };
+    let pending = match marker_present.ok_or_else(|| missing("`apply-pending`"))? {
+        false => PendingApply::Clear,
+        true => read_marker(&marker_lines),
+    };
     Ok(Facts {
         systemd: systemd.ok_or_else(|| missing("`systemd`"))?,
         files,
@@ -305,7 +374,31 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
         node_exporter: node_exporter.ok_or_else(|| missing("`process node_exporter`"))?,
         prometheus: prometheus.ok_or_else(|| missing("`process prometheus`"))?,
         programs,
+        pending,
     })
+}
+
+/// Reads the apply marker's lines: [`APPLY_MARKER_HEADER`], then at most
+/// [`APPLY_MARKER_MAX_FILES`] `file <path>` lines with plain absolute
+/// paths. Anything else is [`PendingApply::Unrecognized`], which costs a
+/// few extra actions, never a wrong skip.
+fn read_marker(lines: &[&str]) -> PendingApply {
+    let Some((header, rest)) = lines.split_first() else {
+        return PendingApply::Unrecognized;
+    };
+    if *header != APPLY_MARKER_HEADER || rest.len() > APPLY_MARKER_MAX_FILES {
+        return PendingApply::Unrecognized;
+    }
+    let mut paths = BTreeSet::new();
+    for line in rest {
+        match line.strip_prefix("file ") {
+            Some(path) if check_remote_path(path).is_ok() => {
+                paths.insert(path.to_owned());
+            }
+            _ => return PendingApply::Unrecognized,
+        }
+    }
+    PendingApply::Files(paths)
 }
 
 fn yes_no(text: &str, yes: &str, no: &str) -> Option<bool> {
@@ -336,13 +429,13 @@ mod tests {
 
     fn sample() -> String {
         format!(
-            "noise from a login script\npromguard-facts 1\nsystemd no\n\
+            "noise from a login script\npromguard-facts 2\nsystemd no\n\
              file {HASH} /etc/wireguard/wg0.conf\nfile missing /etc/promguard/nftables.conf\n\
              program yes /usr/bin/wg\nprogram yes /usr/bin/wg-quick\nprogram yes /usr/sbin/nft\n\
              program yes /usr/bin/prometheus-node-exporter\nprogram no /usr/bin/prometheus\n\
              socket listening\ninterface present\nlink up\nwg answers\naddress 10.0.0.2/32\naddress fe80::1/64\nfirewall missing\n\
              process node_exporter running /usr/bin/prometheus-node-exporter --web.listen-address=10.0.0.2:9100 \n\
-             process prometheus stopped\nend\n"
+             process prometheus stopped\napply-pending absent\nend\n"
         )
     }
 
@@ -379,6 +472,7 @@ mod tests {
                     "/usr/bin/wg-quick": true,
                     "/usr/sbin/nft": true,
                 },
+                pending: Clear,
             }
         "#]]
         .assert_debug_eq(&facts);
@@ -450,7 +544,54 @@ mod tests {
     fn malformed_output_is_an_error_not_a_panic() {
         let good = sample();
         let cases: Vec<(String, &str)> = vec![
-            (String::new(), "no `promguard-facts 1` header"),
+            (String::new(), "no `promguard-facts 2` header"),
+            (
+                good.replace("promguard-facts 2", "promguard-facts 1"),
+                "no `promguard-facts 2` header",
+            ),
+            (
+                good.replace("apply-pending absent\n", ""),
+                "no `apply-pending` line",
+            ),
+            (
+                good.replace("apply-pending absent", "apply-pending maybe"),
+                "malformed line \"apply-pending maybe\"",
+            ),
+            (
+                good.replace(
+                    "apply-pending absent\n",
+                    "apply-pending absent\napply-pending present\n",
+                ),
+                "reported twice",
+            ),
+            (
+                good.replace(
+                    "apply-pending absent\n",
+                    "apply-pending absent\napply-pending-line promguard-apply-pending 1\n",
+                ),
+                "without `apply-pending present`",
+            ),
+            (
+                good.replace(
+                    "apply-pending absent\n",
+                    "apply-pending-line file /etc/x\napply-pending present\n",
+                ),
+                "without `apply-pending present`",
+            ),
+            (
+                good.replace("apply-pending absent\n", "apply-pending-line\n"),
+                "unknown line \"apply-pending-line\"",
+            ),
+            (
+                good.replace(
+                    "apply-pending absent\n",
+                    &format!(
+                        "apply-pending present\n{}",
+                        "apply-pending-line file /etc/x\n".repeat(MARKER_LINES_SHOWN + 1)
+                    ),
+                ),
+                "more than 258 `apply-pending-line` lines",
+            ),
             (good.replace("end\n", ""), "ends before `end`"),
             (good.replace("end\n", "end\nextra\n"), "after `end`"),
             (
@@ -538,6 +679,144 @@ mod tests {
                 let _ = parse_facts(&good[..n], &paths());
             }
         }
+    }
+
+    /// What the parser makes of the marker's lines as the facts script
+    /// prints them: ours gives the listed files, anything else (another
+    /// version, a hand edit, hostile text) counts as "everything pending",
+    /// never as "nothing pending".
+    #[test]
+    fn apply_marker_contents() {
+        let many_files: String = std::iter::once("promguard-apply-pending 1\n".to_owned())
+            .chain((0..APPLY_MARKER_MAX_FILES).map(|i| format!("file /etc/x{i}\n")))
+            .collect();
+        let too_many_files = format!("{many_files}file /etc/y\n");
+        let cases: Vec<(&str, Option<String>)> = vec![
+            ("no marker", None),
+            (
+                "ours",
+                Some("promguard-apply-pending 1\nfile /etc/wireguard/wg0.conf\nfile /etc/promguard/nftables.conf\n".into()),
+            ),
+            ("ours, no files", Some("promguard-apply-pending 1\n".into())),
+            ("ours, last line without newline", Some("promguard-apply-pending 1\nfile /etc/a".into())),
+            ("a file no longer managed", Some("promguard-apply-pending 1\nfile /etc/old.conf\n".into())),
+            ("empty", Some(String::new())),
+            ("another version", Some("promguard-apply-pending 2\nfile /etc/a\n".into())),
+            ("no header", Some("file /etc/a\n".into())),
+            ("relative path", Some("promguard-apply-pending 1\nfile etc/a\n".into())),
+            ("dot-dot path", Some("promguard-apply-pending 1\nfile /etc/../shadow\n".into())),
+            ("shell in a path", Some("promguard-apply-pending 1\nfile /etc/$(reboot)\n".into())),
+            ("unknown line", Some("promguard-apply-pending 1\nrun nft -f /x\n".into())),
+            ("fake end of facts", Some("promguard-apply-pending 1\nend\n".into())),
+            ("blank line", Some("promguard-apply-pending 1\n\nfile /etc/a\n".into())),
+            ("carriage return", Some("promguard-apply-pending 1\r\nfile /etc/a\rx\n".into())),
+            ("most files ours can list", Some(many_files)),
+            ("one file too many", Some(too_many_files)),
+        ];
+        let mut out = String::new();
+        for (name, marker) in cases {
+            // Exactly what the facts script prints for such a marker.
+            let lines = match &marker {
+                None => "apply-pending absent\n".to_owned(),
+                Some(text) => {
+                    let mut lines = "apply-pending present\n".to_owned();
+                    for line in text.lines().take(MARKER_LINES_SHOWN) {
+                        lines.push_str(&format!("apply-pending-line {line}\n"));
+                    }
+                    lines
+                }
+            };
+            let report = sample().replace("apply-pending absent\n", &lines);
+            let pending = match parse_facts(&report, &paths()).map(|f| f.pending) {
+                Ok(PendingApply::Files(files)) if files.len() > 3 => {
+                    format!("Files(<{} paths>)", files.len())
+                }
+                Ok(other) => format!("{other:?}"),
+                Err(e) => format!("error: {e}"),
+            };
+            out.push_str(&format!("{name}: {pending}\n"));
+        }
+        expect_test::expect![[r#"
+            no marker: Clear
+            ours: Files({"/etc/promguard/nftables.conf", "/etc/wireguard/wg0.conf"})
+            ours, no files: Files({})
+            ours, last line without newline: Files({"/etc/a"})
+            a file no longer managed: Files({"/etc/old.conf"})
+            empty: Unrecognized
+            another version: Unrecognized
+            no header: Unrecognized
+            relative path: Unrecognized
+            dot-dot path: Unrecognized
+            shell in a path: Unrecognized
+            unknown line: Unrecognized
+            fake end of facts: Unrecognized
+            blank line: Unrecognized
+            carriage return: Unrecognized
+            most files ours can list: Files(<256 paths>)
+            one file too many: Unrecognized
+        "#]]
+        .assert_eq(&out);
+    }
+
+    /// The marker lines of the real facts script, run against a marker in a
+    /// temp dir (the script's marker path swapped for it): the parser
+    /// reads back what [`super::super::script::apply_marker_content`]
+    /// writes, and a marker with hostile lines comes back as lines.
+    #[test]
+    fn marker_lines_round_trip_through_bash() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("apply-pending");
+        let iface = InterfaceName::new("wg0").unwrap();
+        let script = facts_script(&iface, &paths());
+        let local = script.replace(
+            &shell_quote(APPLY_MARKER_PATH),
+            &shell_quote(marker.to_str().unwrap()),
+        );
+        assert_ne!(script, local, "the facts script names the marker path once");
+        // Only the marker part runs: the rest would look at this machine.
+        let start = local.find("marker=").unwrap();
+        let end = local.find("echo 'end'").unwrap();
+        let part = &local[start..end];
+        let run = |content: Option<&[u8]>| -> String {
+            let _ = std::fs::remove_file(&marker);
+            if let Some(content) = content {
+                std::fs::write(&marker, content).unwrap();
+            }
+            let out = std::process::Command::new("bash")
+                .args(["-c", part])
+                .output()
+                .expect("bash is needed for this test");
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(run(None), "apply-pending absent\n");
+        let ours = super::super::script::apply_marker_content(&paths());
+        let printed = run(Some(ours.as_bytes()));
+        let report = sample().replace("apply-pending absent\n", &printed);
+        assert_eq!(
+            parse_facts(&report, &paths()).unwrap().pending,
+            PendingApply::Files(paths().into_iter().collect())
+        );
+        let printed = run(Some(b"promguard-apply-pending 1\nend\n\\ $(id) 'x\nlast"));
+        assert_eq!(
+            printed,
+            "apply-pending present\napply-pending-line promguard-apply-pending 1\n\
+             apply-pending-line end\napply-pending-line \\ $(id) 'x\napply-pending-line last\n"
+        );
+        let report = sample().replace("apply-pending absent\n", &printed);
+        assert_eq!(
+            parse_facts(&report, &paths()).unwrap().pending,
+            PendingApply::Unrecognized
+        );
+        // A huge marker is cut to what the parser accepts.
+        let huge = "file /etc/x\n".repeat(10_000);
+        let printed = run(Some(huge.as_bytes()));
+        assert_eq!(printed.lines().count(), 1 + MARKER_LINES_SHOWN);
+        let report = sample().replace("apply-pending absent\n", &printed);
+        assert_eq!(
+            parse_facts(&report, &paths()).unwrap().pending,
+            PendingApply::Unrecognized
+        );
     }
 
     #[test]

@@ -11,6 +11,13 @@
 //!    atomically, runs the actions in order and checks that the daemons
 //!    listen before it exits.
 //!
+//! A run can be cut anywhere (dropped connection, SIGKILL). Files are
+//! written atomically, and an apply marker
+//! ([`script::APPLY_MARKER_PATH`]), written before the first file and
+//! removed after the last action, lists the files whose actions are still
+//! owed; the next run's facts report it and [`decide()`] redoes those
+//! actions even though the digests already match.
+//!
 //! The recipe does not know which cloud made the host. Hosts with systemd
 //! (cloud images) get units and `/etc/default` files; hosts without (the
 //! local provider's namespaces) get daemons started with `setsid` and
@@ -31,7 +38,7 @@ use crate::quote::check_remote_path;
 use crate::session::Connection;
 
 pub use decide::{decide, Action, Decision};
-pub use facts::{parse_facts, Facts, InterfaceState, ProcessState};
+pub use facts::{parse_facts, Facts, InterfaceState, PendingApply, ProcessState};
 
 /// Everything one host should contain and run. The caller renders the
 /// files; the recipe only installs them and starts what uses them.
@@ -154,6 +161,13 @@ pub fn converge(conn: &Connection, host: &DesiredHost) -> Result<Report, RemoteE
             }
         })?;
     let decision = decide(host, &facts)?;
+    if decision.clear_marker {
+        tracing::warn!(
+            host = %host.name,
+            pending = ?decision.pending_files,
+            "an earlier apply stopped before its actions ran; running them again"
+        );
+    }
     let mut report = Report {
         changed_files: decision.files.iter().map(|f| f.path.clone()).collect(),
         actions: decision.actions.iter().map(ToString::to_string).collect(),
@@ -204,10 +218,12 @@ pub fn validate(host: &DesiredHost) -> Result<(), RemoteError> {
                 "it is listed twice".into(),
             ));
         }
-        if script::SYSTEMD_PATHS.contains(&file.path.as_str()) {
+        if script::SYSTEMD_PATHS.contains(&file.path.as_str())
+            || file.path == script::APPLY_MARKER_PATH
+        {
             return Err(invalid(
                 format!("file {}", file.path),
-                "the recipe writes this file itself on systemd hosts".into(),
+                "the recipe writes this file itself".into(),
             ));
         }
     }
@@ -217,7 +233,7 @@ pub fn validate(host: &DesiredHost) -> Result<(), RemoteError> {
 /// Every path the facts script hashes: the caller's files, then the files
 /// the recipe writes itself on systemd hosts (hashed everywhere, so one
 /// facts round trip is enough before systemd is known).
-fn managed_paths(host: &DesiredHost) -> Vec<String> {
+pub fn managed_paths(host: &DesiredHost) -> Vec<String> {
     host.files
         .iter()
         .map(|f| f.path.clone())
@@ -304,6 +320,11 @@ mod tests {
             ("/etc/x", 0o10000, "at most 7777"),
             ("/etc/wireguard/wg0.conf", 0o600, "listed twice"),
             ("/etc/default/prometheus", 0o644, "writes this file itself"),
+            (
+                "/etc/promguard/apply-pending",
+                0o600,
+                "writes this file itself",
+            ),
         ];
         for (path, mode, reason) in cases {
             let mut host = node();

@@ -46,6 +46,33 @@ pub const SYSTEMD_PATHS: &[&str] = &[
     PROMETHEUS_DEFAULTS_PATH,
 ];
 
+/// The apply marker: written (atomically, mode 0600) before the apply
+/// script writes any file and removed only after its last action
+/// succeeded. While it exists, the files it lists may be newer than what
+/// runs (a run cut between writing `wg0.conf` and `wg syncconf` leaves a
+/// matching digest but old peers), so the next run redoes their actions.
+///
+/// It lives in `/etc/promguard`, not `/var/lib/promguard`: the local
+/// provider gives each host a private `/etc/promguard` (bind-mounted), but
+/// `/var/lib/promguard` is the machine's own, shared by every local host
+/// (it holds the provider's state).
+pub const APPLY_MARKER_PATH: &str = "/etc/promguard/apply-pending";
+/// The apply marker's first line; the others are `file <path>`.
+pub const APPLY_MARKER_HEADER: &str = "promguard-apply-pending 1";
+/// At most this many `file` lines are read back from a marker; a longer
+/// one is not ours and counts as unrecognized.
+pub const APPLY_MARKER_MAX_FILES: usize = 256;
+
+/// The apply marker's content for `paths` (each checked by
+/// [`crate::check_remote_path`]).
+pub fn apply_marker_content(paths: &[String]) -> String {
+    let mut text = format!("{APPLY_MARKER_HEADER}\n");
+    for path in paths {
+        let _ = writeln!(text, "file {path}");
+    }
+    text
+}
+
 /// The marker ending each embedded file; base64 never contains `_`.
 const EOF_MARKER: &str = "PROMGUARD_EOF";
 
@@ -216,16 +243,25 @@ pub fn apply_script(host: &DesiredHost, systemd: bool, decision: &Decision) -> S
             install_packages(&mut s, packages);
         }
     }
+    // The marker goes in before the first file and lists every file whose
+    // action this run owes (written now or left pending by a run cut
+    // short), so a cut anywhere below makes the next run redo them.
+    if !decision.pending_files.is_empty() {
+        let marker = DesiredFile::new(
+            APPLY_MARKER_PATH,
+            0o600,
+            apply_marker_content(&decision.pending_files),
+        );
+        let _ = writeln!(
+            s,
+            "step {}",
+            shell_quote(&format!("mark {APPLY_MARKER_PATH}"))
+        );
+        write_embedded(&mut s, &marker);
+    }
     for file in &decision.files {
-        let path = shell_quote(&file.path);
         let _ = writeln!(s, "step {}", shell_quote(&format!("write {}", file.path)));
-        let _ = writeln!(s, "write_file {path} {:04o} <<'{EOF_MARKER}'", file.mode);
-        let encoded = STANDARD.encode(&file.content);
-        for chunk in encoded.as_bytes().chunks(76) {
-            s.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
-            s.push('\n');
-        }
-        let _ = writeln!(s, "{EOF_MARKER}");
+        write_embedded(&mut s, file);
     }
     for action in &decision.actions {
         if !matches!(action, Action::InstallPackages(_)) {
@@ -237,8 +273,30 @@ pub fn apply_script(host: &DesiredHost, systemd: bool, decision: &Decision) -> S
             }
         }
     }
+    // Reached only when every step above succeeded: `fail` exits, so a
+    // failed action leaves the marker for the next run to retry.
+    if !decision.pending_files.is_empty() || decision.clear_marker {
+        let _ = writeln!(
+            s,
+            "step {}\nrm -f -- {} || fail \"cannot remove {APPLY_MARKER_PATH}\"",
+            shell_quote(&format!("clear {APPLY_MARKER_PATH}")),
+            shell_quote(APPLY_MARKER_PATH)
+        );
+    }
     s.push_str("echo 'step done'\n}\nmain </dev/null\n");
     s
+}
+
+/// `write_file` for `file`, its content as base64 in a quoted here-document.
+fn write_embedded(s: &mut String, file: &DesiredFile) {
+    let path = shell_quote(&file.path);
+    let _ = writeln!(s, "write_file {path} {:04o} <<'{EOF_MARKER}'", file.mode);
+    let encoded = STANDARD.encode(&file.content);
+    for chunk in encoded.as_bytes().chunks(76) {
+        s.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        s.push('\n');
+    }
+    let _ = writeln!(s, "{EOF_MARKER}");
 }
 
 fn install_packages(s: &mut String, packages: &[String]) {
@@ -446,6 +504,8 @@ mod tests {
                 Action::LoadFirewall,
                 Action::StartNodeExporter { restart: false },
             ],
+            pending_files: host.files.iter().map(|f| f.path.clone()).collect(),
+            clear_marker: false,
         };
         let script = apply_script(&host, false, &decision);
         bash_syntax_ok(&script);
@@ -477,8 +537,10 @@ mod tests {
             let mut files = host.files.clone();
             files.extend(systemd_files(&host));
             let decision = Decision {
+                pending_files: files.iter().map(|f| f.path.clone()).collect(),
                 files,
                 actions: all.clone(),
+                clear_marker: true,
             };
             bash_syntax_ok(&apply_script(&host, systemd, &decision));
         }
@@ -488,6 +550,7 @@ mod tests {
                 Action::StartPrometheus { restart: false },
                 Action::ReloadPrometheus,
             ],
+            ..Decision::default()
         };
         expect_test::expect_file!["snapshots/apply-monitor-systemd.sh"]
             .assert_eq(&apply_script(&host, true, &decision));
@@ -502,6 +565,7 @@ mod tests {
         let decision = Decision {
             files: vec![],
             actions: vec![Action::WireguardRecreate(host.interface.clone())],
+            ..Decision::default()
         };
         let mut out = String::new();
         for systemd in [false, true] {
@@ -571,11 +635,14 @@ mod tests {
             DesiredFile::new(format!("{base}/etc/promguard/bytes"), 0o644, binary.clone()),
             DesiredFile::new(format!("{base}/empty"), 0o640, ""),
         ];
+        // No pending files: the marker's path is absolute and fixed, and
+        // this script runs on this machine.
         let decision = Decision {
             files: host.files.clone(),
-            actions: vec![],
+            ..Decision::default()
         };
         let script = apply_script(&host, false, &decision);
+        assert!(!script.contains(APPLY_MARKER_PATH), "{script}");
         let mut child = std::process::Command::new("bash")
             .arg("-s")
             .stdin(std::process::Stdio::piped())
@@ -605,11 +672,95 @@ mod tests {
         assert!(!std::path::Path::new("/tmp/promguard-pwned").exists());
     }
 
+    /// Runs an apply script on this machine with the marker's path
+    /// swapped for one in a temp dir and no actions (they would change
+    /// this machine): the marker, mode 0600, lists the pending files
+    /// before any of them is written, stays when a later step fails and is
+    /// gone after a run that succeeded.
+    #[test]
+    fn apply_marker_lifecycle_through_bash() {
+        assert!(crate::check_remote_path(APPLY_MARKER_PATH).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().to_str().unwrap();
+        let marker = format!("{base}/state/apply-pending");
+        let good = DesiredFile::new(format!("{base}/etc/a.conf"), 0o644, "a\n");
+        // Its directory is a regular file, so writing it fails.
+        std::fs::write(format!("{base}/blocker"), "").unwrap();
+        let bad = DesiredFile::new(format!("{base}/blocker/b.conf"), 0o644, "b\n");
+        let run = |files: Vec<DesiredFile>| -> (bool, String) {
+            let decision = Decision {
+                pending_files: files.iter().map(|f| f.path.clone()).collect(),
+                files,
+                ..Decision::default()
+            };
+            // The temp dir's name is plain (letters, digits, '.'), so a
+            // textual swap keeps every quote intact.
+            let script =
+                apply_script(&node(), false, &decision).replace(APPLY_MARKER_PATH, &marker);
+            assert!(!script.contains(APPLY_MARKER_PATH), "{script}");
+            let out = std::process::Command::new("bash")
+                .args(["-c", &script])
+                .output()
+                .expect("bash is needed for this test");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        };
+
+        let (ok, stdout) = run(vec![good.clone(), bad.clone()]);
+        assert!(!ok, "{stdout}");
+        assert!(
+            stdout.ends_with(&format!("step write {}\n", bad.path)),
+            "{stdout}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            format!(
+                "promguard-apply-pending 1\nfile {}\nfile {}\n",
+                good.path, bad.path
+            )
+        );
+        let mode = std::fs::metadata(&marker).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read(&good.path).unwrap(), good.content);
+
+        let (ok, stdout) = run(vec![good.clone()]);
+        assert!(ok, "{stdout}");
+        assert!(!std::path::Path::new(&marker).exists(), "{stdout}");
+        assert!(
+            stdout.ends_with(&format!("step clear {marker}\nstep done\n")),
+            "{stdout}"
+        );
+    }
+
+    /// A host whose marker lists nothing that is still managed: the apply
+    /// script only removes the marker.
+    #[test]
+    fn clearing_a_stale_marker() {
+        let decision = Decision {
+            clear_marker: true,
+            ..Decision::default()
+        };
+        let script = apply_script(&node(), false, &decision);
+        bash_syntax_ok(&script);
+        let steps: Vec<&str> = script
+            .lines()
+            .skip_while(|l| !l.starts_with("step "))
+            .collect();
+        expect_test::expect![[r#"
+            step 'clear /etc/promguard/apply-pending'
+            rm -f -- '/etc/promguard/apply-pending' || fail "cannot remove /etc/promguard/apply-pending"
+            echo 'step done'
+            }
+            main </dev/null"#]].assert_eq(&steps.join("\n"));
+    }
+
     #[test]
     fn fresh_node_decision_produces_ordered_script() {
         let host = node();
         let facts = super::super::facts::parse_facts(
-            "promguard-facts 1\nsystemd no\nfile missing /etc/wireguard/wg0.conf\n\
+            "promguard-facts 2\nsystemd no\nfile missing /etc/wireguard/wg0.conf\n\
              file missing /etc/promguard/nftables.conf\n\
              file missing /etc/default/prometheus-node-exporter\n\
              file missing /etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf\n\
@@ -618,7 +769,7 @@ mod tests {
              program yes /usr/bin/wg\nprogram yes /usr/bin/wg-quick\nprogram yes /usr/sbin/nft\n\
              program yes /usr/bin/prometheus-node-exporter\nprogram yes /usr/bin/prometheus\n\
              socket absent\ninterface missing\nfirewall missing\nprocess node_exporter stopped\n\
-             process prometheus stopped\nend\n",
+             process prometheus stopped\napply-pending absent\nend\n",
             &super::super::managed_paths(&host),
         )
         .unwrap();
@@ -628,11 +779,13 @@ mod tests {
         assert_eq!(
             steps,
             [
+                "step 'mark /etc/promguard/apply-pending'",
                 "step 'write /etc/wireguard/wg0.conf'",
                 "step 'write /etc/promguard/nftables.conf'",
                 "step 'wg-quick up wg0'",
                 "step 'nft -f /etc/promguard/nftables.conf'",
                 "step 'start node_exporter'",
+                "step 'clear /etc/promguard/apply-pending'",
             ]
         );
     }

@@ -1,7 +1,8 @@
 //! The recipe for real, on a namespace host made by the local provider
 //! (never in the root namespace): first run, no-op run, a new peer, a dead
-//! daemon, a Prometheus config change.
+//! daemon, a Prometheus config change, runs cut short.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use promguard_cloud::local::{LocalOptions, LocalProvider};
 use promguard_cloud::{CloudProvider, HostRequest};
 use promguard_core::{DeploymentName, HostName, InterfaceName, Region, Role, SshPublicKey};
+use promguard_remote::recipe::{self, script::APPLY_MARKER_PATH, Action};
 use promguard_remote::{
     converge, ConnectOptions, Connection, Connector, DesiredFile, DesiredHost, SshTarget,
 };
@@ -73,6 +75,142 @@ fn prometheus_yml(interval: &str) -> String {
         "global:\n  scrape_interval: {interval}\nscrape_configs:\n  - job_name: node\n    \
          file_sd_configs:\n      - files: ['/etc/prometheus/promguard/node.json']\n"
     )
+}
+
+/// The public keys `wg show wg0 peers` lists: the live peers.
+fn live_peers(conn: &Connection) -> BTreeSet<String> {
+    let out = conn
+        .exec_checked("list live peers", "wg show wg0 peers", b"")
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The apply marker's content, `None` when there is none.
+fn apply_marker(conn: &Connection) -> Option<String> {
+    let out = conn.exec(&format!("cat {APPLY_MARKER_PATH}"), b"").unwrap();
+    out.success()
+        .then(|| String::from_utf8(out.stdout).unwrap())
+}
+
+/// Regression test for "cut between writing `wg0.conf` and `wg syncconf`":
+/// the next run saw a matching digest, did nothing, and the live peers
+/// stayed old for good. The cut is the real apply script of a new peer,
+/// SIGKILLed (as a dropped connection or a killed promguard can end it)
+/// after its file writes, right before its first action.
+fn interrupted_apply(conn: &Connection, desired: &mut DesiredHost, private: &str, kept: &str) {
+    let (new_peer, _) = wg_key();
+    desired.files[0].content =
+        wg_conf(private, &[(kept, "10.0.0.3"), (&new_peer, "10.0.0.4")]).into_bytes();
+    let managed = recipe::managed_paths(desired);
+    let facts_script = recipe::facts::facts_script(&desired.interface, &managed);
+    let out = conn
+        .exec_checked("gathering facts", "bash -s", facts_script.as_bytes())
+        .unwrap();
+    let facts = recipe::parse_facts(&String::from_utf8_lossy(&out.stdout), &managed).unwrap();
+    let decision = recipe::decide(desired, &facts).unwrap();
+    assert!(
+        matches!(decision.actions[..], [Action::WireguardSync { .. }]),
+        "{decision:?}"
+    );
+    let script = recipe::script::apply_script(desired, facts.systemd, &decision);
+    let first_action = "step 'wg syncconf wg0'\n";
+    let cut = script.replacen(first_action, &format!("kill -KILL $$\n{first_action}"), 1);
+    assert_ne!(cut, script, "the apply script has no step {first_action:?}");
+    let out = conn.exec("bash -s", cut.as_bytes()).unwrap();
+    assert!(!out.success(), "the cut apply script went on: {out:?}");
+
+    // The file is new, the live peers are old, the marker says why.
+    let file = conn
+        .exec_checked("read wg0.conf", "cat /etc/wireguard/wg0.conf", b"")
+        .unwrap();
+    assert_eq!(file.stdout, desired.files[0].content);
+    assert_eq!(live_peers(conn), BTreeSet::from([kept.to_owned()]));
+    assert_eq!(
+        apply_marker(conn).as_deref(),
+        Some("promguard-apply-pending 1\nfile /etc/wireguard/wg0.conf\n")
+    );
+    let mode = conn
+        .exec_checked(
+            "marker mode",
+            &format!("stat -c %a {APPLY_MARKER_PATH}"),
+            b"",
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "600");
+
+    // The next run writes nothing (the digest matches) but syncs.
+    let report = converge(conn, desired).unwrap();
+    assert!(report.changed_files.is_empty(), "{report:?}");
+    assert_eq!(report.actions, ["wg syncconf wg0"]);
+    assert_eq!(
+        live_peers(conn),
+        BTreeSet::from([kept.to_owned(), new_peer.clone()])
+    );
+    let routes =
+        String::from_utf8(conn.exec("ip route show dev wg0", b"").unwrap().stdout).unwrap();
+    assert!(routes.contains("10.0.0.4"), "{routes}");
+    assert_eq!(apply_marker(conn), None);
+
+    // And then the host is converged: facts only, nothing run.
+    let report = converge(conn, desired).unwrap();
+    assert!(report.is_noop(), "{report:?}");
+    assert_eq!(report.round_trips, 1);
+
+    // Back to the one peer the rest of the test expects.
+    desired.files[0].content = wg_conf(private, &[(kept, "10.0.0.3")]).into_bytes();
+    let report = converge(conn, desired).unwrap();
+    assert_eq!(report.actions, ["wg syncconf wg0"]);
+    assert_eq!(live_peers(conn), BTreeSet::from([kept.to_owned()]));
+}
+
+/// A failed action leaves the marker, so the actions it kept from running
+/// run next time although their files are in place: `wg syncconf` fails
+/// on a bad peer key, so the new ruleset (written, digest matching from
+/// then on) is loaded only by the run after the fix.
+fn failed_action_is_retried(conn: &Connection, desired: &mut DesiredHost) {
+    let good_wg = desired.files[0].content.clone();
+    let mut bad_wg = good_wg.clone();
+    bad_wg.extend_from_slice(b"\n[Peer]\nPublicKey = not-a-key\nAllowedIPs = 10.0.0.9/32\n");
+    desired.files[0].content = bad_wg;
+    desired.files[1].content = RULESET
+        .replace("  }\n}\n", "  }\n  chain retried {\n  }\n}\n")
+        .into_bytes();
+    let err = converge(conn, desired).unwrap_err().to_string();
+    assert!(
+        err.starts_with("wg syncconf wg0 failed on monitor"),
+        "{err}"
+    );
+    assert_eq!(
+        apply_marker(conn).as_deref(),
+        Some(
+            "promguard-apply-pending 1\nfile /etc/wireguard/wg0.conf\n\
+             file /etc/promguard/nftables.conf\n"
+        )
+    );
+    let table = |conn: &Connection| {
+        let out = conn
+            .exec_checked("list the table", "nft list table inet promguard", b"")
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(!table(conn).contains("retried"), "{}", table(conn));
+
+    desired.files[0].content = good_wg;
+    let report = converge(conn, desired).unwrap();
+    assert_eq!(report.changed_files, ["/etc/wireguard/wg0.conf"]);
+    assert_eq!(
+        report.actions,
+        ["wg syncconf wg0", "nft -f /etc/promguard/nftables.conf"]
+    );
+    assert!(table(conn).contains("chain retried"), "{}", table(conn));
+    assert_eq!(apply_marker(conn), None);
+    let report = converge(conn, desired).unwrap();
+    assert!(report.is_noop(), "{report:?}");
+    assert_eq!(report.round_trips, 1);
 }
 
 #[test]
@@ -206,6 +344,10 @@ fn converge_a_local_monitor() {
     let routes =
         String::from_utf8(conn.exec("ip route show dev wg0", b"").unwrap().stdout).unwrap();
     assert!(!routes.contains("10.0.0.2"), "{routes}");
+    assert_eq!(apply_marker(&conn), None);
+
+    interrupted_apply(&conn, &mut desired, &private, &peer_b);
+    failed_action_is_retried(&conn, &mut desired);
 
     // A dead node_exporter is restarted; a changed prometheus.yml reloads.
     conn.exec_checked(
@@ -302,5 +444,15 @@ fn converge_a_local_monitor() {
         err.starts_with("nft -f /etc/promguard/nftables.conf failed on monitor"),
         "{err}"
     );
+    // The failed action leaves the marker, so a later run retries it.
+    assert_eq!(
+        apply_marker(&conn).as_deref(),
+        Some("promguard-apply-pending 1\nfile /etc/promguard/nftables.conf\n")
+    );
+    desired.files[1].content = RULESET.as_bytes().to_vec();
+    let report = converge(&conn, &desired).unwrap();
+    assert_eq!(report.actions, ["nft -f /etc/promguard/nftables.conf"]);
+    assert_eq!(apply_marker(&conn), None);
+    assert!(converge(&conn, &desired).unwrap().is_noop());
     std::thread::sleep(Duration::from_millis(10));
 }

@@ -62,6 +62,11 @@ signal_daemon() {
   is_ours "$pid" "$2" || fail "$1 is not running"
   kill "-$3" "$pid" || fail "cannot signal $1"
 }
+step 'mark /etc/promguard/apply-pending'
+write_file '/etc/promguard/apply-pending' 0600 <<'PROMGUARD_EOF'
+cHJvbWd1YXJkLWFwcGx5LXBlbmRpbmcgMQpmaWxlIC9ldGMvd2lyZWd1YXJkL3dnMC5jb25mCmZp
+bGUgL2V0Yy9wcm9tZ3VhcmQvbmZ0YWJsZXMuY29uZgo=
+PROMGUARD_EOF
 step 'write /etc/wireguard/wg0.conf'
 write_file '/etc/wireguard/wg0.conf' 0600 <<'PROMGUARD_EOF'
 UFJPTUdVQVJEX0VPRgokKHRvdWNoIC90bXAvcHJvbWd1YXJkLXB3bmVkKWBpZGAnIlwKAOKYgw==
@@ -78,6 +83,8 @@ nft -f '/etc/promguard/nftables.conf' || fail "nft rejected /etc/promguard/nftab
 step 'start node_exporter'
 start_daemon node_exporter /usr/bin/prometheus-node-exporter --web.listen-address='10.0.0.2:9100'
 wait_listening node_exporter '10.0.0.2:9100' tail -n 20 /run/promguard/node_exporter.log
+step 'clear /etc/promguard/apply-pending'
+rm -f -- '/etc/promguard/apply-pending' || fail "cannot remove /etc/promguard/apply-pending"
 echo 'step done'
 }
 main </dev/null
