@@ -12,6 +12,7 @@ use std::process::ExitCode;
 pub mod cli;
 pub mod cloud_setup;
 pub mod commands;
+pub mod crash;
 pub mod deploy;
 pub mod files;
 pub mod host_key;

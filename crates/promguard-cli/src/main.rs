@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // First, so no panic, not even in argument parsing, prints a secret.
+    promguard_cli::crash::install();
     let args = promguard_cli::cli::Args::parse();
     match promguard_cli::run(args) {
         Ok(code) => code,
