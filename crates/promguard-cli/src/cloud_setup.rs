@@ -190,6 +190,13 @@ impl CloudProvider for InNetns {
         self.inner.register_ssh_key(key).await
     }
 
+    async fn prepare_host_keys(
+        &self,
+        requests: &[HostRequest],
+    ) -> Result<Vec<(HostName, SshPublicKey)>, CloudError> {
+        self.inner.prepare_host_keys(requests).await
+    }
+
     async fn create_hosts(&self, requests: &[HostRequest]) -> Result<Vec<Host>, CloudError> {
         self.inner.create_hosts(requests).await
     }

@@ -125,11 +125,20 @@ impl Context {
             .map_err(|e| {
                 anyhow!("host {name}: pinned SSH host key in the state is invalid: {e}")
             })?;
+        let replacement_host_key = record
+            .ssh_host_key_next
+            .as_deref()
+            .map(SshPublicKey::parse)
+            .transpose()
+            .map_err(|e| {
+                anyhow!("host {name}: the new SSH host key recorded in the state is invalid: {e}")
+            })?;
         Ok(SshTarget {
             host: name.clone(),
             addr: SocketAddr::new(address, port.get()),
             user: "root".to_owned(),
             expected_host_key,
+            replacement_host_key,
             identity: self.identity.clone(),
         })
     }
@@ -448,6 +457,20 @@ async fn up_locked(
             to_create.len(),
             ctx.provider.name()
         ));
+        // The keys the new hosts will present are recorded before they are
+        // requested: a run cut off after the request still verifies them.
+        let injected = ctx.provider.prepare_host_keys(&to_create).await?;
+        if !injected.is_empty() {
+            recorder.update(|state| {
+                for (name, key) in &injected {
+                    if let Some(record) = state.hosts.get_mut(name).filter(|r| !r.created) {
+                        record.ssh_host_key = Some(key.to_string());
+                        record.ssh_host_key_rotated = false;
+                        record.ssh_host_key_next = None;
+                    }
+                }
+            })?;
+        }
         ctx.provider.register_ssh_key(&login_key).await?;
         let created = ctx.provider.create_hosts(&to_create).await;
         // Whatever exists now is recorded, even when some creations failed.
@@ -667,10 +690,31 @@ async fn converge_all(
                     let connect_time = connecting.elapsed();
                     let converging = Instant::now();
                     if let Some(recorder) = &rotate {
-                        line.phase("replacing the injected SSH host key");
-                        crate::host_key::rotate(&conn, &target, &connector, |key| {
-                            recorder.update(|state| crate::host_key::pin(state, &target.host, key))
-                        })?;
+                        let presented = conn.presented_host_key().clone();
+                        if target.replacement_host_key.as_ref() == Some(&presented) {
+                            // An earlier run installed the new key and was
+                            // cut off before pinning it.
+                            recorder.update(|state| {
+                                crate::host_key::pin(state, &target.host, &presented)
+                            })?;
+                        } else {
+                            line.phase("replacing the injected SSH host key");
+                            crate::host_key::rotate(
+                                &conn,
+                                &target,
+                                &connector,
+                                |key| {
+                                    recorder.update(|state| {
+                                        crate::host_key::pin_next(state, &target.host, key)
+                                    })
+                                },
+                                |key| {
+                                    recorder.update(|state| {
+                                        crate::host_key::pin(state, &target.host, key)
+                                    })
+                                },
+                            )?;
+                        }
                     }
                     let pinned = (rotate.is_none() && target.expected_host_key.is_none())
                         .then(|| conn.presented_host_key().to_string());

@@ -209,6 +209,16 @@ impl DigitalOceanBuilder {
     }
 }
 
+/// Makes the SSH host key pair to inject into droplet `name`.
+async fn generate_pair(name: &HostName) -> Result<HostKeyPair, CloudError> {
+    HostKeyPair::generate(&format!("promguard-{name}"))
+        .await
+        .map_err(|message| CloudError::Host {
+            host: name.clone(),
+            message,
+        })
+}
+
 /// What the provider learned in this process.
 #[derive(Default)]
 struct State {
@@ -218,6 +228,9 @@ struct State {
     login_key_id: Option<u64>,
     /// Host keys generated for droplets, by name.
     host_keys: HashMap<HostName, SshPublicKey>,
+    /// Key pairs made by `prepare_host_keys`, which the next create of
+    /// these names must inject (their public halves are recorded already).
+    prepared: HashMap<HostName, HostKeyPair>,
 }
 
 /// Droplets on DigitalOcean.
@@ -877,6 +890,28 @@ impl CloudProvider for DigitalOceanProvider {
         Ok(())
     }
 
+    async fn prepare_host_keys(
+        &self,
+        requests: &[HostRequest],
+    ) -> Result<Vec<(HostName, SshPublicKey)>, CloudError> {
+        // A droplet that exists already, even one still booting (which
+        // `list_hosts` does not show yet), carries the key an earlier run
+        // recorded: it gets no new one, and create_hosts will not make it.
+        let existing = self.list_droplets().await.map_err(|e| self.fail(e))?;
+        let mut made = HashMap::new();
+        let mut publics = Vec::new();
+        for request in requests {
+            if existing.iter().any(|d| d.name == request.name) {
+                continue;
+            }
+            let pair = generate_pair(&request.name).await?;
+            publics.push((request.name.clone(), pair.public().clone()));
+            made.insert(request.name.clone(), pair);
+        }
+        self.state.lock().await.prepared = made;
+        Ok(publics)
+    }
+
     async fn create_hosts(&self, requests: &[HostRequest]) -> Result<Vec<Host>, CloudError> {
         if requests.is_empty() {
             return Ok(Vec::new());
@@ -887,15 +922,13 @@ impl CloudProvider for DigitalOceanProvider {
         }
         // Host keys for every requested name, made once: a retried create
         // must carry the same keys as the attempt that may have succeeded.
-        let mut pairs = HashMap::new();
+        // Prepared pairs come first: the caller has recorded those.
+        let mut pairs = std::mem::take(&mut self.state.lock().await.prepared);
+        pairs.retain(|name, _| requests.iter().any(|r| &r.name == name));
         for request in requests {
-            let pair = HostKeyPair::generate(&format!("promguard-{}", request.name))
-                .await
-                .map_err(|message| CloudError::Host {
-                    host: request.name.clone(),
-                    message,
-                })?;
-            pairs.insert(request.name.clone(), pair);
+            if !pairs.contains_key(&request.name) {
+                pairs.insert(request.name.clone(), generate_pair(&request.name).await?);
+            }
         }
         let names: Vec<HostName> = requests.iter().map(|r| r.name.clone()).collect();
         let mut attempt = 0;

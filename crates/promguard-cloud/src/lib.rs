@@ -102,6 +102,21 @@ pub trait CloudProvider: Send + Sync {
     /// Makes `key` an authorized login key for hosts created afterwards.
     async fn register_ssh_key(&self, key: &SshPublicKey) -> Result<(), CloudError>;
 
+    /// Makes now the SSH host keys this provider will install on `requests`
+    /// when it creates them, so the caller can record them before any host
+    /// exists: a run cut off after the create request still knows which key
+    /// each new host must present. Requests whose host exists already (an
+    /// interrupted run made it, and it may still be booting) get no key:
+    /// the caller keeps the one it recorded then. Empty when the provider
+    /// learns a host's key another way (local hosts report the key they
+    /// generated).
+    /// Required, not defaulted, so that a wrapping provider cannot drop
+    /// the keys by forgetting to forward the call.
+    async fn prepare_host_keys(
+        &self,
+        requests: &[HostRequest],
+    ) -> Result<Vec<(HostName, SshPublicKey)>, CloudError>;
+
     /// Creates hosts in one batch and waits until each is reachable on SSH.
     async fn create_hosts(&self, requests: &[HostRequest]) -> Result<Vec<Host>, CloudError>;
 

@@ -715,6 +715,15 @@ impl CloudProvider for LocalProvider {
             .await
     }
 
+    /// None: a local host generates its key at boot and the provider
+    /// reports it from the key file, which lives on this machine.
+    async fn prepare_host_keys(
+        &self,
+        _requests: &[HostRequest],
+    ) -> Result<Vec<(HostName, SshPublicKey)>, CloudError> {
+        Ok(Vec::new())
+    }
+
     async fn create_hosts(&self, requests: &[HostRequest]) -> Result<Vec<Host>, CloudError> {
         let this = self.clone();
         let requests = requests.to_vec();

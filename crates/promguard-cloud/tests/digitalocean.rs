@@ -178,6 +178,45 @@ async fn create_list_destroy_lifecycle() {
 }
 
 #[tokio::test]
+async fn prepared_host_keys_are_the_ones_injected() {
+    let fake = FakeDigitalOcean::start(FakeOptions::default())
+        .await
+        .unwrap();
+    let p = provider(&fake, fast_timing());
+    p.register_ssh_key(&login_key()).await.unwrap();
+    let requests = four();
+    let prepared = p.prepare_host_keys(&requests[1..]).await.unwrap();
+    assert_eq!(prepared.len(), 3);
+    // A create after the preparation injects the prepared keys; a name
+    // that was not prepared (the monitor) gets a fresh one.
+    let hosts = p.create_hosts(&requests).await.unwrap();
+    let droplets = fake.droplets();
+    for host in &hosts {
+        let user_data = droplets
+            .iter()
+            .find(|d| d.spec.name == host.name.as_str())
+            .and_then(|d| d.spec.user_data.clone())
+            .unwrap();
+        let (_, injected) = host_key_for(&user_data, host.name.as_str()).unwrap();
+        assert_eq!(host.ssh_host_key.as_ref(), Some(&injected));
+        match prepared.iter().find(|(name, _)| name == &host.name) {
+            Some((_, key)) => assert_eq!(key, &injected, "{}", host.name),
+            None => assert_eq!(host.name.as_str(), "monitor"),
+        }
+    }
+    // A droplet that exists gets no prepared key: it keeps the one it has.
+    assert!(p.prepare_host_keys(&requests).await.unwrap().is_empty());
+    // Prepared keys are used once: a later create makes new ones.
+    p.destroy_hosts(&[HostName::new("node-1").unwrap()])
+        .await
+        .unwrap();
+    let again = p.create_hosts(&requests[1..2]).await.unwrap();
+    assert_ne!(again[0].ssh_host_key.as_ref(), Some(&prepared[0].1));
+    p.destroy_deployment().await.unwrap();
+    fake.stop().await;
+}
+
+#[tokio::test]
 async fn at_most_ten_names_per_request() {
     let fake = FakeDigitalOcean::start(FakeOptions::default())
         .await
