@@ -4,10 +4,14 @@
 //! it over in cloud-init user data, so that even the first connection is
 //! verified. User data stays readable from the droplet's metadata service
 //! (and the whole batch's keys are in it), so once that first, verified
-//! connection is up, the host makes a new key of its own, PromGuard reads
-//! the new public key over the verified connection, pins it in the state,
-//! and has sshd reload. Done once per host; the state remembers it
-//! ([`HostRecord::ssh_host_key_rotated`]).
+//! connection is up, the host makes a new key of its own beside the served
+//! one, PromGuard reads its public half over the verified connection and
+//! records it as the *next* key ([`HostRecord::ssh_host_key_next`]); only
+//! then does the host put it in place and have sshd reload, and only after
+//! a connection verified against the new key is it pinned. A run cut off
+//! anywhere in between finds the host presenting either the pinned or the
+//! recorded next key, both of which it accepts. Done once per host; the
+//! state remembers it ([`HostRecord::ssh_host_key_rotated`]).
 //!
 //! The key file is the one sshd really serves: the script finds the
 //! listening sshd, asks it (`sshd -T`, with the listener's own `-f` file)
@@ -37,13 +41,23 @@ pub fn pin(state: &mut State, name: &HostName, key: &SshPublicKey) {
     if let Some(record) = state.hosts.get_mut(name) {
         record.ssh_host_key = Some(key.to_string());
         record.ssh_host_key_rotated = true;
+        record.ssh_host_key_next = None;
+    }
+}
+
+/// Records `key` as the key `name` is about to serve instead of its
+/// pinned one.
+pub fn pin_next(state: &mut State, name: &HostName, key: &SshPublicKey) {
+    if let Some(record) = state.hosts.get_mut(name) {
+        record.ssh_host_key_next = Some(key.to_string());
     }
 }
 
 /// Finds the key file sshd serves (`$1`: the presented key's base64 blob),
-/// replaces it with a new key (`$2...`: `ssh-keygen` type arguments), and
-/// prints the listener's PID and the new public key.
-const REPLACE_SCRIPT: &str = r#"set -eu
+/// makes a new key beside it (`$2...`: `ssh-keygen` type arguments) without
+/// serving it yet, and prints the listener's PID, the key file and the new
+/// public key.
+const STAGE_SCRIPT: &str = r#"set -eu
 old=$1
 shift
 listener=
@@ -71,20 +85,24 @@ umask 077
 rm -f "$found.promguard-new" "$found.promguard-new.pub"
 ssh-keygen -q "$@" -N '' -C "root@$(hostname)" -f "$found.promguard-new"
 chmod 644 "$found.promguard-new.pub"
-mv -f "$found.promguard-new.pub" "$found.pub"
-mv -f "$found.promguard-new" "$found"
 echo "listener $listener"
-cat "$found.pub"
+echo "file $found"
+cat "$found.promguard-new.pub"
 "#;
 
-/// Has sshd load its host keys again (`$1`: the listener's PID). With
+/// Puts the key [`STAGE_SCRIPT`] made in place of the served one (`$1`: the
+/// key file) and has sshd load it (`$2`: the listener's PID). With
 /// systemd, the unit's reload; otherwise SIGHUP, on which sshd re-executes
 /// itself (also when it is PID 1 of a local host) and keeps open sessions.
-const RELOAD_SCRIPT: &str = r#"set -eu
+const INSTALL_SCRIPT: &str = r#"set -eu
+found=$1
+[ -f "$found.promguard-new" ] || { echo "the new host key $found.promguard-new is gone" >&2; exit 5; }
+mv -f "$found.promguard-new.pub" "$found.pub"
+mv -f "$found.promguard-new" "$found"
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
   systemctl reload ssh.service 2>/dev/null || systemctl reload sshd.service
 else
-  kill -HUP "$1"
+  kill -HUP "$2"
 fi
 "#;
 
@@ -100,31 +118,62 @@ fn keygen_type(key: &SshPublicKey) -> anyhow::Result<&'static str> {
     })
 }
 
-/// Reads the replace script's output: the listener's PID and the new key.
-fn parse_replaced(stdout: &str) -> anyhow::Result<(u32, SshPublicKey)> {
+/// What [`STAGE_SCRIPT`] printed.
+#[derive(Debug, PartialEq)]
+struct Staged {
+    /// PID of the listening sshd.
+    listener: u32,
+    /// The served key file, beside which the new key waits.
+    file: String,
+    /// The new public key.
+    key: SshPublicKey,
+}
+
+/// Reads the stage script's output (untrusted: it comes from the host).
+fn parse_staged(stdout: &str) -> anyhow::Result<Staged> {
     let mut listener = None;
+    let mut file = None;
     let mut key = None;
     for line in stdout.lines() {
         if let Some(pid) = line.strip_prefix("listener ") {
             listener = pid.trim().parse::<u32>().ok();
+        } else if let Some(path) = line.strip_prefix("file ") {
+            // Passed back quoted, but only a plain absolute path is a
+            // path sshd could have been configured with by us or a distro.
+            let plain = path.starts_with('/')
+                && path.len() < 4096
+                && path
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+            if !plain {
+                bail!("the host key script named an unusual key file {path:?}");
+            }
+            file = Some(path.to_owned());
         } else if !line.trim().is_empty() {
             key = Some(SshPublicKey::parse(line).map_err(|e| anyhow!("{e}"))?);
         }
     }
-    match (listener, key) {
-        (Some(pid), Some(key)) => Ok((pid, key)),
-        _ => bail!("the host key script printed no PID and key: {stdout:?}"),
+    match (listener, file, key) {
+        (Some(listener), Some(file), Some(key)) => Ok(Staged {
+            listener,
+            file,
+            key,
+        }),
+        _ => bail!("the host key script printed no PID, key file and key: {stdout:?}"),
     }
 }
 
 /// Replaces the host key `conn` was verified with by one generated on the
-/// host, calls `pin` with the new public key (read over `conn`) before sshd
-/// serves it, reloads sshd and proves with a second connection that sshd
-/// presents the new key. Blocking.
+/// host, in three steps that a cut-off run can resume: the host makes the
+/// new key beside the served one; `record_next` records its public half
+/// (read over `conn`); the host puts it in place and reloads sshd. A second
+/// connection then proves sshd presents the new key, and `pin` pins it.
+/// Blocking.
 pub fn rotate(
     conn: &Connection,
     target: &SshTarget,
     connector: &Connector,
+    record_next: impl FnOnce(&SshPublicKey) -> anyhow::Result<()>,
     pin: impl FnOnce(&SshPublicKey) -> anyhow::Result<()>,
 ) -> anyhow::Result<SshPublicKey> {
     let host = conn.host().clone();
@@ -141,23 +190,24 @@ pub fn rotate(
     );
     let output = conn
         .exec_checked(
-            "replace the injected SSH host key",
+            "make a new SSH host key",
             &command,
-            REPLACE_SCRIPT.as_bytes(),
+            STAGE_SCRIPT.as_bytes(),
         )
         .with_context(|| format!("host {host}: cannot replace the SSH host key that cloud-init installed (it is readable from the metadata service); check sshd on the host"))?;
-    let (listener, new) = parse_replaced(&String::from_utf8_lossy(&output.stdout))
+    let staged = parse_staged(&String::from_utf8_lossy(&output.stdout))
         .with_context(|| format!("host {host}"))?;
+    let new = staged.key.clone();
     if new == old {
         bail!("host {host}: the new SSH host key is the injected one");
     }
-    // Pinned before sshd serves it: from here on the file on the host is
-    // the key any sshd start will present.
-    pin(&new)?;
+    // Recorded before sshd can serve it: a run cut off from here on still
+    // accepts the host.
+    record_next(&new)?;
     conn.exec_checked(
-        "reload sshd",
-        &format!("sh -s -- {listener}"),
-        RELOAD_SCRIPT.as_bytes(),
+        "install the new SSH host key and reload sshd",
+        &format!("sh -s -- {} {}", shell_quote(&staged.file), staged.listener),
+        INSTALL_SCRIPT.as_bytes(),
     )
     .with_context(|| {
         format!("host {host}: cannot make sshd load its new host key; restart sshd on the host")
@@ -165,6 +215,7 @@ pub fn rotate(
 
     let mut pinned = target.clone();
     pinned.expected_host_key = Some(new.clone());
+    pinned.replacement_host_key = None;
     let started = Instant::now();
     loop {
         let options = ConnectOptions {
@@ -172,7 +223,7 @@ pub fn rotate(
             ..ConnectOptions::default()
         };
         match Connection::connect(&pinned, connector, options) {
-            Ok(_) => return Ok(new),
+            Ok(_) => break,
             // sshd may still be re-executing and serve the old key a moment.
             Err(e) if started.elapsed() < RELOAD_TIMEOUT => {
                 tracing::debug!(%host, error = %e, "sshd does not serve the new host key yet");
@@ -186,6 +237,8 @@ pub fn rotate(
             }
         }
     }
+    pin(&new)?;
+    Ok(new)
 }
 
 #[cfg(test)]
@@ -195,11 +248,31 @@ mod tests {
     #[test]
     fn parses_the_script_output() {
         let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJbHkQpvXXXlCrfm9GPh94TOs3h4/BEQKAsLxu2dEiob root@h";
-        let (pid, parsed) = parse_replaced(&format!("listener 1\n{key}\n")).unwrap();
-        assert_eq!(pid, 1);
-        assert_eq!(parsed, SshPublicKey::parse(key).unwrap());
-        assert!(parse_replaced("listener 1\n").is_err());
-        assert!(parse_replaced(key).is_err());
+        let file = "/etc/ssh/ssh_host_ed25519_key";
+        let staged = parse_staged(&format!("listener 1\nfile {file}\n{key}\n")).unwrap();
+        assert_eq!(
+            staged,
+            Staged {
+                listener: 1,
+                file: file.to_owned(),
+                key: SshPublicKey::parse(key).unwrap()
+            }
+        );
+        assert!(parse_staged("listener 1\n").is_err());
+        assert!(parse_staged(&format!("listener 1\n{key}\n")).is_err());
+        assert!(parse_staged(&format!("file {file}\n{key}\n")).is_err());
+        for hostile in [
+            "relative/key",
+            "/etc/ssh/$(touch x)",
+            "/etc/ssh/a b",
+            "/etc/'x",
+        ] {
+            let err = parse_staged(&format!("listener 1\nfile {hostile}\n{key}\n")).unwrap_err();
+            assert!(
+                err.to_string().contains("unusual key file"),
+                "{hostile}: {err}"
+            );
+        }
     }
 
     #[test]
@@ -224,8 +297,11 @@ mod tests {
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJbHkQpvXXXlCrfm9GPh94TOs3h4/BEQKAsLxu2dEiob",
         )
         .unwrap();
+        pin_next(&mut state, &name, &key);
+        assert!(needs_rotation("digitalocean", &state.hosts[&name]));
         pin(&mut state, &name, &key);
         assert!(!needs_rotation("digitalocean", &state.hosts[&name]));
+        assert_eq!(state.hosts[&name].ssh_host_key_next, None);
         assert_eq!(
             state.hosts[&name].ssh_host_key.as_deref(),
             Some(key.to_string().as_str())
@@ -234,7 +310,7 @@ mod tests {
 
     #[test]
     fn scripts_are_valid_shell() {
-        for script in [REPLACE_SCRIPT, RELOAD_SCRIPT] {
+        for script in [STAGE_SCRIPT, INSTALL_SCRIPT] {
             let status = std::process::Command::new("sh")
                 .args(["-n", "-c", script])
                 .status()

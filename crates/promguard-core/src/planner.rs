@@ -148,6 +148,7 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
                 ssh_port: None,
                 ssh_host_key: None,
                 ssh_host_key_rotated: false,
+                ssh_host_key_next: None,
                 files: BTreeMap::new(),
             },
         );

@@ -143,6 +143,11 @@ pub struct HostRecord {
     /// the host, and `ssh_host_key` pins that one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ssh_host_key_rotated: bool,
+    /// The new host key of a replacement under way: recorded before the
+    /// host serves it, so a run cut off in between still knows both keys
+    /// the host may present. Cleared once `ssh_host_key` pins it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key_next: Option<String>,
     /// SHA-256 (hex) of every file PromGuard last wrote on the host, by path.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
@@ -388,6 +393,7 @@ mod tests {
                 ssh_port: Some(Port::new(22).unwrap()),
                 ssh_host_key: None,
                 ssh_host_key_rotated: false,
+                ssh_host_key_next: None,
                 files: BTreeMap::new(),
             },
         );

@@ -56,6 +56,9 @@ pub struct SshTarget {
     /// The pinned host key; `None` means trust on first use: the caller
     /// reads [`Connection::presented_host_key`] and pins it.
     pub expected_host_key: Option<SshPublicKey>,
+    /// A second key the host may present instead: the new key of a host
+    /// key replacement that was cut off before it was recorded as done.
+    pub replacement_host_key: Option<SshPublicKey>,
     /// The private key file (OpenSSH format, as `ssh-keygen` writes it).
     pub identity: PathBuf,
 }
@@ -68,6 +71,7 @@ impl SshTarget {
             addr,
             user: "root".to_owned(),
             expected_host_key: None,
+            replacement_host_key: None,
             identity,
         }
     }
@@ -161,7 +165,8 @@ impl Connection {
     /// Refused, reset and timed-out connections and failed handshakes are
     /// retried with a backoff from 100 ms to 1 s until
     /// [`ConnectOptions::retry_for`] has passed. A host key other than
-    /// [`SshTarget::expected_host_key`] fails at once, naming both
+    /// [`SshTarget::expected_host_key`] (and
+    /// [`SshTarget::replacement_host_key`]) fails at once, naming both
     /// fingerprints.
     pub fn connect(
         target: &SshTarget,
@@ -247,7 +252,7 @@ impl Connection {
             })
         })?;
         if let Some(expected) = &target.expected_host_key {
-            if expected != &presented {
+            if expected != &presented && target.replacement_host_key.as_ref() != Some(&presented) {
                 return Err(AttemptError::Fatal(RemoteError::HostKeyMismatch {
                     host: host.clone(),
                     expected: format!("{} {}", expected.algorithm(), expected.fingerprint()),

@@ -131,6 +131,26 @@ fn host_key_mismatch_is_a_hard_error_with_both_fingerprints() {
     assert!(msg.contains(&sshd.fixture.host_key.fingerprint()), "{msg}");
 }
 
+/// A host whose key replacement was cut off may present the recorded new
+/// key instead of the pinned one; any third key is still refused.
+#[test]
+fn the_replacement_key_is_accepted_and_nothing_else() {
+    let sshd = SshdFixture::new().start();
+    let mut target = sshd.fixture.target();
+    let other = SshPublicKey::parse(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJbHkQpvXXXlCrfm9GPh94TOs3h4/BEQKAsLxu2dEiob",
+    )
+    .unwrap();
+    target.expected_host_key = Some(other.clone());
+    target.replacement_host_key = Some(sshd.fixture.host_key.clone());
+    let connector = tcp_connector(Duration::from_secs(5));
+    let conn = Connection::connect(&target, &connector, quick_options()).unwrap();
+    assert_eq!(conn.presented_host_key(), &sshd.fixture.host_key);
+    target.replacement_host_key = Some(other);
+    let err = Connection::connect(&target, &connector, quick_options()).unwrap_err();
+    assert!(matches!(err, RemoteError::HostKeyMismatch { .. }), "{err}");
+}
+
 #[test]
 fn trust_on_first_use_returns_the_presented_key() {
     let sshd = SshdFixture::new().start();
