@@ -346,17 +346,7 @@ impl Api {
     }
 
     async fn note_rate_limit(&self, headers: &HeaderMap) {
-        let number = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        let mut exhausted = self.exhausted_until.lock().await;
-        *exhausted = match (number("ratelimit-remaining"), number("ratelimit-reset")) {
-            (Some(0), Some(reset)) => Some(reset),
-            _ => None,
-        };
+        *self.exhausted_until.lock().await = exhausted_until(headers, now_unix());
     }
 
     /// Sleeps until the rate limit resets when the last response said none
@@ -374,6 +364,30 @@ impl Api {
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+/// Until when (Unix seconds) no request may be sent, after a response with
+/// `headers` received at `now`; `None` while requests remain.
+///
+/// A burst-limit 429 carries `retry-after` next to a `ratelimit-reset`
+/// that may be most of an hour away (it is when the oldest request of the
+/// hour expires): the explicit, shorter wait is the one that applies.
+fn exhausted_until(headers: &HeaderMap, now: u64) -> Option<u64> {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    match (
+        number("ratelimit-remaining"),
+        number("retry-after"),
+        number("ratelimit-reset"),
+    ) {
+        (Some(0), Some(seconds), _) => Some(now.saturating_add(seconds)),
+        (Some(0), None, Some(reset)) => Some(reset),
+        _ => None,
     }
 }
 
@@ -401,4 +415,45 @@ fn transport_message(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     clean(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn retry_after_wins_over_a_distant_reset() {
+        let now = 1_700_000_000;
+        let burst = headers(&[
+            ("ratelimit-remaining", "0"),
+            ("ratelimit-reset", "1700003500"),
+            ("retry-after", "29"),
+        ]);
+        assert_eq!(exhausted_until(&burst, now), Some(now + 29));
+        let hourly = headers(&[
+            ("ratelimit-remaining", "0"),
+            ("ratelimit-reset", "1700003500"),
+        ]);
+        assert_eq!(exhausted_until(&hourly, now), Some(1_700_003_500));
+        let fine = headers(&[
+            ("ratelimit-remaining", "4816"),
+            ("ratelimit-reset", "1700003500"),
+        ]);
+        assert_eq!(exhausted_until(&fine, now), None);
+        let garbage = headers(&[("ratelimit-remaining", "0"), ("retry-after", "soon")]);
+        assert_eq!(exhausted_until(&garbage, now), None);
+        let huge = headers(&[
+            ("ratelimit-remaining", "0"),
+            ("retry-after", "18446744073709551615"),
+        ]);
+        assert_eq!(exhausted_until(&huge, now), Some(u64::MAX));
+    }
 }
