@@ -8,9 +8,11 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -93,6 +95,39 @@ impl Deployment {
         Ok(out)
     }
 
+    /// Starts promguard in the background (stdin and stdout closed),
+    /// collecting its stderr lines.
+    pub(crate) fn start(&self, args: &[&str]) -> Result<Running> {
+        ensure!(
+            !crate::e2e_fake::interrupted(),
+            "interrupted (Ctrl-C); cleaning up"
+        );
+        let mut child = Command::new(&self.bin)
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start promguard {}", args.join(" ")))?;
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        })
+    }
+
     /// Runs promguard and fails with its output when it fails.
     pub(crate) fn ok(&self, args: &[&str]) -> Result<String> {
         let started = Instant::now();
@@ -143,6 +178,73 @@ impl Deployment {
     pub(crate) fn state(&self) -> Result<Value> {
         let text = std::fs::read_to_string(self.dir.path().join("promguard.state.json"))?;
         Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// A promguard command running in the background.
+pub(crate) struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    /// Waits until a stderr line contains `needle`.
+    pub(crate) fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.seen.push(line);
+                    if found {
+                        return Ok(());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!(
+                    "promguard ended before printing {needle:?}:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+        bail!(
+            "promguard printed no {needle:?} within {timeout:?}:\n{}",
+            self.seen.join("\n")
+        )
+    }
+
+    /// The child's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).context("cannot signal promguard")
+    }
+
+    /// Waits (bounded) for the child to end; returns its status and stderr.
+    pub(crate) fn finish(mut self, timeout: Duration) -> Result<(ExitStatus, String)> {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "promguard did not end within {timeout:?} of being asked to:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(line);
+        }
+        Ok((status, self.seen.join("\n")))
     }
 }
 

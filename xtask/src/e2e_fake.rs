@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use nix::sys::signal::Signal;
 use promguard_cloud::digitalocean::cloud_init::host_key_for;
 use promguard_cloud::fake_digitalocean::{
     DropletBackend, DropletSpec, FakeDigitalOcean, FakeOptions, Fault,
@@ -337,6 +339,13 @@ pub fn fake(root: &Path) -> Result<()> {
     all_gone(&d, &fake, &hosts, &runtime)?;
     eprintln!("e2e: 13. a droplet presenting a key other than the injected one was refused");
 
+    backend
+        .impostors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    interruptions_and_lost_state(&d, &fake, &hosts, &runtime)?;
+
     // The token never shows.
     let transcript = d.transcript.borrow().clone();
     ensure!(
@@ -363,6 +372,153 @@ pub fn fake(root: &Path) -> Result<()> {
     drop(d);
     fake.stop_blocking();
     Ok(())
+}
+
+/// Interruptions and a lost state file through the DigitalOcean provider:
+/// SIGKILL right after the create requests, SIGTERM while converging,
+/// SIGINT while verifying; each time the state is valid and knows every
+/// droplet with the host key injected into it, and the next `up` adopts
+/// instead of duplicating. Then, without the state file, `up` refuses and
+/// `down --discover` finds everything by its tags.
+fn interruptions_and_lost_state(
+    d: &Deployment,
+    fake: &FakeDigitalOcean,
+    hosts: &LocalProvider,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<()> {
+    let monitor = "promguard-monitor-1";
+    // Node 2 is left out: the fake keeps it from ever becoming active.
+    let three = ["promguard-node-1", "promguard-node-3", "promguard-node-4"];
+    d.write_config(&three)?;
+    let before = fake.droplets_created();
+    let run = d.start(&["up", "--yes"])?;
+    // Killed as soon as the fake made all four droplets: `up` is still
+    // waiting for them to become active and has not recorded them as
+    // created.
+    eventually(60, "the create requests did not arrive", || {
+        Ok(fake.droplets_created() >= before + 4)
+    })?;
+    run.signal(Signal::SIGKILL)?;
+    let (status, stderr) = run.finish(Duration::from_secs(20))?;
+    d.transcript.borrow_mut().push_str(&stderr);
+    ensure!(
+        status.signal() == Some(9),
+        "up was not killed: {status}\n{stderr}"
+    );
+    let state = interrupted_state_is_sound(d, fake, "SIGKILL after the create requests")?;
+    ensure!(
+        state.hosts.values().all(|r| !r.created),
+        "the killed run had marked hosts created; the kill came too late to test adoption"
+    );
+    // The droplets may still be booting (then `up` waits for them rather
+    // than listing them as adoptable); either way none is made twice and
+    // each must present the key recorded before it was requested.
+    d.ok(&["up", "--yes"])?;
+    ensure!(
+        fake.droplets_created() == before + 4,
+        "up after the kill created {} droplets instead of adopting",
+        fake.droplets_created() - before - 4
+    );
+    host_key_checks(d, fake, hosts)?;
+    check_targets(&d.status()?, &[monitor, three[0], three[1], three[2]])?;
+    eprintln!("e2e: 15a. SIGKILL after the create requests: the state knew every droplet and its injected host key; the next up used them (no duplicate), verifying those keys");
+
+    // SIGTERM while a new node converges, SIGINT while verifying.
+    let four = [three[0], three[1], three[2], "promguard-node-5"];
+    d.write_config(&four)?;
+    for (signal, needle) in [
+        (Signal::SIGTERM, ": converging"),
+        (Signal::SIGINT, "verifying targets"),
+    ] {
+        let mut run = d.start(&["up", "--yes"])?;
+        run.wait_for(needle, Duration::from_secs(90))?;
+        run.signal(signal)?;
+        let (status, stderr) = run.finish(Duration::from_secs(45))?;
+        d.transcript.borrow_mut().push_str(&stderr);
+        ensure!(
+            status.code() == Some(128 + signal as i32) && stderr.contains("interrupted by"),
+            "{signal:?} while {needle:?}: exit {status}\n{stderr}"
+        );
+        interrupted_state_is_sound(d, fake, &format!("{signal:?} at {needle:?}"))?;
+    }
+    d.ok(&["up", "--yes"])?;
+    ensure!(
+        fake.droplets_created() == before + 5,
+        "interrupted runs led to {} droplets for 5 hosts",
+        fake.droplets_created() - before
+    );
+    check_targets(&d.status()?, &[monitor, four[0], four[1], four[2], four[3]])?;
+    eprintln!("e2e: 15b. SIGTERM while converging and SIGINT while verifying: state sound, the next up converged with no duplicate");
+
+    // The state file is lost.
+    let path = d.dir.path().join("promguard.state.json");
+    let saved = d.dir.path().join("lost.state.json");
+    std::fs::rename(&path, &saved)?;
+    let created = fake.droplets_created();
+    let out = d.promguard(&["up", "--yes"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && stderr.contains("down --discover")
+            && stderr.contains("their tags")
+            && stderr.contains("restoring the state file"),
+        "up without state does not refuse and say how to adopt or remove: {stderr}"
+    );
+    ensure!(
+        fake.droplets_created() == created && !path.exists(),
+        "up without state created droplets or wrote a state file"
+    );
+    let out = d.promguard(&["down", "--yes"])?;
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--discover"),
+        "down without state did not point at --discover"
+    );
+    ensure!(
+        fake.droplets().len() == 5,
+        "down without state and --discover removed droplets"
+    );
+    d.ok(&["down", "--yes", "--discover"])?;
+    all_gone(d, fake, hosts, runtime)?;
+    std::fs::rename(&saved, &path)?;
+    eprintln!(
+        "e2e: 15c. without state, up refused and down --discover removed every droplet by its tags"
+    );
+    Ok(())
+}
+
+/// After an interrupted `up`: the state file is valid JSON of the current
+/// version and records every live droplet, with the host key its user
+/// data installs pinned (or, once replaced, a host-generated one).
+fn interrupted_state_is_sound(
+    d: &Deployment,
+    fake: &FakeDigitalOcean,
+    when: &str,
+) -> Result<promguard_core::State> {
+    let path = d.dir.path().join("promguard.state.json");
+    let bytes = std::fs::read(&path).with_context(|| format!("no state file after {when}"))?;
+    let state = promguard_core::State::from_json(&path, &bytes)
+        .with_context(|| format!("the state file after {when}"))?;
+    ensure!(state.version == promguard_core::state::STATE_VERSION);
+    for droplet in fake.droplets().into_iter().filter(|x| !x.destroying) {
+        let name = HostName::new(&droplet.spec.name)?;
+        let record = state.hosts.get(&name).with_context(|| {
+            format!("after {when}, droplet {name} exists but the state does not know it")
+        })?;
+        if record.ssh_host_key_rotated {
+            continue;
+        }
+        let (_, injected) = droplet
+            .spec
+            .user_data
+            .as_deref()
+            .and_then(|u| host_key_for(u, name.as_str()))
+            .with_context(|| format!("no injected key for {name}"))?;
+        ensure!(
+            record.ssh_host_key.as_deref() == Some(injected.to_string().as_str()),
+            "after {when}, the state does not pin the host key injected into {name}"
+        );
+    }
+    Ok(state)
 }
 
 /// After `up`: every host's pinned key is the one the host generated (in

@@ -8,21 +8,19 @@
 //! scraped every 2 s) with a unique name, and a guard that runs
 //! `down --discover` when it is dropped, also when a check fails.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use nix::sys::signal::Signal;
 use promguard_cloud::local::{LocalOptions, LocalProvider};
 use promguard_cloud::CloudProvider;
 use promguard_core::{DeploymentName, HostName, State};
 use serde_json::Value;
 
-use crate::e2e::{check_targets, Deployment};
+use crate::e2e::{check_targets, Deployment, Running};
 
 const MONITOR: &str = "promguard-monitor-1";
 const N1: &str = "promguard-node-1";
@@ -174,94 +172,11 @@ impl Guard {
         self.d.ok(&args)
     }
 
-    /// Starts `promguard up` as a child whose stderr lines are collected.
+    /// Starts `promguard up` in the background.
     fn start_up(&self) -> Result<Running> {
-        let mut child = Command::new(&self.d.bin)
-            .arg("--config")
-            .arg(self.d.config_path())
-            .args(["up", "--yes"])
-            .args(CONNECT)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot start promguard up")?;
-        let stderr = child.stderr.take().expect("piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        })
-    }
-}
-
-/// A `promguard up` running in the background.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    /// Waits until a stderr line contains `needle`.
-    fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) => {
-                    let found = line.contains(needle);
-                    self.seen.push(line);
-                    if found {
-                        return Ok(());
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => bail!(
-                    "promguard up ended before printing {needle:?}:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-        bail!(
-            "promguard up printed no {needle:?} within {timeout:?}:\n{}",
-            self.seen.join("\n")
-        )
-    }
-
-    fn signal(&self, signal: Signal) -> Result<()> {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, signal).context("cannot signal promguard up")
-    }
-
-    /// Waits (bounded) for the child to end; returns its status and stderr.
-    fn finish(mut self, timeout: Duration) -> Result<(ExitStatus, String)> {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait()? {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                bail!(
-                    "promguard up did not end within {timeout:?} of being asked to:\n{}",
-                    self.seen.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
-            self.seen.push(line);
-        }
-        Ok((status, self.seen.join("\n")))
+        let mut args = vec!["up", "--yes"];
+        args.extend(CONNECT);
+        self.d.start(&args)
     }
 }
 
@@ -481,7 +396,7 @@ fn one_run_at_a_time(d: &Guard) -> Result<()> {
     // An unreachable node keeps the first run busy retrying.
     d.set_link(N2, false)?;
     let mut run = d.start_up()?;
-    let pid = run.child.id();
+    let pid = run.pid();
     let result = (|| -> Result<()> {
         run.wait_for(&format!("{N2}: connecting"), Duration::from_secs(30))?;
         for args in [&["up", "--yes"][..], &["down", "--yes"]] {
@@ -511,6 +426,21 @@ fn healing(d: &Guard) -> Result<()> {
     d.ssh_ok(N2, "kill $(cat /run/promguard/node_exporter.pid)")?;
     d.ssh_ok(N2, "echo '# edited by hand' >> /etc/wireguard/wg0.conf")?;
     d.ssh_ok(MONITOR, "kill $(cat /run/promguard/prometheus.pid)")?;
+    // PromGuard's firewall table dropped on node 1, and a managed file
+    // deleted on the monitor: the file_sd targets file, which the state
+    // records (its name follows the job).
+    d.ssh_ok(N1, "nft delete table inet promguard")?;
+    let targets = d.state()?["hosts"][MONITOR]["files"]
+        .as_object()
+        .and_then(|files| {
+            files
+                .keys()
+                .find(|p| p.starts_with("/etc/prometheus/promguard/"))
+                .cloned()
+        })
+        .context("the state records no Prometheus targets file on the monitor")?;
+    ensure!(!targets.contains('\''), "unexpected targets path {targets}");
+    d.ssh_ok(MONITOR, &format!("rm '{targets}'"))?;
     // Let the daemons end.
     std::thread::sleep(Duration::from_millis(500));
     let out = d.promguard(&["status", "--json"])?;
@@ -543,6 +473,15 @@ fn healing(d: &Guard) -> Result<()> {
         stopped(&m, "prometheus") && problems(&m).contains("prometheus is not running"),
         "status does not show the monitor's dead Prometheus: {m}"
     );
+    ensure!(
+        stopped(&n1, "firewall")
+            && problems(&n1).contains("the nftables table inet promguard is not loaded"),
+        "status does not show node 1's missing nftables table: {n1}"
+    );
+    ensure!(
+        problems(&m).contains(&format!("{targets} is missing")),
+        "status does not show the monitor's deleted {targets}: {m}"
+    );
     d.up()?;
     let out = d.promguard(&["status", "--json"])?;
     ensure!(
@@ -552,16 +491,23 @@ fn healing(d: &Guard) -> Result<()> {
     );
     let status: Value = serde_json::from_slice(&out.stdout)?;
     check_targets(&status, &[MONITOR, N1, N2])?;
-    let recorded = d.state()?["hosts"][N2]["files"]["/etc/wireguard/wg0.conf"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let found = d.ssh_ok(N2, "sha256sum < /etc/wireguard/wg0.conf")?;
-    ensure!(
-        !recorded.is_empty() && found.starts_with(&recorded),
-        "node 2's wg0.conf was not restored ({found} vs {recorded})"
+    let state = d.state()?;
+    for (host, path) in [(N2, "/etc/wireguard/wg0.conf"), (MONITOR, targets.as_str())] {
+        let recorded = state["hosts"][host]["files"][path]
+            .as_str()
+            .unwrap_or_default();
+        let found = d.ssh_ok(host, &format!("sha256sum < '{path}'"))?;
+        ensure!(
+            !recorded.is_empty() && found.starts_with(recorded),
+            "{host}'s {path} was not restored ({found} vs {recorded})"
+        );
+    }
+    d.ssh_ok(N1, "nft list table inet promguard")
+        .context("node 1's nftables table was not restored")?;
+    eprintln!(
+        "faults: 4. status shows dead daemons, an edited wg0.conf, a dropped nftables table \
+         and a deleted targets file; up repairs them"
     );
-    eprintln!("faults: 4. status shows dead daemons and an edited wg0.conf; up repairs them");
     Ok(())
 }
 
