@@ -450,6 +450,52 @@ fn interruptions_and_lost_state(
     check_targets(&d.status()?, &[monitor, four[0], four[1], four[2], four[3]])?;
     eprintln!("e2e: 15b. SIGTERM while converging and SIGINT while verifying: state sound, the next up converged with no duplicate");
 
+    // A host key replacement cut off after the new key was installed and
+    // before it was pinned: the host serves the key recorded as next.
+    let host = four[0];
+    let dir = hosts.host_dir(&HostName::new(host)?);
+    let fresh = fresh_private_key()?;
+    let staged = tempfile::tempdir()?;
+    std::fs::write(staged.path().join("key"), &fresh)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        staged.path().join("key"),
+        std::fs::Permissions::from_mode(0o600),
+    )?;
+    let out = Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(staged.path().join("key"))
+        .output()?;
+    ensure!(out.status.success(), "ssh-keygen -y failed");
+    let next =
+        SshPublicKey::parse(&String::from_utf8_lossy(&out.stdout)).map_err(anyhow::Error::msg)?;
+    let path = d.dir.path().join("promguard.state.json");
+    let mut state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    state["hosts"][host]["ssh_host_key_next"] = next.to_string().into();
+    state["hosts"][host]["ssh_host_key_rotated"] = false.into();
+    std::fs::write(&path, serde_json::to_string_pretty(&state)?)?;
+    std::fs::write(dir.join("ssh_host_ed25519_key"), &fresh)?;
+    std::fs::write(dir.join("ssh_host_ed25519_key.pub"), format!("{next}\n"))?;
+    d.ok(&["up", "--yes"])?;
+    let state = d.state()?;
+    let record = &state["hosts"][host];
+    ensure!(
+        record["ssh_host_key"] == next.to_string().as_str()
+            && record["ssh_host_key_rotated"] == true
+            && record.get("ssh_host_key_next").is_none(),
+        "up did not pin the recorded next key of {host}: {record}"
+    );
+    let served = SshPublicKey::parse(&std::fs::read_to_string(
+        dir.join("ssh_host_ed25519_key.pub"),
+    )?)
+    .map_err(anyhow::Error::msg)?;
+    ensure!(
+        served == next,
+        "up replaced {host}'s key again instead of pinning the next one"
+    );
+    eprintln!("e2e: 15d. a host serving the next key of a cut-off replacement was accepted and pinned, not replaced again");
+
     // The state file is lost.
     let path = d.dir.path().join("promguard.state.json");
     let saved = d.dir.path().join("lost.state.json");
