@@ -113,6 +113,17 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether the command only reads and prints (it changes no host and
+    /// no file), so a closed stdout may simply end it.
+    pub fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            Command::Plan { .. } | Command::Render { .. } | Command::Status { .. }
+        )
+    }
+}
+
 /// `--provider` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ProviderArg {

@@ -277,3 +277,32 @@ fn plan_without_config_uses_the_default() {
     assert!(stdout(&out).contains("promguard-node-3"));
     assert!(dir.listing().is_empty(), "plan wrote a file");
 }
+
+/// `promguard plan | head` ends quietly once head is gone: killed by
+/// SIGPIPE like any Unix filter, not a panic reported as a bug. The pipe's
+/// read end is closed before promguard starts, so the first write fails.
+#[test]
+fn a_closed_stdout_ends_printing_commands_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = Dir::new();
+    for args in [&["plan"][..], &["render", "promguard-node-1"]] {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let out = Command::new(env!("CARGO_BIN_EXE_promguard"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("PROMGUARD_LOG")
+            .stdout(std::process::Stdio::from(write))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(13),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
