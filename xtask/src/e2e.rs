@@ -50,6 +50,25 @@ impl Deployment {
         })
     }
 
+    pub(crate) fn state_path(&self) -> PathBuf {
+        self.dir.path().join("promguard.state.json")
+    }
+
+    /// The state file, which must be valid and of the current version
+    /// (`when` names the moment, for the message).
+    pub(crate) fn typed_state(&self, when: &str) -> Result<promguard_core::State> {
+        let path = self.state_path();
+        let bytes = std::fs::read(&path).with_context(|| format!("no state file after {when}"))?;
+        let state = promguard_core::State::from_json(&path, &bytes)
+            .with_context(|| format!("the state file after {when}"))?;
+        ensure!(
+            state.version == promguard_core::state::STATE_VERSION,
+            "the state file after {when} has version {}",
+            state.version
+        );
+        Ok(state)
+    }
+
     pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("promguard.toml")
     }
@@ -176,7 +195,7 @@ impl Deployment {
     }
 
     pub(crate) fn state(&self) -> Result<Value> {
-        let text = std::fs::read_to_string(self.dir.path().join("promguard.state.json"))?;
+        let text = std::fs::read_to_string(self.state_path())?;
         Ok(serde_json::from_str(&text)?)
     }
 }

@@ -30,7 +30,7 @@ use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::Signal;
 use promguard_cloud::digitalocean::cloud_init::host_key_for;
 use promguard_cloud::fake_digitalocean::{
-    DropletBackend, DropletSpec, FakeDigitalOcean, FakeOptions, Fault,
+    DropletBackend, DropletSpec, FakeDigitalOcean, FakeDroplet, FakeOptions, Fault,
 };
 use promguard_cloud::local::{LocalOptions, LocalProvider};
 use promguard_cloud::{CloudProvider, HostRequest};
@@ -470,7 +470,7 @@ fn interruptions_and_lost_state(
     ensure!(out.status.success(), "ssh-keygen -y failed");
     let next =
         SshPublicKey::parse(&String::from_utf8_lossy(&out.stdout)).map_err(anyhow::Error::msg)?;
-    let path = d.dir.path().join("promguard.state.json");
+    let path = d.state_path();
     let mut state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
     state["hosts"][host]["ssh_host_key_next"] = next.to_string().into();
     state["hosts"][host]["ssh_host_key_rotated"] = false.into();
@@ -497,7 +497,7 @@ fn interruptions_and_lost_state(
     eprintln!("e2e: 15d. a host serving the next key of a cut-off replacement was accepted and pinned, not replaced again");
 
     // The state file is lost.
-    let path = d.dir.path().join("promguard.state.json");
+    let path = d.state_path();
     let saved = d.dir.path().join("lost.state.json");
     std::fs::rename(&path, &saved)?;
     let created = fake.droplets_created();
@@ -540,11 +540,7 @@ fn interrupted_state_is_sound(
     fake: &FakeDigitalOcean,
     when: &str,
 ) -> Result<promguard_core::State> {
-    let path = d.dir.path().join("promguard.state.json");
-    let bytes = std::fs::read(&path).with_context(|| format!("no state file after {when}"))?;
-    let state = promguard_core::State::from_json(&path, &bytes)
-        .with_context(|| format!("the state file after {when}"))?;
-    ensure!(state.version == promguard_core::state::STATE_VERSION);
+    let state = d.typed_state(when)?;
     for droplet in fake.droplets().into_iter().filter(|x| !x.destroying) {
         let name = HostName::new(&droplet.spec.name)?;
         let record = state.hosts.get(&name).with_context(|| {
@@ -553,12 +549,7 @@ fn interrupted_state_is_sound(
         if record.ssh_host_key_rotated {
             continue;
         }
-        let (_, injected) = droplet
-            .spec
-            .user_data
-            .as_deref()
-            .and_then(|u| host_key_for(u, name.as_str()))
-            .with_context(|| format!("no injected key for {name}"))?;
+        let injected = injected_key(&droplet)?;
         ensure!(
             record.ssh_host_key.as_deref() == Some(injected.to_string().as_str()),
             "after {when}, the state does not pin the host key injected into {name}"
@@ -585,12 +576,7 @@ fn host_key_checks(d: &Deployment, fake: &FakeDigitalOcean, hosts: &LocalProvide
             .iter()
             .find(|x| &x.spec.name == name && !x.destroying)
             .with_context(|| format!("no droplet {name}"))?;
-        let (_, injected) = droplet
-            .spec
-            .user_data
-            .as_deref()
-            .and_then(|u| host_key_for(u, name))
-            .with_context(|| format!("no injected key for {name}"))?;
+        let injected = injected_key(droplet)?;
         let file = hosts
             .host_dir(&HostName::new(name)?)
             .join("ssh_host_ed25519_key.pub");
@@ -611,19 +597,14 @@ fn host_key_checks(d: &Deployment, fake: &FakeDigitalOcean, hosts: &LocalProvide
     }
 
     // Pin the injected key again: the host, serving its own key now, is refused.
-    let path = d.dir.path().join("promguard.state.json");
+    let path = d.state_path();
     let original = std::fs::read_to_string(&path)?;
     let monitor = "promguard-monitor-1";
     let droplet = droplets
         .iter()
         .find(|x| x.spec.name == monitor && !x.destroying)
         .context("no monitor droplet")?;
-    let (_, injected) = droplet
-        .spec
-        .user_data
-        .as_deref()
-        .and_then(|u| host_key_for(u, monitor))
-        .context("no injected key for the monitor")?;
+    let injected = injected_key(droplet)?;
     let mut tampered: serde_json::Value = serde_json::from_str(&original)?;
     tampered["hosts"][monitor]["ssh_host_key"] = injected.to_string().into();
     std::fs::write(&path, serde_json::to_string_pretty(&tampered)?)?;
@@ -636,6 +617,18 @@ fn host_key_checks(d: &Deployment, fake: &FakeDigitalOcean, hosts: &LocalProvide
     d.ssh_ok(monitor, "true")?;
     eprintln!("e2e: 9. the first connections were verified against the injected keys; every pinned key is now host-generated; the injected key is refused");
     Ok(())
+}
+
+/// The SSH host key the droplet's user data installs on it.
+fn injected_key(droplet: &FakeDroplet) -> Result<SshPublicKey> {
+    let name = &droplet.spec.name;
+    droplet
+        .spec
+        .user_data
+        .as_deref()
+        .and_then(|u| host_key_for(u, name))
+        .map(|(_, public)| public)
+        .with_context(|| format!("no injected key for droplet {name}"))
 }
 
 /// Nothing of the deployment is left: droplets, hosts, firewall, SSH key.

@@ -9,7 +9,7 @@
 //! `down --discover` when it is dropped, also when a check fails.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use anyhow::{ensure, Context, Result};
 use nix::sys::signal::Signal;
 use promguard_cloud::local::{LocalOptions, LocalProvider};
 use promguard_cloud::CloudProvider;
-use promguard_core::{DeploymentName, HostName, State};
+use promguard_core::{DeploymentName, HostName};
 use serde_json::Value;
 
 use crate::e2e::{check_targets, Deployment, Running};
@@ -101,10 +101,6 @@ impl Guard {
                 .enable_all()
                 .build()?,
         })
-    }
-
-    fn state_path(&self) -> PathBuf {
-        self.d.dir.path().join("promguard.state.json")
     }
 
     /// Names of the hosts the provider has, sorted.
@@ -343,11 +339,7 @@ fn interrupt(d: &Guard, signal: Signal, point: Point) -> Result<()> {
         }
     }
     // The state is valid JSON of the current version.
-    let path = d.state_path();
-    let bytes =
-        std::fs::read(&path).with_context(|| format!("no state file after {}", context()))?;
-    let state = State::from_json(&path, &bytes).with_context(context)?;
-    ensure!(state.version == promguard_core::state::STATE_VERSION);
+    let state = d.typed_state(&context())?;
     // Every host that exists has its record (and so its keys) in the state.
     for host in d.listed()? {
         ensure!(
