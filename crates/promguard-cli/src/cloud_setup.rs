@@ -182,6 +182,10 @@ impl CloudProvider for InNetns {
         self.inner.name()
     }
 
+    fn hosts_need_packages(&self) -> bool {
+        self.inner.hosts_need_packages()
+    }
+
     async fn preflight(&self) -> Result<(), CloudError> {
         self.inner.preflight().await
     }

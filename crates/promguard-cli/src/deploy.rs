@@ -49,6 +49,7 @@ impl Context {
                 project.config.deployment.clone(),
                 LocalOptions {
                     ssh_port: project.config.ssh.port,
+                    hosts: project.config.local.hosts,
                     ..LocalOptions::default()
                 },
             )),
@@ -622,7 +623,7 @@ pub fn desired_host(ctx: &Context, host: &HostPlan) -> DesiredHost {
             .collect(),
         node_exporter_listen: node_exporter.listen,
         prometheus_listen: host.prometheus.as_ref().map(|p| p.listen),
-        install_packages: ctx.provider.name() != "local",
+        install_packages: ctx.provider.hosts_need_packages(),
     }
 }
 

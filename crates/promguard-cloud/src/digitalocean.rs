@@ -150,7 +150,7 @@ impl DigitalOceanBuilder {
         self
     }
 
-    /// Image slug (default `ubuntu-24-04-x64`).
+    /// Image slug (default `debian-12-x64`, the image PromGuard is tested on).
     pub fn image(mut self, image: impl Into<String>) -> Self {
         self.image = image.into();
         self
@@ -358,7 +358,7 @@ impl DigitalOceanProvider {
             token,
             base_url: DEFAULT_BASE_URL.to_owned(),
             size: "s-1vcpu-1gb".to_owned(),
-            image: "ubuntu-24-04-x64".to_owned(),
+            image: "debian-12-x64".to_owned(),
             login_key: None,
             firewall_wireguard_port: Some(51820),
             ssh_port: 22,
@@ -853,6 +853,11 @@ fn same_key(text: &str, key: &SshPublicKey) -> bool {
 impl CloudProvider for DigitalOceanProvider {
     fn name(&self) -> &'static str {
         PROVIDER
+    }
+
+    /// Droplets boot from a stock image.
+    fn hosts_need_packages(&self) -> bool {
+        true
     }
 
     async fn preflight(&self) -> Result<(), CloudError> {

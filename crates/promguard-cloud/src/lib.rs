@@ -95,6 +95,13 @@ pub trait CloudProvider: Send + Sync {
     /// Short name for messages (`local`, `digitalocean`).
     fn name(&self) -> &'static str;
 
+    /// Whether this provider's hosts come without the packages PromGuard
+    /// runs, so the recipe installs them with apt (cloud images, the local
+    /// provider's systemd hosts), rather than sharing programs already
+    /// installed (the local provider's namespace hosts). Required, not
+    /// defaulted, so that a wrapping provider cannot drop it.
+    fn hosts_need_packages(&self) -> bool;
+
     /// Checks that the provider can work here (root, programs, token) and
     /// says exactly what is missing otherwise.
     async fn preflight(&self) -> Result<(), CloudError>;

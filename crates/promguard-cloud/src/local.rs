@@ -21,7 +21,9 @@
 //! host, then deletes its namespace and directory.
 
 mod host;
+pub mod image;
 mod net;
+mod nspawn;
 mod preflight;
 mod process;
 mod record;
@@ -33,17 +35,23 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ipnetwork::Ipv4Network;
+use promguard_core::config::LocalHostKind;
 use promguard_core::{DeploymentName, HostName, Port, SshPublicKey};
 
 use crate::{CloudError, CloudProvider, Host, HostRequest};
 use host::{HostDir, HostSpec};
-use record::{DeploymentRecord, HostEntry, OutsiderEntry, StateDir};
+use image::{BaseImage, PackageMirror};
+use record::{DeploymentRecord, HostEntry, HostKind, OutsiderEntry, StateDir};
 
 pub use net::run_in_netns;
-pub use preflight::{check as check_programs, Program, REQUIRED_PROGRAMS};
+pub use preflight::{check as check_programs, Program, REQUIRED_PROGRAMS, SYSTEMD_PROGRAMS};
 
 /// How long a new host's sshd may take to accept connections.
 const SSH_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a new systemd host may take to boot as far as sshd (a first
+/// boot with cloud-init on a loaded machine takes the longest).
+const SYSTEMD_READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a killed host may take to end.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +68,13 @@ pub struct LocalOptions {
     pub state_dir: PathBuf,
     /// The port each host's sshd listens on.
     pub ssh_port: Port,
+    /// What kind of host to make.
+    pub hosts: LocalHostKind,
+    /// Where systemd hosts' base image and package mirror are cached
+    /// (built on first use).
+    pub image_cache: PathBuf,
+    /// The Debian archive the image and the mirror are built from.
+    pub debian_mirror: String,
 }
 
 impl Default for LocalOptions {
@@ -67,8 +82,18 @@ impl Default for LocalOptions {
         Self {
             state_dir: PathBuf::from("/var/lib/promguard/local"),
             ssh_port: Port::new(22).expect("22 is a valid port"),
+            hosts: LocalHostKind::Namespace,
+            image_cache: PathBuf::from("/var/cache/promguard/local"),
+            debian_mirror: image::DEFAULT_DEBIAN_MIRROR.to_owned(),
         }
     }
+}
+
+/// What systemd hosts boot from, built (or found in the cache) once per run.
+#[derive(Debug, Clone)]
+struct SystemdBoot {
+    image: BaseImage,
+    mirror: PackageMirror,
 }
 
 /// A namespace on a deployment's bridge that is no host of it: no sshd, no
@@ -136,10 +161,29 @@ impl LocalProvider {
     }
 
     /// The PID (in this machine's PID namespace) of host `name`'s PID 1,
-    /// while it runs: `nsenter -t <pid> -a` enters the host.
+    /// while it runs: `nsenter -t <pid> -a` enters the host. On a systemd
+    /// host it is the container's systemd, which changes at every reboot.
     pub fn host_init_pid(&self, name: &HostName) -> Option<u32> {
+        let entry = self.find_host(name)?;
+        let init = entry.init?;
+        match entry.kind {
+            HostKind::Namespace => init.is_alive().then_some(init.pid as u32),
+            HostKind::Systemd => nspawn::container_init(&init),
+        }
+    }
+
+    /// The PID of the process that keeps host `name` running, while it
+    /// runs: PID 1 of a namespace host, the boot supervisor of a systemd
+    /// host (which stays the same across reboots).
+    pub fn host_supervisor_pid(&self, name: &HostName) -> Option<u32> {
         let init = self.find_host(name)?.init?;
         init.is_alive().then_some(init.pid as u32)
+    }
+
+    /// The console log of host `name` (a systemd host's boot messages,
+    /// across reboots).
+    pub fn host_console(&self, name: &HostName) -> PathBuf {
+        self.host_dir(name).join("console.log")
     }
 
     /// The directory that holds host `name`'s private directories.
@@ -295,9 +339,27 @@ impl LocalProvider {
     /// Ends hosts and removes their namespaces and directories. Kills all
     /// of them first so that they end in parallel.
     fn teardown(&self, hosts: &[HostEntry]) -> Result<(), CloudError> {
+        let mut others = Vec::new();
         for host in hosts {
             if let Some(init) = host.init {
-                init.kill();
+                match host.kind {
+                    HostKind::Namespace => init.kill(),
+                    HostKind::Systemd => others.push((host.name.clone(), nspawn::kill(&init))),
+                }
+            }
+        }
+        for (name, processes) in others {
+            for process in processes {
+                if !process.wait_gone(STOP_TIMEOUT) {
+                    return Err(CloudError::Host {
+                        host: name,
+                        message: format!(
+                            "its nspawn or container (pid {}) did not end within {} s of SIGKILL",
+                            process.pid,
+                            STOP_TIMEOUT.as_secs()
+                        ),
+                    });
+                }
             }
         }
         for host in hosts {
@@ -349,12 +411,13 @@ impl LocalProvider {
     }
 
     /// Brings up one recorded host: namespace, directories, init, and
-    /// waits for its sshd.
+    /// waits for its sshd. `boot` is what a systemd host boots from.
     fn bring_up(
         &self,
         entry: &HostEntry,
         authorized_keys: &[String],
         host_key: Option<&str>,
+        boot: Option<&SystemdBoot>,
     ) -> Result<Host, CloudError> {
         let host_error = |message: String| CloudError::Host {
             host: entry.name.clone(),
@@ -365,15 +428,37 @@ impl LocalProvider {
         let dir = HostDir {
             path: self.host_dir(&entry.name),
         };
-        let spec = HostSpec {
-            name: &entry.name,
-            address: entry.address,
-            ssh_port: entry.ssh_port,
-            authorized_keys,
-            host_key,
+        let (host_key, init, timeout) = match boot {
+            None => {
+                let spec = HostSpec {
+                    name: &entry.name,
+                    address: entry.address,
+                    ssh_port: entry.ssh_port,
+                    authorized_keys,
+                    host_key,
+                };
+                let host_key = host::prepare(&dir, &spec).map_err(host_error)?;
+                let init = host::start_init(&dir, &entry.name, &entry.netns).map_err(host_error)?;
+                (Some(host_key), init, SSH_READY_TIMEOUT)
+            }
+            Some(boot) => {
+                let underlay = self
+                    .underlay()
+                    .ok_or_else(|| host_error("its deployment has no underlay".into()))?;
+                let spec = nspawn::SystemdSpec {
+                    name: &entry.name,
+                    ssh_port: entry.ssh_port,
+                    authorized_keys,
+                    host_key,
+                    mirror: underlay.nth(1).expect("a /24 has a .1"),
+                    user_data: None,
+                };
+                let host_key = nspawn::prepare(&dir, &spec).map_err(host_error)?;
+                let init = nspawn::start(&boot.image, &dir, &entry.name, &entry.netns)
+                    .map_err(host_error)?;
+                (host_key, init, SYSTEMD_READY_TIMEOUT)
+            }
         };
-        let host_key = host::prepare(&dir, &spec).map_err(host_error)?;
-        let init = host::start_init(&dir, &entry.name, &entry.netns).map_err(host_error)?;
         let entry = {
             let _lock = self.lock()?;
             let mut record = self.load()?.ok_or_else(|| {
@@ -387,20 +472,64 @@ impl LocalProvider {
                     host_error("its record vanished while it was being created".into())
                 })?;
             recorded.init = Some(init);
-            recorded.host_key = Some(host_key.to_string());
+            recorded.host_key = host_key.map(|k| k.to_string());
             let entry = recorded.clone();
             self.save(&record)?;
             entry
         };
         let ssh = SocketAddr::new(IpAddr::V4(entry.address), entry.ssh_port.get());
-        host::wait_for_ssh(&dir, &self.hub_netns(), ssh, &init, SSH_READY_TIMEOUT).map_err(
-            |message| CloudError::Timeout {
+        host::wait_for_ssh(&dir, &self.hub_netns(), ssh, &init, timeout).map_err(|message| {
+            CloudError::Timeout {
                 host: entry.name.clone(),
-                seconds: SSH_READY_TIMEOUT.as_secs(),
+                seconds: timeout.as_secs(),
                 message,
-            },
-        )?;
+            }
+        })?;
         Ok(self.to_host(&entry))
+    }
+
+    /// The image and mirror of systemd hosts, built when the cache lacks
+    /// them; `None` for namespace hosts.
+    fn systemd_boot(&self) -> Result<Option<SystemdBoot>, CloudError> {
+        if self.options.hosts != LocalHostKind::Systemd {
+            return Ok(None);
+        }
+        let cache = &self.options.image_cache;
+        let mirror = &self.options.debian_mirror;
+        let image = image::ensure_base_image(cache, mirror)
+            .map_err(|e| self.deployment_error(format!("the systemd hosts' base image: {e}")))?;
+        let packages = image::ensure_mirror(cache, &image, mirror).map_err(|e| {
+            self.deployment_error(format!("the systemd hosts' package mirror: {e}"))
+        })?;
+        Ok(Some(SystemdBoot {
+            image,
+            mirror: packages,
+        }))
+    }
+
+    /// Starts the deployment's package mirror server unless it runs.
+    fn ensure_mirror_server(
+        &self,
+        record: &mut DeploymentRecord,
+        underlay: Ipv4Network,
+        boot: &SystemdBoot,
+    ) -> Result<(), CloudError> {
+        if record.mirror_server.is_some_and(|s| s.is_alive()) {
+            return Ok(());
+        }
+        let log = self
+            .state
+            .deployment_dir(&self.deployment)
+            .join("mirror.log");
+        let server = nspawn::start_mirror_server(
+            &boot.mirror,
+            &self.hub_netns(),
+            underlay.nth(1).expect("a /24 has a .1"),
+            &log,
+        )
+        .map_err(|e| self.deployment_error(e))?;
+        record.mirror_server = Some(server);
+        self.save(record)
     }
 
     /// Creates `requests`; with `provided`, every host gets that private
@@ -420,12 +549,21 @@ impl LocalProvider {
                 });
             }
         }
+        // Built outside the deployment's lock: the first build takes minutes.
+        let boot = self.systemd_boot()?;
+        let kind = match boot {
+            Some(_) => HostKind::Systemd,
+            None => HostKind::Namespace,
+        };
         let (entries, authorized_keys) = {
             let _lock = self.lock()?;
             let mut record = self
                 .load()?
                 .unwrap_or_else(|| DeploymentRecord::new(self.deployment.clone()));
             let underlay = self.ensure_hub(&mut record)?;
+            if let Some(boot) = &boot {
+                self.ensure_mirror_server(&mut record, underlay, boot)?;
+            }
             let mut dead = Vec::new();
             for request in requests {
                 if let Some(existing) = record.hosts.iter().find(|h| h.name == request.name) {
@@ -466,6 +604,7 @@ impl LocalProvider {
                     ssh_port: self.options.ssh_port,
                     host_key: None,
                     init: None,
+                    kind,
                 };
                 record.hosts.push(entry.clone());
                 entries.push(entry);
@@ -482,7 +621,9 @@ impl LocalProvider {
         let results: Vec<Result<Host, CloudError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = entries
                 .iter()
-                .map(|entry| scope.spawn(|| self.bring_up(entry, &authorized_keys, host_key)))
+                .map(|entry| {
+                    scope.spawn(|| self.bring_up(entry, &authorized_keys, host_key, boot.as_ref()))
+                })
                 .collect();
             handles
                 .into_iter()
@@ -586,6 +727,16 @@ impl LocalProvider {
             for outsider in &record.outsiders {
                 self.detach(&outsider.netns, outsider.index)
                     .map_err(|e| self.deployment_error(e))?;
+            }
+            if let Some(server) = record.mirror_server {
+                server.kill();
+                if !server.wait_gone(STOP_TIMEOUT) {
+                    return Err(self.deployment_error(format!(
+                        "the package mirror server (pid {}) did not end within {} s of SIGKILL",
+                        server.pid,
+                        STOP_TIMEOUT.as_secs()
+                    )));
+                }
             }
             if let Some(hub) = &record.hub_netns {
                 net::delete_netns(hub).map_err(|e| self.deployment_error(e))?;
@@ -703,9 +854,18 @@ impl CloudProvider for LocalProvider {
         "local"
     }
 
+    /// Systemd hosts boot from a bare image and install with apt;
+    /// namespace hosts share this machine's programs.
+    fn hosts_need_packages(&self) -> bool {
+        self.options.hosts == LocalHostKind::Systemd
+    }
+
     async fn preflight(&self) -> Result<(), CloudError> {
         self.check_state_dir()?;
-        preflight::check(REQUIRED_PROGRAMS)
+        match self.options.hosts {
+            LocalHostKind::Namespace => preflight::check(REQUIRED_PROGRAMS),
+            LocalHostKind::Systemd => preflight::check(preflight::SYSTEMD_PROGRAMS),
+        }
     }
 
     async fn register_ssh_key(&self, key: &SshPublicKey) -> Result<(), CloudError> {

@@ -138,6 +138,55 @@ pub struct DigitalOceanConfig {
     pub firewall: bool,
 }
 
+/// What kind of host the local provider makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LocalHostKind {
+    /// Network + mount + PID namespaces sharing this machine's programs,
+    /// with no init: fast, for the demo and benchmarks.
+    #[default]
+    Namespace,
+    /// Debian 12 systems booted by their own systemd (`systemd-nspawn
+    /// --boot`), installing packages with apt: hosts like the ones users
+    /// have.
+    Systemd,
+}
+
+impl LocalHostKind {
+    /// The name used in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocalHostKind::Namespace => "namespace",
+            LocalHostKind::Systemd => "systemd",
+        }
+    }
+}
+
+impl fmt::Display for LocalHostKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LocalHostKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "namespace" => Ok(Self::Namespace),
+            "systemd" => Ok(Self::Systemd),
+            other => Err(format!(
+                "unknown kind of local host {other:?}; use \"namespace\" or \"systemd\""
+            )),
+        }
+    }
+}
+
+/// Settings of the local provider (`[local]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LocalConfig {
+    /// What kind of host it makes.
+    pub hosts: LocalHostKind,
+}
+
 /// A validated config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -165,6 +214,8 @@ pub struct Config {
     pub ssh: SshConfig,
     /// DigitalOcean settings.
     pub digitalocean: DigitalOceanConfig,
+    /// Local provider settings.
+    pub local: LocalConfig,
 }
 
 impl Default for Config {
@@ -194,6 +245,14 @@ struct RawConfig {
     ssh: RawSsh,
     #[serde(default)]
     digitalocean: RawDigitalOcean,
+    #[serde(default)]
+    local: RawLocal,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocal {
+    hosts: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -457,7 +516,7 @@ impl Config {
             image: raw
                 .digitalocean
                 .image
-                .unwrap_or_else(|| "ubuntu-24-04-x64".into()),
+                .unwrap_or_else(|| "debian-12-x64".into()),
             ssh_public_key: raw.digitalocean.ssh_public_key,
             firewall: raw.digitalocean.firewall.unwrap_or(true),
         };
@@ -470,6 +529,15 @@ impl Config {
                 Region::new(value).map_err(|e| NameError { what: "slug", ..e }),
             )?;
         }
+
+        let local = LocalConfig {
+            hosts: match raw.local.hosts.as_deref() {
+                None => LocalHostKind::default(),
+                Some(text) => text
+                    .parse()
+                    .map_err(|message: String| c.invalid("local.hosts", message))?,
+            },
+        };
 
         let config = Config {
             deployment,
@@ -484,6 +552,7 @@ impl Config {
             nodes,
             ssh,
             digitalocean,
+            local,
         };
         config.check_hosts(&c)?;
         Ok(config)
@@ -689,9 +758,14 @@ name_prefix = "promguard-node"
 port = 22
 # private_key = "~/.ssh/id_ed25519"
 
+[local]
+# "namespace" (fast, sharing this machine's programs) or "systemd" (Debian 12
+# booted by its own systemd, packages installed with apt, like a real server).
+hosts = "namespace"
+
 [digitalocean]
 size = "s-1vcpu-1gb"
-image = "ubuntu-24-04-x64"
+image = "debian-12-x64"
 # ssh_public_key = "~/.ssh/id_ed25519.pub"
 # A Cloud Firewall allowing only SSH and WireGuard inbound.
 firewall = true
@@ -710,6 +784,19 @@ mod tests {
 
     fn error(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn local_host_kind() {
+        assert_eq!(parse("").unwrap().local.hosts, LocalHostKind::Namespace);
+        let systemd = parse("[local]\nhosts = \"systemd\"\n").unwrap();
+        assert_eq!(systemd.local.hosts, LocalHostKind::Systemd);
+        let err = error("[local]\nhosts = \"docker\"\n");
+        assert!(
+            err.contains("local.hosts") && err.contains("\"namespace\" or \"systemd\""),
+            "{err}"
+        );
+        assert!(error("[local]\nkind = 1\n").contains("unknown field"));
     }
 
     #[test]

@@ -74,6 +74,39 @@ pub const REQUIRED_PROGRAMS: &[Program] = &[
     },
 ];
 
+/// Every program the local provider runs for systemd hosts, which bring
+/// their own sshd, WireGuard, nftables and Prometheus (installed by apt).
+pub const SYSTEMD_PROGRAMS: &[Program] = &[
+    Program {
+        name: "ip",
+        package: "iproute2",
+    },
+    Program {
+        name: "ssh-keygen",
+        package: "openssh-client",
+    },
+    Program {
+        name: "systemd-nspawn",
+        package: "systemd-container",
+    },
+    Program {
+        name: "debootstrap",
+        package: "debootstrap",
+    },
+    Program {
+        name: "apt-get",
+        package: "apt",
+    },
+    Program {
+        name: "dpkg-scanpackages",
+        package: "dpkg-dev",
+    },
+    Program {
+        name: "busybox",
+        package: "busybox",
+    },
+];
+
 /// The search path used for every program the provider runs, whatever the
 /// caller's `PATH` is: root's programs live in `sbin` directories that a
 /// user's `PATH` may lack.
@@ -129,10 +162,13 @@ pub fn check(programs: &[Program]) -> Result<(), CloudError> {
         missing.push("the TUN device /dev/net/tun (wireguard-go needs it)".to_owned());
         fixes.push("load the tun module (modprobe tun) or create the device node".to_owned());
     }
-    if nix::unistd::User::from_name("prometheus")
-        .ok()
-        .flatten()
-        .is_none()
+    // Namespace hosts run this machine's Prometheus as its user.
+    let runs_prometheus = programs.iter().any(|p| p.package == "prometheus");
+    if runs_prometheus
+        && nix::unistd::User::from_name("prometheus")
+            .ok()
+            .flatten()
+            .is_none()
     {
         missing.push("the prometheus user".to_owned());
         fixes.push("apt-get install prometheus".to_owned());
@@ -186,8 +222,10 @@ mod tests {
     fn this_machine_has_everything() {
         // CI runs as root with every package installed; when this fails the
         // message says what to install.
-        if let Err(err) = check(REQUIRED_PROGRAMS) {
-            panic!("{err}");
+        for programs in [REQUIRED_PROGRAMS, SYSTEMD_PROGRAMS] {
+            if let Err(err) = check(programs) {
+                panic!("{err}");
+            }
         }
     }
 }

@@ -38,6 +38,27 @@ pub(crate) struct DeploymentRecord {
     pub authorized_keys: Vec<String>,
     pub hosts: Vec<HostEntry>,
     pub outsiders: Vec<OutsiderEntry>,
+    /// The package mirror server in the hub, while systemd hosts need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_server: Option<InitProcess>,
+}
+
+/// What kind of host an entry is; records written before systemd hosts
+/// existed hold namespace hosts only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum HostKind {
+    /// A namespace host whose init is sshd.
+    #[default]
+    Namespace,
+    /// A systemd host whose init is the nspawn supervisor.
+    Systemd,
+}
+
+impl HostKind {
+    fn is_namespace(&self) -> bool {
+        *self == HostKind::Namespace
+    }
 }
 
 /// One host.
@@ -54,8 +75,12 @@ pub(crate) struct HostEntry {
     pub ssh_port: Port,
     /// `ssh-ed25519 AAAA...`, once generated.
     pub host_key: Option<String>,
-    /// PID 1 of the host's PID namespace, once started.
+    /// PID 1 of the host's PID namespace (namespace hosts) or the nspawn
+    /// supervisor (systemd hosts), once started.
     pub init: Option<InitProcess>,
+    /// What kind of host it is.
+    #[serde(default, skip_serializing_if = "HostKind::is_namespace")]
+    pub kind: HostKind,
 }
 
 /// A namespace on the bridge that belongs to no host (tests use it as "the
@@ -78,6 +103,7 @@ impl DeploymentRecord {
             authorized_keys: Vec::new(),
             hosts: Vec::new(),
             outsiders: Vec::new(),
+            mirror_server: None,
         }
     }
 
@@ -229,6 +255,7 @@ mod tests {
                 pid: 42,
                 start_time: 7,
             }),
+            kind: HostKind::Namespace,
         }
     }
 

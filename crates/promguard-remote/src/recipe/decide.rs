@@ -38,8 +38,10 @@ pub enum Action {
     },
     /// `nft -f` the ruleset (replaces only PromGuard's table).
     LoadFirewall,
-    /// Enable the unit that loads the ruleset at boot (systemd only).
-    EnableFirewallAtBoot,
+    /// `systemctl reenable` these units, so the host comes back by itself
+    /// after a reboot: the firewall unit when it changed, and whichever of
+    /// the boot units the facts found disabled (systemd only).
+    EnableAtBoot(Vec<String>),
     /// Start node_exporter, or restart it when `restart`.
     StartNodeExporter {
         /// It runs already, with other arguments or config.
@@ -75,7 +77,7 @@ impl fmt::Display for Action {
                 write!(f, "set address of {interface} and wg syncconf {interface}")
             }
             Action::LoadFirewall => write!(f, "nft -f {}", promguard_core::nftables::RULESET_PATH),
-            Action::EnableFirewallAtBoot => f.write_str("enable promguard-firewall.service"),
+            Action::EnableAtBoot(units) => write!(f, "enable {} at boot", units.join(" ")),
             Action::StartNodeExporter { restart: false } => f.write_str("start node_exporter"),
             Action::StartNodeExporter { restart: true } => f.write_str("restart node_exporter"),
             Action::StartPrometheus { restart: false } => f.write_str("start prometheus"),
@@ -199,8 +201,19 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
     if !facts.firewall_loaded || decision.touches(promguard_core::nftables::RULESET_PATH) {
         decision.actions.push(Action::LoadFirewall);
     }
-    if facts.systemd && decision.touches(script::FIREWALL_UNIT_PATH) {
-        decision.actions.push(Action::EnableFirewallAtBoot);
+    if facts.systemd {
+        let units: Vec<String> = super::facts::boot_units(&host.interface)
+            .into_iter()
+            .filter(|unit| wants_prometheus || unit != script::PROMETHEUS_UNIT)
+            .filter(|unit| {
+                let changed =
+                    unit == script::FIREWALL_UNIT && decision.touches(script::FIREWALL_UNIT_PATH);
+                changed || !facts.enabled.get(unit).copied().unwrap_or(false)
+            })
+            .collect();
+        if !units.is_empty() {
+            decision.actions.push(Action::EnableAtBoot(units));
+        }
     }
 
     let node_flag = format!("--web.listen-address={}", host.node_exporter_listen);
@@ -298,6 +311,14 @@ mod tests {
                 .iter()
                 .map(|(p, _)| (p.to_string(), true))
                 .collect(),
+            enabled: if systemd {
+                super::super::facts::boot_units(&host.interface)
+                    .into_iter()
+                    .map(|u| (u, true))
+                    .collect()
+            } else {
+                Default::default()
+            },
             pending: PendingApply::Clear,
         }
     }
@@ -404,6 +425,15 @@ mod tests {
                 |h, f| {
                     h.files[2].content.push(b'\n');
                     f.prometheus = ProcessState::Stopped;
+                },
+            ),
+            (
+                "systemd node whose units were disabled by hand",
+                node(),
+                true,
+                |_, f| {
+                    f.enabled.insert("wg-quick@wg0.service".into(), false);
+                    f.enabled.remove("prometheus-node-exporter.service");
                 },
             ),
             (

@@ -13,8 +13,9 @@ use crate::quote::{check_remote_path, shell_quote};
 
 /// The first line of the facts output. The number goes up whenever a line
 /// is added or changes meaning, so a parser never misreads another
-/// version's output (2 added the `apply-pending` lines).
-pub const FACTS_HEADER: &str = "promguard-facts 2";
+/// version's output (2 added the `apply-pending` lines, 3 the `enabled`
+/// lines of systemd hosts).
+pub const FACTS_HEADER: &str = "promguard-facts 3";
 
 /// Programs the recipe runs, with the Debian package providing each.
 pub const PROGRAMS: &[(&str, &str)] = &[
@@ -27,6 +28,19 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ),
     ("/usr/bin/prometheus", "prometheus"),
 ];
+
+/// The units that must be enabled on a systemd host for it to come back
+/// after a reboot with no PromGuard run: the firewall, the WireGuard
+/// interface, node_exporter and Prometheus (only the monitor needs the
+/// last, but every host reports it).
+pub fn boot_units(interface: &InterfaceName) -> [String; 4] {
+    [
+        super::script::FIREWALL_UNIT.to_owned(),
+        format!("wg-quick@{interface}.service"),
+        super::script::NODE_EXPORTER_UNIT.to_owned(),
+        super::script::PROMETHEUS_UNIT.to_owned(),
+    ]
+}
 
 /// The daemons the recipe runs, as named in facts and PID files.
 pub const NODE_EXPORTER: &str = "node_exporter";
@@ -50,6 +64,9 @@ pub struct Facts {
     pub prometheus: ProcessState,
     /// Which of [`PROGRAMS`] are installed.
     pub programs: BTreeMap<String, bool>,
+    /// On systemd hosts, which of the units PromGuard relies on at boot
+    /// ([`boot_units`]) are enabled; empty without systemd.
+    pub enabled: BTreeMap<String, bool>,
     /// What the apply marker ([`APPLY_MARKER_PATH`]) says: whether an
     /// earlier apply stopped between writing files and finishing their
     /// actions.
@@ -121,6 +138,10 @@ pub enum ProcessState {
 /// every run but for those paths and the interface name, both quoted.
 pub fn facts_script(interface: &InterfaceName, paths: &[String]) -> String {
     let quoted_paths: Vec<String> = paths.iter().map(|p| shell_quote(p)).collect();
+    let units: Vec<String> = boot_units(interface)
+        .iter()
+        .map(|u| shell_quote(u))
+        .collect();
     let programs: Vec<String> = PROGRAMS.iter().map(|(p, _)| shell_quote(p)).collect();
     format!(
         r#"facts() {{
@@ -176,6 +197,11 @@ process() {{
 }}
 process {node_exporter} prometheus-node-exporter.service
 process {prometheus} prometheus.service
+if [ "$sd" = 1 ]; then
+  for u in {units}; do
+    if systemctl is-enabled --quiet "$u" 2>/dev/null; then echo "enabled yes $u"; else echo "enabled no $u"; fi
+  done
+fi
 # The apply marker, line by line. One line more than a marker of ours can
 # hold is enough to tell that a longer one is not ours.
 marker={marker}
@@ -197,6 +223,7 @@ facts </dev/null
         header = shell_quote(FACTS_HEADER),
         marker = shell_quote(APPLY_MARKER_PATH),
         marker_lines = MARKER_LINES_SHOWN,
+        units = units.join(" "),
     )
 }
 
@@ -225,6 +252,7 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
     let mut node_exporter = None;
     let mut prometheus = None;
     let mut programs = BTreeMap::new();
+    let mut enabled = BTreeMap::new();
     let mut marker_present = None;
     let mut marker_lines: Vec<&str> = Vec::new();
     let mut ended = false;
@@ -266,6 +294,17 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
                     return Err(bad());
                 }
                 programs.insert(path.to_owned(), present);
+            }
+            "enabled" => {
+                let (yes, unit) = rest.split_once(' ').ok_or_else(bad)?;
+                let yes = yes_no(yes, "yes", "no").ok_or_else(bad)?;
+                let known = unit.ends_with(".service")
+                    && unit
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"@.-_".contains(&b));
+                if !known || enabled.insert(unit.to_owned(), yes).is_some() {
+                    return Err(bad());
+                }
             }
             "interface" => interface = Some(yes_no(rest, "present", "missing").ok_or_else(bad)?),
             "link" => link_up = Some(yes_no(rest, "up", "down").ok_or_else(bad)?),
@@ -374,6 +413,7 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
         node_exporter: node_exporter.ok_or_else(|| missing("`process node_exporter`"))?,
         prometheus: prometheus.ok_or_else(|| missing("`process prometheus`"))?,
         programs,
+        enabled,
         pending,
     })
 }
@@ -429,7 +469,7 @@ mod tests {
 
     fn sample() -> String {
         format!(
-            "noise from a login script\npromguard-facts 2\nsystemd no\n\
+            "noise from a login script\npromguard-facts 3\nsystemd no\n\
              file {HASH} /etc/wireguard/wg0.conf\nfile missing /etc/promguard/nftables.conf\n\
              program yes /usr/bin/wg\nprogram yes /usr/bin/wg-quick\nprogram yes /usr/sbin/nft\n\
              program yes /usr/bin/prometheus-node-exporter\nprogram no /usr/bin/prometheus\n\
@@ -472,6 +512,7 @@ mod tests {
                     "/usr/bin/wg-quick": true,
                     "/usr/sbin/nft": true,
                 },
+                enabled: {},
                 pending: Clear,
             }
         "#]]
@@ -544,10 +585,10 @@ mod tests {
     fn malformed_output_is_an_error_not_a_panic() {
         let good = sample();
         let cases: Vec<(String, &str)> = vec![
-            (String::new(), "no `promguard-facts 2` header"),
+            (String::new(), "no `promguard-facts 3` header"),
             (
-                good.replace("promguard-facts 2", "promguard-facts 1"),
-                "no `promguard-facts 2` header",
+                good.replace("promguard-facts 3", "promguard-facts 1"),
+                "no `promguard-facts 3` header",
             ),
             (
                 good.replace("apply-pending absent\n", ""),

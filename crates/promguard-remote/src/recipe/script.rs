@@ -37,6 +37,15 @@ pub const NODE_EXPORTER_DROPIN_PATH: &str =
 pub const PROMETHEUS_DEFAULTS_PATH: &str = "/etc/default/prometheus";
 /// Loads PromGuard's ruleset at boot on systemd hosts.
 pub const FIREWALL_UNIT_PATH: &str = "/etc/systemd/system/promguard-firewall.service";
+/// The firewall unit's name.
+pub const FIREWALL_UNIT: &str = "promguard-firewall.service";
+/// node_exporter's unit (Debian's).
+pub const NODE_EXPORTER_UNIT: &str = "prometheus-node-exporter.service";
+/// Prometheus' unit (Debian's).
+pub const PROMETHEUS_UNIT: &str = "prometheus.service";
+/// Where apt's output goes on a host, so that a cut connection cannot
+/// stop an install halfway (apt writing to a closed channel).
+pub const APT_LOG_PATH: &str = "/var/log/promguard/apt.log";
 
 /// Files the recipe itself writes on systemd hosts.
 pub const SYSTEMD_PATHS: &[&str] = &[
@@ -107,12 +116,21 @@ pub fn systemd_files(host: &DesiredHost) -> Vec<DesiredFile> {
         DesiredFile::new(
             FIREWALL_UNIT_PATH,
             0o644,
+            // As Debian's own nftables.service: no default dependencies
+            // (they would order it after sysinit.target, which cloud-init
+            // and networking are ordered before: an ordering cycle that
+            // systemd breaks by dropping one of them), so the table is in
+            // force before any interface comes up.
             format!(
                 "# Managed by PromGuard.\n[Unit]\nDescription=PromGuard firewall table\n\
-                 Before=network-pre.target\nWants=network-pre.target\n\n\
-                 [Service]\nType=oneshot\nRemainAfterExit=yes\n\
-                 ExecStart=/usr/sbin/nft -f {}\n\n[Install]\nWantedBy=multi-user.target\n",
-                promguard_core::nftables::RULESET_PATH
+                 DefaultDependencies=no\nWants=network-pre.target\n\
+                 Before=network-pre.target shutdown.target\nConflicts=shutdown.target\n\
+                 RequiresMountsFor={dir}\n\n\
+                 [Service]\nType=oneshot\nRemainAfterExit=yes\nStandardInput=null\n\
+                 ExecStart=/usr/sbin/nft -f {path}\nExecReload=/usr/sbin/nft -f {path}\n\n\
+                 [Install]\nWantedBy=sysinit.target\n",
+                path = promguard_core::nftables::RULESET_PATH,
+                dir = "/etc/promguard",
             ),
         ),
     ];
@@ -240,7 +258,7 @@ pub fn apply_script(host: &DesiredHost, systemd: bool, decision: &Decision) -> S
     // Packages first, so their files exist before ours replace them.
     for action in &decision.actions {
         if let Action::InstallPackages(packages) = action {
-            install_packages(&mut s, packages);
+            install_packages(&mut s, packages, systemd);
         }
     }
     // The marker goes in before the first file and lists every file whose
@@ -299,32 +317,87 @@ fn write_embedded(s: &mut String, file: &DesiredFile) {
     let _ = writeln!(s, "{EOF_MARKER}");
 }
 
-fn install_packages(s: &mut String, packages: &[String]) {
+/// Units whose packages would start them with Debian's defaults
+/// (node_exporter on every address) before PromGuard's config is in.
+const HELD_UNITS: &[&str] = &[NODE_EXPORTER_UNIT, PROMETHEUS_UNIT];
+
+fn install_packages(s: &mut String, packages: &[String], systemd: bool) {
     let list: Vec<String> = packages.iter().map(|p| shell_quote(p)).collect();
     let _ = writeln!(
         s,
         "step {}",
         shell_quote(&format!("apt-get install {}", packages.join(" ")))
     );
-    // policy-rc.d keeps the new services from starting with Debian's
-    // defaults (node_exporter on every address) before our config is in.
+    // apt's output goes to a log on the host and the script ignores
+    // SIGPIPE and SIGHUP: a connection cut mid-install (Ctrl-C, SIGKILL
+    // of promguard, a network drop) lets the install finish instead of
+    // killing dpkg halfway. One interrupted by other means (a reboot) is
+    // finished by `dpkg --configure -a` on the next run.
     let _ = writeln!(
         s,
-        r#"export DEBIAN_FRONTEND=noninteractive
-policy=
-if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy=1; fi
-apt-get -q -o DPkg::Lock::Timeout=300 update >&2 || fail "apt-get update failed"
-apt-get install -y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {} >&2 || {{ [ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d; fail "apt-get install failed"; }}
-[ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d"#,
-        list.join(" ")
+        r#"trap '' PIPE HUP
+export DEBIAN_FRONTEND=noninteractive
+mkdir -p {log_dir} || fail "cannot create {log_dir}"
+apt_log={log}
+apt_fail() {{ echo "promguard: $1; the end of $apt_log:" >&2; tail -n 20 "$apt_log" >&2; }}"#,
+        log_dir = shell_quote("/var/log/promguard"),
+        log = shell_quote(APT_LOG_PATH),
     );
+    let held: Vec<String> = HELD_UNITS.iter().map(|u| shell_quote(u)).collect();
+    if systemd {
+        // Runtime masks keep the new services from starting: they live in
+        // /run, so even a SIGKILL of this script leaves nothing that
+        // survives a reboot, touch other packages (a policy-rc.d left
+        // behind would keep every later upgrade, openssh's included,
+        // from restarting its service), and the start of each daemon
+        // below unmasks it first.
+        let _ = writeln!(
+            s,
+            "systemctl mask --runtime --quiet {units} || fail \"cannot hold back {names}\"",
+            units = held.join(" "),
+            names = HELD_UNITS.join(" "),
+        );
+    } else {
+        // Without systemd, policy-rc.d is the only way; it removes itself
+        // when the script that wrote it is gone, so a cut-off install
+        // leaves no lasting effect.
+        let _ = writeln!(
+            s,
+            r#"policy=
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\n# PromGuard, while it installs packages (pid %s)\n[ -d /proc/%s ] && exit 101\nrm -f "$0"; exit 0\n' "$$" "$$" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy=1
+fi
+trap '[ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d' EXIT"#
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"{{
+dpkg --configure -a
+apt-get -q -o DPkg::Lock::Timeout=300 update
+}} >>"$apt_log" 2>&1 || {{ apt_fail "apt-get update failed"; exit 1; }}
+apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {list} >>"$apt_log" 2>&1 || {{ apt_fail "apt-get install failed"; exit 1; }}"#,
+        list = list.join(" ")
+    );
+    if systemd {
+        // Nothing starts them now; the actions below start them with
+        // PromGuard's config in place.
+        let _ = writeln!(
+            s,
+            "systemctl unmask --runtime --quiet {} || fail \"cannot unmask {}\"",
+            held.join(" "),
+            HELD_UNITS.join(" "),
+        );
+    } else {
+        s.push_str("[ -n \"$policy\" ] && rm -f /usr/sbin/policy-rc.d\npolicy=\n");
+    }
 }
 
 /// Commands for one action on a host without systemd.
 fn plain_action(s: &mut String, host: &DesiredHost, action: &Action) {
     let node_listen = shell_quote(&host.node_exporter_listen.to_string());
     match action {
-        Action::InstallPackages(_) | Action::DaemonReload | Action::EnableFirewallAtBoot => {}
+        Action::InstallPackages(_) | Action::DaemonReload | Action::EnableAtBoot(_) => {}
         Action::WireguardUp(name) | Action::WireguardRecreate(name) => {
             let i = shell_quote(name.as_str());
             if matches!(action, Action::WireguardRecreate(_)) {
@@ -391,7 +464,7 @@ fn systemd_action(s: &mut String, host: &DesiredHost, action: &Action) {
             }
             let _ = writeln!(
                 s,
-                "systemctl enable {unit} && systemctl restart {unit} || fail \"cannot start {unit_name}\"\n\
+                "systemctl enable --quiet {unit} && systemctl restart {unit} || fail \"cannot start {unit_name}\"\n\
                  wg show {i} >/dev/null || fail \"{name} does not answer after starting {unit_name}\""
             );
         }
@@ -400,13 +473,19 @@ fn systemd_action(s: &mut String, host: &DesiredHost, action: &Action) {
             readdress,
         } => wireguard_sync(s, host, interface, *readdress),
         Action::LoadFirewall => load_firewall(s),
-        Action::EnableFirewallAtBoot => {
-            s.push_str("systemctl enable promguard-firewall.service || fail \"cannot enable promguard-firewall.service\"\n");
+        Action::EnableAtBoot(units) => {
+            let quoted: Vec<String> = units.iter().map(|u| shell_quote(u)).collect();
+            let _ = writeln!(
+                s,
+                "systemctl unmask --runtime --quiet {q} && systemctl reenable --quiet {q} || fail \"cannot enable {} at boot\"",
+                units.join(" "),
+                q = quoted.join(" "),
+            );
         }
         Action::StartNodeExporter { .. } => {
             let _ = writeln!(
                 s,
-                "systemctl enable prometheus-node-exporter.service && systemctl restart prometheus-node-exporter.service || fail \"cannot start prometheus-node-exporter.service\"\n\
+                "systemctl unmask --runtime --quiet prometheus-node-exporter.service; systemctl enable --quiet prometheus-node-exporter.service && systemctl restart prometheus-node-exporter.service || fail \"cannot start prometheus-node-exporter.service\"\n\
                  wait_listening node_exporter {node_listen} journalctl -u prometheus-node-exporter.service -n 20 --no-pager"
             );
         }
@@ -416,7 +495,7 @@ fn systemd_action(s: &mut String, host: &DesiredHost, action: &Action) {
                 .expect("Prometheus actions only when it is wanted");
             let _ = writeln!(
                 s,
-                "systemctl enable prometheus.service && systemctl restart prometheus.service || fail \"cannot start prometheus.service\"\n\
+                "systemctl unmask --runtime --quiet prometheus.service; systemctl enable --quiet prometheus.service && systemctl restart prometheus.service || fail \"cannot start prometheus.service\"\n\
                  wait_listening prometheus {} journalctl -u prometheus.service -n 20 --no-pager",
                 shell_quote(&listen.to_string())
             );
@@ -528,7 +607,7 @@ mod tests {
                 readdress: true,
             },
             Action::LoadFirewall,
-            Action::EnableFirewallAtBoot,
+            Action::EnableAtBoot(vec![FIREWALL_UNIT.to_owned()]),
             Action::StartNodeExporter { restart: true },
             Action::StartPrometheus { restart: true },
             Action::ReloadPrometheus,
@@ -597,7 +676,7 @@ mod tests {
             while [ -S '/run/wireguard/wg0.sock' ] && ss -Hxl | awk '{print $5}' | grep -Fxq -e '/run/wireguard/wg0.sock' -e '/var/run/wireguard/wg0.sock' && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
             rm -f '/run/wireguard/wg0.sock'
             ! ip link show dev 'wg0' >/dev/null 2>&1 || fail "cannot delete the broken interface wg0"
-            systemctl enable 'wg-quick@wg0.service' && systemctl restart 'wg-quick@wg0.service' || fail "cannot start wg-quick@wg0.service"
+            systemctl enable --quiet 'wg-quick@wg0.service' && systemctl restart 'wg-quick@wg0.service' || fail "cannot start wg-quick@wg0.service"
             wg show 'wg0' >/dev/null || fail "wg0 does not answer after starting wg-quick@wg0.service"
             echo 'step done'
             }
@@ -760,7 +839,7 @@ mod tests {
     fn fresh_node_decision_produces_ordered_script() {
         let host = node();
         let facts = super::super::facts::parse_facts(
-            "promguard-facts 2\nsystemd no\nfile missing /etc/wireguard/wg0.conf\n\
+            "promguard-facts 3\nsystemd no\nfile missing /etc/wireguard/wg0.conf\n\
              file missing /etc/promguard/nftables.conf\n\
              file missing /etc/default/prometheus-node-exporter\n\
              file missing /etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf\n\

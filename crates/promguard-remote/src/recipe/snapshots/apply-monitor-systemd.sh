@@ -40,10 +40,13 @@ PROMGUARD_EOF
 step 'write /etc/systemd/system/promguard-firewall.service'
 write_file '/etc/systemd/system/promguard-firewall.service' 0644 <<'PROMGUARD_EOF'
 IyBNYW5hZ2VkIGJ5IFByb21HdWFyZC4KW1VuaXRdCkRlc2NyaXB0aW9uPVByb21HdWFyZCBmaXJl
-d2FsbCB0YWJsZQpCZWZvcmU9bmV0d29yay1wcmUudGFyZ2V0CldhbnRzPW5ldHdvcmstcHJlLnRh
-cmdldAoKW1NlcnZpY2VdClR5cGU9b25lc2hvdApSZW1haW5BZnRlckV4aXQ9eWVzCkV4ZWNTdGFy
-dD0vdXNyL3NiaW4vbmZ0IC1mIC9ldGMvcHJvbWd1YXJkL25mdGFibGVzLmNvbmYKCltJbnN0YWxs
-XQpXYW50ZWRCeT1tdWx0aS11c2VyLnRhcmdldAo=
+d2FsbCB0YWJsZQpEZWZhdWx0RGVwZW5kZW5jaWVzPW5vCldhbnRzPW5ldHdvcmstcHJlLnRhcmdl
+dApCZWZvcmU9bmV0d29yay1wcmUudGFyZ2V0IHNodXRkb3duLnRhcmdldApDb25mbGljdHM9c2h1
+dGRvd24udGFyZ2V0ClJlcXVpcmVzTW91bnRzRm9yPS9ldGMvcHJvbWd1YXJkCgpbU2VydmljZV0K
+VHlwZT1vbmVzaG90ClJlbWFpbkFmdGVyRXhpdD15ZXMKU3RhbmRhcmRJbnB1dD1udWxsCkV4ZWNT
+dGFydD0vdXNyL3NiaW4vbmZ0IC1mIC9ldGMvcHJvbWd1YXJkL25mdGFibGVzLmNvbmYKRXhlY1Jl
+bG9hZD0vdXNyL3NiaW4vbmZ0IC1mIC9ldGMvcHJvbWd1YXJkL25mdGFibGVzLmNvbmYKCltJbnN0
+YWxsXQpXYW50ZWRCeT1zeXNpbml0LnRhcmdldAo=
 PROMGUARD_EOF
 step 'write /etc/default/prometheus'
 write_file '/etc/default/prometheus' 0644 <<'PROMGUARD_EOF'
@@ -52,7 +55,7 @@ dXMvcHJvbWV0aGV1cy55bWwgLS1zdG9yYWdlLnRzZGIucGF0aD0vdmFyL2xpYi9wcm9tZXRoZXVz
 L21ldHJpY3MyIC0td2ViLmxpc3Rlbi1hZGRyZXNzPTEyNy4wLjAuMTo5MDkwIgo=
 PROMGUARD_EOF
 step 'start prometheus'
-systemctl enable prometheus.service && systemctl restart prometheus.service || fail "cannot start prometheus.service"
+systemctl unmask --runtime --quiet prometheus.service; systemctl enable --quiet prometheus.service && systemctl restart prometheus.service || fail "cannot start prometheus.service"
 wait_listening prometheus '127.0.0.1:9090' journalctl -u prometheus.service -n 20 --no-pager
 step 'reload prometheus'
 systemctl reload prometheus.service || fail "cannot reload prometheus.service"
