@@ -21,6 +21,17 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "network namespaces"),
     ("util-linux", "unshare and nsenter"),
     ("procps", "ps for checks"),
+    (
+        "systemd-container",
+        "systemd-nspawn boots the local systemd hosts",
+    ),
+    ("debootstrap", "builds the systemd hosts' Debian image"),
+    ("dpkg-dev", "dpkg-scanpackages indexes their package mirror"),
+    (
+        "busybox",
+        "its httpd serves that mirror in the hub namespace",
+    ),
+    ("shellcheck", "checks the shell scripts that run on hosts"),
     ("libssh2-1-dev", "the ssh2 crate links libssh2"),
     ("libssl-dev", "libssh2's crypto"),
     ("pkg-config", "finding libssh2 when building"),

@@ -29,6 +29,8 @@ pub(crate) struct Deployment {
     pub(crate) regions: [&'static str; 3],
     /// Config text appended after the hosts (`[ssh]`, `[digitalocean]`).
     pub(crate) extra_config: String,
+    /// Prometheus' scrape interval (`2s` unless a scenario needs another).
+    pub(crate) scrape_interval: String,
     /// Environment of every promguard run.
     pub(crate) env: Vec<(String, String)>,
     /// Everything every promguard run printed, for checks over all output.
@@ -45,6 +47,7 @@ impl Deployment {
             provider: "local",
             regions: ["lon1", "sfo2", "sgp1"],
             extra_config: String::new(),
+            scrape_interval: "2s".to_owned(),
             env: Vec::new(),
             transcript: RefCell::new(String::new()),
         })
@@ -75,8 +78,8 @@ impl Deployment {
 
     pub(crate) fn write_config(&self, nodes: &[&str]) -> Result<()> {
         let mut text = format!(
-            "[deployment]\nname = \"{}\"\nprovider = \"{}\"\n\n[prometheus]\nscrape_interval = \"2s\"\n\n[monitor]\nname = \"promguard-monitor-1\"\nregion = \"tor1\"\n",
-            self.name, self.provider
+            "[deployment]\nname = \"{}\"\nprovider = \"{}\"\n\n[prometheus]\nscrape_interval = \"{}\"\n\n[monitor]\nname = \"promguard-monitor-1\"\nregion = \"tor1\"\n",
+            self.name, self.provider, self.scrape_interval
         );
         let regions = self.regions;
         for n in nodes {
@@ -363,6 +366,15 @@ pub fn local(root: &Path) -> Result<()> {
         "the provider does not know every host's init process"
     );
     d.ok(&["down", "--yes"])?;
+    check_gone(&name, &pids)?;
+    eprintln!("e2e: 7. down left no namespace, process or directory");
+    eprintln!("e2e: local scenario passed (fresh up {fresh:.2?}, no-op up {noop:.2?})");
+    Ok(())
+}
+
+/// Checks that local deployment `name` left no namespace, no state
+/// directory, and none of the processes `pids`.
+pub(crate) fn check_gone(name: &str, pids: &[u32]) -> Result<()> {
     let netns =
         String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output()?.stdout)
             .into_owned();
@@ -371,10 +383,10 @@ pub fn local(root: &Path) -> Result<()> {
         "namespaces remain:\n{netns}"
     );
     ensure!(
-        !Path::new("/var/lib/promguard/local").join(&name).exists(),
+        !Path::new("/var/lib/promguard/local").join(name).exists(),
         "the deployment directory remains"
     );
-    for pid in pids {
+    for &pid in pids {
         // A zombie (state Z) or exiting (X) process is already dead; only its
         // parent can reap it. Allow the kernel a moment to finish the exit.
         let state = || {
@@ -390,12 +402,10 @@ pub fn local(root: &Path) -> Result<()> {
         }
         ensure!(
             !alive(),
-            "process {pid} (a host's init) of the deployment remains (state {:?})",
+            "process {pid} of the deployment remains (state {:?})",
             state()
         );
     }
-    eprintln!("e2e: 7. down left no namespace, process or directory");
-    eprintln!("e2e: local scenario passed (fresh up {fresh:.2?}, no-op up {noop:.2?})");
     Ok(())
 }
 
@@ -424,7 +434,7 @@ pub(crate) fn scenario(
     // 2. From an outsider on the underlay, exporters and Prometheus are closed, SSH open.
     match hosts_on {
         Some(provider) => {
-            outsider_checks(d, provider)?;
+            outsider_checks(d, provider, "outsider")?;
             eprintln!("e2e: 2. outsiders cannot reach exporters or Prometheus; SSH answers");
         }
         None => eprintln!("e2e: 2. skipped: no outsider can join a real cloud's network"),
@@ -536,13 +546,17 @@ pub(crate) fn scenario(
 
 /// From an outsider on the hosts' underlay, exporters and Prometheus are
 /// closed and SSH is open.
-fn outsider_checks(d: &Deployment, provider: &promguard_cloud::local::LocalProvider) -> Result<()> {
+pub(crate) fn outsider_checks(
+    d: &Deployment,
+    provider: &promguard_cloud::local::LocalProvider,
+    name: &str,
+) -> Result<()> {
     let state = d.state()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let outsider =
-        runtime.block_on(provider.create_outsider(&promguard_core::HostName::new("outsider")?))?;
+        runtime.block_on(provider.create_outsider(&promguard_core::HostName::new(name)?))?;
     for (host, record) in state["hosts"].as_object().context("no hosts in state")? {
         let public: IpAddr = record["public_address"]
             .as_str()

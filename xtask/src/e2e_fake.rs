@@ -34,6 +34,7 @@ use promguard_cloud::fake_digitalocean::{
 };
 use promguard_cloud::local::{LocalOptions, LocalProvider};
 use promguard_cloud::{CloudProvider, HostRequest};
+use promguard_core::config::LocalHostKind;
 use promguard_core::{DeploymentName, HostName, Region, Role, SshPublicKey};
 
 use crate::e2e::{check_targets, scenario, Deployment};
@@ -102,11 +103,29 @@ impl NamespaceBackend {
             role,
             region: Region::new(&droplet.region)?,
         };
-        let host = self.hosts.create_host_with_key_blocking(
-            &request,
-            &private,
-            &droplet.authorized_keys,
-        )?;
+        let host = match self.hosts.host_kind() {
+            // A systemd droplet boots with cloud-init reading the user data
+            // as sent; an impostor's carries another key in its place.
+            LocalHostKind::Systemd => {
+                let user_data = if impostor {
+                    let (injected, _) = host_key_for(user_data, &droplet.name)
+                        .context("the user data installs no host key for this droplet")?;
+                    user_data.replace(injected.trim_end(), private.trim_end())
+                } else {
+                    user_data.to_owned()
+                };
+                self.hosts.create_host_with_user_data_blocking(
+                    &request,
+                    &user_data,
+                    &droplet.authorized_keys,
+                )?
+            }
+            LocalHostKind::Namespace => self.hosts.create_host_with_key_blocking(
+                &request,
+                &private,
+                &droplet.authorized_keys,
+            )?,
+        };
         match host.public_address {
             IpAddr::V4(v4) => Ok(v4),
             IpAddr::V6(v6) => bail!("the host got the IPv6 address {v6}"),
@@ -189,9 +208,14 @@ pub fn fake(root: &Path) -> Result<()> {
         .build()?;
 
     // The machines behind the droplets: one local deployment.
+    // Droplets are systemd hosts that boot with cloud-init, as on
+    // DigitalOcean.
     let hosts = LocalProvider::new(
         DeploymentName::new(&format!("do{id}"))?,
-        LocalOptions::default(),
+        LocalOptions {
+            hosts: LocalHostKind::Systemd,
+            ..LocalOptions::default()
+        },
     );
     let _hosts_guard = Hosts(hosts.clone());
     // Makes the hub namespace now: the CLI opens its SSH sockets there.
@@ -219,6 +243,7 @@ pub fn fake(root: &Path) -> Result<()> {
         regions: ["lon1", "sfo3", "sgp1"],
         // The e2e's own login key, not the user's.
         extra_config: format!("\n[ssh]\nprivate_key = \"{}\"\n", key.display()),
+        scrape_interval: "2s".to_owned(),
         env: vec![
             ("DIGITALOCEAN_TOKEN".into(), token.clone()),
             ("PROMGUARD_DIGITALOCEAN_URL".into(), fake.base_url()),
@@ -723,6 +748,7 @@ pub fn real(root: &Path) -> Result<()> {
         provider: "digitalocean",
         regions: ["lon1", "sfo3", "sgp1"],
         extra_config: String::new(),
+        scrape_interval: "2s".to_owned(),
         env: Vec::new(),
         transcript: Default::default(),
     };

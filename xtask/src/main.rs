@@ -7,6 +7,9 @@
 //! - `demo`: installs what is missing, builds, brings up a monitor and three
 //!   nodes on the local provider and prints the targets.
 //! - `e2e --local`: the local end-to-end scenario on its own.
+//! - `e2e --systemd`: the local scenario on systemd hosts (Debian booted
+//!   with systemd-nspawn, packages from apt), with reboots and cut-off apt
+//!   steps.
 //! - `e2e --faults`: the fault tests on local hosts (unreachable hosts,
 //!   signals, a lost state file, healing, hostile input, secrets).
 //! - `deps`: only the package installation.
@@ -25,6 +28,7 @@ mod bench;
 mod deps;
 mod e2e;
 mod e2e_fake;
+mod e2e_systemd;
 mod faults;
 mod fuzz;
 
@@ -46,12 +50,16 @@ fn main() -> Result<()> {
                     deps::ensure()?;
                     e2e_fake::fake(&root)
                 }
+                ["--systemd"] => {
+                    deps::ensure()?;
+                    e2e_systemd::systemd(&root)
+                }
                 ["--faults"] => {
                     deps::ensure()?;
                     faults::run(&root)
                 }
                 [] => e2e_fake::real(&root),
-                other => bail!("unknown e2e arguments {other:?}; use --local, --fake or nothing (real DigitalOcean)"),
+                other => bail!("unknown e2e arguments {other:?}; use --local, --systemd, --fake, --faults or nothing (real DigitalOcean)"),
             }
         }
         Some("bench") => {
@@ -141,6 +149,7 @@ fn test(root: &Path) -> Result<()> {
     ]))?;
     run(cargo().args(["test", "--workspace"]))?;
     e2e::local(root)?;
+    e2e_systemd::systemd(root)?;
     faults::run(root)?;
     e2e_fake::fake(root)?;
     eprintln!("xtask test: everything passed");

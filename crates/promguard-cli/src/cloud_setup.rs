@@ -25,10 +25,10 @@ use std::time::Duration;
 
 use anyhow::bail;
 use async_trait::async_trait;
-use promguard_cloud::digitalocean::{DigitalOceanProvider, Timing, Token};
+use promguard_cloud::digitalocean::{DigitalOceanProvider, FirstBoot, Timing, Token};
 use promguard_cloud::{CloudError, CloudProvider, Host, HostRequest};
 use promguard_core::config::Config;
-use promguard_core::{HostName, SshPublicKey};
+use promguard_core::{HostName, Role, SshPublicKey};
 
 /// Overrides the API base URL (tests: the fake API).
 pub const URL_ENV: &str = "PROMGUARD_DIGITALOCEAN_URL";
@@ -101,6 +101,15 @@ fn digitalocean_with(
     };
     let token = Token::from_env()?;
     let mut builder = DigitalOceanProvider::builder_from_config(config, token);
+    for role in [Role::Monitor, Role::Node] {
+        builder = builder.first_boot(
+            role,
+            FirstBoot {
+                packages: promguard_remote::recipe::packages_for(role),
+                hold_units: promguard_remote::recipe::held_units(),
+            },
+        );
+    }
     match &endpoint {
         Endpoint::Default => {}
         Endpoint::Https(url) | Endpoint::Loopback(url) => builder = builder.base_url(url.clone()),

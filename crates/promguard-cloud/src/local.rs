@@ -89,6 +89,17 @@ impl Default for LocalOptions {
     }
 }
 
+/// What a caller hands a new host instead of what the provider makes.
+#[derive(Debug, Clone, Copy)]
+enum Provided<'a> {
+    /// A fresh host key and the registered login keys.
+    Nothing,
+    /// This private host key (OpenSSH format).
+    HostKey(&'a str),
+    /// This cloud-init user data (systemd hosts only).
+    UserData(&'a str),
+}
+
 /// What systemd hosts boot from, built (or found in the cache) once per run.
 #[derive(Debug, Clone)]
 struct SystemdBoot {
@@ -416,7 +427,7 @@ impl LocalProvider {
         &self,
         entry: &HostEntry,
         authorized_keys: &[String],
-        host_key: Option<&str>,
+        provided: Provided<'_>,
         boot: Option<&SystemdBoot>,
     ) -> Result<Host, CloudError> {
         let host_error = |message: String| CloudError::Host {
@@ -430,13 +441,21 @@ impl LocalProvider {
         };
         let (host_key, init, timeout) = match boot {
             None => {
-                let spec = HostSpec {
-                    name: &entry.name,
-                    address: entry.address,
-                    ssh_port: entry.ssh_port,
-                    authorized_keys,
-                    host_key,
-                };
+                let spec =
+                    HostSpec {
+                        name: &entry.name,
+                        address: entry.address,
+                        ssh_port: entry.ssh_port,
+                        authorized_keys,
+                        host_key: match provided {
+                            Provided::HostKey(key) => Some(key),
+                            Provided::Nothing => None,
+                            Provided::UserData(_) => return Err(host_error(
+                                "a namespace host cannot boot from user data; use systemd hosts"
+                                    .into(),
+                            )),
+                        },
+                    };
                 let host_key = host::prepare(&dir, &spec).map_err(host_error)?;
                 let init = host::start_init(&dir, &entry.name, &entry.netns).map_err(host_error)?;
                 (Some(host_key), init, SSH_READY_TIMEOUT)
@@ -449,9 +468,15 @@ impl LocalProvider {
                     name: &entry.name,
                     ssh_port: entry.ssh_port,
                     authorized_keys,
-                    host_key,
+                    host_key: match provided {
+                        Provided::HostKey(key) => Some(key),
+                        _ => None,
+                    },
                     mirror: underlay.nth(1).expect("a /24 has a .1"),
-                    user_data: None,
+                    user_data: match provided {
+                        Provided::UserData(text) => Some(text),
+                        _ => None,
+                    },
                 };
                 let host_key = nspawn::prepare(&dir, &spec).map_err(host_error)?;
                 let init = nspawn::start(&boot.image, &dir, &entry.name, &entry.netns)
@@ -532,13 +557,13 @@ impl LocalProvider {
         self.save(record)
     }
 
-    /// Creates `requests`; with `provided`, every host gets that private
-    /// host key and those authorized keys instead of a fresh key and the
-    /// registered ones.
+    /// Creates `requests`; with `provided`, every host gets that host key
+    /// or boots from that user data, and those authorized keys, instead of
+    /// a fresh key and the registered ones.
     fn create_hosts_blocking(
         &self,
         requests: &[HostRequest],
-        provided: Option<(&str, &[String])>,
+        provided: Option<(Provided<'_>, &[String])>,
     ) -> Result<Vec<Host>, CloudError> {
         self.check_state_dir()?;
         for (i, request) in requests.iter().enumerate() {
@@ -614,15 +639,15 @@ impl LocalProvider {
             self.save(&record)?;
             (entries, record.authorized_keys.clone())
         };
-        let (host_key, authorized_keys) = match provided {
-            Some((key, authorized)) => (Some(key), authorized.to_vec()),
-            None => (None, authorized_keys),
+        let (provided, authorized_keys) = match provided {
+            Some((provided, authorized)) => (provided, authorized.to_vec()),
+            None => (Provided::Nothing, authorized_keys),
         };
         let results: Vec<Result<Host, CloudError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = entries
                 .iter()
                 .map(|entry| {
-                    scope.spawn(|| self.bring_up(entry, &authorized_keys, host_key, boot.as_ref()))
+                    scope.spawn(|| self.bring_up(entry, &authorized_keys, provided, boot.as_ref()))
                 })
                 .collect();
             handles
@@ -685,12 +710,40 @@ impl LocalProvider {
         authorized_keys: &[SshPublicKey],
     ) -> Result<Host, CloudError> {
         let authorized: Vec<String> = authorized_keys.iter().map(|k| k.to_string()).collect();
-        let mut hosts = self
-            .create_hosts_blocking(std::slice::from_ref(request), Some((host_key, &authorized)))?;
+        let mut hosts = self.create_hosts_blocking(
+            std::slice::from_ref(request),
+            Some((Provided::HostKey(host_key), &authorized)),
+        )?;
         hosts.pop().ok_or_else(|| CloudError::Host {
             host: request.name.clone(),
             message: "was not created".into(),
         })
+    }
+
+    /// Creates one systemd host that boots with cloud-init reading
+    /// `user_data` (a NoCloud seed), as a droplet reads the user data of its
+    /// create request, and lets in `authorized_keys`. Blocks the calling
+    /// thread. Namespace hosts run no cloud-init: for them it fails.
+    pub fn create_host_with_user_data_blocking(
+        &self,
+        request: &HostRequest,
+        user_data: &str,
+        authorized_keys: &[SshPublicKey],
+    ) -> Result<Host, CloudError> {
+        let authorized: Vec<String> = authorized_keys.iter().map(|k| k.to_string()).collect();
+        let mut hosts = self.create_hosts_blocking(
+            std::slice::from_ref(request),
+            Some((Provided::UserData(user_data), &authorized)),
+        )?;
+        hosts.pop().ok_or_else(|| CloudError::Host {
+            host: request.name.clone(),
+            message: "was not created".into(),
+        })
+    }
+
+    /// What kind of host this provider makes.
+    pub fn host_kind(&self) -> LocalHostKind {
+        self.options.hosts
     }
 
     /// [`CloudProvider::destroy_hosts`] without async. Blocks the calling

@@ -79,6 +79,26 @@ impl fmt::Debug for HostKeyPair {
     }
 }
 
+/// What a droplet installs on its first boot, before PromGuard first
+/// connects: the packages, and the units to keep stopped until PromGuard
+/// has configured them (Debian starts a service as it installs it: the
+/// exporter would listen on every address until then).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FirstBoot {
+    /// Debian packages for cloud-init's `packages`.
+    pub packages: Vec<String>,
+    /// Units masked (in `/run`, so only until the next boot) before the
+    /// packages are installed; PromGuard unmasks them when it starts them.
+    pub hold_units: Vec<String>,
+}
+
+fn is_plain(word: &str) -> bool {
+    !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@.+-_".contains(&b))
+}
+
 /// Where the boot command records that it ran: a later boot must not undo
 /// the host key the recipe put in place.
 const MARKER: &str = "/etc/promguard/initial-host-key-installed";
@@ -87,12 +107,36 @@ const MARKER: &str = "/etc/promguard/initial-host-key-installed";
 const BEGIN: &str = "# promguard-host-key ";
 
 /// Renders `#cloud-config` user data installing `keys` (droplet name ->
-/// key pair). The script runs as `bootcmd`, before cloud-init's `ssh` module
-/// and before sshd starts, and cloud-init is told neither to delete nor to
-/// generate host keys.
-pub fn render(keys: &[(HostName, HostKeyPair)]) -> String {
+/// key pair) and `first_boot`'s packages. The script runs as `bootcmd`,
+/// before cloud-init's `ssh` module and before sshd starts, and cloud-init
+/// is told neither to delete nor to generate host keys. Package and unit
+/// names that are not plain words are left out.
+pub fn render(keys: &[(HostName, HostKeyPair)], first_boot: &FirstBoot) -> String {
+    let packages: Vec<&str> = first_boot
+        .packages
+        .iter()
+        .map(String::as_str)
+        .filter(|p| is_plain(p))
+        .collect();
+    let held: Vec<&str> = first_boot
+        .hold_units
+        .iter()
+        .map(String::as_str)
+        .filter(|u| is_plain(u))
+        .collect();
     let mut script = String::new();
     script.push_str("set -eu\n");
+    if !packages.is_empty() && !held.is_empty() {
+        // bootcmd runs at every boot, before the packages module of the
+        // first: mask only while the packages are missing, so a later boot
+        // starts the services PromGuard configured. The mask lives in /run
+        // and PromGuard unmasks the units when it starts them.
+        script.push_str(&format!(
+            "dpkg -s {} >/dev/null 2>&1 || systemctl mask --runtime --quiet {} || true\n",
+            packages.join(" "),
+            held.join(" ")
+        ));
+    }
     script.push_str(&format!("if [ -e {MARKER} ]; then exit 0; fi\n"));
     // The metadata service knows the droplet's name even before cloud-init
     // has set the hostname (bootcmd runs first).
@@ -123,6 +167,12 @@ pub fn render(keys: &[(HostName, HostKeyPair)]) -> String {
     let mut out = String::from("#cloud-config\n");
     out.push_str("# Written by PromGuard: installs the SSH host key PromGuard generated for\n");
     out.push_str("# this droplet, so that the first SSH connection is verified.\n");
+    if !packages.is_empty() {
+        out.push_str("package_update: true\npackages:\n");
+        for package in &packages {
+            out.push_str(&format!("  - {package}\n"));
+        }
+    }
     out.push_str(
         "ssh_deletekeys: false\nssh_genkeytypes: []\nbootcmd:\n  - - sh\n    - -c\n    - |\n",
     );
@@ -183,7 +233,7 @@ mod tests {
             (HostName::new("node-1").unwrap(), fake_pair("one")),
             (HostName::new("node-2").unwrap(), fake_pair("two")),
         ];
-        let text = render(&keys);
+        let text = render(&keys, &FirstBoot::default());
         expect_test::expect_file!["../../tests/data/user_data.snapshot"].assert_eq(&text);
         let (private, public) = host_key_for(&text, "node-2").unwrap();
         assert_eq!(private, keys[1].1.private);
@@ -196,7 +246,13 @@ mod tests {
     async fn generates_a_key_with_ssh_keygen() {
         let pair = HostKeyPair::generate("test").await.unwrap();
         assert_eq!(pair.public().algorithm(), "ssh-ed25519");
-        let text = render(&[(HostName::new("m").unwrap(), pair.clone())]);
+        let first_boot = FirstBoot {
+            packages: vec!["wireguard-tools".into(), "bad;package".into()],
+            hold_units: vec!["prometheus.service".into()],
+        };
+        let text = render(&[(HostName::new("m").unwrap(), pair.clone())], &first_boot);
+        assert!(text.contains("packages:\n  - wireguard-tools\n"), "{text}");
+        assert!(!text.contains("bad;package"), "{text}");
         let (private, public) = host_key_for(&text, "m").unwrap();
         assert_eq!(private, pair.private);
         assert_eq!(&public, pair.public());

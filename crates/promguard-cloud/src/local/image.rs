@@ -32,7 +32,7 @@ use nix::fcntl::{Flock, FlockArg};
 use super::preflight::SEARCH_PATH;
 
 /// Bump when the image's contents change, so that old caches are rebuilt.
-const IMAGE_VERSION: u32 = 2;
+const IMAGE_VERSION: u32 = 3;
 
 /// Bump when the mirror's layout changes.
 const MIRROR_VERSION: u32 = 1;
@@ -59,6 +59,7 @@ const IMAGE_PACKAGES: &[&str] = &[
     "netbase",
     "procps",
     "sudo",
+    "curl",
     "cloud-init",
     "python3-cffi-backend",
     // Stands in for the kernel's WireGuard module, which this machine lacks.

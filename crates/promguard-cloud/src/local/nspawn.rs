@@ -151,15 +151,17 @@ pub(crate) fn prepare(
     }
     if let Some(user_data) = spec.user_data {
         let seed = upper.join("var/lib/cloud/seed/nocloud");
-        write(
-            &seed.join("meta-data"),
-            &format!(
-                "instance-id: {}\nlocal-hostname: {}\n",
-                machine_id()?,
-                spec.name
-            ),
-            0o600,
-        )?;
+        // The login keys, as a cloud's metadata carries them (JSON strings
+        // are YAML scalars).
+        let mut meta = format!(
+            "instance-id: {}\nlocal-hostname: {}\npublic-keys:\n",
+            machine_id()?,
+            spec.name
+        );
+        for key in spec.authorized_keys {
+            meta.push_str(&format!("  - {}\n", serde_json::Value::from(key.as_str())));
+        }
+        write(&seed.join("meta-data"), &meta, 0o600)?;
         write(&seed.join("user-data"), user_data, 0o600)?;
         return Ok(None);
     }

@@ -196,6 +196,26 @@ pub fn converge(conn: &Connection, host: &DesiredHost) -> Result<Report, RemoteE
     Ok(report)
 }
 
+/// The Debian packages the recipe installs on a host of `role`, for a
+/// cloud that installs them on first boot (cloud-init's `packages`).
+pub fn packages_for(role: Role) -> Vec<String> {
+    let mut packages: Vec<String> = Vec::new();
+    for (program, package) in facts::PROGRAMS {
+        let needed = *program != script::PROMETHEUS_BIN || role == Role::Monitor;
+        if needed && !packages.iter().any(|p| p == package) {
+            packages.push(package.to_string());
+        }
+    }
+    packages
+}
+
+/// The units a first-boot install must keep from starting until the
+/// recipe has configured them (Debian's node_exporter listens on every
+/// address by default).
+pub fn held_units() -> Vec<String> {
+    script::HELD_UNITS.iter().map(|u| u.to_string()).collect()
+}
+
 /// Checks every value of `host` that will reach a remote shell.
 pub fn validate(host: &DesiredHost) -> Result<(), RemoteError> {
     let invalid = |what: String, reason: String| RemoteError::InvalidInput {
@@ -296,6 +316,15 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::*;
     use super::*;
+
+    #[test]
+    fn first_boot_packages_by_role() {
+        assert_eq!(
+            packages_for(Role::Node),
+            ["wireguard-tools", "nftables", "prometheus-node-exporter"]
+        );
+        assert_eq!(packages_for(Role::Monitor).last().unwrap(), "prometheus");
+    }
 
     #[test]
     fn debug_hides_file_content() {

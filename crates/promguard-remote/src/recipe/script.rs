@@ -319,7 +319,7 @@ fn write_embedded(s: &mut String, file: &DesiredFile) {
 
 /// Units whose packages would start them with Debian's defaults
 /// (node_exporter on every address) before PromGuard's config is in.
-const HELD_UNITS: &[&str] = &[NODE_EXPORTER_UNIT, PROMETHEUS_UNIT];
+pub(crate) const HELD_UNITS: &[&str] = &[NODE_EXPORTER_UNIT, PROMETHEUS_UNIT];
 
 fn install_packages(s: &mut String, packages: &[String], systemd: bool) {
     let list: Vec<String> = packages.iter().map(|p| shell_quote(p)).collect();
@@ -372,10 +372,17 @@ trap '[ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d' EXIT"#
     }
     let _ = writeln!(
         s,
-        r#"{{
-dpkg --configure -a
-apt-get -q -o DPkg::Lock::Timeout=300 update
-}} >>"$apt_log" 2>&1 || {{ apt_fail "apt-get update failed"; exit 1; }}
+        r#"# cloud-init may be installing packages of its own on a first boot.
+if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi
+# A dpkg run cut short (by a reboot) is finished first; while another
+# one holds the lock (a cut-off run's install still going), retry.
+i=0
+while [ -n "$(dpkg --audit 2>/dev/null)" ]; do
+  dpkg --configure -a >>"$apt_log" 2>&1 && break
+  [ "$i" -lt 300 ] || {{ apt_fail "dpkg --configure -a failed"; exit 1; }}
+  sleep 1; i=$((i + 1))
+done
+apt-get -q -o DPkg::Lock::Timeout=300 update >>"$apt_log" 2>&1 || {{ apt_fail "apt-get update failed"; exit 1; }}
 apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {list} >>"$apt_log" 2>&1 || {{ apt_fail "apt-get install failed"; exit 1; }}"#,
         list = list.join(" ")
     );

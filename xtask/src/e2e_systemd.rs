@@ -1,0 +1,326 @@
+//! The systemd end-to-end scenario: the local scenario on systemd hosts
+//! (`[local] hosts = "systemd"`), which boot Debian 12 with their own
+//! systemd and install PromGuard's packages with apt, plus what only such
+//! hosts have: apt's history, unit files checked by `systemd-analyze
+//! verify`, reboots that come back with no PromGuard run, and apt steps cut
+//! off by signals.
+//!
+//! It tears its deployment down also when a check fails, and checks that
+//! nothing (namespace, process, mount, overlay) is left.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use nix::sys::signal::Signal;
+use promguard_cloud::local::{LocalOptions, LocalProvider};
+use promguard_core::config::LocalHostKind;
+use promguard_core::HostName;
+
+use crate::e2e::{check_targets, Deployment};
+
+/// The scrape interval of this scenario: long enough that Prometheus' own
+/// start-up after a reboot (its discovery waits up to 5 s before the first
+/// scrape) fits in two of them.
+const SCRAPE_SECONDS: u64 = 5;
+
+/// The monitor of the scenario.
+const MONITOR: &str = "promguard-monitor-1";
+
+/// Runs the scenario.
+pub fn systemd(root: &Path) -> Result<()> {
+    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
+    let bin = crate::target_dir(root).join("debug/promguard");
+    let name = format!("sd{}", std::process::id() % 100000);
+    let mut d = Deployment::local(bin, name.clone())?;
+    d.scrape_interval = format!("{SCRAPE_SECONDS}s");
+    d.extra_config = "\n[local]\nhosts = \"systemd\"\n".to_owned();
+    let provider = LocalProvider::new(
+        promguard_core::DeploymentName::new(&name)?,
+        LocalOptions {
+            hosts: LocalHostKind::Systemd,
+            ..LocalOptions::default()
+        },
+    );
+
+    // 1-6: the local scenario, on systemd hosts.
+    let (fresh, noop) = crate::e2e::scenario(&d, Some(&provider))?;
+    let hosts = [
+        MONITOR,
+        "promguard-node-1",
+        "promguard-node-3",
+        "promguard-node-4",
+    ];
+
+    // 7. apt installed the packages; units pass systemd-analyze verify.
+    for host in hosts {
+        let history = d.ssh_ok(host, "cat /var/log/apt/history.log")?;
+        ensure!(
+            history.contains("prometheus-node-exporter")
+                && history.contains("wireguard-tools")
+                && history.contains("nftables"),
+            "apt's history on {host} does not show PromGuard's packages:\n{history}"
+        );
+        if host == MONITOR {
+            ensure!(
+                history.contains("prometheus:amd64"),
+                "apt's history on the monitor does not show prometheus:\n{history}"
+            );
+        }
+        let mut units =
+            "promguard-firewall.service prometheus-node-exporter.service wg-quick@wg0.service"
+                .to_owned();
+        if host == MONITOR {
+            units.push_str(" prometheus.service");
+        }
+        let out = d.ssh(
+            host,
+            &format!("systemd-analyze verify --man=no {units} 2>&1"),
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success() && text.trim().is_empty(),
+            "systemd-analyze verify {units} on {host} ({}):\n{text}",
+            out.status
+        );
+        check_boot(&d, &provider, host, "after up")?;
+    }
+    eprintln!("e2e-systemd: 7. apt installed every package; every unit passes systemd-analyze verify; nothing failed");
+
+    // 8. Every host reboots and comes back with no PromGuard run.
+    let before: Vec<(String, u32)> = hosts
+        .iter()
+        .map(|h| Ok((h.to_string(), container_pid(&provider, h)?)))
+        .collect::<Result<_>>()?;
+    for host in hosts {
+        // The connection drops while the host goes down; its exit status
+        // says nothing.
+        let _ = d.ssh(host, "systemctl reboot");
+    }
+    let rebooted = Instant::now();
+    for (host, old) in &before {
+        wait_for_new_boot(&d, &provider, host, *old)?;
+    }
+    let back = Instant::now();
+    // Right after boot: the firewall is already in force.
+    crate::e2e::outsider_checks(&d, &provider, "after-reboot")?;
+    // Asked of the monitor's Prometheus directly (inside the monitor), so
+    // that the time measured is Prometheus' and not that of a status run.
+    let deadline = back + Duration::from_secs(2 * SCRAPE_SECONDS);
+    let all_up = loop {
+        let health = target_health(&provider)?;
+        let all = health.len() == hosts.len() && health.iter().all(|(_, h)| h == "up");
+        if all {
+            break Instant::now();
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "targets not all up within two scrape intervals ({} s) after the hosts were back: {health:?}",
+                2 * SCRAPE_SECONDS
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    check_targets(&d.status()?, &hosts)?;
+    for host in hosts {
+        check_boot(&d, &provider, host, "after the reboot")?;
+    }
+    eprintln!(
+        "e2e-systemd: 8. every host rebooted ({:.1?} until all were back); every target up again {:.1?} later with no PromGuard run; the firewall held from the first packet",
+        back - rebooted,
+        all_up - back
+    );
+
+    // 9. An apt step cut off by SIGTERM, then by SIGKILL, leaves no
+    // policy-rc.d and no masked unit; the next up finishes the host.
+    let mut nodes = vec!["promguard-node-1", "promguard-node-3", "promguard-node-4"];
+    for (signal, node) in [
+        (Signal::SIGTERM, "promguard-node-5"),
+        (Signal::SIGKILL, "promguard-node-6"),
+    ] {
+        nodes.push(node);
+        d.write_config(&nodes)?;
+        let mut run = d.start(&["up", "--yes", "-v"])?;
+        run.wait_for(&format!("{node}: converging"), Duration::from_secs(180))?;
+        wait_for_apt(&d, node)?;
+        run.signal(signal)?;
+        let (status, output) = run.finish(Duration::from_secs(120))?;
+        ensure!(
+            !status.success(),
+            "up cut off by {signal} succeeded:\n{output}"
+        );
+        let left = d.ssh_ok(
+            node,
+            "ls /usr/sbin/policy-rc.d 2>/dev/null; ls /run/systemd/system/*.service 2>/dev/null | while read -r u; do [ \"$(readlink \"$u\")\" = /dev/null ] && echo \"masked $u\"; done; true",
+        )?;
+        // The install may still finish on the host; a mask it left in
+        // /run is lifted by the next up at the latest.
+        ensure!(
+            !left.contains("policy-rc.d"),
+            "after {signal}, {node} has /usr/sbin/policy-rc.d"
+        );
+        d.ok(&["up", "--yes"])?;
+        let left = d.ssh_ok(
+            node,
+            "ls /usr/sbin/policy-rc.d 2>/dev/null; systemctl is-enabled prometheus-node-exporter.service; dpkg --audit",
+        )?;
+        ensure!(
+            left.trim() == "enabled",
+            "after {signal} and another up, {node} has: {left}"
+        );
+        let mut expected = vec![MONITOR];
+        expected.extend(&nodes);
+        check_targets(&d.status()?, &expected)?;
+        check_boot(
+            &d,
+            &provider,
+            node,
+            &format!("after {signal} and another up"),
+        )?;
+    }
+    eprintln!("e2e-systemd: 9. apt cut off by SIGTERM and SIGKILL left no policy-rc.d; the next up finished each host");
+
+    // 10. Down of a node: nothing fails on the monitor.
+    nodes.retain(|n| *n != "promguard-node-5");
+    d.write_config(&nodes)?;
+    d.ok(&["up", "--yes"])?;
+    check_boot(&d, &provider, MONITOR, "after a node was removed")?;
+    eprintln!("e2e-systemd: 10. a node was removed; nothing failed on the monitor");
+
+    // 11. Down leaves nothing behind.
+    let mut pids = Vec::new();
+    for host in std::iter::once(MONITOR).chain(nodes.iter().copied()) {
+        let host = HostName::new(host)?;
+        pids.extend(provider.host_supervisor_pid(&host));
+        pids.extend(provider.host_init_pid(&host));
+    }
+    ensure!(!pids.is_empty(), "the provider knows no host process");
+    d.ok(&["down", "--yes"])?;
+    crate::e2e::check_gone(&name, &pids)?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    ensure!(
+        !mounts.contains(&format!("/local/{name}/")),
+        "mounts of the deployment remain:\n{mounts}"
+    );
+    eprintln!("e2e-systemd: 11. down left no namespace, process, mount, overlay or directory");
+    eprintln!("e2e-systemd: systemd scenario passed (fresh up {fresh:.2?}, no-op up {noop:.2?})");
+    Ok(())
+}
+
+/// Each target's scrape URL and health, as the monitor's Prometheus says
+/// (`/api/v1/targets`, asked with curl inside the monitor).
+fn target_health(provider: &LocalProvider) -> Result<Vec<(String, String)>> {
+    let pid = container_pid(provider, MONITOR)?;
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-a",
+            "curl",
+            "-fsS",
+            "--max-time",
+            "2",
+        ])
+        .arg("http://127.0.0.1:9090/api/v1/targets?state=active")
+        .output()?;
+    if !out.status.success() {
+        // Prometheus is still starting.
+        return Ok(Vec::new());
+    }
+    let body: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("Prometheus' /api/v1/targets is not JSON")?;
+    Ok(body["data"]["activeTargets"]
+        .as_array()
+        .context("no activeTargets in Prometheus' answer")?
+        .iter()
+        .map(|t| {
+            (
+                t["scrapeUrl"].as_str().unwrap_or_default().to_owned(),
+                t["health"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect())
+}
+
+/// PID 1 of a host's container now.
+fn container_pid(provider: &LocalProvider, host: &str) -> Result<u32> {
+    provider
+        .host_init_pid(&HostName::new(host)?)
+        .with_context(|| format!("{host} is not running"))
+}
+
+/// Waits until `host` runs a container other than `old` and its systemd
+/// says the boot is over (`running`).
+fn wait_for_new_boot(d: &Deployment, provider: &LocalProvider, host: &str, old: u32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = provider.host_init_pid(&HostName::new(host)?);
+        if let Some(pid) = now.filter(|p| *p != old) {
+            let out = Command::new("nsenter")
+                .args([
+                    "-t",
+                    &pid.to_string(),
+                    "-a",
+                    "systemctl",
+                    "is-system-running",
+                ])
+                .output()?;
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            match state.as_str() {
+                "running" => return Ok(()),
+                "degraded" => {
+                    let failed = d.ssh(host, "systemctl --failed --no-legend")?;
+                    bail!(
+                        "{host} booted degraded: {}",
+                        String::from_utf8_lossy(&failed.stdout)
+                    );
+                }
+                _ => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("{host} did not boot again within 120 s of its reboot");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// No failed unit, and no ordering cycle in this boot's journal or in the
+/// console log (systemd reports cycles found before journald starts only
+/// on the console).
+fn check_boot(d: &Deployment, provider: &LocalProvider, host: &str, when: &str) -> Result<()> {
+    let failed = d.ssh_ok(host, "systemctl --failed --no-legend --plain")?;
+    ensure!(
+        failed.trim().is_empty(),
+        "{when}, units failed on {host}:\n{failed}"
+    );
+    let cycles = d.ssh_ok(
+        host,
+        "journalctl -b --no-pager | grep -i 'ordering cycle' || true",
+    )?;
+    ensure!(
+        cycles.trim().is_empty(),
+        "{when}, {host}'s journal reports an ordering cycle:\n{cycles}"
+    );
+    let console =
+        std::fs::read_to_string(provider.host_console(&HostName::new(host)?)).unwrap_or_default();
+    ensure!(
+        !console.to_lowercase().contains("ordering cycle"),
+        "{when}, {host}'s console reports an ordering cycle"
+    );
+    Ok(())
+}
+
+/// Waits until apt-get or dpkg runs on `node`.
+fn wait_for_apt(d: &Deployment, node: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let out = d.ssh(node, "pgrep -x 'apt-get|dpkg|http' >/dev/null && echo busy")?;
+        if String::from_utf8_lossy(&out.stdout).contains("busy") {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("apt never ran on {node}")
+}
