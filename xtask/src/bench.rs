@@ -324,6 +324,118 @@ fn criterion(root: &Path) -> Result<String> {
     Ok(rows)
 }
 
+/// What the systemd row measured.
+struct SystemdRow {
+    nodes: usize,
+    fresh: Run,
+    noop: Run,
+    /// From `systemctl reboot` on every host until the monitor's
+    /// Prometheus reports every target up again.
+    reboot_to_up: Duration,
+    /// Of that, until every host's systemd said `running`.
+    reboot_to_booted: Duration,
+}
+
+/// A fresh `up` on systemd hosts (boot, apt installs from the deployment's
+/// mirror), a no-op `up`, and a reboot of every host until every target is
+/// up again with no PromGuard run.
+fn bench_systemd(bin: &Path, nodes: usize) -> Result<SystemdRow> {
+    let name = format!("bsd{nodes}x{}", std::process::id() % 10000);
+    let mut d = crate::e2e::Deployment::local(bin.to_owned(), name.clone())?;
+    d.scrape_interval = "1s".to_owned();
+    d.extra_config = "\n[local]\nhosts = \"systemd\"\n".to_owned();
+    let provider = promguard_cloud::local::LocalProvider::new(
+        promguard_core::DeploymentName::new(&name)?,
+        promguard_cloud::local::LocalOptions {
+            hosts: promguard_core::config::LocalHostKind::Systemd,
+            ..promguard_cloud::local::LocalOptions::default()
+        },
+    );
+    // The image and mirror are cached: build them first so that the
+    // figures are those of a machine that has them.
+    promguard_cloud::local::image::ensure_base_image(
+        &promguard_cloud::local::LocalOptions::default().image_cache,
+        promguard_cloud::local::image::DEFAULT_DEBIAN_MIRROR,
+    )
+    .map_err(anyhow::Error::msg)
+    .and_then(|image| {
+        promguard_cloud::local::image::ensure_mirror(
+            &promguard_cloud::local::LocalOptions::default().image_cache,
+            &image,
+            promguard_cloud::local::image::DEFAULT_DEBIAN_MIRROR,
+        )
+        .map_err(anyhow::Error::msg)
+    })?;
+    let names: Vec<String> = (1..=nodes).map(|i| format!("promguard-node-{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    d.write_config(&refs)?;
+    let config = d.config_path();
+    let report = d.dir.path().join("report.json");
+    let fresh = measure(bin, &config, &["up", "--yes"], Some(&report))?;
+    let noop = measure(bin, &config, &["up", "--yes"], Some(&report))?;
+    let (reboot_to_booted, reboot_to_up) =
+        crate::e2e_systemd::reboot_all(&d, &provider, nodes + 1, Duration::from_secs(120))?;
+    Ok(SystemdRow {
+        nodes,
+        fresh,
+        noop,
+        reboot_to_up,
+        reboot_to_booted,
+    })
+}
+
+fn systemd_table(rows: &[SystemdRow]) -> String {
+    let mut out = String::from(
+        "| nodes | fresh `up` | of which: create (boot) / converge (apt + config) / verify | no-op `up` | reboot of every host: until booted / until every target is up |\n|---:|---:|---|---:|---|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} s | {:.2} / {:.2} / {:.2} s | {:.3} s | {:.1} s / {:.1} s |",
+            r.nodes,
+            r.fresh.wall.as_secs_f64(),
+            phase(&r.fresh, "create"),
+            phase(&r.fresh, "converge"),
+            phase(&r.fresh, "verify"),
+            r.noop.wall.as_secs_f64(),
+            r.reboot_to_booted.as_secs_f64(),
+            r.reboot_to_up.as_secs_f64(),
+        );
+    }
+    out
+}
+
+const SYSTEMD_BEGIN: &str = "<!-- systemd figures -->";
+const SYSTEMD_END: &str = "<!-- end of systemd figures -->";
+
+fn systemd_section(rows: &[SystemdRow]) -> String {
+    format!(
+        "{SYSTEMD_BEGIN}\n## Systemd hosts\n\nLocal provider with `[local] hosts = \"systemd\"`: Debian 12 booted by its own\nsystemd (systemd-nspawn), packages installed with apt from the deployment's\nmirror; scrape interval 1 s, debug build of the CLI; base image and mirror\nalready cached.\n\n{}\n- *create (boot)*: from creating the namespaces until every host's sshd answers.\n- *converge*: the `apt-get install` of wireguard-tools, nftables,\n  prometheus-node-exporter (and prometheus on the monitor), then PromGuard's files.\n- *verify*: mostly Prometheus' own start-up: its discovery and scrape managers\n  wait up to 5 s before the first scrape.\n- *reboot*: `systemctl reboot` on every host at once; *until every target is\n  up* is read from the monitor's Prometheus, which rebooted too (so it includes\n  Prometheus' start-up again); no PromGuard run is involved.\n{SYSTEMD_END}",
+        systemd_table(rows)
+    )
+}
+
+/// `cargo xtask bench --systemd`: only the systemd row, replacing its
+/// section of docs/benchmarks.md.
+pub fn run_systemd(root: &Path) -> Result<()> {
+    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
+    let bin: PathBuf = crate::target_dir(root).join("debug/promguard");
+    let row = bench_systemd(&bin, 3)?;
+    let section = systemd_section(std::slice::from_ref(&row));
+    println!("{section}");
+    let doc = root.join("docs/benchmarks.md");
+    let old = std::fs::read_to_string(&doc).unwrap_or_default();
+    let text = match (old.find(SYSTEMD_BEGIN), old.find(SYSTEMD_END)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{section}{}", &old[..a], &old[b + SYSTEMD_END.len()..])
+        }
+        _ => format!("{}\n{section}\n", old.trim_end()),
+    };
+    std::fs::write(&doc, text)?;
+    eprintln!("bench: wrote {}", doc.display());
+    Ok(())
+}
+
 /// Runs the benchmark for `sizes` and writes docs/benchmarks.md.
 pub fn run(root: &Path, sizes: &[usize]) -> Result<()> {
     crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;

@@ -147,6 +147,17 @@ impl DropletBackend for NamespaceBackend {
     }
 }
 
+/// The file the host's sshd reads its ed25519 key from, as seen from this
+/// machine: in the host directory of a namespace host, in the overlay of a
+/// systemd host (where the host wrote it when it replaced its key).
+fn host_key_file(hosts: &LocalProvider, name: &str) -> Result<std::path::PathBuf> {
+    let dir = hosts.host_dir(&HostName::new(name)?);
+    Ok(match hosts.host_kind() {
+        LocalHostKind::Namespace => dir.join("ssh_host_ed25519_key"),
+        LocalHostKind::Systemd => dir.join("upper/etc/ssh/ssh_host_ed25519_key"),
+    })
+}
+
 fn fresh_private_key() -> Result<String> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("key");
@@ -478,7 +489,7 @@ fn interruptions_and_lost_state(
     // A host key replacement cut off after the new key was installed and
     // before it was pinned: the host serves the key recorded as next.
     let host = four[0];
-    let dir = hosts.host_dir(&HostName::new(host)?);
+    let key_file = host_key_file(hosts, host)?;
     let fresh = fresh_private_key()?;
     let staged = tempfile::tempdir()?;
     std::fs::write(staged.path().join("key"), &fresh)?;
@@ -500,8 +511,9 @@ fn interruptions_and_lost_state(
     state["hosts"][host]["ssh_host_key_next"] = next.to_string().into();
     state["hosts"][host]["ssh_host_key_rotated"] = false.into();
     std::fs::write(&path, serde_json::to_string_pretty(&state)?)?;
-    std::fs::write(dir.join("ssh_host_ed25519_key"), &fresh)?;
-    std::fs::write(dir.join("ssh_host_ed25519_key.pub"), format!("{next}\n"))?;
+    // Written in place (same inode), so a systemd host's overlay shows it.
+    std::fs::write(&key_file, &fresh)?;
+    std::fs::write(key_file.with_extension("pub"), format!("{next}\n"))?;
     d.ok(&["up", "--yes"])?;
     let state = d.state()?;
     let record = &state["hosts"][host];
@@ -511,10 +523,8 @@ fn interruptions_and_lost_state(
             && record.get("ssh_host_key_next").is_none(),
         "up did not pin the recorded next key of {host}: {record}"
     );
-    let served = SshPublicKey::parse(&std::fs::read_to_string(
-        dir.join("ssh_host_ed25519_key.pub"),
-    )?)
-    .map_err(anyhow::Error::msg)?;
+    let served = SshPublicKey::parse(&std::fs::read_to_string(key_file.with_extension("pub"))?)
+        .map_err(anyhow::Error::msg)?;
     ensure!(
         served == next,
         "up replaced {host}'s key again instead of pinning the next one"
@@ -602,11 +612,10 @@ fn host_key_checks(d: &Deployment, fake: &FakeDigitalOcean, hosts: &LocalProvide
             .find(|x| &x.spec.name == name && !x.destroying)
             .with_context(|| format!("no droplet {name}"))?;
         let injected = injected_key(droplet)?;
-        let file = hosts
-            .host_dir(&HostName::new(name)?)
-            .join("ssh_host_ed25519_key.pub");
-        let on_host =
-            SshPublicKey::parse(&std::fs::read_to_string(&file)?).map_err(anyhow::Error::msg)?;
+        let file = host_key_file(hosts, name)?.with_extension("pub");
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("{name}: cannot read {}", file.display()))?;
+        let on_host = SshPublicKey::parse(&text).map_err(anyhow::Error::msg)?;
         ensure!(
             pinned != injected,
             "{name}: the pinned key is still the injected one"

@@ -88,48 +88,25 @@ pub fn systemd(root: &Path) -> Result<()> {
     }
     eprintln!("e2e-systemd: 7. apt installed every package; every unit passes systemd-analyze verify; nothing failed");
 
-    // 8. Every host reboots and comes back with no PromGuard run.
-    let before: Vec<(String, u32)> = hosts
-        .iter()
-        .map(|h| Ok((h.to_string(), container_pid(&provider, h)?)))
-        .collect::<Result<_>>()?;
-    for host in hosts {
-        // The connection drops while the host goes down; its exit status
-        // says nothing.
-        let _ = d.ssh(host, "systemctl reboot");
-    }
-    let rebooted = Instant::now();
-    for (host, old) in &before {
-        wait_for_new_boot(&d, &provider, host, *old)?;
-    }
-    let back = Instant::now();
-    // Right after boot: the firewall is already in force.
+    // 8. Every host reboots and comes back with no PromGuard run; right
+    // after boot the firewall is already in force.
+    let (booted, all_up) = reboot_all(
+        &d,
+        &provider,
+        hosts.len(),
+        Duration::from_secs(2 * SCRAPE_SECONDS),
+    )?;
     crate::e2e::outsider_checks(&d, &provider, "after-reboot")?;
-    // Asked of the monitor's Prometheus directly (inside the monitor), so
-    // that the time measured is Prometheus' and not that of a status run.
-    let deadline = back + Duration::from_secs(2 * SCRAPE_SECONDS);
-    let all_up = loop {
-        let health = target_health(&provider)?;
-        let all = health.len() == hosts.len() && health.iter().all(|(_, h)| h == "up");
-        if all {
-            break Instant::now();
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "targets not all up within two scrape intervals ({} s) after the hosts were back: {health:?}",
-                2 * SCRAPE_SECONDS
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
     check_targets(&d.status()?, &hosts)?;
+    for host in hosts {
+        firewall_before_network(&d, host)?;
+    }
     for host in hosts {
         check_boot(&d, &provider, host, "after the reboot")?;
     }
     eprintln!(
-        "e2e-systemd: 8. every host rebooted ({:.1?} until all were back); every target up again {:.1?} later with no PromGuard run; the firewall held from the first packet",
-        back - rebooted,
-        all_up - back
+        "e2e-systemd: 8. every host rebooted ({booted:.1?} until all were back); every target up again {:.1?} later with no PromGuard run; the firewall held right after boot",
+        all_up - booted
     );
 
     // 9. An apt step cut off by SIGTERM, then by SIGKILL, leaves no
@@ -208,6 +185,50 @@ pub fn systemd(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Reboots every host of `d` at once and waits until each has booted
+/// again (`running`), then until the monitor's Prometheus reports
+/// `targets` targets, all up, at most `up_within` after the last host was
+/// back. Returns the times from the reboot until all were booted and
+/// until every target was up.
+pub(crate) fn reboot_all(
+    d: &Deployment,
+    provider: &LocalProvider,
+    targets: usize,
+    up_within: Duration,
+) -> Result<(Duration, Duration)> {
+    let state = d.typed_state("before the reboot")?;
+    let hosts: Vec<String> = state.hosts.keys().map(|h| h.to_string()).collect();
+    let before: Vec<(String, u32)> = hosts
+        .iter()
+        .map(|h| Ok((h.clone(), container_pid(provider, h)?)))
+        .collect::<Result<_>>()?;
+    let rebooted = Instant::now();
+    for (_, pid) in &before {
+        // Asked from inside each host, all at once; its systemd goes down
+        // and nspawn boots the host again.
+        Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-a", "systemctl", "reboot"])
+            .status()?;
+    }
+    for (host, old) in &before {
+        wait_for_new_boot(d, provider, host, *old)?;
+    }
+    let back = Instant::now();
+    // Asked of the monitor's Prometheus directly (inside the monitor), so
+    // that the time measured is Prometheus' and not that of a status run.
+    let deadline = back + up_within;
+    loop {
+        let health = target_health(provider)?;
+        if health.len() == targets && health.iter().all(|(_, h)| h == "up") {
+            return Ok((back - rebooted, rebooted.elapsed()));
+        }
+        if Instant::now() >= deadline {
+            bail!("targets not all up within {up_within:?} after the hosts were back: {health:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Each target's scrape URL and health, as the monitor's Prometheus says
 /// (`/api/v1/targets`, asked with curl inside the monitor).
 fn target_health(provider: &LocalProvider) -> Result<Vec<(String, String)>> {
@@ -241,6 +262,22 @@ fn target_health(provider: &LocalProvider) -> Result<Vec<(String, String)>> {
             )
         })
         .collect())
+}
+
+/// In this boot, the firewall unit finished before network-pre.target was
+/// reached, so no interface came up without it.
+fn firewall_before_network(d: &Deployment, host: &str) -> Result<()> {
+    let out = d.ssh_ok(
+        host,
+        "systemctl show -P ActiveEnterTimestampMonotonic promguard-firewall.service; systemctl show -P ActiveEnterTimestampMonotonic network-pre.target",
+    )?;
+    let times: Vec<u64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    match times.as_slice() {
+        [firewall, network] if *firewall > 0 && firewall <= network => Ok(()),
+        _ => bail!(
+            "on {host}, the firewall was not in force before network-pre.target in this boot (monotonic activation times: {out:?})"
+        ),
+    }
 }
 
 /// PID 1 of a host's container now.

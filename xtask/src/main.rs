@@ -62,6 +62,10 @@ fn main() -> Result<()> {
                 other => bail!("unknown e2e arguments {other:?}; use --local, --systemd, --fake, --faults or nothing (real DigitalOcean)"),
             }
         }
+        Some("bench") if args.get(1).map(String::as_str) == Some("--systemd") => {
+            deps::ensure()?;
+            bench::run_systemd(&root)
+        }
         Some("bench") => {
             let sizes = match args.get(1).map(String::as_str) {
                 Some("--sizes") => args

@@ -406,6 +406,7 @@ mod tests {
             node_exporter: recipe::ProcessState::Running { args: vec![] },
             prometheus: recipe::ProcessState::Running { args: vec![] },
             programs: BTreeMap::new(),
+            enabled: BTreeMap::new(),
             pending: recipe::PendingApply::Clear,
         }
     }

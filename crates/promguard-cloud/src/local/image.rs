@@ -397,3 +397,74 @@ pub fn ensure_mirror(
     fs::rename(&building, &dir).map_err(io_err("rename", &building))?;
     Ok(mirror)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finishing_removes_what_hosts_must_not_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in [
+            "etc/ssh",
+            "etc/systemd/system/timers.target.wants",
+            "var/lib/dbus",
+            "var/cache/apt/archives",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in [
+            "etc/ssh/ssh_host_ed25519_key",
+            "etc/ssh/ssh_host_ed25519_key.pub",
+            "etc/ssh/ssh_host_rsa_key",
+            "etc/ssh/sshd_config",
+            "etc/machine-id",
+            "var/lib/dbus/machine-id",
+            "var/cache/apt/archives/x_1_amd64.deb",
+        ] {
+            fs::write(root.join(f), "shared").unwrap();
+        }
+        std::os::unix::fs::symlink(
+            "/lib/systemd/system/apt-daily.timer",
+            root.join("etc/systemd/system/timers.target.wants/apt-daily.timer"),
+        )
+        .unwrap();
+        finish_image(root).unwrap();
+        let ssh: Vec<String> = fs::read_dir(root.join("etc/ssh"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(ssh, ["sshd_config"]);
+        assert_eq!(fs::read_to_string(root.join("etc/machine-id")).unwrap(), "");
+        assert!(!root.join("var/lib/dbus/machine-id").exists());
+        assert!(!root.join("var/cache/apt/archives/x_1_amd64.deb").exists());
+        assert_eq!(
+            fs::read_link(root.join("etc/systemd/system/apt-daily.timer")).unwrap(),
+            Path::new("/dev/null")
+        );
+        assert!(!root
+            .join("etc/systemd/system/timers.target.wants/apt-daily.timer")
+            .exists());
+        let wg =
+            fs::read_to_string(root.join("etc/systemd/system/wg-quick@.service.d/userspace.conf"))
+                .unwrap();
+        assert!(wg.contains("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1"));
+        let cloud =
+            fs::read_to_string(root.join("etc/cloud/cloud.cfg.d/90-promguard-local.cfg")).unwrap();
+        assert!(cloud.contains("disable_root: false"), "{cloud}");
+    }
+
+    #[test]
+    fn a_missing_program_is_named_with_its_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = run_logged(
+            "promguard-no-such-debootstrap",
+            &[],
+            None,
+            &dir.path().join("log"),
+        )
+        .unwrap_err();
+        assert!(err.contains("is not installed"), "{err}");
+    }
+}
