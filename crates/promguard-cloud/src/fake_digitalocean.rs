@@ -112,6 +112,10 @@ impl Default for FakeOptions {
     }
 }
 
+/// The longest [`Fault::ListingLag`]: the fault models a lag, not a
+/// droplet that is never listed.
+pub const MAX_LISTING_LAG: Duration = Duration::from_secs(10);
+
 /// A fault to inject.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
@@ -134,6 +138,13 @@ pub enum Fault {
     CreateSucceedsThenStalls {
         /// How long the answer is held back.
         delay: Duration,
+    },
+    /// The droplets of the next create are left out of `GET /v2/droplets`
+    /// listings until `hidden_for` (at most [`MAX_LISTING_LAG`]) after
+    /// they were made, as the real API's listings lag behind creates.
+    ListingLag {
+        /// How long they stay unlisted.
+        hidden_for: Duration,
     },
     /// The droplet with this name stays `new` forever.
     NeverActive {
@@ -294,6 +305,16 @@ impl FakeDigitalOcean {
             .collect()
     }
 
+    /// The firewall named `name` as `GET /v2/firewalls` shows it.
+    pub fn firewall(&self, name: &str) -> Option<serde_json::Value> {
+        self.shared
+            .world()
+            .firewalls
+            .iter()
+            .find(|f| f.name == name)
+            .map(server::firewall_json)
+    }
+
     /// Stops the server and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -355,6 +376,10 @@ struct World {
     slow: u32,
     slow_delay: Duration,
     create_fault: Option<Fault>,
+    /// How long the droplets of the next create stay unlisted.
+    listing_lag: Option<Duration>,
+    /// Until when each lagging droplet stays unlisted, by id.
+    unlisted_until: BTreeMap<u64, Instant>,
     remaining: u32,
     window_reset: u64,
 }

@@ -146,6 +146,9 @@ impl Shared {
             Fault::NeverActive { name } => {
                 w.never_active.insert(name);
             }
+            Fault::ListingLag { hidden_for } => {
+                w.listing_lag = Some(hidden_for.min(super::MAX_LISTING_LAG))
+            }
             Fault::Slow { count, delay } => {
                 w.slow += count;
                 w.slow_delay = delay;
@@ -420,6 +423,7 @@ async fn answer(
             paginate(shared, uri.path(), &query, "firewalls", list)
         }
         (Method::POST, ["v2", "firewalls"]) => create_firewall(shared, body),
+        (Method::PUT, ["v2", "firewalls", id]) => update_firewall(shared, id, body),
         (Method::DELETE, ["v2", "firewalls", id]) => {
             let mut w = shared.world();
             let before = w.firewalls.len();
@@ -663,6 +667,7 @@ async fn create_droplets(shared: &Arc<Shared>, body: Option<&Value>) -> Answer {
         if let Some(f) = w.create_fault.take() {
             answer_fault = Some(f);
         }
+        let unlisted_until = w.listing_lag.take().map(|lag| Instant::now() + lag);
         let mut made = Vec::new();
         for name in &names {
             w.next_id += 1;
@@ -681,6 +686,9 @@ async fn create_droplets(shared: &Arc<Shared>, body: Option<&Value>) -> Answer {
                 destroying: false,
             };
             w.created_at.insert(id, now_unix());
+            if let Some(until) = unlisted_until {
+                w.unlisted_until.insert(id, until);
+            }
             w.droplets.insert(id, droplet.clone());
             made.push(droplet);
         }
@@ -804,6 +812,7 @@ fn list_droplets(
             Some(tag) => d.spec.tags.contains(tag),
             None => true,
         })
+        .filter(|d| w.unlisted_until.get(&d.spec.id).is_none_or(|t| now >= *t))
         .map(|d| droplet_json(shared, &w, d, now))
         .collect();
     paginate(shared, path, query, "droplets", items)
@@ -969,12 +978,13 @@ fn create_tag(shared: &Shared, body: Option<&Value>) -> Answer {
     )
 }
 
-fn create_firewall(shared: &Shared, body: Option<&Value>) -> Answer {
-    let Some(body) = body.and_then(Value::as_object) else {
-        return Answer::unprocessable("request payload validation failed");
-    };
+/// Checks a firewall as `POST /v2/firewalls` and `PUT /v2/firewalls/{id}`
+/// take it (`models/firewall.yml`): a valid name, rules with a known
+/// protocol, string ports and their sources or destinations, at least one
+/// rule, and tags that exist.
+fn check_firewall(w: &World, body: &Map<String, Value>) -> Result<String, Answer> {
     let Some(name) = body.get("name").and_then(Value::as_str) else {
-        return Answer::unprocessable("name is required");
+        return Err(Answer::unprocessable("name is required"));
     };
     let name_ok = name.len() >= 2
         && name.as_bytes()[0].is_ascii_alphanumeric()
@@ -982,9 +992,9 @@ fn create_firewall(shared: &Shared, body: Option<&Value>) -> Answer {
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-');
     if !name_ok {
-        return Answer::unprocessable(
+        return Err(Answer::unprocessable(
             "name must begin with a letter or digit and hold only letters, digits, '.' and '-'",
-        );
+        ));
     }
     let rules = |key: &str, target: &str| -> Result<usize, String> {
         let Some(list) = body.get(key) else {
@@ -1010,27 +1020,40 @@ fn create_firewall(shared: &Shared, body: Option<&Value>) -> Answer {
         rules("outbound_rules", "destinations"),
     ) {
         (Ok(a), Ok(b)) => a + b,
-        (Err(e), _) | (_, Err(e)) => return Answer::unprocessable(&e),
+        (Err(e), _) | (_, Err(e)) => return Err(Answer::unprocessable(&e)),
     };
     if count == 0 {
-        return Answer::unprocessable("a firewall needs at least one inbound or outbound rule");
+        return Err(Answer::unprocessable(
+            "a firewall needs at least one inbound or outbound rule",
+        ));
     }
-    let mut w = shared.world();
     if let Some(tags) = body.get("tags").and_then(Value::as_array) {
         for tag in tags {
             let tag = tag.as_str().unwrap_or_default();
             if !w.tags.contains(tag) {
-                return Answer::unprocessable(&format!(
+                return Err(Answer::unprocessable(&format!(
                     "tag {tag:?} does not exist; create it first"
-                ));
+                )));
             }
         }
     }
+    Ok(name.to_owned())
+}
+
+fn create_firewall(shared: &Shared, body: Option<&Value>) -> Answer {
+    let Some(body) = body.and_then(Value::as_object) else {
+        return Answer::unprocessable("request payload validation failed");
+    };
+    let mut w = shared.world();
+    let name = match check_firewall(&w, body) {
+        Ok(name) => name,
+        Err(answer) => return answer,
+    };
     w.next_id += 1;
     let n = w.next_id;
     let record = FirewallRecord {
         id: format!("bb4b2611-3d72-467b-8602-{n:012x}"),
-        name: name.to_owned(),
+        name,
         body: Value::Object(body.clone()),
         created: now_unix(),
     };
@@ -1039,7 +1062,41 @@ fn create_firewall(shared: &Shared, body: Option<&Value>) -> Answer {
     Answer::json(StatusCode::ACCEPTED, json!({ "firewall": json }))
 }
 
-fn firewall_json(f: &FirewallRecord) -> Value {
+/// `PUT /v2/firewalls/{id}` (`firewalls_update`): the body is the whole
+/// firewall, `name` and one of `inbound_rules` and `outbound_rules`
+/// required; whatever it leaves out is reset to its default (no rules, no
+/// tags, no droplets). Answers 200 with the updated firewall.
+fn update_firewall(shared: &Shared, id: &str, body: Option<&Value>) -> Answer {
+    let mut w = shared.world();
+    let Some(index) = w.firewalls.iter().position(|f| f.id == id) else {
+        return Answer::not_found();
+    };
+    let Some(body) = body.and_then(Value::as_object) else {
+        return Answer::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "request payload validation failed: the body must be a JSON object",
+        );
+    };
+    if !body.contains_key("inbound_rules") && !body.contains_key("outbound_rules") {
+        return Answer::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "inbound_rules or outbound_rules is required",
+        );
+    }
+    let name = match check_firewall(&w, body) {
+        Ok(name) => name,
+        Err(answer) => return answer,
+    };
+    let record = &mut w.firewalls[index];
+    record.name = name;
+    record.body = Value::Object(body.clone());
+    let json = firewall_json(record);
+    Answer::json(StatusCode::OK, json!({ "firewall": json }))
+}
+
+pub(super) fn firewall_json(f: &FirewallRecord) -> Value {
     let get = |k: &str| f.body.get(k).cloned().unwrap_or(json!([]));
     json!({
         "id": f.id,

@@ -45,12 +45,83 @@ fn yaml_to_json(v: serde_yaml::Value) -> Value {
     }
 }
 
+/// `firewalls_update` (`PUT /v2/firewalls/{firewall_id}`), which the copied
+/// subset lacks: the operation and its response as the official spec
+/// (github.com/digitalocean/openapi, `specification/resources/firewalls/`)
+/// has them, without the examples. Its `$ref`s resolve within the subset.
+const FIREWALLS_UPDATE: &str = r#"
+operationId: firewalls_update
+parameters:
+  - $ref: 'parameters.yml#/firewall_id'
+requestBody:
+  content:
+    application/json:
+      schema:
+        required:
+          - name
+        allOf:
+          - $ref: 'models/firewall.yml'
+          - anyOf:
+            - title: Inbound Rules
+              required:
+                - inbound_rules
+            - title: Outbound Rules
+              required:
+                - outbound_rules
+responses:
+  '200':
+    $ref: 'responses/put_firewall_response.yml'
+  '400':
+    $ref: '../../shared/responses/bad_request.yml'
+  '401':
+    $ref: '../../shared/responses/unauthorized.yml'
+  '404':
+    $ref: '../../shared/responses/not_found.yml'
+  '429':
+    $ref: '../../shared/responses/too_many_requests.yml'
+  '500':
+    $ref: '../../shared/responses/server_error.yml'
+  default:
+    $ref: '../../shared/responses/unexpected_error.yml'
+"#;
+
+/// `responses/put_firewall_response.yml` of the official spec, without the
+/// example.
+const PUT_FIREWALL_RESPONSE: &str = r#"
+headers:
+  ratelimit-limit:
+    $ref: '../../../shared/headers.yml#/ratelimit-limit'
+  ratelimit-remaining:
+    $ref: '../../../shared/headers.yml#/ratelimit-remaining'
+  ratelimit-reset:
+    $ref: '../../../shared/headers.yml#/ratelimit-reset'
+content:
+  application/json:
+    schema:
+      properties:
+        firewall:
+          $ref: '../models/firewall.yml'
+"#;
+
 impl Spec {
     pub fn load() -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/digitalocean-openapi/specification");
+        let mut files = HashMap::new();
+        let firewalls = root.join("resources/firewalls");
+        for (path, text) in [
+            (firewalls.join("firewalls_update.yml"), FIREWALLS_UPDATE),
+            (
+                firewalls.join("responses/put_firewall_response.yml"),
+                PUT_FIREWALL_RESPONSE,
+            ),
+        ] {
+            let yaml: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+            files.insert(normalize(&path), yaml_to_json(yaml));
+        }
         Self {
-            root: Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/data/digitalocean-openapi/specification"),
-            files: RefCell::new(HashMap::new()),
+            root,
+            files: RefCell::new(files),
         }
     }
 
@@ -247,6 +318,7 @@ impl Spec {
             ("DELETE", ["v2", "tags", _]) => "tags/tags_delete.yml",
             ("GET", ["v2", "firewalls"]) => "firewalls/firewalls_list.yml",
             ("POST", ["v2", "firewalls"]) => "firewalls/firewalls_create.yml",
+            ("PUT", ["v2", "firewalls", _]) => "firewalls/firewalls_update.yml",
             ("DELETE", ["v2", "firewalls", _]) => "firewalls/firewalls_delete.yml",
             _ => return None,
         })
