@@ -19,7 +19,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -38,6 +38,7 @@ mod api;
 pub mod cloud_init;
 
 use api::{Api, ApiError, Repeat};
+pub use cloud_init::FirstBoot;
 use cloud_init::HostKeyPair;
 
 /// The real API.
@@ -134,9 +135,19 @@ pub struct DigitalOceanBuilder {
     ssh_port: u16,
     page_size: u32,
     timing: Timing,
+    first_boot: HashMap<Role, FirstBoot>,
 }
 
 impl DigitalOceanBuilder {
+    /// What droplets of `role` install on their first boot (cloud-init's
+    /// `packages`), so that the first converge finds them present; the
+    /// caller says which, as this crate knows nothing of what runs on a
+    /// host.
+    pub fn first_boot(mut self, role: Role, first_boot: FirstBoot) -> Self {
+        self.first_boot.insert(role, first_boot);
+        self
+    }
+
     /// The API's base URL (default [`DEFAULT_BASE_URL`]); plain `http` only
     /// for `127.0.0.1`, as the fake API uses.
     pub fn base_url(mut self, url: impl Into<String>) -> Self {
@@ -171,6 +182,13 @@ impl DigitalOceanBuilder {
         self
     }
 
+    /// The SSH port droplets listen on and the firewall lets in (default
+    /// 22).
+    pub fn ssh_port(mut self, port: u16) -> Self {
+        self.ssh_port = port;
+        self
+    }
+
     /// Items per page when listing (1..=200, default 200); tests use small
     /// pages to exercise pagination.
     pub fn page_size(mut self, page_size: u32) -> Self {
@@ -201,6 +219,7 @@ impl DigitalOceanBuilder {
             ssh_port: self.ssh_port,
             page_size: self.page_size,
             timing: self.timing,
+            first_boot: self.first_boot,
             state: Mutex::new(State {
                 login_key: self.login_key,
                 ..State::default()
@@ -231,6 +250,10 @@ struct State {
     /// Key pairs made by `prepare_host_keys`, which the next create of
     /// these names must inject (their public halves are recorded already).
     prepared: HashMap<HostName, HostKeyPair>,
+    /// Droplets `create_hosts` waited for in vain (still without an
+    /// address, or in a state other than `active`): it reported them, so
+    /// `list_hosts` does not wait for their address again.
+    given_up: HashSet<u64>,
 }
 
 /// Droplets on DigitalOcean.
@@ -243,6 +266,7 @@ pub struct DigitalOceanProvider {
     ssh_port: u16,
     page_size: u32,
     timing: Timing,
+    first_boot: HashMap<Role, FirstBoot>,
     state: Mutex<State>,
 }
 
@@ -331,6 +355,15 @@ struct SshKeyReply {
 struct FirewallJson {
     id: String,
     name: String,
+    #[serde(default)]
+    inbound_rules: Vec<FirewallRuleJson>,
+}
+
+#[derive(Deserialize)]
+struct FirewallRuleJson {
+    protocol: String,
+    #[serde(default)]
+    ports: String,
 }
 
 #[derive(Deserialize)]
@@ -363,6 +396,7 @@ impl DigitalOceanProvider {
             firewall_wireguard_port: Some(51820),
             ssh_port: 22,
             page_size: 200,
+            first_boot: HashMap::new(),
             timing: Timing::default(),
         }
     }
@@ -370,7 +404,7 @@ impl DigitalOceanProvider {
     /// A builder set up from a config: deployment, size, image, firewall
     /// with the config's WireGuard port, SSH port.
     pub fn builder_from_config(config: &Config, token: Token) -> DigitalOceanBuilder {
-        let mut builder = Self::builder(config.deployment.clone(), token)
+        Self::builder(config.deployment.clone(), token)
             .size(config.digitalocean.size.clone())
             .image(config.digitalocean.image.clone())
             .firewall(
@@ -378,9 +412,8 @@ impl DigitalOceanProvider {
                     .digitalocean
                     .firewall
                     .then_some(config.wireguard_port.get()),
-            );
-        builder.ssh_port = config.ssh.port.get();
-        builder
+            )
+            .ssh_port(config.ssh.port.get())
     }
 
     /// `promguard:<deployment>`, the tag every droplet of the deployment has.
@@ -432,6 +465,15 @@ impl DigitalOceanProvider {
     }
 
     async fn list_droplets(&self) -> Result<Vec<Droplet>, ApiError> {
+        Ok(self.list_tagged().await?.0)
+    }
+
+    /// The deployment's droplets, and the ids of droplets that carry its
+    /// tag but whose name is no PromGuard host name (made by hand, or by
+    /// another tool that reused the tag). Those are skipped with a warning:
+    /// one stray droplet must not stop `up` or `down` from handling the
+    /// deployment's own.
+    async fn list_tagged(&self) -> Result<(Vec<Droplet>, Vec<u64>), ApiError> {
         let what = "list the deployment's droplets";
         let raw = self
             .pages(
@@ -446,14 +488,26 @@ impl DigitalOceanProvider {
             .await?;
         let tag = self.deployment_tag();
         let mut droplets = Vec::new();
+        let mut skipped = Vec::new();
         for d in raw {
             // The filter is the server's; check it, the answer is untrusted.
             if !d.tags.contains(&tag) {
                 continue;
             }
+            if let Err(e) = HostName::new(&d.name) {
+                tracing::warn!(
+                    droplet = d.id,
+                    name = %api::clean(&d.name),
+                    "droplet {} carries the tag {tag} but its name {:?} is no PromGuard host name ({e}); PromGuard leaves it alone: remove the tag or the droplet if it belongs to no deployment",
+                    d.id,
+                    api::clean(&d.name),
+                );
+                skipped.push(d.id);
+                continue;
+            }
             droplets.push(Self::accept(d, what)?);
         }
-        Ok(droplets)
+        Ok((droplets, skipped))
     }
 
     /// Validates a droplet from the API.
@@ -589,10 +643,47 @@ impl DigitalOceanProvider {
             .collect())
     }
 
-    /// Makes the deployment's tag and firewall unless they exist.
+    /// The inbound rules the deployment's firewall must have: SSH on
+    /// `ssh_port`/tcp and WireGuard on `wireguard_port`/udp, from anywhere.
+    fn inbound_ports(&self, wireguard_port: u16) -> [(&'static str, String); 2] {
+        [
+            ("tcp", self.ssh_port.to_string()),
+            ("udp", wireguard_port.to_string()),
+        ]
+    }
+
+    /// The whole firewall as POST and PUT take it (a PUT resets whatever it
+    /// leaves out, so both send everything).
+    fn firewall_body(&self, wireguard_port: u16) -> serde_json::Value {
+        let everywhere = json!({ "addresses": ["0.0.0.0/0", "::/0"] });
+        let inbound: Vec<serde_json::Value> = self
+            .inbound_ports(wireguard_port)
+            .iter()
+            .map(|(protocol, ports)| {
+                json!({ "protocol": protocol, "ports": ports, "sources": everywhere })
+            })
+            .collect();
+        json!({
+            "name": self.resource_name(),
+            "tags": [self.deployment_tag()],
+            "inbound_rules": inbound,
+            // A firewall without outbound rules blocks all outbound traffic;
+            // hosts must still fetch packages and answer WireGuard.
+            "outbound_rules": [
+                { "protocol": "tcp", "ports": "0", "destinations": everywhere },
+                { "protocol": "udp", "ports": "0", "destinations": everywhere },
+                { "protocol": "icmp", "ports": "0", "destinations": everywhere },
+            ],
+        })
+    }
+
+    /// Makes the deployment's tag and firewall unless they exist, and
+    /// brings an existing firewall's inbound rules in line with the SSH and
+    /// WireGuard ports of this run: after a port change, the old rules
+    /// would let nobody in.
     async fn ensure_firewall(&self, wireguard_port: u16) -> Result<(), ApiError> {
-        if !self.list_firewalls().await?.is_empty() {
-            return Ok(());
+        if let Some(firewall) = self.list_firewalls().await?.into_iter().next() {
+            return self.update_firewall(&firewall, wireguard_port).await;
         }
         // Firewalls refer to existing tags only.
         let what = "create the deployment's tag";
@@ -602,22 +693,7 @@ impl DigitalOceanProvider {
             .send(Method::POST, &url, Some(&body), Repeat::Idempotent, what)
             .await?;
 
-        let everywhere = json!({ "addresses": ["0.0.0.0/0", "::/0"] });
-        let body = json!({
-            "name": self.resource_name(),
-            "tags": [self.deployment_tag()],
-            "inbound_rules": [
-                { "protocol": "tcp", "ports": "22", "sources": everywhere },
-                { "protocol": "udp", "ports": wireguard_port.to_string(), "sources": everywhere },
-            ],
-            // A firewall without outbound rules blocks all outbound traffic;
-            // hosts must still fetch packages and answer WireGuard.
-            "outbound_rules": [
-                { "protocol": "tcp", "ports": "0", "destinations": everywhere },
-                { "protocol": "udp", "ports": "0", "destinations": everywhere },
-                { "protocol": "icmp", "ports": "0", "destinations": everywhere },
-            ],
-        });
+        let body = self.firewall_body(wireguard_port);
         let what = "create the deployment's Cloud Firewall";
         let url = self.api.url("/v2/firewalls", what)?;
         let mut attempts = 0;
@@ -644,6 +720,54 @@ impl DigitalOceanProvider {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Replaces `firewall`'s rules (`PUT /v2/firewalls/{id}`) unless its
+    /// inbound rules already open exactly the ports of this run.
+    async fn update_firewall(
+        &self,
+        firewall: &FirewallJson,
+        wireguard_port: u16,
+    ) -> Result<(), ApiError> {
+        let mut wanted: Vec<(String, String)> = self
+            .inbound_ports(wireguard_port)
+            .iter()
+            .map(|(protocol, ports)| ((*protocol).to_owned(), ports.clone()))
+            .collect();
+        let mut present: Vec<(String, String)> = firewall
+            .inbound_rules
+            .iter()
+            .map(|r| (r.protocol.clone(), r.ports.clone()))
+            .collect();
+        wanted.sort();
+        present.sort();
+        if wanted == present {
+            return Ok(());
+        }
+        tracing::info!(
+            firewall = %firewall.name,
+            "updating the Cloud Firewall to SSH port {} and WireGuard port {wireguard_port}",
+            self.ssh_port
+        );
+        let what = format!(
+            "update the Cloud Firewall {} to SSH port {}/tcp and WireGuard port {wireguard_port}/udp",
+            api::clean(&firewall.name),
+            self.ssh_port
+        );
+        let url = self
+            .api
+            .url(&format!("/v2/firewalls/{}", urlencode(&firewall.id)), &what)?;
+        // The PUT names the whole firewall, so repeating it is harmless.
+        self.api
+            .send(
+                Method::PUT,
+                &url,
+                Some(&self.firewall_body(wireguard_port)),
+                Repeat::Idempotent,
+                &what,
+            )
+            .await?;
+        Ok(())
     }
 
     /// The registered login key's id, registering the builder's key first if
@@ -675,6 +799,7 @@ impl DigitalOceanProvider {
         missing: &[&HostRequest],
         key_id: u64,
         pairs: &HashMap<HostName, HostKeyPair>,
+        sent: &mut HashSet<HostName>,
     ) -> Result<(), ApiError> {
         let mut groups: BTreeMap<(String, &'static str), Vec<&HostRequest>> = BTreeMap::new();
         for request in missing {
@@ -697,7 +822,10 @@ impl DigitalOceanProvider {
                     "image": self.image,
                     "ssh_keys": [key_id],
                     "tags": ["promguard", self.deployment_tag(), format!("promguard:{role}")],
-                    "user_data": cloud_init::render(&keys),
+                    "user_data": cloud_init::render(
+                        &keys,
+                        self.first_boot.get(&requests[0].role).unwrap_or(&FirstBoot::default())
+                    ),
                     "ipv6": false,
                     "monitoring": false,
                 });
@@ -708,6 +836,7 @@ impl DigitalOceanProvider {
                     self.image
                 );
                 let url = self.api.url("/v2/droplets", &what)?;
+                sent.extend(chunk.iter().map(|r| r.name.clone()));
                 self.api
                     .send(
                         Method::POST,
@@ -722,12 +851,67 @@ impl DigitalOceanProvider {
         Ok(())
     }
 
-    /// Polls until every named droplet is `active` with a public address.
-    async fn wait_active(&self, names: &[HostName]) -> Result<Vec<Droplet>, CloudError> {
+    /// Lists the deployment's droplets, polling until every one of `names`
+    /// is listed or [`Timing::active_timeout`] ends; returns the last
+    /// listing either way.
+    async fn list_until_listed(&self, names: &HashSet<HostName>) -> Result<Vec<Droplet>, ApiError> {
         let started = Instant::now();
         let mut interval = self.timing.poll_interval;
         loop {
+            let droplets = self.list_droplets().await?;
+            let unlisted: Vec<&str> = names
+                .iter()
+                .filter(|n| !droplets.iter().any(|d| &d.name == *n))
+                .map(|n| n.as_str())
+                .collect();
+            if unlisted.is_empty() {
+                return Ok(droplets);
+            }
+            if started.elapsed() >= self.timing.active_timeout {
+                tracing::warn!(
+                    "droplets {} are still not listed {} s after a create that may have made them; creating them again",
+                    unlisted.join(", "),
+                    self.timing.active_timeout.as_secs()
+                );
+                return Ok(droplets);
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(self.timing.max_backoff);
+        }
+    }
+
+    /// Polls until every named droplet is `active` with a public address.
+    async fn wait_active(&self, names: &[HostName]) -> Result<Vec<Droplet>, CloudError> {
+        let result = self.wait_active_inner(names).await;
+        if result.is_err() {
+            // Whatever is not ready now was reported with the error; later
+            // listings of this process do not wait for it again.
+            if let Ok(droplets) = self.list_droplets().await {
+                let mut state = self.state.lock().await;
+                for d in droplets.iter().filter(|d| names.contains(&d.name)) {
+                    if d.status != "active" || d.public_v4.is_none() {
+                        state.given_up.insert(d.id);
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    async fn wait_active_inner(&self, names: &[HostName]) -> Result<Vec<Droplet>, CloudError> {
+        let started = Instant::now();
+        let mut interval = self.timing.poll_interval;
+        // The listing may lag behind a create: a droplet not listed yet is
+        // waited for, one that was listed and is gone has disappeared.
+        let mut seen: HashSet<HostName> = HashSet::new();
+        loop {
             let droplets = self.list_droplets().await.map_err(|e| self.fail(e))?;
+            seen.extend(
+                droplets
+                    .iter()
+                    .filter(|d| names.contains(&d.name))
+                    .map(|d| d.name.clone()),
+            );
             let mut ready = Vec::new();
             let mut waiting: Option<(HostName, String)> = None;
             for name in names {
@@ -754,11 +938,17 @@ impl DigitalOceanProvider {
                             ),
                         })
                     }
-                    None => {
+                    None if seen.contains(name) => {
                         return Err(CloudError::Host {
                             host: name.clone(),
                             message: "the droplet disappeared while it was starting".into(),
                         })
+                    }
+                    None => {
+                        waiting.get_or_insert((
+                            name.clone(),
+                            "DigitalOcean does not list it yet".to_owned(),
+                        ));
                     }
                 }
             }
@@ -936,11 +1126,26 @@ impl CloudProvider for DigitalOceanProvider {
             }
         }
         let names: Vec<HostName> = requests.iter().map(|r| r.name.clone()).collect();
+        // Names whose create request was sent and may have been applied.
+        // The API does not refuse a second droplet of the same name, and a
+        // droplet shows up in listings by tag only some time after its
+        // create was applied, also when the answer was lost (a 5xx, a
+        // timeout). Resending at once for a name the listing does not show
+        // yet would make it twice, so before another attempt these names
+        // are looked for in the listing until they show up or
+        // `active_timeout` ends (a droplet that may take that long to boot
+        // is listed long before); only names still missing then are sent
+        // again. Looking them up is the one thing that works after a lost
+        // answer: the ids of what it made are unknown.
+        let mut may_exist: HashSet<HostName> = HashSet::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
             // List first, every time: never create a droplet twice.
-            let existing = self.list_droplets().await.map_err(|e| self.fail(e))?;
+            let existing = self
+                .list_until_listed(&may_exist)
+                .await
+                .map_err(|e| self.fail(e))?;
             let missing: Vec<&HostRequest> = requests
                 .iter()
                 .filter(|r| !existing.iter().any(|d| d.name == r.name))
@@ -956,7 +1161,10 @@ impl CloudProvider for DigitalOceanProvider {
                         .insert(request.name.clone(), pairs[&request.name].public().clone());
                 }
             }
-            match self.create_batches(&missing, key_id, &pairs).await {
+            match self
+                .create_batches(&missing, key_id, &pairs, &mut may_exist)
+                .await
+            {
                 Ok(()) => break,
                 Err(e) if e.maybe_applied() && attempt < self.timing.max_attempts => {
                     tracing::warn!(error = %e, "droplet creation failed; checking what exists before trying again");
@@ -980,13 +1188,48 @@ impl CloudProvider for DigitalOceanProvider {
         Ok(hosts)
     }
 
+    /// Every droplet of the deployment, waiting (up to
+    /// [`Timing::active_timeout`]) for those without a public IPv4 address
+    /// yet: a host left out of the list would escape `up`'s refusal to
+    /// create hosts when the state is lost, and be created again or
+    /// adopted without a known host key. A droplet that still has no
+    /// address then is an error naming it; only droplets `create_hosts`
+    /// already reported as failed in this process are left out at once.
     async fn list_hosts(&self) -> Result<Vec<Host>, CloudError> {
-        let droplets = self.list_droplets().await.map_err(|e| self.fail(e))?;
-        let state = self.state.lock().await;
-        Ok(droplets
-            .iter()
-            .filter_map(|d| self.to_host(d, &state.host_keys))
-            .collect())
+        let started = Instant::now();
+        let mut interval = self.timing.poll_interval;
+        loop {
+            let droplets = self.list_droplets().await.map_err(|e| self.fail(e))?;
+            let state = self.state.lock().await;
+            let waiting = droplets
+                .iter()
+                .find(|d| d.public_v4.is_none() && !state.given_up.contains(&d.id));
+            match waiting {
+                None => {
+                    return Ok(droplets
+                        .iter()
+                        .filter_map(|d| self.to_host(d, &state.host_keys))
+                        .collect())
+                }
+                Some(d) if started.elapsed() >= self.timing.active_timeout => {
+                    return Err(CloudError::Host {
+                        host: d.name.clone(),
+                        message: format!(
+                            "droplet {} exists (status {:?}) but still has no public IPv4 address after {} s, so PromGuard can neither reach it nor count it among the deployment's hosts; check it at https://cloud.digitalocean.com/droplets and run again, or remove the deployment with `promguard down`",
+                            d.id,
+                            d.status,
+                            self.timing.active_timeout.as_secs()
+                        ),
+                    })
+                }
+                Some(d) => {
+                    tracing::debug!(host = %d.name, "waiting for the droplet's public address");
+                }
+            }
+            drop(state);
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(self.timing.max_backoff);
+        }
     }
 
     async fn destroy_hosts(&self, names: &[HostName]) -> Result<(), CloudError> {
@@ -1017,8 +1260,13 @@ impl CloudProvider for DigitalOceanProvider {
 
     async fn destroy_deployment(&self) -> Result<(), CloudError> {
         let tag = self.deployment_tag();
-        let droplets = self.list_droplets().await.map_err(|e| self.fail(e))?;
-        if !droplets.is_empty() {
+        let (droplets, strays) = self.list_tagged().await.map_err(|e| self.fail(e))?;
+        if !strays.is_empty() {
+            // Destroying by tag would take the stray droplets along: destroy
+            // ours one by one instead, and keep the tag they still carry.
+            let names: Vec<HostName> = droplets.iter().map(|d| d.name.clone()).collect();
+            self.destroy_hosts(&names).await?;
+        } else if !droplets.is_empty() {
             let what = format!("destroy the droplets tagged {tag}");
             let url = self
                 .api
@@ -1047,19 +1295,27 @@ impl CloudProvider for DigitalOceanProvider {
             }
         }
         // The deployment's tag goes too; `promguard` and the role tags may
-        // be shared with other deployments and stay.
-        let what = format!("delete the tag {tag}");
-        let url = self
-            .api
-            .url(&format!("/v2/tags/{tag}"), &what)
-            .map_err(|e| self.fail(e))?;
-        match self
-            .api
-            .send(Method::DELETE, &url, None, Repeat::Idempotent, &what)
-            .await
-        {
-            Ok(_) | Err(ApiError::NotFound { .. }) => {}
-            Err(e) => return Err(self.fail(e)),
+        // be shared with other deployments and stay. Stray droplets still
+        // carry it, so it stays with them.
+        if strays.is_empty() {
+            let what = format!("delete the tag {tag}");
+            let url = self
+                .api
+                .url(&format!("/v2/tags/{tag}"), &what)
+                .map_err(|e| self.fail(e))?;
+            match self
+                .api
+                .send(Method::DELETE, &url, None, Repeat::Idempotent, &what)
+                .await
+            {
+                Ok(_) | Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(self.fail(e)),
+            }
+        } else {
+            tracing::warn!(
+                "the tag {tag} is kept: {} droplet(s) that are no PromGuard hosts still carry it",
+                strays.len()
+            );
         }
         // Only the key we registered carries our name; a key the user had
         // on the account before is reused under its own name and stays.

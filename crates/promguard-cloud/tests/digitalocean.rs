@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use promguard_cloud::digitalocean::cloud_init::host_key_for;
 use promguard_cloud::digitalocean::{DigitalOceanProvider, Timing, Token};
-use promguard_cloud::fake_digitalocean::{Exchange, FakeDigitalOcean, FakeOptions, Fault};
+use promguard_cloud::fake_digitalocean::{
+    Exchange, FakeDigitalOcean, FakeOptions, Fault, MAX_LISTING_LAG,
+};
 use promguard_cloud::{CloudProvider, HostRequest};
 use promguard_core::plan::Role;
 use promguard_core::{DeploymentName, HostName, Region, SshPublicKey};
@@ -608,4 +610,336 @@ fn the_fake_runs_on_its_own_thread_for_xtask() {
         p.preflight().await.unwrap();
     });
     fake.stop_blocking();
+}
+
+/// Sends one raw request to the fake, as another API client would.
+async fn raw(
+    fake: &FakeDigitalOcean,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{}{path}", fake.base_url()))
+        .bearer_auth(fake.token());
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+// Regression: a droplet that had no public IPv4 address yet was left out of
+// `list_hosts`, so `up` without a state file did not refuse to run and the
+// droplet was later adopted without a known host key.
+#[tokio::test]
+async fn droplets_without_an_address_are_never_left_out_of_the_hosts() {
+    let fake = FakeDigitalOcean::start(FakeOptions {
+        active_after: Duration::from_millis(800),
+        ..FakeOptions::default()
+    })
+    .await
+    .unwrap();
+    let creator = provider(&fake, fast_timing());
+    creator.register_ssh_key(&login_key()).await.unwrap();
+    let creating = tokio::spawn(async move { creator.create_hosts(&four()).await });
+    while fake.droplets().len() < 4 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another process lists while the droplets are still `new`, without
+    // addresses: it waits for them instead of listing none.
+    let other = provider(&fake, fast_timing());
+    let listed = other.list_hosts().await.unwrap();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert_eq!(creating.await.unwrap().unwrap().len(), 4);
+    other.destroy_deployment().await.unwrap();
+
+    // A droplet that never gets an address is an error naming it, not a
+    // host fewer.
+    let timing = Timing {
+        active_timeout: Duration::from_secs(1),
+        ..fast_timing()
+    };
+    fake.inject(Fault::NeverActive {
+        name: "node-2".into(),
+    });
+    let creator = provider(&fake, timing.clone());
+    creator.register_ssh_key(&login_key()).await.unwrap();
+    creator.create_hosts(&four()).await.unwrap_err();
+    // The process that reported node-2 lists the others at once.
+    let started = std::time::Instant::now();
+    let mut names: Vec<String> = creator
+        .list_hosts()
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.name.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["monitor", "node-1", "node-3"]);
+    assert!(started.elapsed() < Duration::from_millis(900));
+    let error = provider(&fake, timing)
+        .list_hosts()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("node-2"), "{error}");
+    assert!(error.contains("no public IPv4 address"), "{error}");
+    assert!(error.contains("promguard down"), "{error}");
+    creator.destroy_deployment().await.unwrap();
+    assert_spec(&fake);
+}
+
+// Regression: after a create whose answer was lost, the droplets it made
+// were not listed yet, and a second create made every one of them twice.
+#[tokio::test]
+async fn a_lost_create_answer_and_a_lagging_listing_make_no_duplicate() {
+    for lost_answer in [
+        None,
+        Some(Fault::CreateSucceedsThenServerError),
+        Some(Fault::CreateSucceedsThenStalls {
+            delay: Duration::from_secs(2),
+        }),
+    ] {
+        let fake = FakeDigitalOcean::start(FakeOptions::default())
+            .await
+            .unwrap();
+        let timing = Timing {
+            request_timeout: Duration::from_secs(1),
+            ..fast_timing()
+        };
+        let p = provider(&fake, timing);
+        p.register_ssh_key(&login_key()).await.unwrap();
+        fake.inject(Fault::ListingLag {
+            hidden_for: Duration::from_secs(2),
+        });
+        if let Some(fault) = lost_answer.clone() {
+            fake.inject(fault);
+        }
+        let hosts = p.create_hosts(&four()).await.unwrap();
+        assert_eq!(hosts.len(), 4, "{lost_answer:?}");
+        assert_eq!(
+            fake.droplets_created(),
+            4,
+            "{lost_answer:?}: a droplet was created twice"
+        );
+        p.destroy_deployment().await.unwrap();
+        assert_spec(&fake);
+        fake.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_listing_lag_fault_hides_new_droplets_for_a_bounded_time() {
+    let fake = FakeDigitalOcean::start(FakeOptions::default())
+        .await
+        .unwrap();
+    let timing = Timing {
+        active_timeout: MAX_LISTING_LAG * 2,
+        ..fast_timing()
+    };
+    let p = provider(&fake, timing);
+    p.register_ssh_key(&login_key()).await.unwrap();
+    fake.inject(Fault::ListingLag {
+        hidden_for: Duration::from_secs(3600),
+    });
+    let started = std::time::Instant::now();
+    p.create_hosts(&four()[..1]).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= MAX_LISTING_LAG && waited < MAX_LISTING_LAG * 2,
+        "{waited:?}"
+    );
+    let (status, body) = raw(
+        &fake,
+        reqwest::Method::GET,
+        "/v2/droplets?tag_name=promguard:test",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["droplets"].as_array().unwrap().len(), 1);
+    p.destroy_deployment().await.unwrap();
+    assert_spec(&fake);
+}
+
+// Regression: one droplet with the deployment's tag but no PromGuard host
+// name made every listing fail, and with it `up` and `down --discover`.
+#[tokio::test]
+async fn a_stray_droplet_with_the_tag_is_skipped_and_left_alone() {
+    let fake = FakeDigitalOcean::start(FakeOptions::default())
+        .await
+        .unwrap();
+    let p = provider(&fake, fast_timing());
+    p.register_ssh_key(&login_key()).await.unwrap();
+    p.create_hosts(&four()).await.unwrap();
+    let (status, _) = raw(
+        &fake,
+        reqwest::Method::POST,
+        "/v2/droplets",
+        Some(serde_json::json!({
+            "name": "Web.Server",
+            "region": "lon1",
+            "size": "s-1vcpu-1gb",
+            "image": "debian-12-x64",
+            "tags": ["promguard:test"],
+        })),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let listed = p.list_hosts().await.unwrap();
+    assert_eq!(listed.len(), 4);
+    p.destroy_deployment().await.unwrap();
+    let left: Vec<String> = fake
+        .droplets()
+        .iter()
+        .filter(|d| !d.destroying)
+        .map(|d| d.spec.name.clone())
+        .collect();
+    assert_eq!(left, ["Web.Server"]);
+    assert!(fake.firewalls().is_empty());
+    assert_spec(&fake);
+}
+
+fn inbound_ports(fake: &FakeDigitalOcean) -> Vec<(String, String)> {
+    let firewall = fake.firewall("promguard-test").unwrap();
+    let mut ports: Vec<(String, String)> = firewall["inbound_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["protocol"].as_str().unwrap().to_owned(),
+                r["ports"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    ports.sort();
+    ports
+}
+
+fn firewall_puts(fake: &FakeDigitalOcean) -> usize {
+    fake.exchanges()
+        .iter()
+        .filter(|x| x.method == "PUT" && x.path.starts_with("/v2/firewalls/"))
+        .count()
+}
+
+// Regression: the Cloud Firewall was made once, with SSH on 22, and kept
+// its ports when the config's SSH or WireGuard port changed.
+#[tokio::test]
+async fn the_firewall_follows_the_ssh_and_wireguard_ports() {
+    let fake = FakeDigitalOcean::start(FakeOptions::default())
+        .await
+        .unwrap();
+    let build = |wireguard: u16, ssh: u16| {
+        DigitalOceanProvider::builder(
+            DeploymentName::new("test").unwrap(),
+            Token::new(fake.token()),
+        )
+        .base_url(fake.base_url())
+        .firewall(Some(wireguard))
+        .ssh_port(ssh)
+        .timing(fast_timing())
+        .build()
+        .unwrap()
+    };
+    let hosts = four();
+    let first = build(51820, 22);
+    first.register_ssh_key(&login_key()).await.unwrap();
+    first.create_hosts(&hosts[..1]).await.unwrap();
+    let original = [("tcp".into(), "22".into()), ("udp".into(), "51820".into())];
+    assert_eq!(inbound_ports(&fake), original);
+
+    let moved = build(51821, 2222);
+    moved.register_ssh_key(&login_key()).await.unwrap();
+    let created = moved.create_hosts(&hosts).await.unwrap();
+    assert!(created.iter().all(|h| h.ssh.port() == 2222));
+    assert_eq!(
+        inbound_ports(&fake),
+        [
+            ("tcp".into(), "2222".into()),
+            ("udp".into(), "51821".into())
+        ]
+    );
+    assert_eq!(firewall_puts(&fake), 1);
+    let firewall = fake.firewall("promguard-test").unwrap();
+    // The PUT carries the whole firewall: tags and outbound rules stay.
+    assert_eq!(firewall["tags"], serde_json::json!(["promguard:test"]));
+    assert_eq!(firewall["outbound_rules"].as_array().unwrap().len(), 3);
+
+    // The same ports again: nothing to update.
+    moved.create_hosts(&hosts).await.unwrap();
+    assert_eq!(firewall_puts(&fake), 1);
+    assert_eq!(fake.firewalls().len(), 1);
+    moved.destroy_deployment().await.unwrap();
+    assert_spec(&fake);
+}
+
+#[tokio::test]
+async fn the_fake_updates_firewalls_as_the_spec_says() {
+    let fake = FakeDigitalOcean::start(FakeOptions::default())
+        .await
+        .unwrap();
+    let p = provider(&fake, fast_timing());
+    p.register_ssh_key(&login_key()).await.unwrap();
+    p.create_hosts(&four()[..1]).await.unwrap();
+    let id = fake.firewall("promguard-test").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v2/firewalls/{id}");
+    let rule = serde_json::json!({
+        "protocol": "tcp", "ports": "2200", "sources": { "addresses": ["0.0.0.0/0"] }
+    });
+    // Unknown firewall, no rules at all, a bad name: refused.
+    let (status, _) = raw(
+        &fake,
+        reqwest::Method::PUT,
+        "/v2/firewalls/bb4b2611-3d72-467b-8602-000000000000",
+        Some(serde_json::json!({ "name": "x1", "inbound_rules": [rule] })),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = raw(
+        &fake,
+        reqwest::Method::PUT,
+        &path,
+        Some(serde_json::json!({ "name": "promguard-test" })),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = raw(
+        &fake,
+        reqwest::Method::PUT,
+        &path,
+        Some(serde_json::json!({ "name": "-bad", "inbound_rules": [rule] })),
+    )
+    .await;
+    assert_eq!(status, 422);
+    // What the PUT leaves out is reset: here the tags and outbound rules.
+    let (status, body) = raw(
+        &fake,
+        reqwest::Method::PUT,
+        &path,
+        Some(serde_json::json!({ "name": "renamed", "inbound_rules": [rule] })),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["firewall"]["id"], id.as_str());
+    assert_eq!(body["firewall"]["name"], "renamed");
+    assert_eq!(body["firewall"]["tags"], serde_json::json!([]));
+    assert_eq!(body["firewall"]["outbound_rules"], serde_json::json!([]));
+    assert_eq!(fake.firewalls(), ["renamed"]);
+    // The refused requests broke the spec on purpose; every answer keeps it.
+    let spec = openapi::Spec::load();
+    let problems: Vec<String> = fake
+        .exchanges()
+        .iter()
+        .filter(|x| x.status < 400)
+        .flat_map(|x| spec.check_exchange(x))
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
