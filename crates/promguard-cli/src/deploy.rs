@@ -144,9 +144,25 @@ impl Context {
         })
     }
 
-    /// Opens the one SSH connection of this run to `name`.
-    pub fn connect(&self, state: &State, name: &HostName) -> anyhow::Result<Connection> {
+    /// How to reach `name` according to `state`, for commands that only
+    /// talk to hosts `up` made (`status`, `tunnel`, `ssh`): fails unless
+    /// the state pins the host's SSH host key, as a key accepted on first
+    /// use could be anyone's.
+    pub fn pinned_target(&self, state: &State, name: &HostName) -> anyhow::Result<SshTarget> {
         let target = self.target(state, name)?;
+        if target.expected_host_key.is_none() {
+            bail!(
+                "host {name} has no pinned SSH host key in the state file {}, and PromGuard never trusts a host key on first use; run `promguard up` to pin it",
+                self.project.state_path().display()
+            );
+        }
+        Ok(target)
+    }
+
+    /// Opens a connection to `name`, verified against the host key the
+    /// state pins (or the recorded next key of a cut-off replacement).
+    pub fn connect(&self, state: &State, name: &HostName) -> anyhow::Result<Connection> {
+        let target = self.pinned_target(state, name)?;
         Ok(Connection::connect(
             &target,
             &self.connector(),
@@ -484,7 +500,17 @@ async fn up_locked(
                 record_host(state, host);
             }
         })?;
-        created?;
+        if let Err(error) = created {
+            // The run stops here, but the hosts that did come up serve a
+            // host key whose private half every droplet of their batch can
+            // read from the metadata service: replace it on each of them
+            // now rather than leave it until a later run.
+            let error = anyhow::Error::from(error);
+            return Err(match replace_injected_keys(ctx, &recorder, options).await {
+                Ok(()) => error,
+                Err(also) => anyhow!("{error:#}; also, {also:#}"),
+            });
+        }
     }
     phases.end("create");
 
@@ -655,6 +681,11 @@ async fn converge_all(
         let recorder = Arc::clone(recorder);
         let connect_options = connect_options.clone();
         let saves = Arc::clone(&recorder.saves);
+        // A provider that injects host keys knows every key of a host a
+        // recorded run made; a host without one existed before the state
+        // knew it, and is never connected to unverified.
+        let unknown_key = target.expected_host_key.is_none()
+            && crate::host_key::provider_injects_keys(ctx.provider.name());
         // A host key the provider injected is replaced once, right after
         // the first (verified) connection.
         let rotate = state
@@ -685,37 +716,17 @@ async fn converge_all(
             let name = target.host.clone();
             let result = tokio::task::spawn_blocking(
                 move || -> anyhow::Result<(UpHost, Option<String>, Connection)> {
+                    if unknown_key {
+                        bail!("{}", unknown_host_key(&target.host));
+                    }
                     line.phase("connecting");
                     let connecting = Instant::now();
                     let conn = Connection::connect(&target, &connector, connect_options)?;
                     let connect_time = connecting.elapsed();
                     let converging = Instant::now();
                     if let Some(recorder) = &rotate {
-                        let presented = conn.presented_host_key().clone();
-                        if target.replacement_host_key.as_ref() == Some(&presented) {
-                            // An earlier run installed the new key and was
-                            // cut off before pinning it.
-                            recorder.update(|state| {
-                                crate::host_key::pin(state, &target.host, &presented)
-                            })?;
-                        } else {
-                            line.phase("replacing the injected SSH host key");
-                            crate::host_key::rotate(
-                                &conn,
-                                &target,
-                                &connector,
-                                |key| {
-                                    recorder.update(|state| {
-                                        crate::host_key::pin_next(state, &target.host, key)
-                                    })
-                                },
-                                |key| {
-                                    recorder.update(|state| {
-                                        crate::host_key::pin(state, &target.host, key)
-                                    })
-                                },
-                            )?;
-                        }
+                        line.phase("replacing the injected SSH host key");
+                        replace_key(recorder, &conn, &target, &connector)?;
                     }
                     let pinned = (rotate.is_none() && target.expected_host_key.is_none())
                         .then(|| conn.presented_host_key().to_string());
@@ -791,6 +802,91 @@ async fn converge_all(
     }
     done.sort_by_key(|(i, _)| *i);
     Ok((done.into_iter().map(|(_, h)| h).collect(), monitor_conn))
+}
+
+/// Why a host whose SSH host key is not known is not connected to.
+fn unknown_host_key(name: &HostName) -> String {
+    format!(
+        "host {name}: its SSH host key is not known (it existed before the state file recorded one), and PromGuard never connects to a host it cannot verify; restore the state file that pinned its key, or remove the deployment with `promguard down --discover --yes` and run `promguard up` again"
+    )
+}
+
+/// Replaces the injected host key of the host `conn` reaches, recording
+/// each step in the state. Blocking.
+fn replace_key(
+    recorder: &Recorder,
+    conn: &Connection,
+    target: &SshTarget,
+    connector: &Connector,
+) -> anyhow::Result<()> {
+    crate::host_key::replace_injected(
+        conn,
+        target,
+        connector,
+        |key| recorder.update(|state| crate::host_key::pin_next(state, &target.host, key)),
+        |key| recorder.update(|state| crate::host_key::pin(state, &target.host, key)),
+    )
+}
+
+/// Replaces the injected host key of every created host that still serves
+/// one, concurrently: what `up` does when some hosts failed to come up and
+/// the run cannot converge. Hosts whose key is not known are not connected
+/// to; every failure is reported.
+async fn replace_injected_keys(
+    ctx: &Context,
+    recorder: &Arc<Recorder>,
+    options: &UpOptions,
+) -> anyhow::Result<()> {
+    let state = recorder.snapshot();
+    let connect_options = ConnectOptions {
+        retry_for: options.connect_timeout,
+        ..ConnectOptions::default()
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut failures = Vec::new();
+    for (name, record) in &state.hosts {
+        let due = record.created
+            && record.public_address.is_some()
+            && crate::host_key::needs_rotation(ctx.provider.name(), record);
+        if !due {
+            continue;
+        }
+        let target = ctx.target(&state, name)?;
+        if target.expected_host_key.is_none() {
+            failures.push(unknown_host_key(name));
+            continue;
+        }
+        let line = ctx.progress.host(name.as_str());
+        let connector = ctx.connector();
+        let recorder = Arc::clone(recorder);
+        let connect_options = connect_options.clone();
+        tasks.spawn_blocking(move || -> anyhow::Result<()> {
+            line.phase("replacing the injected SSH host key");
+            let result = Connection::connect(&target, &connector, connect_options)
+                .map_err(anyhow::Error::from)
+                .and_then(|conn| replace_key(&recorder, &conn, &target, &connector));
+            match &result {
+                Ok(()) => line.finish("SSH host key replaced"),
+                Err(_) => line.finish("SSH host key not replaced"),
+            }
+            result.with_context(|| format!("host {}", target.host))
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(format!("{e:#}")),
+            Err(e) => failures.push(format!("a host task failed: {e}")),
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "the injected SSH host key could not be replaced on {} host(s): {}",
+            failures.len(),
+            failures.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// Reads the monitor's targets.
@@ -951,4 +1047,173 @@ pub async fn down(ctx: &Context, discover: bool) -> anyhow::Result<usize> {
         return Ok(count);
     }
     Ok(listed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use promguard_cloud::CloudError;
+    use promguard_core::config::{Config, ProviderKind};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    const MONITOR_KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJbHkQpvXXXlCrfm9GPh94TOs3h4/BEQKAsLxu2dEiob";
+    const NODE_KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMTtFHcdteJUlDWqgVsR8q4qyEICcbkii8PR2OH/JJiI";
+
+    /// A provider that injects keys like DigitalOcean, scripted per test,
+    /// and records every address `up` dials instead of reaching it.
+    struct Scripted {
+        /// Requests `prepare_host_keys` gives a key (the others exist).
+        keys: Vec<(&'static str, &'static str)>,
+        /// What `create_hosts` reports; `None`: node-1 fails to start.
+        created: Option<Vec<Host>>,
+        /// What `list_hosts` shows once `create_hosts` ran.
+        after_create: Vec<Host>,
+        create_ran: Mutex<bool>,
+        dialed: Mutex<Vec<SocketAddr>>,
+    }
+
+    fn host(name: &str, last_octet: u8, key: Option<&str>) -> Host {
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, last_octet));
+        Host {
+            name: HostName::new(name).unwrap(),
+            role: None,
+            region: promguard_core::Region::new("tor1").unwrap(),
+            id: last_octet.to_string(),
+            public_address: ip,
+            ssh: SocketAddr::new(ip, 22),
+            ssh_host_key: key.map(|k| SshPublicKey::parse(k).unwrap()),
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl CloudProvider for Scripted {
+        fn name(&self) -> &'static str {
+            "digitalocean"
+        }
+        fn hosts_need_packages(&self) -> bool {
+            true
+        }
+        async fn preflight(&self) -> Result<(), CloudError> {
+            Ok(())
+        }
+        async fn register_ssh_key(&self, _key: &SshPublicKey) -> Result<(), CloudError> {
+            Ok(())
+        }
+        async fn prepare_host_keys(
+            &self,
+            requests: &[HostRequest],
+        ) -> Result<Vec<(HostName, SshPublicKey)>, CloudError> {
+            Ok(requests
+                .iter()
+                .filter_map(|r| {
+                    self.keys
+                        .iter()
+                        .find(|(name, _)| *name == r.name.as_str())
+                        .map(|(_, key)| (r.name.clone(), SshPublicKey::parse(key).unwrap()))
+                })
+                .collect())
+        }
+        async fn create_hosts(&self, _requests: &[HostRequest]) -> Result<Vec<Host>, CloudError> {
+            *self.create_ran.lock().unwrap() = true;
+            self.created.clone().ok_or_else(|| CloudError::Timeout {
+                host: HostName::new("promguard-node-1").unwrap(),
+                seconds: 1,
+                message: "its status is still \"new\"".into(),
+            })
+        }
+        async fn list_hosts(&self) -> Result<Vec<Host>, CloudError> {
+            Ok(if *self.create_ran.lock().unwrap() {
+                self.after_create.clone()
+            } else {
+                Vec::new()
+            })
+        }
+        async fn destroy_hosts(&self, _names: &[HostName]) -> Result<(), CloudError> {
+            Ok(())
+        }
+        async fn destroy_deployment(&self) -> Result<(), CloudError> {
+            Ok(())
+        }
+        fn connect(&self, addr: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+            self.dialed.lock().unwrap().push(addr);
+            Err(std::io::ErrorKind::ConnectionRefused.into())
+        }
+    }
+
+    /// Runs `up` for a monitor and one node against `provider`; returns
+    /// the error and the addresses dialed.
+    async fn up_with(provider: Scripted) -> (String, Vec<SocketAddr>) {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("promguard.toml");
+        std::fs::write(
+            &config_path,
+            Config::template(ProviderKind::DigitalOcean, 1),
+        )
+        .unwrap();
+        let identity = dir.path().join("id_ed25519");
+        std::fs::write(&identity, "not read by these tests").unwrap();
+        std::fs::write(dir.path().join("id_ed25519.pub"), MONITOR_KEY).unwrap();
+        let provider = Arc::new(provider);
+        let ctx = Context {
+            project: Project::load(Some(&config_path)).unwrap(),
+            provider: provider.clone(),
+            identity,
+            progress: Progress::new(false),
+        };
+        let options = UpOptions {
+            yes: false,
+            parallel: 4,
+            verify_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(100),
+        };
+        let error = up(&ctx, &options).await.unwrap_err();
+        let dialed = provider.dialed.lock().unwrap().clone();
+        (format!("{error:#}"), dialed)
+    }
+
+    // Regression: when one droplet failed to become active, `up` stopped
+    // before replacing the injected host key of the ones that came up.
+    #[tokio::test]
+    async fn a_failed_host_does_not_keep_the_others_on_their_injected_key() {
+        let monitor = host("promguard-monitor-1", 1, Some(MONITOR_KEY));
+        let (error, dialed) = up_with(Scripted {
+            keys: vec![
+                ("promguard-monitor-1", MONITOR_KEY),
+                ("promguard-node-1", NODE_KEY),
+            ],
+            created: None,
+            after_create: vec![monitor.clone()],
+            create_ran: Mutex::new(false),
+            dialed: Mutex::new(Vec::new()),
+        })
+        .await;
+        assert!(error.contains("promguard-node-1"), "{error}");
+        assert!(error.contains("could not be replaced"), "{error}");
+        assert!(dialed.contains(&monitor.ssh), "{dialed:?}: {error}");
+    }
+
+    // Regression: a droplet that existed before the state knew it (it had
+    // no address yet when `up` checked) was adopted without a host key and
+    // connected to unverified.
+    #[tokio::test]
+    async fn a_host_whose_key_is_unknown_is_never_connected_to() {
+        let monitor = host("promguard-monitor-1", 1, Some(MONITOR_KEY));
+        let node = host("promguard-node-1", 2, None);
+        let (error, dialed) = up_with(Scripted {
+            keys: vec![("promguard-monitor-1", MONITOR_KEY)],
+            created: Some(vec![monitor.clone(), node.clone()]),
+            after_create: vec![monitor.clone(), node.clone()],
+            create_ran: Mutex::new(false),
+            dialed: Mutex::new(Vec::new()),
+        })
+        .await;
+        assert!(
+            error.contains("promguard-node-1: its SSH host key is not known"),
+            "{error}"
+        );
+        assert!(!dialed.contains(&node.ssh), "{dialed:?}");
+        assert!(dialed.contains(&monitor.ssh), "{dialed:?}");
+    }
 }

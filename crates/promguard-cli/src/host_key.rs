@@ -29,11 +29,38 @@ use promguard_remote::{shell_quote, ConnectOptions, Connection, Connector, SshTa
 /// How long sshd may take to serve the new key after the reload.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Whether the provider `provider` injects the SSH host keys of the hosts
+/// it makes: PromGuard then knows every host's key before the first
+/// connection, and a host whose key it does not know was not made by a
+/// run that recorded one (its state is lost), so it is never connected to.
+pub fn provider_injects_keys(provider: &str) -> bool {
+    provider == "digitalocean"
+}
+
 /// Whether `up` must replace the host key of a host the provider `provider`
 /// made: only keys a provider injected through user data are replaced, and
 /// only once.
 pub fn needs_rotation(provider: &str, record: &HostRecord) -> bool {
-    provider == "digitalocean" && !record.ssh_host_key_rotated
+    provider_injects_keys(provider) && !record.ssh_host_key_rotated
+}
+
+/// Finishes the replacement of the injected host key of the host `conn`
+/// reaches: when the host already presents the recorded next key (an
+/// earlier run was cut off after installing it), `pin` pins it; otherwise
+/// [`rotate`] replaces the key. Blocking.
+pub fn replace_injected(
+    conn: &Connection,
+    target: &SshTarget,
+    connector: &Connector,
+    record_next: impl FnOnce(&SshPublicKey) -> anyhow::Result<()>,
+    pin: impl FnOnce(&SshPublicKey) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let presented = conn.presented_host_key().clone();
+    if target.replacement_host_key.as_ref() == Some(&presented) {
+        pin(&presented)
+    } else {
+        rotate(conn, target, connector, record_next, pin).map(|_| ())
+    }
 }
 
 /// Records `key` as the pinned, host-generated key of `name`.

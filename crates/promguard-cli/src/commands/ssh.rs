@@ -6,8 +6,9 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-use anyhow::{anyhow, Context as _};
+use anyhow::Context as _;
 use promguard_core::HostName;
+use promguard_remote::SshTarget;
 
 use crate::deploy::Context;
 use crate::project::Project;
@@ -22,12 +23,9 @@ pub fn run(
     let project = Project::load(config)?;
     let state = project.existing_state()?;
     let ctx = Context::new(project, false)?;
-    let target = ctx.target(&state, &name)?;
-    let key = target.expected_host_key.ok_or_else(|| {
-        anyhow!("host {name} has no pinned SSH host key yet; run `promguard up` first")
-    })?;
+    let target = ctx.pinned_target(&state, &name)?;
     let alias = format!("promguard-{name}");
-    let known_hosts = known_hosts_file(&format!("{alias} {key}\n"))?;
+    let known_hosts = known_hosts_file(&known_hosts_lines(&alias, &target))?;
     let exe = std::env::current_exe().context("cannot find the promguard executable")?;
     // ssh parses -o values itself (quotes, `%` tokens) before a shell
     // sees them, so paths reach the proxy through the environment, never
@@ -80,6 +78,18 @@ pub fn run(
     Ok(ExitCode::from(
         status.code().unwrap_or(255).clamp(0, 255) as u8
     ))
+}
+
+/// The known_hosts lines for `target` under `alias`: its pinned key, and
+/// the recorded next key of a replacement a run was cut off in (the host
+/// may serve either, as `up` accepts).
+fn known_hosts_lines(alias: &str, target: &SshTarget) -> String {
+    target
+        .expected_host_key
+        .iter()
+        .chain(target.replacement_host_key.iter())
+        .map(|key| format!("{alias} {key}\n"))
+        .collect()
 }
 
 /// Environment variable naming the promguard executable for the proxy.
