@@ -21,9 +21,10 @@ use promguard_core::HostName;
 use crate::e2e::{check_targets, Deployment};
 
 /// The scrape interval of this scenario: long enough that Prometheus' own
-/// start-up after a reboot (its discovery waits up to 5 s before the first
-/// scrape) fits in two of them.
-const SCRAPE_SECONDS: u64 = 5;
+/// start-up after a reboot fits in two of them. Its discovery and scrape
+/// managers wait up to 5 s before the first scrape, and each target is then
+/// scraped at its own offset within the interval: up to 5 s + one interval.
+const SCRAPE_SECONDS: u64 = 8;
 
 /// The monitor of the scenario.
 const MONITOR: &str = "promguard-monitor-1";
@@ -307,7 +308,10 @@ fn wait_for_new_boot(d: &Deployment, provider: &LocalProvider, host: &str, old: 
             match state.as_str() {
                 "running" => return Ok(()),
                 "degraded" => {
-                    let failed = d.ssh(host, "systemctl --failed --no-legend")?;
+                    let failed = d.ssh(
+                        host,
+                        "systemctl --failed --no-legend --plain; for u in $(systemctl --failed --no-legend --plain | cut -d' ' -f1); do journalctl -b -u \"$u\" --no-pager | tail -n 15; done",
+                    )?;
                     bail!(
                         "{host} booted degraded: {}",
                         String::from_utf8_lossy(&failed.stdout)

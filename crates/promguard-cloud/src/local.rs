@@ -390,6 +390,9 @@ impl LocalProvider {
             // A host whose init an interrupted run never recorded still has
             // its processes in its namespace: end them too.
             net::kill_netns_processes(&host.netns, STOP_TIMEOUT).map_err(host_error)?;
+            if host.kind == HostKind::Systemd {
+                nspawn::remove_cgroups(&host.netns).map_err(host_error)?;
+            }
             self.detach(&host.netns, host.index).map_err(host_error)?;
             let dir = self.host_dir(&host.name);
             match std::fs::remove_dir_all(&dir) {

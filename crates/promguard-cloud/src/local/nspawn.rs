@@ -201,11 +201,78 @@ pub(crate) fn prepare(
         .map_err(|err| format!("ssh-keygen wrote an unusable key: {err}"))
 }
 
-/// The supervisor's script: boot, and boot again after a reboot (133).
-fn supervisor_script(image: &BaseImage, dir: &HostDir, name: &HostName, netns: &str) -> String {
+/// The cgroup directories a host's supervisor moves itself into before it
+/// runs nspawn, one per hierarchy systemd uses (the `name=systemd` one and
+/// the unified one of a hybrid setup, or the single cgroup2 one).
+///
+/// nspawn with `--keep-unit` makes its own cgroup the container's root, and
+/// the container's systemd creates `init.scope`, `system.slice` and a cgroup
+/// per unit in it: two hosts started from the same cgroup would share those
+/// (seen here: units failing with status 219/CGROUP when hosts booted at
+/// once). So every host gets a cgroup of its own, at a fixed place named
+/// after its namespace, so that whichever process tears it down finds it.
+pub(crate) fn cgroup_dirs(netns: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mounts: Vec<PathBuf> = if root.join("cgroup.controllers").exists() {
+        vec![root.to_owned()]
+    } else {
+        ["systemd", "unified"]
+            .iter()
+            .map(|h| root.join(h))
+            .filter(|p| p.join("cgroup.procs").exists())
+            .collect()
+    };
+    mounts
+        .into_iter()
+        .map(|m| m.join("promguard.local").join(netns))
+        .collect()
+}
+
+/// Removes a host's cgroups (every cgroup its container made below them,
+/// deepest first) once no process is left in them.
+pub(crate) fn remove_cgroups(netns: &str) -> Result<(), String> {
+    fn remove(dir: &Path) -> Result<(), String> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("cannot read cgroup {}: {e}", dir.display())),
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove(&entry.path())?;
+            }
+        }
+        match fs::remove_dir(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot remove cgroup {}: {e}", dir.display())),
+        }
+    }
+    for dir in cgroup_dirs(netns) {
+        remove(&dir)?;
+    }
+    Ok(())
+}
+
+/// The supervisor's script: move into the host's own cgroups, boot, and
+/// boot again after a reboot (133).
+fn supervisor_script(
+    image: &BaseImage,
+    dir: &HostDir,
+    name: &HostName,
+    netns: &str,
+    cgroup_dirs: &[PathBuf],
+) -> String {
     let quote = |p: &Path| format!("'{}'", p.to_string_lossy().replace('\'', r"'\''"));
+    let mut cgroups = String::new();
+    for cg in cgroup_dirs {
+        cgroups.push_str(&format!(
+            "mkdir -p {q} && echo $$ > {q}/cgroup.procs || {{ echo \"promguard: cannot move into cgroup {q}\"; exit 1; }}\n",
+            q = quote(&cg)
+        ));
+    }
     format!(
-        "while :; do\n\
+        "{cgroups}while :; do\n\
          systemd-nspawn --quiet --boot --register=no --keep-unit --console=read-only \
          --machine={name} --hostname={name} --network-namespace-path={ns} \
          --capability=CAP_NET_ADMIN --resolv-conf=off --timezone=off --link-journal=no \
@@ -240,7 +307,10 @@ pub(crate) fn start(
         .map_err(io_context("open", &console_path))?;
     let mut command = Command::new("/bin/sh");
     command
-        .args(["-c", &supervisor_script(image, dir, name, netns)])
+        .args([
+            "-c",
+            &supervisor_script(image, dir, name, netns, &cgroup_dirs(netns)),
+        ])
         .env_clear()
         .env("PATH", SEARCH_PATH)
         .env("LANG", "C.UTF-8")
@@ -394,8 +464,17 @@ mod tests {
         let dir = HostDir {
             path: PathBuf::from("/var/lib/promguard/local/d/hosts/node-1"),
         };
-        let script = supervisor_script(&image, &dir, &HostName::new("node-1").unwrap(), "pg-d-1");
+        let script = supervisor_script(
+            &image,
+            &dir,
+            &HostName::new("node-1").unwrap(),
+            "pg-d-1",
+            &[PathBuf::from(
+                "/sys/fs/cgroup/systemd/promguard.local/pg-d-1",
+            )],
+        );
         expect_test::expect![[r#"
+            mkdir -p '/sys/fs/cgroup/systemd/promguard.local/pg-d-1' && echo $$ > '/sys/fs/cgroup/systemd/promguard.local/pg-d-1'/cgroup.procs || { echo "promguard: cannot move into cgroup '/sys/fs/cgroup/systemd/promguard.local/pg-d-1'"; exit 1; }
             while :; do
             systemd-nspawn --quiet --boot --register=no --keep-unit --console=read-only --machine=node-1 --hostname=node-1 --network-namespace-path='/run/netns/pg-d-1' --capability=CAP_NET_ADMIN --resolv-conf=off --timezone=off --link-journal=no --directory='/var/cache/promguard/debian-12-v1/rootfs' --overlay='/var/cache/promguard/debian-12-v1/rootfs':'/var/lib/promguard/local/d/hosts/node-1/upper':/
             rc=$?
