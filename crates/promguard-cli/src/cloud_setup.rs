@@ -203,6 +203,10 @@ impl CloudProvider for InNetns {
         self.inner.register_ssh_key(key).await
     }
 
+    async fn reconcile_deployment(&self) -> Result<(), CloudError> {
+        self.inner.reconcile_deployment().await
+    }
+
     async fn prepare_host_keys(
         &self,
         requests: &[HostRequest],

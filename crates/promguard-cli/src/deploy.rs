@@ -512,6 +512,11 @@ async fn up_locked(
             });
         }
     }
+    if to_create.is_empty() {
+        // Creating hosts did this; a run that creates none still carries
+        // changed ports to the provider's firewall.
+        ctx.provider.reconcile_deployment().await?;
+    }
     phases.end("create");
 
     // Plan again: public addresses are known now, so peers get endpoints.
@@ -1108,6 +1113,10 @@ mod tests {
         async fn preflight(&self) -> Result<(), CloudError> {
             Ok(())
         }
+        async fn reconcile_deployment(&self) -> Result<(), CloudError> {
+            Ok(())
+        }
+
         async fn register_ssh_key(&self, _key: &SshPublicKey) -> Result<(), CloudError> {
             Ok(())
         }

@@ -1107,6 +1107,15 @@ impl CloudProvider for DigitalOceanProvider {
         Ok(publics)
     }
 
+    /// The Cloud Firewall, when the deployment has one, gets the current
+    /// ports (one listing when nothing changed).
+    async fn reconcile_deployment(&self) -> Result<(), CloudError> {
+        match self.firewall_wireguard_port {
+            Some(port) => self.ensure_firewall(port).await.map_err(|e| self.fail(e)),
+            None => Ok(()),
+        }
+    }
+
     async fn create_hosts(&self, requests: &[HostRequest]) -> Result<Vec<Host>, CloudError> {
         if requests.is_empty() {
             return Ok(Vec::new());

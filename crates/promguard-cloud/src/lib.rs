@@ -106,6 +106,13 @@ pub trait CloudProvider: Send + Sync {
     /// says exactly what is missing otherwise.
     async fn preflight(&self) -> Result<(), CloudError>;
 
+    /// Brings the deployment's resources that are no host (DigitalOcean's
+    /// Cloud Firewall) in line with the provider's settings, such as a
+    /// changed SSH or WireGuard port. `up` calls it on runs that create no
+    /// host (creating hosts does it too). Required, not defaulted, so that
+    /// a wrapping provider cannot drop it.
+    async fn reconcile_deployment(&self) -> Result<(), CloudError>;
+
     /// Makes `key` an authorized login key for hosts created afterwards.
     async fn register_ssh_key(&self, key: &SshPublicKey) -> Result<(), CloudError>;
 

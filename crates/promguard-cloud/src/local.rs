@@ -924,6 +924,12 @@ impl CloudProvider for LocalProvider {
         }
     }
 
+    /// Nothing: a local deployment has no resource besides its hosts that
+    /// settings could change.
+    async fn reconcile_deployment(&self) -> Result<(), CloudError> {
+        Ok(())
+    }
+
     async fn register_ssh_key(&self, key: &SshPublicKey) -> Result<(), CloudError> {
         let this = self.clone();
         let key = key.clone();

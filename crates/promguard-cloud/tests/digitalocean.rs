@@ -115,7 +115,7 @@ async fn create_list_destroy_lifecycle() {
         serde_json::json!(["node-1", "node-2", "node-3"])
     );
     assert_eq!(batch["size"], "s-1vcpu-1gb");
-    assert_eq!(batch["image"], "ubuntu-24-04-x64");
+    assert_eq!(batch["image"], "debian-12-x64");
     assert_eq!(batch["region"], "lon1");
     assert_eq!(
         batch["tags"],
@@ -874,6 +874,20 @@ async fn the_firewall_follows_the_ssh_and_wireguard_ports() {
     moved.create_hosts(&hosts).await.unwrap();
     assert_eq!(firewall_puts(&fake), 1);
     assert_eq!(fake.firewalls().len(), 1);
+
+    // A run that creates no host carries a port change too.
+    let again = build(51822, 2222);
+    again.reconcile_deployment().await.unwrap();
+    assert_eq!(
+        inbound_ports(&fake),
+        [
+            ("tcp".into(), "2222".into()),
+            ("udp".into(), "51822".into())
+        ]
+    );
+    assert_eq!(firewall_puts(&fake), 2);
+    again.reconcile_deployment().await.unwrap();
+    assert_eq!(firewall_puts(&fake), 2);
     moved.destroy_deployment().await.unwrap();
     assert_spec(&fake);
 }

@@ -268,7 +268,7 @@ fn supervisor_script(
     for cg in cgroup_dirs {
         cgroups.push_str(&format!(
             "mkdir -p {q} && echo $$ > {q}/cgroup.procs || {{ echo \"promguard: cannot move into cgroup {q}\"; exit 1; }}\n",
-            q = quote(&cg)
+            q = quote(cg)
         ));
     }
     format!(
