@@ -195,6 +195,14 @@ impl CloudProvider for InNetns {
         self.inner.hosts_need_packages()
     }
 
+    fn injects_host_keys(&self) -> bool {
+        self.inner.injects_host_keys()
+    }
+
+    fn discovery_hint(&self) -> &'static str {
+        self.inner.discovery_hint()
+    }
+
     async fn preflight(&self) -> Result<(), CloudError> {
         self.inner.preflight().await
     }

@@ -404,7 +404,7 @@ async fn up_locked(
             ctx.project.config.deployment,
             unknown.join(", "),
             ctx.project.state_path().display(),
-            if ctx.provider.name() == "local" { "their namespaces" } else { "their tags" },
+            ctx.provider.discovery_hint(),
         );
     }
 
@@ -689,14 +689,13 @@ async fn converge_all(
         // A provider that injects host keys knows every key of a host a
         // recorded run made; a host without one existed before the state
         // knew it, and is never connected to unverified.
-        let unknown_key = target.expected_host_key.is_none()
-            && crate::host_key::provider_injects_keys(ctx.provider.name());
+        let unknown_key = target.expected_host_key.is_none() && ctx.provider.injects_host_keys();
         // A host key the provider injected is replaced once, right after
         // the first (verified) connection.
         let rotate = state
             .hosts
             .get(&host.name)
-            .is_some_and(|r| crate::host_key::needs_rotation(ctx.provider.name(), r))
+            .is_some_and(|r| crate::host_key::needs_rotation(ctx.provider.as_ref(), r))
             .then(|| Arc::clone(&recorder));
         let summary = UpHost {
             name: host.name.clone(),
@@ -852,7 +851,7 @@ async fn replace_injected_keys(
     for (name, record) in &state.hosts {
         let due = record.created
             && record.public_address.is_some()
-            && crate::host_key::needs_rotation(ctx.provider.name(), record);
+            && crate::host_key::needs_rotation(ctx.provider.as_ref(), record);
         if !due {
             continue;
         }
@@ -1104,12 +1103,23 @@ mod tests {
 
     #[async_trait::async_trait]
     impl CloudProvider for Scripted {
+        // A name no code may look at: only the capabilities below count.
         fn name(&self) -> &'static str {
-            "digitalocean"
+            "scripted"
         }
+
         fn hosts_need_packages(&self) -> bool {
             true
         }
+
+        fn injects_host_keys(&self) -> bool {
+            true
+        }
+
+        fn discovery_hint(&self) -> &'static str {
+            "their tags"
+        }
+
         async fn preflight(&self) -> Result<(), CloudError> {
             Ok(())
         }

@@ -22,6 +22,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
+use promguard_cloud::CloudProvider;
 use promguard_core::state::HostRecord;
 use promguard_core::{HostName, SshPublicKey, State};
 use promguard_remote::{shell_quote, ConnectOptions, Connection, Connector, SshTarget};
@@ -29,19 +30,10 @@ use promguard_remote::{shell_quote, ConnectOptions, Connection, Connector, SshTa
 /// How long sshd may take to serve the new key after the reload.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Whether the provider `provider` injects the SSH host keys of the hosts
-/// it makes: PromGuard then knows every host's key before the first
-/// connection, and a host whose key it does not know was not made by a
-/// run that recorded one (its state is lost), so it is never connected to.
-pub fn provider_injects_keys(provider: &str) -> bool {
-    provider == "digitalocean"
-}
-
-/// Whether `up` must replace the host key of a host the provider `provider`
-/// made: only keys a provider injected through user data are replaced, and
-/// only once.
-pub fn needs_rotation(provider: &str, record: &HostRecord) -> bool {
-    provider_injects_keys(provider) && !record.ssh_host_key_rotated
+/// Whether `up` must replace the host key of a host `provider` made: only
+/// keys a provider injected through user data are replaced, and only once.
+pub fn needs_rotation(provider: &dyn CloudProvider, record: &HostRecord) -> bool {
+    provider.injects_host_keys() && !record.ssh_host_key_rotated
 }
 
 /// Finishes the replacement of the injected host key of the host `conn`
@@ -318,16 +310,27 @@ mod tests {
             .unwrap()
             .next_state;
         let name = config.monitor.name.clone();
-        assert!(needs_rotation("digitalocean", &state.hosts[&name]));
-        assert!(!needs_rotation("local", &state.hosts[&name]));
+        // Providers as the CLI makes them; neither does any IO here.
+        let digitalocean = promguard_cloud::digitalocean::DigitalOceanProvider::builder(
+            config.deployment.clone(),
+            promguard_cloud::digitalocean::Token::new("not-a-real-token"),
+        )
+        .build()
+        .unwrap();
+        let local = promguard_cloud::local::LocalProvider::new(
+            config.deployment.clone(),
+            promguard_cloud::local::LocalOptions::default(),
+        );
+        assert!(needs_rotation(&digitalocean, &state.hosts[&name]));
+        assert!(!needs_rotation(&local, &state.hosts[&name]));
         let key = SshPublicKey::parse(
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJbHkQpvXXXlCrfm9GPh94TOs3h4/BEQKAsLxu2dEiob",
         )
         .unwrap();
         pin_next(&mut state, &name, &key);
-        assert!(needs_rotation("digitalocean", &state.hosts[&name]));
+        assert!(needs_rotation(&digitalocean, &state.hosts[&name]));
         pin(&mut state, &name, &key);
-        assert!(!needs_rotation("digitalocean", &state.hosts[&name]));
+        assert!(!needs_rotation(&digitalocean, &state.hosts[&name]));
         assert_eq!(state.hosts[&name].ssh_host_key_next, None);
         assert_eq!(
             state.hosts[&name].ssh_host_key.as_deref(),

@@ -1050,6 +1050,15 @@ impl CloudProvider for DigitalOceanProvider {
         true
     }
 
+    /// Through cloud-init user data.
+    fn injects_host_keys(&self) -> bool {
+        true
+    }
+
+    fn discovery_hint(&self) -> &'static str {
+        "their tags"
+    }
+
     async fn preflight(&self) -> Result<(), CloudError> {
         let which = tokio::process::Command::new("ssh-keygen")
             .arg("-?")

@@ -102,6 +102,19 @@ pub trait CloudProvider: Send + Sync {
     /// defaulted, so that a wrapping provider cannot drop it.
     fn hosts_need_packages(&self) -> bool;
 
+    /// Whether this provider puts SSH host keys it made into the hosts it
+    /// creates (through user data, see [`CloudProvider::prepare_host_keys`]):
+    /// then every host's key is known before the first connection, a host
+    /// without a recorded key is never connected to, and the injected key
+    /// (readable in the host's metadata) is replaced right after the first
+    /// verified connection. Providers whose hosts report a key they made
+    /// themselves (local hosts) say no. Required, not defaulted.
+    fn injects_host_keys(&self) -> bool;
+
+    /// How this provider finds a deployment's hosts without a state file
+    /// (`down --discover`), for messages: "their tags", "their namespaces".
+    fn discovery_hint(&self) -> &'static str;
+
     /// Checks that the provider can work here (root, programs, token) and
     /// says exactly what is missing otherwise.
     async fn preflight(&self) -> Result<(), CloudError>;

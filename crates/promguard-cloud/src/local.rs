@@ -916,6 +916,15 @@ impl CloudProvider for LocalProvider {
         self.options.hosts == LocalHostKind::Systemd
     }
 
+    /// A local host's key is made here and reported from its file.
+    fn injects_host_keys(&self) -> bool {
+        false
+    }
+
+    fn discovery_hint(&self) -> &'static str {
+        "their namespaces"
+    }
+
     async fn preflight(&self) -> Result<(), CloudError> {
         self.check_state_dir()?;
         match self.options.hosts {
