@@ -13,6 +13,8 @@
 //! - `e2e --faults`: the fault tests on local hosts (unreachable hosts,
 //!   signals, a lost state file, healing, hostile input, secrets).
 //! - `deps`: only the package installation.
+//! - `tidy`: the architecture's invariants (which crate may depend on what,
+//!   no IO in core, a doc on every module); part of `test`.
 //! - `fuzz [--seconds N]`: runs each cargo-fuzz target for N seconds
 //!   (default 60); not part of `test`.
 //!
@@ -31,6 +33,7 @@ mod e2e_fake;
 mod e2e_systemd;
 mod faults;
 mod fuzz;
+mod tidy;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -82,6 +85,7 @@ fn main() -> Result<()> {
         }
         Some("measure") => bench::measure_child(&args[1..]),
         Some("deps") => deps::ensure(),
+        Some("tidy") => tidy::run(&root),
         Some("fuzz") => {
             let seconds = match (args.get(1).map(String::as_str), args.get(2)) {
                 (None, _) => 60,
@@ -143,6 +147,7 @@ fn cargo() -> Command {
 fn test(root: &Path) -> Result<()> {
     deps::ensure()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    tidy::run(root)?;
     run(cargo().args([
         "clippy",
         "--workspace",

@@ -1,0 +1,260 @@
+//! `cargo xtask tidy` (part of `cargo xtask test`): the architecture's
+//! invariants, checked mechanically on the source tree.
+//!
+//! - Dependencies point one way and stay where they belong: only
+//!   promguard-cloud uses reqwest, only promguard-remote ssh2, only
+//!   promguard-cli clap, indicatif and anyhow (xtask is no library and may
+//!   use anyhow); no library crate depends on promguard-cli, and core on no
+//!   other crate of the workspace.
+//! - promguard-core does no IO but the state file (`state.rs`) and reading
+//!   the config file it parses (`config.rs`): no file, network or process
+//!   API anywhere else in it.
+//! - Every Rust module of the crates and of xtask opens with a `//!` doc.
+//!
+//! The checks run on any tree with this layout, so the tests below break
+//! each invariant once in a fixture and see it reported.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// Crates of the workspace that the checks know, in dependency order.
+const CRATES: &[&str] = &[
+    "promguard-core",
+    "promguard-wg",
+    "promguard-cloud",
+    "promguard-remote",
+    "promguard-cli",
+];
+
+/// External crates that only one workspace crate may depend on.
+const OWNED: &[(&str, &[&str])] = &[
+    ("reqwest", &["promguard-cloud"]),
+    ("ssh2", &["promguard-remote"]),
+    ("clap", &["promguard-cli"]),
+    ("indicatif", &["promguard-cli"]),
+    ("anyhow", &["promguard-cli"]),
+];
+
+/// Workspace crates each crate may depend on (the one-way flow).
+const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
+    ("promguard-core", &[]),
+    ("promguard-wg", &["promguard-core"]),
+    ("promguard-cloud", &["promguard-core"]),
+    ("promguard-remote", &["promguard-core", "promguard-wg"]),
+    (
+        "promguard-cli",
+        &[
+            "promguard-core",
+            "promguard-wg",
+            "promguard-cloud",
+            "promguard-remote",
+        ],
+    ),
+];
+
+/// Paths of core's source (relative to its `src`) allowed to do IO.
+const CORE_IO_ALLOWED: &[&str] = &["state.rs", "config.rs"];
+
+/// What counts as IO in core's source.
+const IO_PATTERNS: &[&str] = &[
+    "std::fs",
+    "fs::",
+    "std::net::Tcp",
+    "std::net::Udp",
+    "TcpStream",
+    "UdpSocket",
+    "std::process",
+    "Command::new",
+    "tokio::",
+    "reqwest",
+];
+
+/// Checks the tree at `root`; returns every violation, one per line.
+pub fn violations(root: &Path) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for krate in CRATES {
+        let manifest = root.join("crates").join(krate).join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)
+            .with_context(|| format!("cannot read {}", manifest.display()))?;
+        let value: toml::Value = text
+            .parse()
+            .with_context(|| format!("{} is not TOML", manifest.display()))?;
+        let deps: Vec<String> = value
+            .get("dependencies")
+            .and_then(|d| d.as_table())
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
+        for dep in &deps {
+            if let Some((_, owners)) = OWNED.iter().find(|(name, _)| name == dep) {
+                if !owners.contains(krate) {
+                    found.push(format!(
+                        "{krate} depends on {dep}, which only {} may use",
+                        owners.join(", ")
+                    ));
+                }
+            }
+            if dep.starts_with("promguard-") {
+                let allowed = ALLOWED_INTERNAL
+                    .iter()
+                    .find(|(name, _)| name == krate)
+                    .map(|(_, a)| *a)
+                    .unwrap_or(&[]);
+                if !allowed.contains(&dep.as_str()) {
+                    found.push(format!(
+                        "{krate} depends on {dep}: dependencies point one way (cli -> remote/cloud/wg -> core)"
+                    ));
+                }
+            }
+        }
+    }
+    let core_src = root.join("crates/promguard-core/src");
+    for file in rust_files(&core_src)? {
+        let relative = file.strip_prefix(&core_src).unwrap_or(&file);
+        if CORE_IO_ALLOWED.iter().any(|a| Path::new(a) == relative) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file)?;
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            if let Some(pattern) = IO_PATTERNS.iter().find(|p| code.contains(*p)) {
+                found.push(format!(
+                    "{}:{}: promguard-core does IO ({pattern}) outside the state file",
+                    file.display(),
+                    n + 1
+                ));
+            }
+        }
+    }
+    let mut dirs: Vec<PathBuf> = CRATES
+        .iter()
+        .map(|c| root.join("crates").join(c).join("src"))
+        .collect();
+    dirs.push(root.join("xtask/src"));
+    for dir in dirs {
+        if !dir.exists() {
+            continue;
+        }
+        for file in rust_files(&dir)? {
+            let text = std::fs::read_to_string(&file)?;
+            if !text.trim_start().starts_with("//!") {
+                found.push(format!(
+                    "{}: the module has no `//!` doc saying what it is for",
+                    file.display()
+                ));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Every `.rs` file under `dir`, sorted.
+fn rust_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?
+        {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Fails with every violation of the tree at `root`.
+pub fn run(root: &Path) -> Result<()> {
+    let found = violations(root)?;
+    if found.is_empty() {
+        eprintln!("xtask tidy: the architecture's invariants hold");
+        return Ok(());
+    }
+    let mut text = String::new();
+    for v in &found {
+        let _ = writeln!(text, "  {v}");
+    }
+    bail!("the architecture's invariants are broken:\n{text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal tree with this workspace's layout that keeps every rule.
+    fn fixture() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (krate, deps) in ALLOWED_INTERNAL {
+            let src = dir.path().join("crates").join(krate).join("src");
+            std::fs::create_dir_all(&src).unwrap();
+            let mut manifest = format!("[package]\nname = \"{krate}\"\n\n[dependencies]\n");
+            for dep in *deps {
+                manifest.push_str(&format!("{dep}.workspace = true\n"));
+            }
+            std::fs::write(src.join("../Cargo.toml"), manifest).unwrap();
+            std::fs::write(src.join("lib.rs"), "//! A crate.\n").unwrap();
+        }
+        std::fs::write(
+            dir.path().join("crates/promguard-core/src/state.rs"),
+            "//! The state file.\nfn save() { std::fs::write(\"x\", \"y\").unwrap() }\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    fn append(path: &Path, text: &str) {
+        let mut old = std::fs::read_to_string(path).unwrap();
+        old.push_str(text);
+        std::fs::write(path, old).unwrap();
+    }
+
+    #[test]
+    fn a_tree_that_keeps_the_rules_passes() {
+        let tree = fixture();
+        assert_eq!(violations(tree.path()).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_broken_invariant_is_reported() {
+        let tree = fixture();
+        let root = tree.path();
+        append(
+            &root.join("crates/promguard-core/Cargo.toml"),
+            "reqwest.workspace = true\npromguard-cli.workspace = true\n",
+        );
+        append(
+            &root.join("crates/promguard-remote/Cargo.toml"),
+            "clap.workspace = true\n",
+        );
+        append(
+            &root.join("crates/promguard-core/src/lib.rs"),
+            "fn peek() { let _ = std::fs::read(\"/etc/passwd\"); }\n",
+        );
+        std::fs::write(root.join("crates/promguard-wg/src/dump.rs"), "fn f() {}\n").unwrap();
+        let found = violations(root).unwrap().join("\n");
+        for expected in [
+            "promguard-core depends on reqwest, which only promguard-cloud may use",
+            "promguard-core depends on promguard-cli: dependencies point one way",
+            "promguard-remote depends on clap, which only promguard-cli may use",
+            "lib.rs:2: promguard-core does IO (std::fs)",
+            "dump.rs: the module has no `//!` doc",
+        ] {
+            assert!(found.contains(expected), "{expected:?} not in:\n{found}");
+        }
+        // The state file may do IO.
+        assert!(!found.contains("state.rs"), "{found}");
+    }
+
+    #[test]
+    fn this_tree_keeps_the_rules() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let found = violations(root).unwrap();
+        assert!(found.is_empty(), "{}", found.join("\n"));
+    }
+}
