@@ -110,7 +110,20 @@ impl NamespaceBackend {
                 let user_data = if impostor {
                     let (injected, _) = host_key_for(user_data, &droplet.name)
                         .context("the user data installs no host key for this droplet")?;
-                    user_data.replace(injected.trim_end(), private.trim_end())
+                    // The key's lines sit indented in the YAML block of the
+                    // boot command.
+                    let indent = |key: &str| -> String {
+                        key.lines()
+                            .map(|l| format!("      {l}"))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    };
+                    let swapped = user_data.replace(&indent(&injected), &indent(&private));
+                    ensure!(
+                        swapped != user_data,
+                        "the impostor's key could not be swapped into the user data"
+                    );
+                    swapped
                 } else {
                     user_data.to_owned()
                 };

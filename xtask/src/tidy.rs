@@ -10,6 +10,9 @@
 //!   the config file it parses (`config.rs`): no file, network or process
 //!   API anywhere else in it.
 //! - Every Rust module of the crates and of xtask opens with a `//!` doc.
+//! - shellcheck accepts every shell file: the scripts hosts run
+//!   (`crates/promguard-remote/src/recipe/sh/`), the snapshots of the
+//!   generated ones, and `.ci/run`.
 //!
 //! The checks run on any tree with this layout, so the tests below break
 //! each invariant once in a fixture and see it reported.
@@ -169,12 +172,59 @@ fn rust_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Every shell file of the tree: `.sh` files under `crates/` (the scripts
+/// hosts run and the snapshots of the generated ones) and `.ci/run`.
+fn shell_files(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut stack = vec![root.join("crates")];
+    while let Some(d) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?
+        {
+            let path = entry?.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n != "target") {
+                    stack.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "sh") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files.push(root.join(".ci/run"));
+    Ok(files)
+}
+
+/// Runs shellcheck (warnings and errors) on every shell file of the tree.
+pub fn shellcheck(root: &Path) -> Result<()> {
+    let files = shell_files(root)?;
+    let out = std::process::Command::new("shellcheck")
+        .args(["--shell=bash", "--severity=warning"])
+        .args(&files)
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => anyhow::anyhow!(
+                "shellcheck is not installed; `cargo xtask deps` installs it (apt-get install shellcheck)"
+            ),
+            _ => anyhow::anyhow!("cannot run shellcheck: {e}"),
+        })?;
+    if !out.status.success() {
+        bail!(
+            "shellcheck rejects shell that runs on hosts:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    eprintln!("xtask tidy: shellcheck accepts {} shell files", files.len());
+    Ok(())
+}
+
 /// Fails with every violation of the tree at `root`.
 pub fn run(root: &Path) -> Result<()> {
     let found = violations(root)?;
     if found.is_empty() {
         eprintln!("xtask tidy: the architecture's invariants hold");
-        return Ok(());
+        return shellcheck(root);
     }
     let mut text = String::new();
     for v in &found {
@@ -249,6 +299,22 @@ mod tests {
         }
         // The state file may do IO.
         assert!(!found.contains("state.rs"), "{found}");
+    }
+
+    #[test]
+    fn shellcheck_rejects_a_broken_script() {
+        let tree = fixture();
+        let root = tree.path();
+        std::fs::create_dir_all(root.join(".ci")).unwrap();
+        std::fs::write(root.join(".ci/run"), "#!/usr/bin/env bash\nexec true\n").unwrap();
+        shellcheck(root).unwrap();
+        std::fs::write(
+            root.join("crates/promguard-remote/src/broken.sh"),
+            "# shellcheck shell=bash\nrm -rf \"$dir\"/*\n",
+        )
+        .unwrap();
+        let err = shellcheck(root).unwrap_err().to_string();
+        assert!(err.contains("broken.sh") && err.contains("SC2154"), "{err}");
     }
 
     #[test]

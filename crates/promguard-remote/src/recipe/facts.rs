@@ -143,89 +143,28 @@ pub fn facts_script(interface: &InterfaceName, paths: &[String]) -> String {
         .map(|u| shell_quote(u))
         .collect();
     let programs: Vec<String> = PROGRAMS.iter().map(|(p, _)| shell_quote(p)).collect();
+    let array = |items: &[String]| format!("({})", items.join(" "));
     format!(
-        r#"facts() {{
-PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-iface={iface}
-echo {header}
-if [ -d /run/systemd/system ]; then sd=1; echo 'systemd yes'; else sd=0; echo 'systemd no'; fi
-# One sha256sum for every file that exists (one process, not one per file).
-present=
-for f in {paths}; do
-  if [ -f "$f" ]; then present="$present $f"; else echo "file missing $f"; fi
-done
-if [ -n "$present" ]; then
-  sha256sum -- $present | while read -r h f; do echo "file $h $f"; done
-fi
-for p in {programs}; do
-  if [ -x "$p" ]; then echo "program yes $p"; else echo "program no $p"; fi
-done
-# wireguard-go's control socket: `listening` when a process has it open.
-# ss prints the path the daemon bound, /var/run being a link to /run.
-sock="/run/wireguard/$iface.sock"
-if [ ! -S "$sock" ]; then echo 'socket absent'
-elif ss -Hxl 2>/dev/null | awk '{{print $5}}' | grep -Fxq -e "$sock" -e "/var$sock"; then echo 'socket listening'
-else echo 'socket stale'; fi
-if link=$(ip -o link show dev "$iface" 2>/dev/null) && [ -n "$link" ]; then
-  echo 'interface present'
-  # The administrative state is the UP flag in `<...>`: a `wg-quick up`
-  # cut short leaves the link without it (and often without addresses).
-  flags=${{link#*<}}; flags=${{flags%%>*}}
-  case ",$flags," in *,UP,*) echo 'link up';; *) echo 'link down';; esac
-  if wg show "$iface" >/dev/null 2>&1; then echo 'wg answers'; else echo 'wg silent'; fi
-  ip -o address show dev "$iface" | while read -r _ _ _ addr _; do echo "address $addr"; done
-else
-  echo 'interface missing'
-fi
-if nft list table inet promguard >/dev/null 2>&1; then echo 'firewall loaded'; else echo 'firewall missing'; fi
-process() {{
-  if [ "$sd" = 1 ]; then
-    if systemctl is-active --quiet "$2"; then echo "process $1 running"; else echo "process $1 stopped"; fi
-    return
-  fi
-  pid=
-  [ -r "/run/promguard/$1.pid" ] && read -r pid < "/run/promguard/$1.pid"
-  case "$pid" in ''|*[!0-9]*) echo "process $1 stopped"; return;; esac
-  # /proc files have size 0, so read the command line instead of `[ -s ]`;
-  # a zombie's is empty.
-  cmd=$(tr '\0\n' '  ' < "/proc/$pid/cmdline" 2>/dev/null)
-  if kill -0 "$pid" 2>/dev/null && [ -n "$cmd" ]; then
-    echo "process $1 running $cmd"
-  else
-    echo "process $1 stopped"
-  fi
-}}
-process {node_exporter} prometheus-node-exporter.service
-process {prometheus} prometheus.service
-if [ "$sd" = 1 ]; then
-  for u in {units}; do
-    if systemctl is-enabled --quiet "$u" 2>/dev/null; then echo "enabled yes $u"; else echo "enabled no $u"; fi
-  done
-fi
-# The apply marker, line by line. One line more than a marker of ours can
-# hold is enough to tell that a longer one is not ours.
-marker={marker}
-if [ -e "$marker" ] || [ -L "$marker" ]; then
-  echo 'apply-pending present'
-  head -n {marker_lines} -- "$marker" 2>/dev/null | while IFS= read -r l || [ -n "$l" ]; do printf 'apply-pending-line %s\n' "$l"; done
-else
-  echo 'apply-pending absent'
-fi
-echo 'end'
-}}
-facts </dev/null
-"#,
+        "facts() {{\n\
+         iface={iface}\nheader={header}\nmarker={marker}\nmarker_lines={marker_lines}\n\
+         node_exporter={node_exporter}\nprometheus={prometheus}\n\
+         paths={paths}\nprograms={programs}\nunits={units}\n\
+         {FACTS_BODY}}}\nfacts </dev/null\n",
         iface = shell_quote(interface.as_str()),
-        paths = quoted_paths.join(" "),
-        programs = programs.join(" "),
-        node_exporter = NODE_EXPORTER,
-        prometheus = PROMETHEUS,
         header = shell_quote(FACTS_HEADER),
         marker = shell_quote(APPLY_MARKER_PATH),
         marker_lines = MARKER_LINES_SHOWN,
-        units = units.join(" "),
+        node_exporter = NODE_EXPORTER,
+        prometheus = PROMETHEUS,
+        paths = array(&quoted_paths),
+        programs = array(&programs),
+        units = array(&units),
     )
 }
+
+/// The facts script's body: shell in a file of its own, so that shellcheck
+/// checks it.
+const FACTS_BODY: &str = include_str!("sh/facts.sh");
 
 /// Lines of the marker the facts script prints at most: the header, the
 /// most `file` lines a marker of ours has, and one more.
@@ -814,10 +753,13 @@ mod tests {
             &shell_quote(marker.to_str().unwrap()),
         );
         assert_ne!(script, local, "the facts script names the marker path once");
-        // Only the marker part runs: the rest would look at this machine.
-        let start = local.find("marker=").unwrap();
+        // Only the marker part runs (with the variables it reads): the
+        // rest would look at this machine.
+        let vars_start = local.find("marker=").unwrap();
+        let vars_end = vars_start + local[vars_start..].find("\nnode_exporter=").unwrap();
+        let start = local.find("# The apply marker").unwrap();
         let end = local.find("echo 'end'").unwrap();
-        let part = &local[start..end];
+        let part = &format!("{}\n{}", &local[vars_start..vars_end], &local[start..end]);
         let run = |content: Option<&[u8]>| -> String {
             let _ = std::fs::remove_file(&marker);
             if let Some(content) = content {
@@ -864,8 +806,9 @@ mod tests {
     fn script_quotes_paths_and_runs_locally() {
         let iface = InterfaceName::new("wg0").unwrap();
         let script = facts_script(&iface, &paths());
-        assert!(script
-            .contains("for f in '/etc/wireguard/wg0.conf' '/etc/promguard/nftables.conf'; do"));
+        assert!(script.contains("paths=('/etc/wireguard/wg0.conf' '/etc/promguard/nftables.conf'"));
+        // As a file that shellcheck checks in `cargo xtask test`.
+        expect_test::expect_file!["snapshots/facts.sh"].assert_eq(&script);
         // The script is valid bash (syntax check only: running it here
         // would look at this machine, not a host).
         let status = std::process::Command::new("bash")

@@ -148,90 +148,14 @@ pub fn systemd_files(host: &DesiredHost) -> Vec<DesiredFile> {
 }
 
 /// Shell functions every apply script starts with.
-const PRELUDE: &str = r#"set -u
-# Directories we create must be readable by the daemons' user; file
-# contents are safe anyway, as mktemp makes every temp file 0600.
-umask 022
-PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-fail() { echo "promguard: $*" >&2; exit 1; }
-step() { echo "step $*"; }
-# write_file PATH MODE < base64: atomic (temp file in the same dir + mv).
-write_file() {
-  mkdir -p -- "$(dirname -- "$1")" || fail "cannot create the directory of $1"
-  tmp=$(mktemp -- "$(dirname -- "$1")/.promguard.XXXXXX") || fail "cannot create a temporary file next to $1"
-  if ! base64 -d > "$tmp"; then rm -f -- "$tmp"; fail "cannot decode the content of $1"; fi
-  chmod "$2" -- "$tmp" && mv -f -- "$tmp" "$1" || { rm -f -- "$tmp"; fail "cannot install $1"; }
-}
-# wait_listening WHAT ADDR LOGCMD...: up to 15 s for a TCP listener on ADDR.
-wait_listening() {
-  what=$1 addr=$2; shift 2
-  i=0
-  while [ "$i" -lt 150 ]; do
-    if ss -Hltn | awk '{print $4}' | grep -Fxq -- "$addr"; then return 0; fi
-    sleep 0.1; i=$((i + 1))
-  done
-  echo "promguard: $what is not listening on $addr after 15 s; its last log lines:" >&2
-  "$@" >&2 || true
-  exit 1
-}
-"#;
+const PRELUDE: &str = include_str!("sh/prelude.sh");
 
 /// Functions for hosts without systemd: daemons tracked by PID files.
-const SUPERVISOR: &str = r#"# is_ours PID BINARY: the process runs BINARY (guards against PID reuse).
-is_ours() { [ "$(tr '\0' '\n' < "/proc/$1/cmdline" 2>/dev/null | head -n 1)" = "$2" ]; }
-# stop_daemon NAME BINARY: ends the process in NAME's PID file, by PID.
-stop_daemon() {
-  pid=
-  [ -r "/run/promguard/$1.pid" ] && read -r pid < "/run/promguard/$1.pid"
-  case "$pid" in ''|*[!0-9]*) rm -f "/run/promguard/$1.pid"; return 0;; esac
-  if is_ours "$pid" "$2"; then
-    kill "$pid" 2>/dev/null
-    i=0
-    while is_ours "$pid" "$2" && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-    if is_ours "$pid" "$2"; then kill -9 "$pid" 2>/dev/null; fi
-  fi
-  rm -f "/run/promguard/$1.pid"
-}
-# start_daemon NAME BINARY ARGS...: detached, as the prometheus user when
-# it exists, PID in /run/promguard/NAME.pid (written by the process itself,
-# so it is the daemon's PID), output appended to /run/promguard/NAME.log.
-start_daemon() {
-  name=$1; shift
-  mkdir -p /run/promguard || fail "cannot create /run/promguard"
-  stop_daemon "$name" "$1"
-  if command -v setpriv >/dev/null 2>&1 && id prometheus >/dev/null 2>&1; then
-    set -- setpriv --reuid=prometheus --regid=prometheus --init-groups -- "$@"
-  fi
-  setsid sh -c 'echo $$ > "$0" && exec "$@"' "/run/promguard/$name.pid" "$@" \
-    </dev/null >>"/run/promguard/$name.log" 2>&1 &
-}
-# signal_daemon NAME BINARY SIGNAL
-signal_daemon() {
-  pid=
-  [ -r "/run/promguard/$1.pid" ] && read -r pid < "/run/promguard/$1.pid"
-  case "$pid" in ''|*[!0-9]*) fail "$1 has no PID file";; esac
-  is_ours "$pid" "$2" || fail "$1 is not running"
-  kill "-$3" "$pid" || fail "cannot signal $1"
-}
-"#;
+const SUPERVISOR: &str = include_str!("sh/supervisor.sh");
 
 /// Functions for route upkeep after `wg syncconf`, which (unlike
 /// `wg-quick up`) adds no routes for new peers.
-const ROUTES: &str = r#"# sync_routes IFACE: a route per AllowedIPs entry, none for removed peers.
-sync_routes() {
-  allowed=" $(wg show "$1" allowed-ips | cut -f 2 | tr '\n' ' ') "
-  for net in $allowed; do
-    [ "$net" = "(none)" ] || ip route replace "$net" dev "$1" || fail "cannot add a route to $net via $1"
-  done
-  for fam in 4 6; do
-    ip "-$fam" route show dev "$1" | while read -r dst rest; do
-      case " $rest " in *" proto kernel "*) continue;; esac
-      case "$dst" in */*) net=$dst;; *) if [ "$fam" = 4 ]; then net=$dst/32; else net=$dst/128; fi;; esac
-      case "$allowed" in *" $net "*) ;; *) ip "-$fam" route del "$dst" dev "$1" || true;; esac
-    done
-  done
-}
-"#;
+const ROUTES: &str = include_str!("sh/routes.sh");
 
 /// The apply script for `host` (its facts said `systemd`) carrying out
 /// `decision`.
@@ -628,7 +552,16 @@ mod tests {
                 actions: all.clone(),
                 clear_marker: true,
             };
-            bash_syntax_ok(&apply_script(&host, systemd, &decision));
+            let script = apply_script(&host, systemd, &decision);
+            bash_syntax_ok(&script);
+            // Every action, with and without systemd, as a file that
+            // shellcheck checks in `cargo xtask test`.
+            let file = if systemd {
+                expect_test::expect_file!["snapshots/apply-all-systemd.sh"]
+            } else {
+                expect_test::expect_file!["snapshots/apply-all-plain.sh"]
+            };
+            file.assert_eq(&script);
         }
         let decision = Decision {
             files: systemd_files(&host),

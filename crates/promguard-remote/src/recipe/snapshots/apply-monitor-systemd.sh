@@ -1,5 +1,9 @@
 # PromGuard apply script for monitor (monitor), generated; run with bash -s.
 main() {
+# shellcheck shell=bash
+# Shell functions every apply script starts with.
+# Part of every apply script PromGuard generates (src/recipe/script.rs), inside
+# its main function; checked by shellcheck in cargo xtask test.
 set -u
 # Directories we create must be readable by the daemons' user; file
 # contents are safe anyway, as mktemp makes every temp file 0600.

@@ -1,5 +1,9 @@
 # PromGuard apply script for node-1 (node), generated; run with bash -s.
 main() {
+# shellcheck shell=bash
+# Shell functions every apply script starts with.
+# Part of every apply script PromGuard generates (src/recipe/script.rs), inside
+# its main function; checked by shellcheck in cargo xtask test.
 set -u
 # Directories we create must be readable by the daemons' user; file
 # contents are safe anyway, as mktemp makes every temp file 0600.
@@ -26,6 +30,10 @@ wait_listening() {
   "$@" >&2 || true
   exit 1
 }
+# shellcheck shell=bash
+# Functions for hosts without systemd: daemons tracked by PID files.
+# Part of every apply script PromGuard generates (src/recipe/script.rs), inside
+# its main function; checked by shellcheck in cargo xtask test.
 # is_ours PID BINARY: the process runs BINARY (guards against PID reuse).
 is_ours() { [ "$(tr '\0' '\n' < "/proc/$1/cmdline" 2>/dev/null | head -n 1)" = "$2" ]; }
 # stop_daemon NAME BINARY: ends the process in NAME's PID file, by PID.

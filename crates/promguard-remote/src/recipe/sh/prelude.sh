@@ -1,0 +1,30 @@
+# shellcheck shell=bash
+# Shell functions every apply script starts with.
+# Part of every apply script PromGuard generates (src/recipe/script.rs), inside
+# its main function; checked by shellcheck in cargo xtask test.
+set -u
+# Directories we create must be readable by the daemons' user; file
+# contents are safe anyway, as mktemp makes every temp file 0600.
+umask 022
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+fail() { echo "promguard: $*" >&2; exit 1; }
+step() { echo "step $*"; }
+# write_file PATH MODE < base64: atomic (temp file in the same dir + mv).
+write_file() {
+  mkdir -p -- "$(dirname -- "$1")" || fail "cannot create the directory of $1"
+  tmp=$(mktemp -- "$(dirname -- "$1")/.promguard.XXXXXX") || fail "cannot create a temporary file next to $1"
+  if ! base64 -d > "$tmp"; then rm -f -- "$tmp"; fail "cannot decode the content of $1"; fi
+  chmod "$2" -- "$tmp" && mv -f -- "$tmp" "$1" || { rm -f -- "$tmp"; fail "cannot install $1"; }
+}
+# wait_listening WHAT ADDR LOGCMD...: up to 15 s for a TCP listener on ADDR.
+wait_listening() {
+  what=$1 addr=$2; shift 2
+  i=0
+  while [ "$i" -lt 150 ]; do
+    if ss -Hltn | awk '{print $4}' | grep -Fxq -- "$addr"; then return 0; fi
+    sleep 0.1; i=$((i + 1))
+  done
+  echo "promguard: $what is not listening on $addr after 15 s; its last log lines:" >&2
+  "$@" >&2 || true
+  exit 1
+}

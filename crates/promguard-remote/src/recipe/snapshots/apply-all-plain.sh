@@ -1,0 +1,200 @@
+# PromGuard apply script for monitor (monitor), generated; run with bash -s.
+main() {
+# shellcheck shell=bash
+# Shell functions every apply script starts with.
+# Part of every apply script PromGuard generates (src/recipe/script.rs), inside
+# its main function; checked by shellcheck in cargo xtask test.
+set -u
+# Directories we create must be readable by the daemons' user; file
+# contents are safe anyway, as mktemp makes every temp file 0600.
+umask 022
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+fail() { echo "promguard: $*" >&2; exit 1; }
+step() { echo "step $*"; }
+# write_file PATH MODE < base64: atomic (temp file in the same dir + mv).
+write_file() {
+  mkdir -p -- "$(dirname -- "$1")" || fail "cannot create the directory of $1"
+  tmp=$(mktemp -- "$(dirname -- "$1")/.promguard.XXXXXX") || fail "cannot create a temporary file next to $1"
+  if ! base64 -d > "$tmp"; then rm -f -- "$tmp"; fail "cannot decode the content of $1"; fi
+  chmod "$2" -- "$tmp" && mv -f -- "$tmp" "$1" || { rm -f -- "$tmp"; fail "cannot install $1"; }
+}
+# wait_listening WHAT ADDR LOGCMD...: up to 15 s for a TCP listener on ADDR.
+wait_listening() {
+  what=$1 addr=$2; shift 2
+  i=0
+  while [ "$i" -lt 150 ]; do
+    if ss -Hltn | awk '{print $4}' | grep -Fxq -- "$addr"; then return 0; fi
+    sleep 0.1; i=$((i + 1))
+  done
+  echo "promguard: $what is not listening on $addr after 15 s; its last log lines:" >&2
+  "$@" >&2 || true
+  exit 1
+}
+# shellcheck shell=bash
+# Functions for hosts without systemd: daemons tracked by PID files.
+# Part of every apply script PromGuard generates (src/recipe/script.rs), inside
+# its main function; checked by shellcheck in cargo xtask test.
+# is_ours PID BINARY: the process runs BINARY (guards against PID reuse).
+is_ours() { [ "$(tr '\0' '\n' < "/proc/$1/cmdline" 2>/dev/null | head -n 1)" = "$2" ]; }
+# stop_daemon NAME BINARY: ends the process in NAME's PID file, by PID.
+stop_daemon() {
+  pid=
+  [ -r "/run/promguard/$1.pid" ] && read -r pid < "/run/promguard/$1.pid"
+  case "$pid" in ''|*[!0-9]*) rm -f "/run/promguard/$1.pid"; return 0;; esac
+  if is_ours "$pid" "$2"; then
+    kill "$pid" 2>/dev/null
+    i=0
+    while is_ours "$pid" "$2" && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    if is_ours "$pid" "$2"; then kill -9 "$pid" 2>/dev/null; fi
+  fi
+  rm -f "/run/promguard/$1.pid"
+}
+# start_daemon NAME BINARY ARGS...: detached, as the prometheus user when
+# it exists, PID in /run/promguard/NAME.pid (written by the process itself,
+# so it is the daemon's PID), output appended to /run/promguard/NAME.log.
+start_daemon() {
+  name=$1; shift
+  mkdir -p /run/promguard || fail "cannot create /run/promguard"
+  stop_daemon "$name" "$1"
+  if command -v setpriv >/dev/null 2>&1 && id prometheus >/dev/null 2>&1; then
+    set -- setpriv --reuid=prometheus --regid=prometheus --init-groups -- "$@"
+  fi
+  setsid sh -c 'echo $$ > "$0" && exec "$@"' "/run/promguard/$name.pid" "$@" \
+    </dev/null >>"/run/promguard/$name.log" 2>&1 &
+}
+# signal_daemon NAME BINARY SIGNAL
+signal_daemon() {
+  pid=
+  [ -r "/run/promguard/$1.pid" ] && read -r pid < "/run/promguard/$1.pid"
+  case "$pid" in ''|*[!0-9]*) fail "$1 has no PID file";; esac
+  is_ours "$pid" "$2" || fail "$1 is not running"
+  kill "-$3" "$pid" || fail "cannot signal $1"
+}
+# shellcheck shell=bash
+# Route upkeep after `wg syncconf`, which adds no routes for new peers.
+# Part of every apply script PromGuard generates (src/recipe/script.rs), inside
+# its main function; checked by shellcheck in cargo xtask test.
+# sync_routes IFACE: a route per AllowedIPs entry, none for removed peers.
+sync_routes() {
+  allowed=" $(wg show "$1" allowed-ips | cut -f 2 | tr '\n' ' ') "
+  for net in $allowed; do
+    [ "$net" = "(none)" ] || ip route replace "$net" dev "$1" || fail "cannot add a route to $net via $1"
+  done
+  for fam in 4 6; do
+    ip "-$fam" route show dev "$1" | while read -r dst rest; do
+      case " $rest " in *" proto kernel "*) continue;; esac
+      case "$dst" in */*) net=$dst;; *) if [ "$fam" = 4 ]; then net=$dst/32; else net=$dst/128; fi;; esac
+      case "$allowed" in *" $net "*) ;; *) ip "-$fam" route del "$dst" dev "$1" || true;; esac
+    done
+  done
+}
+step 'apt-get install wireguard-tools prometheus'
+trap '' PIPE HUP
+export DEBIAN_FRONTEND=noninteractive
+mkdir -p '/var/log/promguard' || fail "cannot create '/var/log/promguard'"
+apt_log='/var/log/promguard/apt.log'
+apt_fail() { echo "promguard: $1; the end of $apt_log:" >&2; tail -n 20 "$apt_log" >&2; }
+policy=
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\n# PromGuard, while it installs packages (pid %s)\n[ -d /proc/%s ] && exit 101\nrm -f "$0"; exit 0\n' "$$" "$$" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy=1
+fi
+trap '[ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d' EXIT
+# cloud-init may be installing packages of its own on a first boot.
+if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi
+# A dpkg run cut short (by a reboot) is finished first; while another
+# one holds the lock (a cut-off run's install still going), retry.
+i=0
+while [ -n "$(dpkg --audit 2>/dev/null)" ]; do
+  dpkg --configure -a >>"$apt_log" 2>&1 && break
+  [ "$i" -lt 300 ] || { apt_fail "dpkg --configure -a failed"; exit 1; }
+  sleep 1; i=$((i + 1))
+done
+apt-get -q -o DPkg::Lock::Timeout=300 update >>"$apt_log" 2>&1 || { apt_fail "apt-get update failed"; exit 1; }
+apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold 'wireguard-tools' 'prometheus' >>"$apt_log" 2>&1 || { apt_fail "apt-get install failed"; exit 1; }
+[ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d
+policy=
+step 'mark /etc/promguard/apply-pending'
+write_file '/etc/promguard/apply-pending' 0600 <<'PROMGUARD_EOF'
+cHJvbWd1YXJkLWFwcGx5LXBlbmRpbmcgMQpmaWxlIC9ldGMvd2lyZWd1YXJkL3dnMC5jb25mCmZp
+bGUgL2V0Yy9wcm9tZ3VhcmQvbmZ0YWJsZXMuY29uZgpmaWxlIC9ldGMvcHJvbWV0aGV1cy9wcm9t
+ZXRoZXVzLnltbApmaWxlIC9ldGMvcHJvbWV0aGV1cy9wcm9tZ3VhcmQvbm9kZS5qc29uCmZpbGUg
+L2V0Yy9kZWZhdWx0L3Byb21ldGhldXMtbm9kZS1leHBvcnRlcgpmaWxlIC9ldGMvc3lzdGVtZC9z
+eXN0ZW0vcHJvbWV0aGV1cy1ub2RlLWV4cG9ydGVyLnNlcnZpY2UuZC9wcm9tZ3VhcmQuY29uZgpm
+aWxlIC9ldGMvc3lzdGVtZC9zeXN0ZW0vcHJvbWd1YXJkLWZpcmV3YWxsLnNlcnZpY2UKZmlsZSAv
+ZXRjL2RlZmF1bHQvcHJvbWV0aGV1cwo=
+PROMGUARD_EOF
+step 'write /etc/wireguard/wg0.conf'
+write_file '/etc/wireguard/wg0.conf' 0600 <<'PROMGUARD_EOF'
+W0ludGVyZmFjZV0KUHJpdmF0ZUtleSA9IHNlY3JldAo=
+PROMGUARD_EOF
+step 'write /etc/promguard/nftables.conf'
+write_file '/etc/promguard/nftables.conf' 0644 <<'PROMGUARD_EOF'
+dGFibGUgaW5ldCBwcm9tZ3VhcmQge30K
+PROMGUARD_EOF
+step 'write /etc/prometheus/prometheus.yml'
+write_file '/etc/prometheus/prometheus.yml' 0644 <<'PROMGUARD_EOF'
+Z2xvYmFsOiB7fQo=
+PROMGUARD_EOF
+step 'write /etc/prometheus/promguard/node.json'
+write_file '/etc/prometheus/promguard/node.json' 0644 <<'PROMGUARD_EOF'
+W10K
+PROMGUARD_EOF
+step 'write /etc/default/prometheus-node-exporter'
+write_file '/etc/default/prometheus-node-exporter' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZC4KQVJHUz0iLS13ZWIubGlzdGVuLWFkZHJlc3M9MTAuMC4w
+LjE6OTEwMCIK
+PROMGUARD_EOF
+step 'write /etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf'
+write_file '/etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZDogbm9kZV9leHBvcnRlciBiaW5kcyB0byB0aGUgV2lyZUd1
+YXJkIGFkZHJlc3MuCltVbml0XQpXYW50cz13Zy1xdWlja0B3ZzAuc2VydmljZQpBZnRlcj13Zy1x
+dWlja0B3ZzAuc2VydmljZQo=
+PROMGUARD_EOF
+step 'write /etc/systemd/system/promguard-firewall.service'
+write_file '/etc/systemd/system/promguard-firewall.service' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZC4KW1VuaXRdCkRlc2NyaXB0aW9uPVByb21HdWFyZCBmaXJl
+d2FsbCB0YWJsZQpEZWZhdWx0RGVwZW5kZW5jaWVzPW5vCldhbnRzPW5ldHdvcmstcHJlLnRhcmdl
+dApCZWZvcmU9bmV0d29yay1wcmUudGFyZ2V0IHNodXRkb3duLnRhcmdldApDb25mbGljdHM9c2h1
+dGRvd24udGFyZ2V0ClJlcXVpcmVzTW91bnRzRm9yPS9ldGMvcHJvbWd1YXJkCgpbU2VydmljZV0K
+VHlwZT1vbmVzaG90ClJlbWFpbkFmdGVyRXhpdD15ZXMKU3RhbmRhcmRJbnB1dD1udWxsCkV4ZWNT
+dGFydD0vdXNyL3NiaW4vbmZ0IC1mIC9ldGMvcHJvbWd1YXJkL25mdGFibGVzLmNvbmYKRXhlY1Jl
+bG9hZD0vdXNyL3NiaW4vbmZ0IC1mIC9ldGMvcHJvbWd1YXJkL25mdGFibGVzLmNvbmYKCltJbnN0
+YWxsXQpXYW50ZWRCeT1zeXNpbml0LnRhcmdldAo=
+PROMGUARD_EOF
+step 'write /etc/default/prometheus'
+write_file '/etc/default/prometheus' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZC4KQVJHUz0iLS1jb25maWcuZmlsZT0vZXRjL3Byb21ldGhl
+dXMvcHJvbWV0aGV1cy55bWwgLS1zdG9yYWdlLnRzZGIucGF0aD0vdmFyL2xpYi9wcm9tZXRoZXVz
+L21ldHJpY3MyIC0td2ViLmxpc3Rlbi1hZGRyZXNzPTEyNy4wLjAuMTo5MDkwIgo=
+PROMGUARD_EOF
+step 'systemctl daemon-reload'
+step 'recreate wg0 and wg-quick up wg0'
+ip link delete dev 'wg0' 2>/dev/null
+i=0
+while [ -S '/run/wireguard/wg0.sock' ] && ss -Hxl | awk '{print $5}' | grep -Fxq -e '/run/wireguard/wg0.sock' -e '/var/run/wireguard/wg0.sock' && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+rm -f '/run/wireguard/wg0.sock'
+! ip link show dev 'wg0' >/dev/null 2>&1 || fail "cannot delete the broken interface wg0"
+WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 wg-quick up 'wg0' >&2 || fail "wg-quick up wg0 failed"
+wg show 'wg0' >/dev/null || fail "wg0 does not answer after wg-quick up"
+step 'set address of wg0 and wg syncconf wg0'
+ip address flush dev 'wg0' scope global && ip address add '10.0.0.1/32' dev 'wg0' || fail "cannot set the address of wg0"
+wg syncconf 'wg0' <(wg-quick strip 'wg0') || fail "wg syncconf wg0 failed"
+sync_routes 'wg0'
+step 'nft -f /etc/promguard/nftables.conf'
+nft -f '/etc/promguard/nftables.conf' || fail "nft rejected /etc/promguard/nftables.conf"
+step 'enable promguard-firewall.service at boot'
+step 'restart node_exporter'
+start_daemon node_exporter /usr/bin/prometheus-node-exporter --web.listen-address='10.0.0.1:9100'
+wait_listening node_exporter '10.0.0.1:9100' tail -n 20 /run/promguard/node_exporter.log
+step 'restart prometheus'
+mkdir -p /var/lib/prometheus/metrics2 || fail "cannot create /var/lib/prometheus/metrics2"
+if id prometheus >/dev/null 2>&1; then chown prometheus:prometheus /var/lib/prometheus/metrics2; fi
+start_daemon prometheus /usr/bin/prometheus '--config.file=/etc/prometheus/prometheus.yml' '--storage.tsdb.path=/var/lib/prometheus/metrics2' '--web.listen-address=127.0.0.1:9090'
+wait_listening prometheus '127.0.0.1:9090' tail -n 20 /run/promguard/prometheus.log
+step 'reload prometheus'
+signal_daemon prometheus /usr/bin/prometheus HUP
+step 'clear /etc/promguard/apply-pending'
+rm -f -- '/etc/promguard/apply-pending' || fail "cannot remove /etc/promguard/apply-pending"
+echo 'step done'
+}
+main </dev/null

@@ -1,0 +1,155 @@
+# PromGuard apply script for monitor (monitor), generated; run with bash -s.
+main() {
+# shellcheck shell=bash
+# Shell functions every apply script starts with.
+# Part of every apply script PromGuard generates (src/recipe/script.rs), inside
+# its main function; checked by shellcheck in cargo xtask test.
+set -u
+# Directories we create must be readable by the daemons' user; file
+# contents are safe anyway, as mktemp makes every temp file 0600.
+umask 022
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+fail() { echo "promguard: $*" >&2; exit 1; }
+step() { echo "step $*"; }
+# write_file PATH MODE < base64: atomic (temp file in the same dir + mv).
+write_file() {
+  mkdir -p -- "$(dirname -- "$1")" || fail "cannot create the directory of $1"
+  tmp=$(mktemp -- "$(dirname -- "$1")/.promguard.XXXXXX") || fail "cannot create a temporary file next to $1"
+  if ! base64 -d > "$tmp"; then rm -f -- "$tmp"; fail "cannot decode the content of $1"; fi
+  chmod "$2" -- "$tmp" && mv -f -- "$tmp" "$1" || { rm -f -- "$tmp"; fail "cannot install $1"; }
+}
+# wait_listening WHAT ADDR LOGCMD...: up to 15 s for a TCP listener on ADDR.
+wait_listening() {
+  what=$1 addr=$2; shift 2
+  i=0
+  while [ "$i" -lt 150 ]; do
+    if ss -Hltn | awk '{print $4}' | grep -Fxq -- "$addr"; then return 0; fi
+    sleep 0.1; i=$((i + 1))
+  done
+  echo "promguard: $what is not listening on $addr after 15 s; its last log lines:" >&2
+  "$@" >&2 || true
+  exit 1
+}
+# shellcheck shell=bash
+# Route upkeep after `wg syncconf`, which adds no routes for new peers.
+# Part of every apply script PromGuard generates (src/recipe/script.rs), inside
+# its main function; checked by shellcheck in cargo xtask test.
+# sync_routes IFACE: a route per AllowedIPs entry, none for removed peers.
+sync_routes() {
+  allowed=" $(wg show "$1" allowed-ips | cut -f 2 | tr '\n' ' ') "
+  for net in $allowed; do
+    [ "$net" = "(none)" ] || ip route replace "$net" dev "$1" || fail "cannot add a route to $net via $1"
+  done
+  for fam in 4 6; do
+    ip "-$fam" route show dev "$1" | while read -r dst rest; do
+      case " $rest " in *" proto kernel "*) continue;; esac
+      case "$dst" in */*) net=$dst;; *) if [ "$fam" = 4 ]; then net=$dst/32; else net=$dst/128; fi;; esac
+      case "$allowed" in *" $net "*) ;; *) ip "-$fam" route del "$dst" dev "$1" || true;; esac
+    done
+  done
+}
+step 'apt-get install wireguard-tools prometheus'
+trap '' PIPE HUP
+export DEBIAN_FRONTEND=noninteractive
+mkdir -p '/var/log/promguard' || fail "cannot create '/var/log/promguard'"
+apt_log='/var/log/promguard/apt.log'
+apt_fail() { echo "promguard: $1; the end of $apt_log:" >&2; tail -n 20 "$apt_log" >&2; }
+systemctl mask --runtime --quiet 'prometheus-node-exporter.service' 'prometheus.service' || fail "cannot hold back prometheus-node-exporter.service prometheus.service"
+# cloud-init may be installing packages of its own on a first boot.
+if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi
+# A dpkg run cut short (by a reboot) is finished first; while another
+# one holds the lock (a cut-off run's install still going), retry.
+i=0
+while [ -n "$(dpkg --audit 2>/dev/null)" ]; do
+  dpkg --configure -a >>"$apt_log" 2>&1 && break
+  [ "$i" -lt 300 ] || { apt_fail "dpkg --configure -a failed"; exit 1; }
+  sleep 1; i=$((i + 1))
+done
+apt-get -q -o DPkg::Lock::Timeout=300 update >>"$apt_log" 2>&1 || { apt_fail "apt-get update failed"; exit 1; }
+apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold 'wireguard-tools' 'prometheus' >>"$apt_log" 2>&1 || { apt_fail "apt-get install failed"; exit 1; }
+systemctl unmask --runtime --quiet 'prometheus-node-exporter.service' 'prometheus.service' || fail "cannot unmask prometheus-node-exporter.service prometheus.service"
+step 'mark /etc/promguard/apply-pending'
+write_file '/etc/promguard/apply-pending' 0600 <<'PROMGUARD_EOF'
+cHJvbWd1YXJkLWFwcGx5LXBlbmRpbmcgMQpmaWxlIC9ldGMvd2lyZWd1YXJkL3dnMC5jb25mCmZp
+bGUgL2V0Yy9wcm9tZ3VhcmQvbmZ0YWJsZXMuY29uZgpmaWxlIC9ldGMvcHJvbWV0aGV1cy9wcm9t
+ZXRoZXVzLnltbApmaWxlIC9ldGMvcHJvbWV0aGV1cy9wcm9tZ3VhcmQvbm9kZS5qc29uCmZpbGUg
+L2V0Yy9kZWZhdWx0L3Byb21ldGhldXMtbm9kZS1leHBvcnRlcgpmaWxlIC9ldGMvc3lzdGVtZC9z
+eXN0ZW0vcHJvbWV0aGV1cy1ub2RlLWV4cG9ydGVyLnNlcnZpY2UuZC9wcm9tZ3VhcmQuY29uZgpm
+aWxlIC9ldGMvc3lzdGVtZC9zeXN0ZW0vcHJvbWd1YXJkLWZpcmV3YWxsLnNlcnZpY2UKZmlsZSAv
+ZXRjL2RlZmF1bHQvcHJvbWV0aGV1cwo=
+PROMGUARD_EOF
+step 'write /etc/wireguard/wg0.conf'
+write_file '/etc/wireguard/wg0.conf' 0600 <<'PROMGUARD_EOF'
+W0ludGVyZmFjZV0KUHJpdmF0ZUtleSA9IHNlY3JldAo=
+PROMGUARD_EOF
+step 'write /etc/promguard/nftables.conf'
+write_file '/etc/promguard/nftables.conf' 0644 <<'PROMGUARD_EOF'
+dGFibGUgaW5ldCBwcm9tZ3VhcmQge30K
+PROMGUARD_EOF
+step 'write /etc/prometheus/prometheus.yml'
+write_file '/etc/prometheus/prometheus.yml' 0644 <<'PROMGUARD_EOF'
+Z2xvYmFsOiB7fQo=
+PROMGUARD_EOF
+step 'write /etc/prometheus/promguard/node.json'
+write_file '/etc/prometheus/promguard/node.json' 0644 <<'PROMGUARD_EOF'
+W10K
+PROMGUARD_EOF
+step 'write /etc/default/prometheus-node-exporter'
+write_file '/etc/default/prometheus-node-exporter' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZC4KQVJHUz0iLS13ZWIubGlzdGVuLWFkZHJlc3M9MTAuMC4w
+LjE6OTEwMCIK
+PROMGUARD_EOF
+step 'write /etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf'
+write_file '/etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZDogbm9kZV9leHBvcnRlciBiaW5kcyB0byB0aGUgV2lyZUd1
+YXJkIGFkZHJlc3MuCltVbml0XQpXYW50cz13Zy1xdWlja0B3ZzAuc2VydmljZQpBZnRlcj13Zy1x
+dWlja0B3ZzAuc2VydmljZQo=
+PROMGUARD_EOF
+step 'write /etc/systemd/system/promguard-firewall.service'
+write_file '/etc/systemd/system/promguard-firewall.service' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZC4KW1VuaXRdCkRlc2NyaXB0aW9uPVByb21HdWFyZCBmaXJl
+d2FsbCB0YWJsZQpEZWZhdWx0RGVwZW5kZW5jaWVzPW5vCldhbnRzPW5ldHdvcmstcHJlLnRhcmdl
+dApCZWZvcmU9bmV0d29yay1wcmUudGFyZ2V0IHNodXRkb3duLnRhcmdldApDb25mbGljdHM9c2h1
+dGRvd24udGFyZ2V0ClJlcXVpcmVzTW91bnRzRm9yPS9ldGMvcHJvbWd1YXJkCgpbU2VydmljZV0K
+VHlwZT1vbmVzaG90ClJlbWFpbkFmdGVyRXhpdD15ZXMKU3RhbmRhcmRJbnB1dD1udWxsCkV4ZWNT
+dGFydD0vdXNyL3NiaW4vbmZ0IC1mIC9ldGMvcHJvbWd1YXJkL25mdGFibGVzLmNvbmYKRXhlY1Jl
+bG9hZD0vdXNyL3NiaW4vbmZ0IC1mIC9ldGMvcHJvbWd1YXJkL25mdGFibGVzLmNvbmYKCltJbnN0
+YWxsXQpXYW50ZWRCeT1zeXNpbml0LnRhcmdldAo=
+PROMGUARD_EOF
+step 'write /etc/default/prometheus'
+write_file '/etc/default/prometheus' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZC4KQVJHUz0iLS1jb25maWcuZmlsZT0vZXRjL3Byb21ldGhl
+dXMvcHJvbWV0aGV1cy55bWwgLS1zdG9yYWdlLnRzZGIucGF0aD0vdmFyL2xpYi9wcm9tZXRoZXVz
+L21ldHJpY3MyIC0td2ViLmxpc3Rlbi1hZGRyZXNzPTEyNy4wLjAuMTo5MDkwIgo=
+PROMGUARD_EOF
+step 'systemctl daemon-reload'
+systemctl daemon-reload || fail "systemctl daemon-reload failed"
+step 'recreate wg0 and wg-quick up wg0'
+ip link delete dev 'wg0' 2>/dev/null
+i=0
+while [ -S '/run/wireguard/wg0.sock' ] && ss -Hxl | awk '{print $5}' | grep -Fxq -e '/run/wireguard/wg0.sock' -e '/var/run/wireguard/wg0.sock' && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+rm -f '/run/wireguard/wg0.sock'
+! ip link show dev 'wg0' >/dev/null 2>&1 || fail "cannot delete the broken interface wg0"
+systemctl enable --quiet 'wg-quick@wg0.service' && systemctl restart 'wg-quick@wg0.service' || fail "cannot start wg-quick@wg0.service"
+wg show 'wg0' >/dev/null || fail "wg0 does not answer after starting wg-quick@wg0.service"
+step 'set address of wg0 and wg syncconf wg0'
+ip address flush dev 'wg0' scope global && ip address add '10.0.0.1/32' dev 'wg0' || fail "cannot set the address of wg0"
+wg syncconf 'wg0' <(wg-quick strip 'wg0') || fail "wg syncconf wg0 failed"
+sync_routes 'wg0'
+step 'nft -f /etc/promguard/nftables.conf'
+nft -f '/etc/promguard/nftables.conf' || fail "nft rejected /etc/promguard/nftables.conf"
+step 'enable promguard-firewall.service at boot'
+systemctl unmask --runtime --quiet 'promguard-firewall.service' && systemctl reenable --quiet 'promguard-firewall.service' || fail "cannot enable promguard-firewall.service at boot"
+step 'restart node_exporter'
+systemctl unmask --runtime --quiet prometheus-node-exporter.service; systemctl enable --quiet prometheus-node-exporter.service && systemctl restart prometheus-node-exporter.service || fail "cannot start prometheus-node-exporter.service"
+wait_listening node_exporter '10.0.0.1:9100' journalctl -u prometheus-node-exporter.service -n 20 --no-pager
+step 'restart prometheus'
+systemctl unmask --runtime --quiet prometheus.service; systemctl enable --quiet prometheus.service && systemctl restart prometheus.service || fail "cannot start prometheus.service"
+wait_listening prometheus '127.0.0.1:9090' journalctl -u prometheus.service -n 20 --no-pager
+step 'reload prometheus'
+systemctl reload prometheus.service || fail "cannot reload prometheus.service"
+step 'clear /etc/promguard/apply-pending'
+rm -f -- '/etc/promguard/apply-pending' || fail "cannot remove /etc/promguard/apply-pending"
+echo 'step done'
+}
+main </dev/null
