@@ -11,7 +11,7 @@ use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -95,12 +95,12 @@ pub(crate) struct HostSpec<'a> {
     pub host_key: Option<&'a str>,
 }
 
-fn io_context<'a>(what: &str, path: &'a Path) -> impl FnOnce(io::Error) -> String + 'a {
+pub(crate) fn io_context<'a>(what: &str, path: &'a Path) -> impl FnOnce(io::Error) -> String + 'a {
     let what = what.to_owned();
     move |err| format!("cannot {what} {}: {err}", path.display())
 }
 
-fn mkdir(path: &Path, mode: u32) -> Result<(), String> {
+pub(crate) fn mkdir(path: &Path, mode: u32) -> Result<(), String> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
@@ -110,8 +110,25 @@ fn mkdir(path: &Path, mode: u32) -> Result<(), String> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_context("chmod", path))
 }
 
-fn write(path: &Path, text: &str, mode: u32) -> Result<(), String> {
-    fs::write(path, text).map_err(io_context("write", path))?;
+/// Writes `text` to `path` (replacing it), with `mode` from its first byte:
+/// private host keys are never readable by others, not even briefly.
+pub(crate) fn write(path: &Path, text: &str, mode: u32) -> Result<(), String> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io_context("create", parent))?;
+    }
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot replace {}: {e}", path.display())),
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_context("create", path))?;
+    io::Write::write_all(&mut file, text.as_bytes()).map_err(io_context("write", path))?;
+    // The umask may have cleared bits the mode asks for.
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_context("chmod", path))
 }
 

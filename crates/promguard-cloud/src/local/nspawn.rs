@@ -21,7 +21,7 @@ use std::fs::{self, OpenOptions};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use nix::sched::{setns, CloneFlags};
 use promguard_core::{HostName, Port, SshPublicKey};
 
-use super::host::HostDir;
+use super::host::{io_context, mkdir, write, HostDir};
 use super::image::{BaseImage, PackageMirror};
 use super::net::{netns_path, run};
 use super::preflight::SEARCH_PATH;
@@ -53,36 +53,6 @@ pub(crate) struct SystemdSpec<'a> {
     /// seed); `None` leaves cloud-init without a data source, as on a
     /// server no cloud made.
     pub user_data: Option<&'a str>,
-}
-
-fn io_context<'a>(what: &str, path: &'a Path) -> impl FnOnce(io::Error) -> String + 'a {
-    let what = what.to_owned();
-    move |err| format!("cannot {what} {}: {err}", path.display())
-}
-
-fn mkdir(path: &Path, mode: u32) -> Result<(), String> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
-        .map_err(io_context("create", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_context("chmod", path))
-}
-
-/// Writes `text` to `path` with `mode` from its first byte.
-fn write(path: &Path, text: &str, mode: u32) -> Result<(), String> {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(io_context("create", parent))?;
-    }
-    let _ = fs::remove_file(path);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_context("create", path))?;
-    io::Write::write_all(&mut file, text.as_bytes()).map_err(io_context("write", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_context("chmod", path))
 }
 
 impl HostDir {
