@@ -78,6 +78,9 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// How many hosts to read at once (one SSH connection each).
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
     },
     /// Forward a local port to the monitor's Prometheus until Ctrl-C.
     Tunnel {

@@ -26,7 +26,7 @@ use crate::commands::plan::make_plan;
 use crate::files::render_host;
 use crate::progress::Progress;
 use crate::project::Project;
-use crate::prometheus_api::{self, TargetHealth};
+use crate::prometheus_api::{self, Health, TargetHealth};
 
 /// Everything a run that talks to hosts needs.
 pub struct Context {
@@ -557,7 +557,7 @@ async fn up_locked(
                 .iter()
                 .filter(|t| t.instance == h.name.as_str())
                 .collect();
-            h.health = if mine.iter().all(|t| t.health == "up") && !mine.is_empty() {
+            h.health = if mine.iter().all(|t| t.health == Health::Up) && !mine.is_empty() {
                 "up".to_owned()
             } else {
                 mine.iter()
@@ -939,9 +939,9 @@ async fn verify(
                 match fetch_targets(&conn, listen) {
                     Ok(targets) => {
                         let all_up = expected.iter().all(|(job, url)| {
-                            targets
-                                .iter()
-                                .any(|t| &t.job == job && &t.scrape_url == url && t.health == "up")
+                            targets.iter().any(|t| {
+                                &t.job == job && &t.scrape_url == url && t.health == Health::Up
+                            })
                         });
                         // Removed targets must be gone too: Prometheus notices
                         // file_sd changes shortly after they are written.
@@ -972,7 +972,7 @@ async fn verify(
                             .iter()
                             .find(|t| &t.job == job && &t.scrape_url == url);
                         match found {
-                            Some(t) if t.health == "up" => None,
+                            Some(t) if t.health == Health::Up => None,
                             Some(t) => Some(format!(
                                 "{} ({job}) at {url} is {}: {}",
                                 t.instance,

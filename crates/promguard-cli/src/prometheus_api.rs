@@ -4,6 +4,35 @@
 
 use serde::{Deserialize, Serialize};
 
+/// How a target's last scrape went, as Prometheus says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// The last scrape worked.
+    Up,
+    /// The last scrape failed (see the target's error).
+    Down,
+    /// Not scraped yet.
+    Unknown,
+}
+
+impl Health {
+    /// The word Prometheus uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Down => "down",
+            Health::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One active target, as `GET /api/v1/targets` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TargetHealth {
@@ -13,8 +42,8 @@ pub struct TargetHealth {
     pub job: String,
     /// The URL Prometheus scrapes.
     pub scrape_url: String,
-    /// `up`, `down` or `unknown`.
-    pub health: String,
+    /// How its last scrape went.
+    pub health: Health,
     /// Time of the last scrape (RFC 3339), if any.
     pub last_scrape: Option<String>,
     /// The last scrape's error, empty when it worked.
@@ -39,7 +68,7 @@ struct Data {
 struct ActiveTarget {
     labels: std::collections::BTreeMap<String, String>,
     scrape_url: String,
-    health: String,
+    health: Health,
     #[serde(default)]
     last_error: String,
     last_scrape: Option<String>,
@@ -85,7 +114,7 @@ mod tests {
         let targets = parse_targets(body).unwrap();
         assert_eq!(targets.len(), 1);
         assert_eq!(targets[0].instance, "promguard-node-1");
-        assert_eq!(targets[0].health, "up");
+        assert_eq!(targets[0].health, Health::Up);
         assert_eq!(targets[0].scrape_url, "http://10.0.0.2:9100/metrics");
     }
 
@@ -99,5 +128,26 @@ mod tests {
             parse_targets(br#"{"status":"success","data":{"activeTargets":[{"labels":1}]}}"#)
                 .is_err()
         );
+        // A health Prometheus does not report is refused, not passed on.
+        let odd = br#"{"status":"success","data":{"activeTargets":[{"labels":{},"scrapeUrl":"u","health":"fine"}]}}"#;
+        let err = parse_targets(odd).unwrap_err();
+        assert!(err.contains("unknown variant `fine`"), "{err}");
+    }
+
+    #[test]
+    fn health_reads_and_prints_as_prometheus_words() {
+        for (word, health) in [
+            ("up", Health::Up),
+            ("down", Health::Down),
+            ("unknown", Health::Unknown),
+        ] {
+            let parsed: Health = serde_json::from_str(&format!("\"{word}\"")).unwrap();
+            assert_eq!(parsed, health);
+            assert_eq!(health.to_string(), word);
+            assert_eq!(
+                serde_json::to_string(&health).unwrap(),
+                format!("\"{word}\"")
+            );
+        }
     }
 }

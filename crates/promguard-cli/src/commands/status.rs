@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::collections::BTreeMap;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 use promguard_core::{HostName, Plan, Role, State};
 use promguard_remote::recipe;
 use serde::Serialize;
@@ -16,7 +16,7 @@ use crate::commands::plan::make_plan;
 use crate::commands::{runtime, table};
 use crate::deploy::{fetch_targets, Context};
 use crate::project::Project;
-use crate::prometheus_api::TargetHealth;
+use crate::prometheus_api::{Health, TargetHealth};
 
 /// The `status --json` contract.
 #[derive(Debug, Serialize)]
@@ -243,7 +243,15 @@ fn read_host(
     })
 }
 
-pub fn run(config: Option<&Path>, verbose: bool, json: bool) -> anyhow::Result<ExitCode> {
+pub fn run(
+    config: Option<&Path>,
+    verbose: bool,
+    json: bool,
+    parallel: usize,
+) -> anyhow::Result<ExitCode> {
+    if parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
     let project = Project::load(config)?;
     let state = project.existing_state()?;
     let ctx = Arc::new(Context::new(project, verbose)?);
@@ -257,11 +265,18 @@ pub fn run(config: Option<&Path>, verbose: bool, json: bool) -> anyhow::Result<E
         .map(|(n, _)| n.clone())
         .collect();
     let results = runtime()?.block_on(async {
+        // At most `parallel` hosts at once, as `up` converges them: one
+        // blocking thread and one SSH connection per host in flight.
+        let permits = Arc::new(tokio::sync::Semaphore::new(parallel));
         let mut tasks = Vec::new();
         for name in names.clone() {
             let (ctx, state, plan) = (Arc::clone(&ctx), Arc::clone(&state), Arc::clone(&plan));
-            tasks.push(tokio::task::spawn_blocking(move || {
-                read_host(&ctx, &state, &plan, &name)
+            let permits = Arc::clone(&permits);
+            tasks.push(tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await.map_err(|e| anyhow!("{e}"))?;
+                tokio::task::spawn_blocking(move || read_host(&ctx, &state, &plan, &name))
+                    .await
+                    .map_err(|e| anyhow!("{e}"))?
             }));
         }
         let mut out = Vec::new();
@@ -301,7 +316,7 @@ pub fn run(config: Option<&Path>, verbose: bool, json: bool) -> anyhow::Result<E
         });
     }
     hosts.sort_by_key(|h| (h.role != Role::Monitor.as_str(), h.name.clone()));
-    let down = targets.iter().any(|t| t.health != "up");
+    let down = targets.iter().any(|t| t.health != Health::Up);
     if json {
         println!(
             "{}",
@@ -353,7 +368,7 @@ pub fn run(config: Option<&Path>, verbose: bool, json: bool) -> anyhow::Result<E
                     t.instance.clone(),
                     t.job.clone(),
                     t.scrape_url.clone(),
-                    t.health.clone(),
+                    t.health.to_string(),
                     t.last_scrape.clone().unwrap_or_else(|| "never".into()),
                     t.last_error.clone(),
                 ]

@@ -93,7 +93,7 @@ pub fn run(
                 t.instance.clone(),
                 t.job.clone(),
                 t.scrape_url.clone(),
-                t.health.clone(),
+                t.health.to_string(),
             ]
         })
         .collect();
