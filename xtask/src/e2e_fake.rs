@@ -599,7 +599,7 @@ fn interrupted_state_is_sound(
         }
         let injected = injected_key(&droplet)?;
         ensure!(
-            record.ssh_host_key.as_deref() == Some(injected.to_string().as_str()),
+            record.ssh_host_key.as_ref() == Some(&injected),
             "after {when}, the state does not pin the host key injected into {name}"
         );
     }

@@ -118,22 +118,8 @@ impl Context {
             anyhow!("host {name} has no public address in the state; run `promguard up`")
         })?;
         let port = record.ssh_port.unwrap_or(self.project.config.ssh.port);
-        let expected_host_key = record
-            .ssh_host_key
-            .as_deref()
-            .map(SshPublicKey::parse)
-            .transpose()
-            .map_err(|e| {
-                anyhow!("host {name}: pinned SSH host key in the state is invalid: {e}")
-            })?;
-        let replacement_host_key = record
-            .ssh_host_key_next
-            .as_deref()
-            .map(SshPublicKey::parse)
-            .transpose()
-            .map_err(|e| {
-                anyhow!("host {name}: the new SSH host key recorded in the state is invalid: {e}")
-            })?;
+        let expected_host_key = record.ssh_host_key.clone();
+        let replacement_host_key = record.ssh_host_key_next.clone();
         Ok(SshTarget {
             host: name.clone(),
             addr: SocketAddr::new(address, port.get()),
@@ -481,7 +467,7 @@ async fn up_locked(
             recorder.update(|state| {
                 for (name, key) in &injected {
                     if let Some(record) = state.hosts.get_mut(name).filter(|r| !r.created) {
-                        record.ssh_host_key = Some(key.to_string());
+                        record.ssh_host_key = Some(key.clone());
                         record.ssh_host_key_rotated = false;
                         record.ssh_host_key_next = None;
                     }
@@ -626,7 +612,7 @@ fn record_host(state: &mut State, host: &Host) {
             match &record.ssh_host_key {
                 // A pinned key is never replaced by what a provider reports.
                 Some(_) => {}
-                None => record.ssh_host_key = Some(key.to_string()),
+                None => record.ssh_host_key = Some(key.clone()),
             }
         }
     }
@@ -719,7 +705,7 @@ async fn converge_all(
                 .expect("semaphore never closes");
             let name = target.host.clone();
             let result = tokio::task::spawn_blocking(
-                move || -> anyhow::Result<(UpHost, Option<String>, Connection)> {
+                move || -> anyhow::Result<(UpHost, Option<SshPublicKey>, Connection)> {
                     if unknown_key {
                         bail!("{}", unknown_host_key(&target.host));
                     }
@@ -733,7 +719,7 @@ async fn converge_all(
                         replace_key(recorder, &conn, &target, &connector)?;
                     }
                     let pinned = (rotate.is_none() && target.expected_host_key.is_none())
-                        .then(|| conn.presented_host_key().to_string());
+                        .then(|| conn.presented_host_key().clone());
                     line.phase("converging");
                     let report = {
                         let _converging = Converging::start(&saves);

@@ -58,7 +58,7 @@ pub fn replace_injected(
 /// Records `key` as the pinned, host-generated key of `name`.
 pub fn pin(state: &mut State, name: &HostName, key: &SshPublicKey) {
     if let Some(record) = state.hosts.get_mut(name) {
-        record.ssh_host_key = Some(key.to_string());
+        record.ssh_host_key = Some(key.clone());
         record.ssh_host_key_rotated = true;
         record.ssh_host_key_next = None;
     }
@@ -68,7 +68,7 @@ pub fn pin(state: &mut State, name: &HostName, key: &SshPublicKey) {
 /// pinned one.
 pub fn pin_next(state: &mut State, name: &HostName, key: &SshPublicKey) {
     if let Some(record) = state.hosts.get_mut(name) {
-        record.ssh_host_key_next = Some(key.to_string());
+        record.ssh_host_key_next = Some(key.clone());
     }
 }
 
@@ -332,10 +332,7 @@ mod tests {
         pin(&mut state, &name, &key);
         assert!(!needs_rotation(&digitalocean, &state.hosts[&name]));
         assert_eq!(state.hosts[&name].ssh_host_key_next, None);
-        assert_eq!(
-            state.hosts[&name].ssh_host_key.as_deref(),
-            Some(key.to_string().as_str())
-        );
+        assert_eq!(state.hosts[&name].ssh_host_key.as_ref(), Some(&key));
     }
 
     #[test]

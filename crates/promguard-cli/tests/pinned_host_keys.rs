@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use promguard_core::config::{Config, ProviderKind};
-use promguard_core::{HostName, Port};
+use promguard_core::{HostName, Port, SshPublicKey};
 
 const PINNED: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJbHkQpvXXXlCrfm9GPh94TOs3h4/BEQKAsLxu2dEiob";
@@ -30,8 +30,8 @@ fn deployment(dir: &Path, port: u16, keys: (Option<&str>, Option<&str>)) {
         record.created = true;
         record.public_address = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
         record.ssh_port = Some(Port::new(port).unwrap());
-        record.ssh_host_key = keys.0.map(str::to_owned);
-        record.ssh_host_key_next = keys.1.map(str::to_owned);
+        record.ssh_host_key = keys.0.map(|k| SshPublicKey::parse(k).unwrap());
+        record.ssh_host_key_next = keys.1.map(|k| SshPublicKey::parse(k).unwrap());
     }
     assert!(state.hosts.contains_key(&HostName::new(MONITOR).unwrap()));
     state.save(&dir.join("promguard.state.json")).unwrap();

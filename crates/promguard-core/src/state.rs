@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::names::{DeploymentName, HostName, Port, Region};
 use crate::plan::Role;
+use crate::ssh::SshPublicKey;
 
 /// The state format this build writes and the newest it reads.
 pub const STATE_VERSION: u32 = 1;
@@ -137,7 +138,7 @@ pub struct HostRecord {
     pub ssh_port: Option<Port>,
     /// Pinned SSH host public key, OpenSSH format (`ssh-ed25519 AAAA...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ssh_host_key: Option<String>,
+    pub ssh_host_key: Option<SshPublicKey>,
     /// True once the host key a provider injected (and that stays readable
     /// from the host's metadata service) was replaced by one generated on
     /// the host, and `ssh_host_key` pins that one.
@@ -147,7 +148,7 @@ pub struct HostRecord {
     /// host serves it, so a run cut off in between still knows both keys
     /// the host may present. Cleared once `ssh_host_key` pins it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ssh_host_key_next: Option<String>,
+    pub ssh_host_key_next: Option<SshPublicKey>,
     /// SHA-256 (hex) of every file PromGuard last wrote on the host, by path.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
@@ -435,6 +436,33 @@ mod tests {
         // Unknown fields are still refused.
         let bad = text.replace("ssh_host_key_rotated", "ssh_host_key_rotatd");
         assert!(State::from_json(Path::new("s.json"), bad.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn host_keys_are_validated_when_read() {
+        let mut state = sample();
+        let key = SshPublicKey::parse(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJbHkQpvXXXlCrfm9GPh94TOs3h4/BEQKAsLxu2dEiob",
+        )
+        .unwrap();
+        for host in state.hosts.values_mut() {
+            host.ssh_host_key = Some(key.clone());
+        }
+        let text = state.to_json();
+        // The file holds the OpenSSH text, as before keys were typed.
+        assert!(
+            text.contains(&format!("\"ssh_host_key\": \"{key}\"")),
+            "{text}"
+        );
+        assert_eq!(
+            State::from_json(Path::new("s.json"), text.as_bytes()).unwrap(),
+            state
+        );
+        let bad = text.replace(&key.to_string(), "ssh-dss AAAA");
+        let err = State::from_json(Path::new("s.json"), bad.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unsupported SSH key type"), "{err}");
     }
 
     #[test]
