@@ -293,6 +293,23 @@ pub fn fake(root: &Path) -> Result<()> {
     fake.inject(Fault::ServerError { count: 2 });
     fake.inject(Fault::CreateSucceedsThenServerError);
     let (fresh, noop) = scenario(&d, Some(&hosts))?;
+    // Every droplet booted with cloud-init, which ran all its stages and
+    // was not dropped by an ordering cycle with PromGuard's firewall unit.
+    let state = d.typed_state("the scenario")?;
+    for name in state.hosts.keys() {
+        crate::e2e_systemd::check_boot(&d, &hosts, name.as_str(), "on a droplet")?;
+        let out = d.ssh_ok(
+            name.as_str(),
+            "cloud-init status --long; systemctl is-active cloud-init-local.service cloud-init.service cloud-config.service cloud-final.service",
+        )?;
+        ensure!(
+            out.contains("status: done") && !out.contains("inactive") && !out.contains("failed"),
+            "cloud-init did not run every stage on droplet {name}:\n{out}"
+        );
+    }
+    eprintln!(
+        "e2e: 7. every droplet ran cloud-init's four stages; no failed unit, no ordering cycle"
+    );
     let statuses: BTreeSet<u16> = fake.exchanges().iter().map(|e| e.status).collect();
     ensure!(
         statuses.contains(&429) && statuses.contains(&500),

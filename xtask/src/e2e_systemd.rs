@@ -24,7 +24,7 @@ use crate::e2e::{check_targets, Deployment};
 /// start-up after a reboot fits in two of them. Its discovery and scrape
 /// managers wait up to 5 s before the first scrape, and each target is then
 /// scraped at its own offset within the interval: up to 5 s + one interval.
-const SCRAPE_SECONDS: u64 = 8;
+const SCRAPE_SECONDS: u64 = 10;
 
 /// The monitor of the scenario.
 const MONITOR: &str = "promguard-monitor-1";
@@ -330,7 +330,12 @@ fn wait_for_new_boot(d: &Deployment, provider: &LocalProvider, host: &str, old: 
 /// No failed unit, and no ordering cycle in this boot's journal or in the
 /// console log (systemd reports cycles found before journald starts only
 /// on the console).
-fn check_boot(d: &Deployment, provider: &LocalProvider, host: &str, when: &str) -> Result<()> {
+pub(crate) fn check_boot(
+    d: &Deployment,
+    provider: &LocalProvider,
+    host: &str,
+    when: &str,
+) -> Result<()> {
     let failed = d.ssh_ok(host, "systemctl --failed --no-legend --plain")?;
     ensure!(
         failed.trim().is_empty(),
