@@ -23,7 +23,7 @@ use promguard_remote::{ConnectOptions, Connection, Connector, SshTarget};
 use promguard_wg::Secrets;
 
 use crate::commands::plan::make_plan;
-use crate::files::render_host;
+use crate::files::{render_host, FileKind};
 use crate::progress::Progress;
 use crate::project::Project;
 use crate::prometheus_api::{self, Health, TargetHealth};
@@ -632,10 +632,14 @@ pub fn desired_host(ctx: &Context, host: &HostPlan) -> DesiredHost {
         wireguard_address: host.interface.address,
         files: render_host(host, Secrets::Include)
             .into_iter()
-            .map(|f| DesiredFile {
-                path: f.path,
-                mode: f.mode,
-                content: f.content.into_bytes(),
+            .map(|f| {
+                let kind = match f.kind {
+                    FileKind::WireGuard => recipe::FileKind::WireguardConfig,
+                    FileKind::Nftables => recipe::FileKind::Firewall,
+                    FileKind::Prometheus => recipe::FileKind::PrometheusConfig,
+                    FileKind::Targets => recipe::FileKind::ScrapeTargets,
+                };
+                DesiredFile::new(kind, f.path, f.mode, f.content.into_bytes())
             })
             .collect(),
         node_exporter_listen: node_exporter.listen,

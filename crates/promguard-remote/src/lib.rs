@@ -17,7 +17,7 @@ pub mod quote;
 pub mod recipe;
 pub mod session;
 
-pub use recipe::{converge, DesiredFile, DesiredHost, Report};
+pub use recipe::{converge, DesiredFile, DesiredHost, FileKind, Report};
 
 pub use error::RemoteError;
 pub use quote::{check_owner, check_remote_path, shell_quote};

@@ -8,7 +8,7 @@ use promguard_core::InterfaceName;
 
 use super::facts::{Facts, InterfaceState, PendingApply, ProcessState, PROGRAMS};
 use super::script::{self, NODE_EXPORTER_BIN, PROMETHEUS_BIN};
-use super::{DesiredFile, DesiredHost};
+use super::{DesiredFile, DesiredHost, FileKind};
 use crate::error::RemoteError;
 
 /// One thing the apply script does besides writing files. They run in the
@@ -113,11 +113,16 @@ impl Decision {
     pub fn is_empty(&self) -> bool {
         self.files.is_empty() && self.actions.is_empty() && !self.clear_marker
     }
+}
 
-    /// The file at `path` is written by this run or was left pending by
-    /// an earlier one, so the actions that follow a change of it run.
-    fn touches(&self, path: &str) -> bool {
-        self.pending_files.iter().any(|p| p == path)
+/// The kinds of the files whose actions a run owes (written now or left
+/// pending by an earlier run): every rule that reacts to a file reacts to
+/// its kind, never to its path.
+struct Touched(Vec<FileKind>);
+
+impl Touched {
+    fn any(&self, kind: FileKind) -> bool {
+        self.0.contains(&kind)
     }
 }
 
@@ -163,23 +168,27 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
         // Not a marker this version wrote: assume the worst.
         PendingApply::Unrecognized => true,
     };
-    for file in all_files {
+    for file in &all_files {
         let written = facts.files.get(&file.path).cloned().flatten() != Some(file.sha256());
         if written || left_pending(&file.path) {
             decision.pending_files.push(file.path.clone());
         }
         if written {
-            decision.files.push(file);
+            decision.files.push(file.clone());
         }
     }
     decision.clear_marker = facts.pending != PendingApply::Clear;
-
-    if facts.systemd
-        && decision
+    // A pending path the host reports is known by the file of that path
+    // this run manages; one no longer managed calls for nothing.
+    let touched = Touched(
+        decision
             .pending_files
             .iter()
-            .any(|p| p.starts_with("/etc/systemd/"))
-    {
+            .filter_map(|p| all_files.iter().find(|f| &f.path == p).map(|f| f.kind))
+            .collect(),
+    );
+
+    if facts.systemd && touched.0.iter().any(|k| k.is_unit_file()) {
         decision.actions.push(Action::DaemonReload);
     }
 
@@ -189,7 +198,7 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
         InterfaceState::Broken => decision.actions.push(Action::WireguardRecreate(interface)),
         InterfaceState::Up { addresses } => {
             let readdress = !addresses.contains(&host.wireguard_prefix());
-            if readdress || decision.touches(&host.wireguard_config_path()) {
+            if readdress || touched.any(FileKind::WireguardConfig) {
                 decision.actions.push(Action::WireguardSync {
                     interface,
                     readdress,
@@ -198,7 +207,7 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
         }
     }
 
-    if !facts.firewall_loaded || decision.touches(promguard_core::nftables::RULESET_PATH) {
+    if !facts.firewall_loaded || touched.any(FileKind::Firewall) {
         decision.actions.push(Action::LoadFirewall);
     }
     if facts.systemd {
@@ -206,8 +215,7 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
             .into_iter()
             .filter(|unit| wants_prometheus || unit != script::PROMETHEUS_UNIT)
             .filter(|unit| {
-                let changed =
-                    unit == script::FIREWALL_UNIT && decision.touches(script::FIREWALL_UNIT_PATH);
+                let changed = unit == script::FIREWALL_UNIT && touched.any(FileKind::FirewallUnit);
                 changed || !facts.enabled.get(unit).copied().unwrap_or(false)
             })
             .collect();
@@ -218,8 +226,8 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
 
     let node_flag = format!("--web.listen-address={}", host.node_exporter_listen);
     let node_config_changed = facts.systemd
-        && (decision.touches(script::NODE_EXPORTER_DEFAULTS_PATH)
-            || decision.touches(script::NODE_EXPORTER_DROPIN_PATH));
+        && (touched.any(FileKind::NodeExporterDefaults)
+            || touched.any(FileKind::NodeExporterDropIn));
     if let Some(restart) = daemon_start(
         facts.systemd,
         &facts.node_exporter,
@@ -232,7 +240,7 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
 
     if let Some(listen) = host.prometheus_listen {
         let flag = format!("--web.listen-address={listen}");
-        let defaults_changed = facts.systemd && decision.touches(script::PROMETHEUS_DEFAULTS_PATH);
+        let defaults_changed = facts.systemd && touched.any(FileKind::PrometheusDefaults);
         match daemon_start(
             facts.systemd,
             &facts.prometheus,
@@ -241,7 +249,7 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
             defaults_changed,
         ) {
             Some(restart) => decision.actions.push(Action::StartPrometheus { restart }),
-            None if decision.touches(promguard_core::prometheus::CONFIG_PATH) => {
+            None if touched.any(FileKind::PrometheusConfig) => {
                 decision.actions.push(Action::ReloadPrometheus)
             }
             // Targets files are picked up by file_sd without a reload.

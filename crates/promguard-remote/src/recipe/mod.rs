@@ -85,9 +85,56 @@ impl DesiredHost {
     }
 }
 
+/// What a managed file is for, which decides what a change of it calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FileKind {
+    /// The WireGuard config at [`DesiredHost::wireguard_config_path`]: `wg
+    /// syncconf` (or `wg-quick up`).
+    WireguardConfig,
+    /// The nftables ruleset at [`promguard_core::nftables::RULESET_PATH`]:
+    /// `nft -f`.
+    Firewall,
+    /// `prometheus.yml` at [`promguard_core::prometheus::CONFIG_PATH`]: a
+    /// Prometheus reload.
+    PrometheusConfig,
+    /// A file_sd targets file, which Prometheus re-reads by itself.
+    ScrapeTargets,
+    /// Anything else: written, nothing to run.
+    Other,
+    /// The recipe's own: node_exporter's flags (`/etc/default`).
+    NodeExporterDefaults,
+    /// The recipe's own: node_exporter's unit drop-in.
+    NodeExporterDropIn,
+    /// The recipe's own: the unit that loads the firewall at boot.
+    FirewallUnit,
+    /// The recipe's own: Prometheus' flags (`/etc/default`).
+    PrometheusDefaults,
+}
+
+impl FileKind {
+    /// Kinds only the recipe itself writes (on systemd hosts).
+    pub fn is_recipes_own(self) -> bool {
+        matches!(
+            self,
+            FileKind::NodeExporterDefaults
+                | FileKind::NodeExporterDropIn
+                | FileKind::FirewallUnit
+                | FileKind::PrometheusDefaults
+        )
+    }
+
+    /// A systemd unit file or drop-in: systemd must reload after a change.
+    pub fn is_unit_file(self) -> bool {
+        matches!(self, FileKind::NodeExporterDropIn | FileKind::FirewallUnit)
+    }
+}
+
 /// One file to install.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DesiredFile {
+    /// What it is for.
+    pub kind: FileKind,
     /// Absolute path (checked by [`check_remote_path`]).
     pub path: String,
     /// Permission bits, e.g. `0o600`.
@@ -97,9 +144,15 @@ pub struct DesiredFile {
 }
 
 impl DesiredFile {
-    /// A file with `content` at `path` with `mode`.
-    pub fn new(path: impl Into<String>, mode: u32, content: impl Into<Vec<u8>>) -> Self {
+    /// A file of `kind` with `content` at `path` with `mode`.
+    pub fn new(
+        kind: FileKind,
+        path: impl Into<String>,
+        mode: u32,
+        content: impl Into<Vec<u8>>,
+    ) -> Self {
         Self {
+            kind,
             path: path.into(),
             mode,
             content: content.into(),
@@ -116,6 +169,7 @@ impl DesiredFile {
 impl std::fmt::Debug for DesiredFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DesiredFile")
+            .field("kind", &self.kind)
             .field("path", &self.path)
             .field("mode", &format_args!("{:04o}", self.mode))
             .field("content", &format_args!("<{} bytes>", self.content.len()))
@@ -238,12 +292,26 @@ pub fn validate(host: &DesiredHost) -> Result<(), RemoteError> {
                 "it is listed twice".into(),
             ));
         }
-        if script::SYSTEMD_PATHS.contains(&file.path.as_str())
+        if file.kind.is_recipes_own()
+            || script::SYSTEMD_PATHS.contains(&file.path.as_str())
             || file.path == script::APPLY_MARKER_PATH
         {
             return Err(invalid(
                 format!("file {}", file.path),
                 "the recipe writes this file itself".into(),
+            ));
+        }
+        // The programs read these files from fixed places.
+        let fixed = match file.kind {
+            FileKind::WireguardConfig => Some(host.wireguard_config_path()),
+            FileKind::Firewall => Some(promguard_core::nftables::RULESET_PATH.to_owned()),
+            FileKind::PrometheusConfig => Some(promguard_core::prometheus::CONFIG_PATH.to_owned()),
+            _ => None,
+        };
+        if let Some(expected) = fixed.filter(|p| p != &file.path) {
+            return Err(invalid(
+                format!("file {}", file.path),
+                format!("a file of kind {:?} must be at {expected}", file.kind),
             ));
         }
     }
@@ -274,11 +342,13 @@ pub(crate) mod test_support {
             wireguard_address: "10.0.0.2".parse().unwrap(),
             files: vec![
                 DesiredFile::new(
+                    FileKind::WireguardConfig,
                     "/etc/wireguard/wg0.conf",
                     0o600,
                     "[Interface]\nPrivateKey = secret\n",
                 ),
                 DesiredFile::new(
+                    FileKind::Firewall,
                     "/etc/promguard/nftables.conf",
                     0o644,
                     "table inet promguard {}\n",
@@ -299,11 +369,13 @@ pub(crate) mod test_support {
         host.node_exporter_listen = "10.0.0.1:9100".parse().unwrap();
         host.prometheus_listen = Some("127.0.0.1:9090".parse().unwrap());
         host.files.push(DesiredFile::new(
+            FileKind::PrometheusConfig,
             "/etc/prometheus/prometheus.yml",
             0o644,
             "global: {}\n",
         ));
         host.files.push(DesiredFile::new(
+            FileKind::ScrapeTargets,
             "/etc/prometheus/promguard/node.json",
             0o644,
             "[]\n",
@@ -324,6 +396,23 @@ mod tests {
             ["wireguard-tools", "nftables", "prometheus-node-exporter"]
         );
         assert_eq!(packages_for(Role::Monitor).last().unwrap(), "prometheus");
+    }
+
+    #[test]
+    fn file_kinds_must_be_where_their_programs_read_them() {
+        let mut host = node();
+        host.files[0].path = "/etc/wireguard/wg1.conf".into();
+        let err = validate(&host).unwrap_err().to_string();
+        assert!(err.contains("must be at /etc/wireguard/wg0.conf"), "{err}");
+        let mut host = node();
+        host.files.push(DesiredFile::new(
+            FileKind::FirewallUnit,
+            "/etc/systemd/system/other.service",
+            0o644,
+            "",
+        ));
+        let err = validate(&host).unwrap_err().to_string();
+        assert!(err.contains("writes this file itself"), "{err}");
     }
 
     #[test]
@@ -357,7 +446,8 @@ mod tests {
         ];
         for (path, mode, reason) in cases {
             let mut host = node();
-            host.files.push(DesiredFile::new(path, mode, "x"));
+            host.files
+                .push(DesiredFile::new(FileKind::Other, path, mode, "x"));
             let err = validate(&host).unwrap_err().to_string();
             assert!(err.contains(reason), "{path}: {err}");
             assert!(err.contains("node-1"), "{err}");

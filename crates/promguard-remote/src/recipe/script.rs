@@ -16,7 +16,7 @@ use base64::Engine;
 
 use super::decide::{Action, Decision};
 use super::facts::{NODE_EXPORTER, PROMETHEUS};
-use super::{DesiredFile, DesiredHost};
+use super::{DesiredFile, DesiredHost, FileKind};
 use crate::quote::shell_quote;
 
 /// node_exporter's binary (Debian's `prometheus-node-exporter`).
@@ -98,6 +98,7 @@ pub fn systemd_files(host: &DesiredHost) -> Vec<DesiredFile> {
     let wg_unit = format!("wg-quick@{}.service", host.interface);
     let mut files = vec![
         DesiredFile::new(
+            FileKind::NodeExporterDefaults,
             NODE_EXPORTER_DEFAULTS_PATH,
             0o644,
             format!(
@@ -106,6 +107,7 @@ pub fn systemd_files(host: &DesiredHost) -> Vec<DesiredFile> {
             ),
         ),
         DesiredFile::new(
+            FileKind::NodeExporterDropIn,
             NODE_EXPORTER_DROPIN_PATH,
             0o644,
             format!(
@@ -114,6 +116,7 @@ pub fn systemd_files(host: &DesiredHost) -> Vec<DesiredFile> {
             ),
         ),
         DesiredFile::new(
+            FileKind::FirewallUnit,
             FIREWALL_UNIT_PATH,
             0o644,
             // As Debian's own nftables.service: no default dependencies
@@ -136,6 +139,7 @@ pub fn systemd_files(host: &DesiredHost) -> Vec<DesiredFile> {
     ];
     if let Some(listen) = host.prometheus_listen {
         files.push(DesiredFile::new(
+            FileKind::PrometheusDefaults,
             PROMETHEUS_DEFAULTS_PATH,
             0o644,
             format!(
@@ -190,6 +194,7 @@ pub fn apply_script(host: &DesiredHost, systemd: bool, decision: &Decision) -> S
     // short), so a cut anywhere below makes the next run redo them.
     if !decision.pending_files.is_empty() {
         let marker = DesiredFile::new(
+            FileKind::Other,
             APPLY_MARKER_PATH,
             0o600,
             apply_marker_content(&decision.pending_files),
@@ -650,9 +655,19 @@ mod tests {
         let mut host = node();
         let binary: Vec<u8> = (0..=255u8).collect();
         host.files = vec![
-            DesiredFile::new(format!("{base}/etc/wireguard/wg0.conf"), 0o600, HOSTILE),
-            DesiredFile::new(format!("{base}/etc/promguard/bytes"), 0o644, binary.clone()),
-            DesiredFile::new(format!("{base}/empty"), 0o640, ""),
+            DesiredFile::new(
+                FileKind::Other,
+                format!("{base}/etc/wireguard/wg0.conf"),
+                0o600,
+                HOSTILE,
+            ),
+            DesiredFile::new(
+                FileKind::Other,
+                format!("{base}/etc/promguard/bytes"),
+                0o644,
+                binary.clone(),
+            ),
+            DesiredFile::new(FileKind::Other, format!("{base}/empty"), 0o640, ""),
         ];
         // No pending files: the marker's path is absolute and fixed, and
         // this script runs on this machine.
@@ -702,10 +717,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().to_str().unwrap();
         let marker = format!("{base}/state/apply-pending");
-        let good = DesiredFile::new(format!("{base}/etc/a.conf"), 0o644, "a\n");
+        let good = DesiredFile::new(FileKind::Other, format!("{base}/etc/a.conf"), 0o644, "a\n");
         // Its directory is a regular file, so writing it fails.
         std::fs::write(format!("{base}/blocker"), "").unwrap();
-        let bad = DesiredFile::new(format!("{base}/blocker/b.conf"), 0o644, "b\n");
+        let bad = DesiredFile::new(
+            FileKind::Other,
+            format!("{base}/blocker/b.conf"),
+            0o644,
+            "b\n",
+        );
         let run = |files: Vec<DesiredFile>| -> (bool, String) {
             let decision = Decision {
                 pending_files: files.iter().map(|f| f.path.clone()).collect(),

@@ -13,7 +13,7 @@ use promguard_cloud::{CloudProvider, HostRequest};
 use promguard_core::{DeploymentName, HostName, InterfaceName, Region, Role, SshPublicKey};
 use promguard_remote::recipe::{self, script::APPLY_MARKER_PATH, Action};
 use promguard_remote::{
-    converge, ConnectOptions, Connection, Connector, DesiredFile, DesiredHost, SshTarget,
+    converge, ConnectOptions, Connection, Connector, DesiredFile, DesiredHost, FileKind, SshTarget,
 };
 
 /// Destroys the deployment (namespaces, processes, files) even when the
@@ -281,17 +281,25 @@ fn converge_a_local_monitor() {
         wireguard_address: "10.0.0.1".parse().unwrap(),
         files: vec![
             DesiredFile::new(
+                FileKind::WireguardConfig,
                 "/etc/wireguard/wg0.conf",
                 0o600,
                 wg_conf(&private, &[(&peer_a, "10.0.0.2")]),
             ),
-            DesiredFile::new("/etc/promguard/nftables.conf", 0o644, RULESET),
             DesiredFile::new(
+                FileKind::Firewall,
+                "/etc/promguard/nftables.conf",
+                0o644,
+                RULESET,
+            ),
+            DesiredFile::new(
+                FileKind::PrometheusConfig,
                 "/etc/prometheus/prometheus.yml",
                 0o644,
                 prometheus_yml("15s"),
             ),
             DesiredFile::new(
+                FileKind::ScrapeTargets,
                 "/etc/prometheus/promguard/node.json",
                 0o644,
                 r#"[{"targets":["10.0.0.1:9100"],"labels":{"instance":"monitor"}}]"#,
