@@ -712,15 +712,7 @@ impl LocalProvider {
         host_key: &str,
         authorized_keys: &[SshPublicKey],
     ) -> Result<Host, CloudError> {
-        let authorized: Vec<String> = authorized_keys.iter().map(|k| k.to_string()).collect();
-        let mut hosts = self.create_hosts_blocking(
-            std::slice::from_ref(request),
-            Some((Provided::HostKey(host_key), &authorized)),
-        )?;
-        hosts.pop().ok_or_else(|| CloudError::Host {
-            host: request.name.clone(),
-            message: "was not created".into(),
-        })
+        self.create_one(request, Provided::HostKey(host_key), authorized_keys)
     }
 
     /// Creates one systemd host that boots with cloud-init reading
@@ -733,11 +725,19 @@ impl LocalProvider {
         user_data: &str,
         authorized_keys: &[SshPublicKey],
     ) -> Result<Host, CloudError> {
+        self.create_one(request, Provided::UserData(user_data), authorized_keys)
+    }
+
+    /// One host from what the caller provides, letting in `authorized_keys`.
+    fn create_one(
+        &self,
+        request: &HostRequest,
+        provided: Provided<'_>,
+        authorized_keys: &[SshPublicKey],
+    ) -> Result<Host, CloudError> {
         let authorized: Vec<String> = authorized_keys.iter().map(|k| k.to_string()).collect();
-        let mut hosts = self.create_hosts_blocking(
-            std::slice::from_ref(request),
-            Some((Provided::UserData(user_data), &authorized)),
-        )?;
+        let mut hosts = self
+            .create_hosts_blocking(std::slice::from_ref(request), Some((provided, &authorized)))?;
         hosts.pop().ok_or_else(|| CloudError::Host {
             host: request.name.clone(),
             message: "was not created".into(),

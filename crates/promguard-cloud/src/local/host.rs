@@ -10,14 +10,12 @@
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sched::{setns, CloneFlags};
 use promguard_core::{HostName, Port, SshPublicKey};
 
 use super::net::{netns_path, run, run_in_netns};
@@ -347,16 +345,7 @@ pub(crate) fn start_init(
         .stdin(Stdio::null())
         .stdout(console)
         .stderr(console_err);
-    // SAFETY: between fork and exec the closure only makes two system
-    // calls (setsid, setns) on a file descriptor opened before the fork; it
-    // allocates nothing and takes no lock.
-    unsafe {
-        command.pre_exec(move || {
-            nix::unistd::setsid()?;
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
-            Ok(())
-        });
-    }
+    super::net::detach_into_netns(&mut command, ns);
     let mut child = command
         .spawn()
         .map_err(|err| format!("cannot start unshare for the host's init: {err}"))?;

@@ -172,6 +172,23 @@ pub(crate) fn pick_underlay(routes: &[Ipv4Network], taken: &[Ipv4Network]) -> Op
         })
 }
 
+/// Makes `command` start in a session of its own (so that it outlives the
+/// caller) inside the network namespace `ns`.
+pub(crate) fn detach_into_netns(command: &mut Command, ns: std::os::fd::OwnedFd) {
+    use std::os::fd::AsFd;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure only makes two system
+    // calls (setsid, setns) on a file descriptor opened before the fork; it
+    // allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setsid()?;
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
+            Ok(())
+        });
+    }
+}
+
 /// Runs `f` on a new thread that has entered the network namespace at
 /// `ns_path` (a file under `/run/netns` or `/proc/<pid>/ns/net`). Sockets
 /// that `f` opens stay in that namespace after `f` returns; the calling

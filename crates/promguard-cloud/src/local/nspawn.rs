@@ -20,14 +20,13 @@
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sched::{setns, CloneFlags};
 use promguard_core::{HostName, Port, SshPublicKey};
 
 use super::host::{io_context, mkdir, write, HostDir};
@@ -376,15 +375,7 @@ pub(crate) fn start_mirror_server(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // SAFETY: two system calls between fork and exec on a descriptor
-    // opened before the fork; nothing is allocated or locked.
-    unsafe {
-        command.pre_exec(move || {
-            nix::unistd::setsid()?;
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
-            Ok(())
-        });
-    }
+    super::net::detach_into_netns(&mut command, ns);
     let mut child = command.spawn().map_err(|err| match err.kind() {
         io::ErrorKind::NotFound => {
             "busybox is not installed (its httpd serves the package mirror); install it with \
