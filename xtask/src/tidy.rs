@@ -154,6 +154,12 @@ pub fn violations(root: &Path) -> Result<Vec<String>> {
 
 /// Every `.rs` file under `dir`, sorted.
 fn rust_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    files_ending(dir, "rs")
+}
+
+/// Every file named `*.<extension>` under `dir` (build output excluded),
+/// sorted.
+fn files_ending(dir: &Path, extension: &str) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -162,8 +168,10 @@ fn rust_files(dir: &Path) -> Result<Vec<PathBuf>> {
         {
             let path = entry?.path();
             if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
+                if path.file_name().is_some_and(|n| n != "target") {
+                    stack.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == extension) {
                 files.push(path);
             }
         }
@@ -175,23 +183,7 @@ fn rust_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Every shell file of the tree: `.sh` files under `crates/` (the scripts
 /// hosts run and the snapshots of the generated ones) and `.ci/run`.
 fn shell_files(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    let mut stack = vec![root.join("crates")];
-    while let Some(d) = stack.pop() {
-        for entry in
-            std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?
-        {
-            let path = entry?.path();
-            if path.is_dir() {
-                if path.file_name().is_some_and(|n| n != "target") {
-                    stack.push(path);
-                }
-            } else if path.extension().is_some_and(|e| e == "sh") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
+    let mut files = files_ending(&root.join("crates"), "sh")?;
     files.push(root.join(".ci/run"));
     Ok(files)
 }

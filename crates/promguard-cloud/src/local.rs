@@ -471,15 +471,8 @@ impl LocalProvider {
                     name: &entry.name,
                     ssh_port: entry.ssh_port,
                     authorized_keys,
-                    host_key: match provided {
-                        Provided::HostKey(key) => Some(key),
-                        _ => None,
-                    },
+                    provided,
                     mirror: underlay.nth(1).expect("a /24 has a .1"),
-                    user_data: match provided {
-                        Provided::UserData(text) => Some(text),
-                        _ => None,
-                    },
                 };
                 let host_key = nspawn::prepare(&dir, &spec).map_err(host_error)?;
                 let init = nspawn::start(&boot.image, &dir, &entry.name, &entry.netns)

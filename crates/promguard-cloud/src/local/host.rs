@@ -258,43 +258,7 @@ pub(crate) fn prepare(dir: &HostDir, spec: &HostSpec<'_>) -> Result<SshPublicKey
     }
     write(&home.join(".ssh/authorized_keys"), &keys, 0o600)?;
 
-    let key_path = dir.host_key();
-    let key_path_text = key_path.to_string_lossy();
-    let public_path = dir.path.join("ssh_host_ed25519_key.pub");
-    match spec.host_key {
-        Some(private) => {
-            // Written 0600 before ssh-keygen reads it: it refuses keys
-            // others can read.
-            write(&key_path, private, 0o600)?;
-            let public = run("ssh-keygen", &["-y", "-f", &key_path_text], None)?;
-            write(&public_path, &public, 0o644)?;
-        }
-        None => {
-            let comment = format!("root@{}", spec.name);
-            run(
-                "ssh-keygen",
-                &[
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    &comment,
-                    "-f",
-                    &key_path_text,
-                ],
-                None,
-            )?;
-        }
-    }
-    let public = fs::read_to_string(&public_path).map_err(io_context("read", &public_path))?;
-    let public = SshPublicKey::parse(&public).map_err(|err| {
-        format!(
-            "ssh-keygen wrote an unusable key to {}: {err}",
-            public_path.display()
-        )
-    })?;
+    let public = install_host_key(&dir.host_key(), spec.host_key, spec.name)?;
 
     write(
         &dir.sshd_config(),
@@ -302,6 +266,44 @@ pub(crate) fn prepare(dir: &HostDir, spec: &HostSpec<'_>) -> Result<SshPublicKey
         0o600,
     )?;
     Ok(public)
+}
+
+/// Puts an ed25519 SSH host key at `key_path` (and its public half at
+/// `<key_path>.pub`): `private` when given (an OpenSSH private key), else
+/// a fresh one made by ssh-keygen. Returns the public key.
+pub(crate) fn install_host_key(
+    key_path: &Path,
+    private: Option<&str>,
+    name: &HostName,
+) -> Result<SshPublicKey, String> {
+    let key_text = key_path.to_string_lossy();
+    let public_path = key_path.with_extension("pub");
+    match private {
+        Some(private) => {
+            // Written 0600 before ssh-keygen reads it: it refuses keys
+            // others can read.
+            write(key_path, private, 0o600)?;
+            let public = run("ssh-keygen", &["-y", "-f", &key_text], None)?;
+            write(&public_path, &public, 0o644)?;
+        }
+        None => {
+            let comment = format!("root@{name}");
+            run(
+                "ssh-keygen",
+                &[
+                    "-q", "-t", "ed25519", "-N", "", "-C", &comment, "-f", &key_text,
+                ],
+                None,
+            )?;
+        }
+    }
+    let public = fs::read_to_string(&public_path).map_err(io_context("read", &public_path))?;
+    SshPublicKey::parse(&public).map_err(|err| {
+        format!(
+            "ssh-keygen wrote an unusable key to {}: {err}",
+            public_path.display()
+        )
+    })
 }
 
 /// Starts the host's init in network namespace `netns`, in a session of its

@@ -162,14 +162,13 @@ fn run_logged(program: &str, args: &[&str], cwd: Option<&Path>, log: &Path) -> R
     ))
 }
 
+/// The Debian package of `program`, from the provider's list of what
+/// systemd hosts need.
 fn package_of(program: &str) -> &'static str {
-    match program {
-        "debootstrap" => "debootstrap",
-        "dpkg-scanpackages" => "dpkg-dev",
-        "systemd-nspawn" => "systemd-container",
-        "busybox" => "busybox",
-        _ => "apt",
-    }
+    super::preflight::SYSTEMD_PROGRAMS
+        .iter()
+        .find(|p| p.name == program)
+        .map_or("apt", |p| p.package)
 }
 
 /// Takes the cache's lock (blocking), creating the cache directory.
@@ -365,10 +364,10 @@ pub fn ensure_mirror(
         .stderr(Stdio::piped())
         .output()
         .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => {
-                "dpkg-scanpackages is not installed; install it with `apt-get install dpkg-dev`"
-                    .to_owned()
-            }
+            io::ErrorKind::NotFound => format!(
+                "dpkg-scanpackages is not installed; install it with `apt-get install {}`",
+                package_of("dpkg-scanpackages")
+            ),
             _ => format!("cannot run dpkg-scanpackages: {e}"),
         })?;
     if !scan.status.success() {

@@ -29,12 +29,13 @@ use std::time::{Duration, Instant};
 
 use promguard_core::{HostName, Port, SshPublicKey};
 
-use super::host::{io_context, mkdir, write, HostDir};
+use super::host::{install_host_key, io_context, mkdir, write, HostDir};
 use super::image::{BaseImage, PackageMirror};
-use super::net::{netns_path, run};
+use super::net::netns_path;
 use super::preflight::SEARCH_PATH;
 use super::process::{children, InitProcess};
 use super::record::create_private_dir;
+use super::Provided;
 
 /// The port the mirror server listens on, on the hub's bridge address.
 pub(crate) const MIRROR_PORT: u16 = 8080;
@@ -44,14 +45,12 @@ pub(crate) struct SystemdSpec<'a> {
     pub name: &'a HostName,
     pub ssh_port: Port,
     pub authorized_keys: &'a [String],
-    /// A private host key (OpenSSH format) to use instead of a fresh one.
-    pub host_key: Option<&'a str>,
+    /// A host key to use instead of a fresh one, or what cloud-init reads
+    /// on first boot (the `user-data` of a NoCloud seed; without it
+    /// cloud-init has no data source, as on a server no cloud made).
+    pub provided: Provided<'a>,
     /// Where the deployment's package mirror answers.
     pub mirror: Ipv4Addr,
-    /// What cloud-init reads on first boot (`user-data` of a NoCloud
-    /// seed); `None` leaves cloud-init without a data source, as on a
-    /// server no cloud made.
-    pub user_data: Option<&'a str>,
 }
 
 impl HostDir {
@@ -118,7 +117,7 @@ pub(crate) fn prepare(
             0o644,
         )?;
     }
-    if let Some(user_data) = spec.user_data {
+    if let Provided::UserData(user_data) = spec.provided {
         let seed = upper.join("var/lib/cloud/seed/nocloud");
         // The login keys, as a cloud's metadata carries them (JSON strings
         // are YAML scalars).
@@ -140,34 +139,11 @@ pub(crate) fn prepare(
         "# PromGuard local host: no cloud made this host.\n",
         0o644,
     )?;
-    let key_path = upper.join("etc/ssh/ssh_host_ed25519_key");
-    let key_text = key_path.to_string_lossy().into_owned();
-    match spec.host_key {
-        Some(private) => {
-            write(&key_path, private, 0o600)?;
-            let public = run("ssh-keygen", &["-y", "-f", &key_text], None)?;
-            write(
-                &upper.join("etc/ssh/ssh_host_ed25519_key.pub"),
-                &public,
-                0o644,
-            )?;
-        }
-        None => {
-            let comment = format!("root@{}", spec.name);
-            run(
-                "ssh-keygen",
-                &[
-                    "-q", "-t", "ed25519", "-N", "", "-C", &comment, "-f", &key_text,
-                ],
-                None,
-            )?;
-        }
-    }
-    let public_path = upper.join("etc/ssh/ssh_host_ed25519_key.pub");
-    let public = fs::read_to_string(&public_path).map_err(io_context("read", &public_path))?;
-    SshPublicKey::parse(&public)
-        .map(Some)
-        .map_err(|err| format!("ssh-keygen wrote an unusable key: {err}"))
+    let key = match spec.provided {
+        Provided::HostKey(private) => Some(private),
+        _ => None,
+    };
+    install_host_key(&upper.join("etc/ssh/ssh_host_ed25519_key"), key, spec.name).map(Some)
 }
 
 /// The cgroup directories a host's supervisor moves itself into before it
