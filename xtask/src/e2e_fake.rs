@@ -729,7 +729,10 @@ struct TagCleanup {
 impl Drop for TagCleanup {
     fn drop(&mut self) {
         let result = (|| -> Result<()> {
-            let token = promguard_cloud::digitalocean::Token::from_env()?;
+            let token = promguard_cloud::digitalocean::Token::first_of(
+                ["DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN"]
+                    .map(|name| std::env::var(name).ok()),
+            )?;
             let provider = promguard_cloud::digitalocean::DigitalOceanProvider::builder(
                 self.deployment.clone(),
                 token,

@@ -6,9 +6,9 @@
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use promguard_cli::files::render_host;
 use promguard_core::config::Config;
 use promguard_core::planner;
+use promguard_wg::files::host_files as render_host;
 use promguard_wg::Secrets;
 
 fn config(nodes: usize) -> Config {

@@ -59,8 +59,8 @@ pub enum Command {
         #[arg(long, short = 'y')]
         yes: bool,
         /// How many hosts to converge at once.
-        #[arg(long, default_value_t = 16)]
-        parallel: usize,
+        #[arg(long, default_value = "16")]
+        parallel: std::num::NonZeroUsize,
         /// How long to wait for every target to be up, in seconds.
         #[arg(long, default_value_t = 120)]
         verify_timeout: u64,
@@ -79,8 +79,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// How many hosts to read at once (one SSH connection each).
-        #[arg(long, default_value_t = 16)]
-        parallel: usize,
+        #[arg(long, default_value = "16")]
+        parallel: std::num::NonZeroUsize,
     },
     /// Forward a local port to the monitor's Prometheus until Ctrl-C.
     Tunnel {

@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use promguard_cloud::digitalocean::{DigitalOceanProvider, FirstBoot, Timing, Token};
 use promguard_cloud::{CloudError, CloudProvider, Host, HostRequest};
 use promguard_core::config::Config;
-use promguard_core::{HostName, Role, SshPublicKey};
+use promguard_core::{Capabilities, HostName, Role, SshPublicKey};
 
 /// Overrides the API base URL (tests: the fake API).
 pub const URL_ENV: &str = "PROMGUARD_DIGITALOCEAN_URL";
@@ -99,7 +99,9 @@ fn digitalocean_with(
             Some(path)
         }
     };
-    let token = Token::from_env()?;
+    let token = Token::first_of(
+        ["DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN"].map(|name| std::env::var(name).ok()),
+    )?;
     let mut builder = DigitalOceanProvider::builder_from_config(config, token);
     for role in [Role::Monitor, Role::Node] {
         builder = builder.first_boot(
@@ -191,12 +193,8 @@ impl CloudProvider for InNetns {
         self.inner.name()
     }
 
-    fn hosts_need_packages(&self) -> bool {
-        self.inner.hosts_need_packages()
-    }
-
-    fn injects_host_keys(&self) -> bool {
-        self.inner.injects_host_keys()
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
     }
 
     fn discovery_hint(&self) -> &'static str {

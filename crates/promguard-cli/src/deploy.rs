@@ -1,32 +1,30 @@
-//! The workflows that touch hosts: `up` (create, converge, verify), `down`,
-//! and the connections `status`, `tunnel` and `ssh` need.
+//! The glue of the workflows that touch hosts: `up` (provision with
+//! `promguard-cloud`, converge and verify with `promguard-remote`, destroy
+//! removed hosts) and `down`, plus what only a command line has: the
+//! provider and login key chosen from the config and the environment.
 //!
-//! Data flows one way: config -> plan (core) -> hosts (cloud) -> converge
-//! each host (remote) -> verify through the monitor -> state (core). The
-//! state is saved after every step that changes what exists, so an
-//! interrupted run never forgets a host or a key.
+//! The libraries do the work and report it as events ([`Progress`] renders
+//! them); this module orders the steps, measures their time and turns the
+//! result into what `up` prints.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use promguard_cloud::local::{LocalOptions, LocalProvider};
-use promguard_cloud::{CloudProvider, Host, HostRequest};
+use promguard_cloud::provision::{self, ProvisionError, WithoutState};
+use promguard_cloud::CloudProvider;
 use promguard_core::config::ProviderKind;
-use promguard_core::{Change, HostName, HostPlan, Plan, Role, SshPublicKey, State};
-use promguard_remote::recipe::{self, DesiredFile, DesiredHost};
-use promguard_remote::{ConnectOptions, Connection, Connector, SshTarget};
-use promguard_wg::Secrets;
+use promguard_core::{Change, HostName, Journal, Plan, SshPublicKey, State, StateStore};
+use promguard_remote::fleet::{Access, Fleet};
+use promguard_remote::{CancellationToken, Connection, Health, SshTarget, TargetHealth};
 
-use crate::commands::plan::make_plan;
-use crate::files::{render_host, FileKind};
 use crate::progress::Progress;
 use crate::project::Project;
-use crate::prometheus_api::{self, Health, TargetHealth};
 
 /// Everything a run that talks to hosts needs.
 pub struct Context {
@@ -102,58 +100,33 @@ impl Context {
         SshPublicKey::parse(&text).map_err(|e| anyhow!("SSH public key {}: {e}", public.display()))
     }
 
-    fn connector(&self) -> Connector {
+    /// How to log in to the deployment's hosts.
+    pub fn access(&self) -> Access {
         let provider = Arc::clone(&self.provider);
-        Arc::new(move |addr: SocketAddr| provider.connect(addr))
+        Access {
+            identity: self.identity.clone(),
+            default_port: self.project.config.ssh.port,
+            connector: Arc::new(move |addr: SocketAddr| provider.connect(addr)),
+        }
     }
 
     /// How to reach `name` according to `state`.
     pub fn target(&self, state: &State, name: &HostName) -> anyhow::Result<SshTarget> {
-        let record = state
-            .hosts
-            .get(name)
-            .filter(|r| r.created)
-            .ok_or_else(|| anyhow!("host {name} does not exist yet; run `promguard up`"))?;
-        let address = record.public_address.ok_or_else(|| {
-            anyhow!("host {name} has no public address in the state; run `promguard up`")
-        })?;
-        let port = record.ssh_port.unwrap_or(self.project.config.ssh.port);
-        let expected_host_key = record.ssh_host_key.clone();
-        let replacement_host_key = record.ssh_host_key_next.clone();
-        Ok(SshTarget {
-            host: name.clone(),
-            addr: SocketAddr::new(address, port.get()),
-            user: "root".to_owned(),
-            expected_host_key,
-            replacement_host_key,
-            identity: self.identity.clone(),
-        })
+        Ok(self.access().target(state, name)?)
     }
 
-    /// How to reach `name` according to `state`, for commands that only
-    /// talk to hosts `up` made (`status`, `tunnel`, `ssh`): fails unless
-    /// the state pins the host's SSH host key, as a key accepted on first
-    /// use could be anyone's.
+    /// How to reach `name`, for commands that only talk to hosts `up` made
+    /// (`status`, `tunnel`, `ssh`): fails unless the state pins the host's
+    /// SSH host key.
     pub fn pinned_target(&self, state: &State, name: &HostName) -> anyhow::Result<SshTarget> {
-        let target = self.target(state, name)?;
-        if target.expected_host_key.is_none() {
-            bail!(
-                "host {name} has no pinned SSH host key in the state file {}, and PromGuard never trusts a host key on first use; run `promguard up` to pin it",
-                self.project.state_path().display()
-            );
-        }
-        Ok(target)
+        self.access()
+            .pinned_target(state, name)
+            .with_context(|| format!("state file {}", self.project.state_path().display()))
     }
 
-    /// Opens a connection to `name`, verified against the host key the
-    /// state pins (or the recorded next key of a cut-off replacement).
+    /// Opens a connection to `name`, verified against the pinned host key.
     pub fn connect(&self, state: &State, name: &HostName) -> anyhow::Result<Connection> {
-        let target = self.pinned_target(state, name)?;
-        Ok(Connection::connect(
-            &target,
-            &self.connector(),
-            ConnectOptions::default(),
-        )?)
+        Ok(self.access().connect(state, name)?)
     }
 }
 
@@ -178,7 +151,7 @@ pub struct UpOptions {
     /// Destroying removed hosts was confirmed.
     pub yes: bool,
     /// Hosts converged at once.
-    pub parallel: usize,
+    pub parallel: NonZeroUsize,
     /// Bound on waiting for targets.
     pub verify_timeout: Duration,
     /// How long refused, reset or unreachable SSH connections to one host
@@ -189,24 +162,14 @@ pub struct UpOptions {
 /// What `up` did, per host.
 #[derive(Debug, Clone)]
 pub struct UpHost {
-    /// Host name.
-    pub name: HostName,
-    /// Role.
-    pub role: Role,
+    /// What converging did.
+    pub outcome: promguard_remote::HostOutcome,
     /// Region.
     pub region: String,
     /// Public address.
     pub public_address: String,
     /// WireGuard address.
     pub wireguard_address: String,
-    /// Files written and actions taken.
-    pub changed: Vec<String>,
-    /// Remote round trips spent.
-    pub round_trips: u64,
-    /// Wall time spent connecting (TCP, SSH handshake, login).
-    pub connect_time: Duration,
-    /// Wall time spent converging after the connection was up.
-    pub converge_time: Duration,
     /// Health of this host's targets (`up`, or the error).
     pub health: String,
 }
@@ -222,344 +185,6 @@ pub struct UpReport {
     pub targets: Vec<TargetHealth>,
     /// Wall time of each phase (plan, create, converge, destroy, verify).
     pub phases: Vec<(String, Duration)>,
-}
-
-/// Shared, saved-as-it-changes state of a run.
-struct Recorder {
-    path: PathBuf,
-    state: Mutex<State>,
-    saves: Arc<SaveGate>,
-}
-
-impl Recorder {
-    fn update(&self, f: impl FnOnce(&mut State)) -> anyhow::Result<()> {
-        let mut state = self
-            .state
-            .lock()
-            .expect("no panics while holding the state");
-        f(&mut state);
-        let open = self.saves.open.lock().expect("no panics while saving");
-        if !*open {
-            bail!("the run was interrupted; the state was not saved again");
-        }
-        state.save(&self.path)?;
-        Ok(())
-    }
-
-    fn snapshot(&self) -> State {
-        self.state
-            .lock()
-            .expect("no panics while holding the state")
-            .clone()
-    }
-}
-
-/// Lets state saves happen until a signal closes it; closing waits for a
-/// save in progress, so an interrupted run never stops halfway through one.
-struct SaveGate {
-    open: Mutex<bool>,
-    /// Hosts whose recipe is running now. A signal lets them finish: a
-    /// remote script cut short can leave a host half configured.
-    converging: std::sync::atomic::AtomicUsize,
-}
-
-/// Counts one host as converging while it lives.
-struct Converging<'a>(&'a SaveGate);
-
-impl<'a> Converging<'a> {
-    fn start(gate: &'a SaveGate) -> Self {
-        gate.converging
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Self(gate)
-    }
-}
-
-impl Drop for Converging<'_> {
-    fn drop(&mut self) {
-        self.0
-            .converging
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// How long a signal waits for recipes in progress to finish.
-const FINISH_ON_SIGNAL: Duration = Duration::from_secs(30);
-
-/// `up` stopped because of SIGINT or SIGTERM. Every state save before the
-/// signal is complete; none happens after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Interrupted {
-    /// The signal's number (2 for SIGINT, 15 for SIGTERM).
-    pub signal: i32,
-}
-
-impl Interrupted {
-    /// The conventional exit code of a run ended by this signal.
-    pub fn exit_code(&self) -> u8 {
-        (128 + self.signal).clamp(0, 255) as u8
-    }
-}
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self.signal {
-            2 => "SIGINT",
-            15 => "SIGTERM",
-            _ => "a signal",
-        };
-        write!(
-            f,
-            "interrupted by {name}; the state file records every host and key made so far: run `promguard up` again to finish, or `promguard down` to remove everything"
-        )
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
-/// Waits for SIGINT or SIGTERM and returns its number.
-async fn termination_signal() -> anyhow::Result<i32> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    Ok(tokio::select! {
-        _ = int.recv() => 2,
-        _ = term.recv() => 15,
-    })
-}
-
-/// `promguard up`. SIGINT and SIGTERM stop it between state saves and
-/// return [`Interrupted`]; blocking work it started (host creation, remote
-/// scripts) may still be running, so the caller should exit soon after.
-pub async fn up(ctx: &Context, options: &UpOptions) -> anyhow::Result<UpReport> {
-    let _lock = ctx.project.lock()?;
-    let saves = Arc::new(SaveGate {
-        open: Mutex::new(true),
-        converging: Default::default(),
-    });
-    let signals = termination_signal();
-    tokio::pin!(signals);
-    tokio::select! {
-        result = up_locked(ctx, options, &saves) => result,
-        signal = &mut signals => {
-            let signal = signal?;
-            *saves.open.lock().expect("no panics while saving") = false;
-            let busy = || saves.converging.load(std::sync::atomic::Ordering::SeqCst);
-            if busy() > 0 {
-                ctx.progress.note(&format!(
-                    "Interrupted: letting {} host(s) finish the step in progress (at most {} s)",
-                    busy(),
-                    FINISH_ON_SIGNAL.as_secs()
-                ));
-                let deadline = Instant::now() + FINISH_ON_SIGNAL;
-                while busy() > 0 && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            Err(Interrupted { signal }.into())
-        }
-    }
-}
-
-async fn up_locked(
-    ctx: &Context,
-    options: &UpOptions,
-    saves: &Arc<SaveGate>,
-) -> anyhow::Result<UpReport> {
-    let mut phases = Phases::start();
-    let old_state = ctx.project.load_state()?;
-    ctx.provider.preflight().await?;
-    let login_key = ctx.login_public_key()?;
-
-    // Hosts the state does not know were made by a run whose state is lost:
-    // creating the config's hosts again would duplicate them. Hosts it
-    // knows but has not marked created were made by an interrupted run,
-    // after their keys were saved: they are adopted below.
-    let listed = ctx.provider.list_hosts().await?;
-    let unknown: Vec<String> = listed
-        .iter()
-        .filter(|h| {
-            old_state
-                .as_ref()
-                .is_none_or(|s| !s.hosts.contains_key(&h.name))
-        })
-        .map(|h| h.name.to_string())
-        .collect();
-    if !unknown.is_empty() {
-        bail!(
-            "deployment {} already has host(s) {} that the state file {} does not know; they were made by a run whose state is lost: remove them with `promguard down --discover --yes` (the provider finds them by {}), or adopt them by restoring the state file (it holds their WireGuard keys and pinned SSH host keys)",
-            ctx.project.config.deployment,
-            unknown.join(", "),
-            ctx.project.state_path().display(),
-            ctx.provider.discovery_hint(),
-        );
-    }
-
-    let plan = make_plan(&ctx.project, old_state.as_ref())?;
-    let removed: Vec<HostName> = plan
-        .changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::RemoveHost { host } => Some(host.clone()),
-            _ => None,
-        })
-        .collect();
-    if !removed.is_empty() && !options.yes {
-        let names: Vec<String> = removed.iter().map(|h| h.to_string()).collect();
-        bail!(
-            "this run would destroy {} (no longer in the config); run `promguard plan` to review, then `promguard up --yes`",
-            names.join(", ")
-        );
-    }
-    let changes = plan.changes.clone();
-
-    // Record new keys and addresses before anything is created, so nothing
-    // made from here on can be forgotten.
-    let recorder = Arc::new(Recorder {
-        path: ctx.project.state_path(),
-        state: Mutex::new(merge_removed(&plan, old_state.as_ref())),
-        saves: Arc::clone(saves),
-    });
-    recorder.update(|_| ())?;
-    let adopted: Vec<&Host> = {
-        let recorded = recorder.snapshot();
-        listed
-            .iter()
-            .filter(|h| recorded.hosts.get(&h.name).is_some_and(|r| !r.created))
-            .collect()
-    };
-    if !adopted.is_empty() {
-        let names: Vec<String> = adopted.iter().map(|h| h.name.to_string()).collect();
-        ctx.progress.note(&format!(
-            "Adopting {} host(s) an interrupted run created: {}",
-            adopted.len(),
-            names.join(", ")
-        ));
-        recorder.update(|state| {
-            for host in adopted {
-                record_host(state, host);
-            }
-        })?;
-    }
-    phases.end("plan");
-
-    // Create what is missing.
-    let recorded = recorder.snapshot();
-    let to_create: Vec<HostRequest> = plan
-        .hosts
-        .iter()
-        .filter(|h| !recorded.hosts[&h.name].created)
-        .map(|h| HostRequest {
-            name: h.name.clone(),
-            role: h.role,
-            region: h.region.clone(),
-        })
-        .collect();
-    if !to_create.is_empty() {
-        ctx.progress.note(&format!(
-            "Creating {} host(s) on the {} provider",
-            to_create.len(),
-            ctx.provider.name()
-        ));
-        // The keys the new hosts will present are recorded before they are
-        // requested: a run cut off after the request still verifies them.
-        let injected = ctx.provider.prepare_host_keys(&to_create).await?;
-        if !injected.is_empty() {
-            recorder.update(|state| {
-                for (name, key) in &injected {
-                    if let Some(record) = state.hosts.get_mut(name).filter(|r| !r.created) {
-                        record.ssh_host_key = Some(key.clone());
-                        record.ssh_host_key_rotated = false;
-                        record.ssh_host_key_next = None;
-                    }
-                }
-            })?;
-        }
-        ctx.provider.register_ssh_key(&login_key).await?;
-        let created = ctx.provider.create_hosts(&to_create).await;
-        // Whatever exists now is recorded, even when some creations failed.
-        let listed = ctx.provider.list_hosts().await.unwrap_or_default();
-        recorder.update(|state| {
-            for host in listed
-                .iter()
-                .chain(created.as_ref().map(|v| v.as_slice()).unwrap_or(&[]))
-            {
-                record_host(state, host);
-            }
-        })?;
-        if let Err(error) = created {
-            // The run stops here, but the hosts that did come up serve a
-            // host key whose private half every droplet of their batch can
-            // read from the metadata service: replace it on each of them
-            // now rather than leave it until a later run.
-            let error = anyhow::Error::from(error);
-            return Err(match replace_injected_keys(ctx, &recorder, options).await {
-                Ok(()) => error,
-                Err(also) => anyhow!("{error:#}; also, {also:#}"),
-            });
-        }
-    }
-    if to_create.is_empty() {
-        // Creating hosts did this; a run that creates none still carries
-        // changed ports to the provider's firewall.
-        ctx.provider.reconcile_deployment().await?;
-    }
-    phases.end("create");
-
-    // Plan again: public addresses are known now, so peers get endpoints.
-    let state = recorder.snapshot();
-    let plan = make_plan(&ctx.project, Some(&state))?;
-
-    // Converge every host concurrently.
-    let (hosts, monitor_conn) = converge_all(ctx, &plan, &recorder, options).await?;
-    phases.end("converge");
-
-    // Removed hosts go last: the monitor has dropped their peers by now.
-    if !removed.is_empty() {
-        ctx.progress
-            .note(&format!("Destroying {} removed host(s)", removed.len()));
-        ctx.provider.destroy_hosts(&removed).await?;
-        recorder.update(|state| {
-            for name in &removed {
-                state.hosts.remove(name);
-                state
-                    .preshared_keys
-                    .retain(|p| &p.node != name && &p.monitor != name);
-            }
-        })?;
-    }
-    phases.end("destroy");
-
-    // Verify through the monitor, on the connection converge used.
-    let conn = monitor_conn.ok_or_else(|| anyhow!("the monitor's connection was lost"))?;
-    let (targets, verify_round_trips) = verify(ctx, &plan, conn, options.verify_timeout).await?;
-    phases.end("verify");
-    let hosts = hosts
-        .into_iter()
-        .map(|mut h| {
-            if h.role == Role::Monitor {
-                h.round_trips += verify_round_trips;
-            }
-            let mine: Vec<&TargetHealth> = targets
-                .iter()
-                .filter(|t| t.instance == h.name.as_str())
-                .collect();
-            h.health = if mine.iter().all(|t| t.health == Health::Up) && !mine.is_empty() {
-                "up".to_owned()
-            } else {
-                mine.iter()
-                    .map(|t| format!("{} {}", t.job, t.health))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            h
-        })
-        .collect();
-    Ok(UpReport {
-        changes,
-        hosts,
-        targets,
-        phases: phases.done,
-    })
 }
 
 /// Wall time per phase of a run, for `--report` and benchmarks.
@@ -583,482 +208,148 @@ impl Phases {
     }
 }
 
-/// The plan's next state, keeping records of hosts that are to be removed
-/// until they are really destroyed.
-fn merge_removed(plan: &Plan, old: Option<&State>) -> State {
-    let mut next = plan.next_state.clone();
-    if let Some(old) = old {
-        for (name, record) in &old.hosts {
-            if !next.hosts.contains_key(name) && record.created {
-                next.hosts.insert(name.clone(), record.clone());
-            }
-        }
-        for pair in &old.preshared_keys {
-            if next.preshared_key(&pair.monitor, &pair.node).is_none() {
-                next.preshared_keys.push(pair.clone());
-            }
-        }
+/// Plans the project against `state` and adds the file changes on hosts
+/// that exist.
+pub fn make_plan(project: &Project, state: Option<&State>) -> anyhow::Result<Plan> {
+    let mut plan = promguard_core::planner::plan(&project.config, state)?;
+    if let Some(state) = state {
+        promguard_wg::files::add_file_changes(&mut plan, state);
     }
-    next
+    Ok(plan)
 }
 
-fn record_host(state: &mut State, host: &Host) {
-    if let Some(record) = state.hosts.get_mut(&host.name) {
-        record.created = true;
-        record.provider_id = Some(host.id.clone());
-        record.public_address = Some(host.public_address);
-        record.ssh_port = promguard_core::Port::new(host.ssh.port()).ok();
-        if let Some(key) = &host.ssh_host_key {
-            match &record.ssh_host_key {
-                // A pinned key is never replaced by what a provider reports.
-                Some(_) => {}
-                None => record.ssh_host_key = Some(key.clone()),
-            }
-        }
-    }
-}
-
-/// What the recipe needs to converge `host`.
-pub fn desired_host(ctx: &Context, host: &HostPlan) -> DesiredHost {
-    let node_exporter = host
-        .exporters
-        .iter()
-        .find(|e| e.managed)
-        .expect("every host runs node_exporter");
-    DesiredHost {
-        name: host.name.clone(),
-        role: host.role,
-        interface: host.interface.name.clone(),
-        wireguard_address: host.interface.address,
-        files: render_host(host, Secrets::Include)
-            .into_iter()
-            .map(|f| {
-                let kind = match f.kind {
-                    FileKind::WireGuard => recipe::FileKind::WireguardConfig,
-                    FileKind::Nftables => recipe::FileKind::Firewall,
-                    FileKind::Prometheus => recipe::FileKind::PrometheusConfig,
-                    FileKind::Targets => recipe::FileKind::ScrapeTargets,
-                };
-                DesiredFile::new(kind, f.path, f.mode, f.content.into_bytes())
-            })
-            .collect(),
-        node_exporter_listen: node_exporter.listen,
-        prometheus_listen: host.prometheus.as_ref().map(|p| p.listen),
-        install_packages: ctx.provider.hosts_need_packages(),
-    }
-}
-
-async fn converge_all(
+/// `promguard up`. Cancelling `cancel` stops it between state saves (hosts
+/// whose recipe runs get a moment to finish it); blocking work it started
+/// (host creation, remote scripts) may still be running then, so the
+/// caller should exit soon after.
+pub async fn up(
     ctx: &Context,
-    plan: &Plan,
-    recorder: &Arc<Recorder>,
     options: &UpOptions,
-) -> anyhow::Result<(Vec<UpHost>, Option<Connection>)> {
-    let parallel = options.parallel;
-    let connect_options = ConnectOptions {
-        retry_for: options.connect_timeout,
-        ..ConnectOptions::default()
+    cancel: &CancellationToken,
+) -> anyhow::Result<UpReport> {
+    let _lock = ctx.project.lock()?;
+    let mut phases = Phases::start();
+    let store: Arc<dyn StateStore> = Arc::new(ctx.project.store());
+    let old = store.load_for(&ctx.project.config.deployment)?;
+    let login_key = ctx.login_public_key()?;
+    let plan = make_plan(&ctx.project, old.as_ref())?;
+    let changes = plan.changes.clone();
+    let removed = plan.removed_hosts();
+    if !removed.is_empty() && !options.yes {
+        let names: Vec<String> = removed.iter().map(|h| h.to_string()).collect();
+        bail!(
+            "this run would destroy {} (no longer in the config); run `promguard plan` to review, then `promguard up --yes`",
+            names.join(", ")
+        );
+    }
+    let journal = Arc::new(Journal::new(
+        Arc::clone(&store),
+        old.unwrap_or_else(|| State::new(ctx.project.config.deployment.clone())),
+    ));
+    let observer = Arc::new(ctx.progress.clone());
+    let fleet = Fleet {
+        observer: observer.clone(),
+        cancel: cancel.clone(),
+        parallel: options.parallel,
+        connect_timeout: options.connect_timeout,
+        ..Fleet::new(
+            ctx.access(),
+            Arc::clone(&journal),
+            ctx.provider.capabilities(),
+        )
     };
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    let state = recorder.snapshot();
-    for (index, host) in plan.hosts.iter().enumerate() {
-        let line = ctx.progress.host(host.name.as_str());
-        line.phase("waiting");
-        let target = ctx.target(&state, &host.name)?;
-        let connector = ctx.connector();
-        let desired = desired_host(ctx, host);
-        let digests: BTreeMap<String, String> = render_host(host, Secrets::Include)
-            .iter()
-            .map(|f| (f.path.clone(), f.digest()))
-            .collect();
-        let semaphore = Arc::clone(&semaphore);
-        let recorder = Arc::clone(recorder);
-        let connect_options = connect_options.clone();
-        let saves = Arc::clone(&recorder.saves);
-        // A provider that injects host keys knows every key of a host a
-        // recorded run made; a host without one existed before the state
-        // knew it, and is never connected to unverified.
-        let unknown_key = target.expected_host_key.is_none() && ctx.provider.injects_host_keys();
-        // A host key the provider injected is replaced once, right after
-        // the first (verified) connection.
-        let rotate = state
-            .hosts
-            .get(&host.name)
-            .is_some_and(|r| crate::host_key::needs_rotation(ctx.provider.as_ref(), r))
-            .then(|| Arc::clone(&recorder));
-        let summary = UpHost {
-            name: host.name.clone(),
-            role: host.role,
-            region: host.region.to_string(),
-            public_address: host
-                .public_address
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            wireguard_address: host.interface.address.to_string(),
-            changed: Vec::new(),
-            round_trips: 0,
-            connect_time: Duration::ZERO,
-            converge_time: Duration::ZERO,
-            health: String::new(),
-        };
-        tasks.spawn(async move {
-            let _permit = semaphore
-                .acquire_owned()
-                .await
-                .expect("semaphore never closes");
-            let name = target.host.clone();
-            let result = tokio::task::spawn_blocking(
-                move || -> anyhow::Result<(UpHost, Option<SshPublicKey>, Connection)> {
-                    if unknown_key {
-                        bail!("{}", unknown_host_key(&target.host));
-                    }
-                    line.phase("connecting");
-                    let connecting = Instant::now();
-                    let conn = Connection::connect(&target, &connector, connect_options)?;
-                    let connect_time = connecting.elapsed();
-                    let converging = Instant::now();
-                    if let Some(recorder) = &rotate {
-                        line.phase("replacing the injected SSH host key");
-                        replace_key(recorder, &conn, &target, &connector)?;
-                    }
-                    let pinned = (rotate.is_none() && target.expected_host_key.is_none())
-                        .then(|| conn.presented_host_key().clone());
-                    line.phase("converging");
-                    let report = {
-                        let _converging = Converging::start(&saves);
-                        recipe::converge(&conn, &desired)?
-                    };
-                    for action in report.changed_files.iter().chain(&report.actions) {
-                        line.detail(action);
-                    }
-                    let mut summary = summary;
-                    summary.changed = report
-                        .changed_files
-                        .iter()
-                        .chain(&report.actions)
-                        .cloned()
-                        .collect();
-                    summary.round_trips = conn.round_trips();
-                    summary.connect_time = connect_time;
-                    summary.converge_time = converging.elapsed();
-                    line.finish(&if summary.changed.is_empty() {
-                        "unchanged".to_owned()
-                    } else {
-                        format!("converged ({} change(s))", summary.changed.len())
-                    });
-                    Ok((summary, pinned, conn))
-                },
-            )
-            .await
-            .map_err(|e| anyhow!("host {name}: task failed: {e}"))
-            .and_then(|r| r);
-            match result {
-                Ok((summary, pinned, conn)) => {
-                    let name = summary.name.clone();
-                    recorder.update(|state| {
-                        if let Some(record) = state.hosts.get_mut(&name) {
-                            record.files = digests;
-                            if let Some(key) = pinned {
-                                record.ssh_host_key = Some(key);
-                            }
-                        }
-                    })?;
-                    // The monitor's connection is kept for verification, so
-                    // every host sees exactly one SSH connection per run.
-                    let conn = (summary.role == Role::Monitor).then_some(conn);
-                    Ok((index, summary, conn))
-                }
-                Err(e) => Err(e.context(format!("host {name}"))),
-            }
-        });
-    }
-    let mut done: Vec<(usize, UpHost)> = Vec::new();
-    let mut monitor_conn = None;
-    let mut failures = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok((index, summary, conn))) => {
-                done.push((index, summary));
-                monitor_conn = monitor_conn.or(conn);
-            }
-            Ok(Err(e)) => failures.push(format!("{e:#}")),
-            Err(e) => failures.push(format!("a host task failed: {e}")),
+    let provider = ctx.provider.as_ref();
+    phases.end("plan");
+    match provision::provision(provider, &plan, &journal, &login_key, &*observer, cancel).await {
+        Ok(_) => {}
+        Err(ProvisionError::Create { source, .. }) => {
+            // The run stops here, but the hosts that did come up serve a
+            // host key whose private half every droplet of their batch can
+            // read from the metadata service: replace it on each of them
+            // now rather than leave it until a later run.
+            let error = anyhow::Error::from(source);
+            return Err(match fleet.replace_injected_keys().await {
+                Ok(()) => error,
+                Err(also) => anyhow!("{error:#}; also, {also:#}"),
+            });
         }
+        Err(e) => return Err(e.into()),
     }
-    if !failures.is_empty() {
-        bail!(
-            "{} of {} host(s) failed to converge (the others did): {}",
-            failures.len(),
-            plan.hosts.len(),
-            failures.join("; ")
-        );
-    }
-    done.sort_by_key(|(i, _)| *i);
-    Ok((done.into_iter().map(|(_, h)| h).collect(), monitor_conn))
-}
+    phases.end("create");
 
-/// Why a host whose SSH host key is not known is not connected to.
-fn unknown_host_key(name: &HostName) -> String {
-    format!(
-        "host {name}: its SSH host key is not known (it existed before the state file recorded one), and PromGuard never connects to a host it cannot verify; restore the state file that pinned its key, or remove the deployment with `promguard down --discover --yes` and run `promguard up` again"
-    )
-}
+    // Plan again: public addresses are known now, so peers get endpoints.
+    let plan = make_plan(&ctx.project, Some(&journal.snapshot()))?;
+    let mut converged = fleet.converge(&plan).await?;
+    phases.end("converge");
 
-/// Replaces the injected host key of the host `conn` reaches, recording
-/// each step in the state. Blocking.
-fn replace_key(
-    recorder: &Recorder,
-    conn: &Connection,
-    target: &SshTarget,
-    connector: &Connector,
-) -> anyhow::Result<()> {
-    crate::host_key::replace_injected(
-        conn,
-        target,
-        connector,
-        |key| recorder.update(|state| crate::host_key::pin_next(state, &target.host, key)),
-        |key| recorder.update(|state| crate::host_key::pin(state, &target.host, key)),
-    )
-}
+    // Removed hosts go last: the monitor has dropped their peers by now.
+    provision::destroy_removed(provider, &plan, &journal, &*observer, cancel).await?;
+    phases.end("destroy");
 
-/// Replaces the injected host key of every created host that still serves
-/// one, concurrently: what `up` does when some hosts failed to come up and
-/// the run cannot converge. Hosts whose key is not known are not connected
-/// to; every failure is reported.
-async fn replace_injected_keys(
-    ctx: &Context,
-    recorder: &Arc<Recorder>,
-    options: &UpOptions,
-) -> anyhow::Result<()> {
-    let state = recorder.snapshot();
-    let connect_options = ConnectOptions {
-        retry_for: options.connect_timeout,
-        ..ConnectOptions::default()
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut failures = Vec::new();
-    for (name, record) in &state.hosts {
-        let due = record.created
-            && record.public_address.is_some()
-            && crate::host_key::needs_rotation(ctx.provider.as_ref(), record);
-        if !due {
-            continue;
-        }
-        let target = ctx.target(&state, name)?;
-        if target.expected_host_key.is_none() {
-            failures.push(unknown_host_key(name));
-            continue;
-        }
-        let line = ctx.progress.host(name.as_str());
-        let connector = ctx.connector();
-        let recorder = Arc::clone(recorder);
-        let connect_options = connect_options.clone();
-        tasks.spawn_blocking(move || -> anyhow::Result<()> {
-            line.phase("replacing the injected SSH host key");
-            let result = Connection::connect(&target, &connector, connect_options)
-                .map_err(anyhow::Error::from)
-                .and_then(|conn| replace_key(&recorder, &conn, &target, &connector));
-            match &result {
-                Ok(()) => line.finish("SSH host key replaced"),
-                Err(_) => line.finish("SSH host key not replaced"),
-            }
-            result.with_context(|| format!("host {}", target.host))
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failures.push(format!("{e:#}")),
-            Err(e) => failures.push(format!("a host task failed: {e}")),
-        }
-    }
-    if !failures.is_empty() {
-        bail!(
-            "the injected SSH host key could not be replaced on {} host(s): {}",
-            failures.len(),
-            failures.join("; ")
-        );
-    }
-    Ok(())
-}
-
-/// Reads the monitor's targets.
-pub fn fetch_targets(
-    conn: &Connection,
-    prometheus: SocketAddr,
-) -> anyhow::Result<Vec<TargetHealth>> {
-    let (status, body) = conn.http_get(prometheus, prometheus_api::TARGETS_PATH)?;
-    if status != 200 {
-        bail!(
-            "Prometheus answered HTTP {status} to {}",
-            prometheus_api::TARGETS_PATH
-        );
-    }
-    let mut targets = prometheus_api::parse_targets(&body).map_err(|e| anyhow!(e))?;
-    targets.sort_by(|a, b| (&a.instance, &a.job).cmp(&(&b.instance, &b.job)));
-    Ok(targets)
-}
-
-async fn verify(
-    ctx: &Context,
-    plan: &Plan,
-    conn: Connection,
-    timeout: Duration,
-) -> anyhow::Result<(Vec<TargetHealth>, u64)> {
-    let monitor = plan.monitor();
-    let prometheus = monitor
-        .prometheus
-        .as_ref()
-        .expect("the monitor runs Prometheus");
-    let expected: Vec<(String, String)> = prometheus
-        .targets
-        .iter()
-        .map(|t| (t.job.to_string(), format!("http://{}/metrics", t.address)))
-        .collect();
-    let line = ctx.progress.host(monitor.name.as_str());
-    line.phase("verifying targets");
-    let listen = prometheus.listen;
-    let result =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<TargetHealth>, u64)> {
-            let before = conn.round_trips();
-            let start = Instant::now();
-            let mut last: Result<Vec<TargetHealth>, String>;
-            let mut delay = Duration::from_millis(100);
-            loop {
-                match fetch_targets(&conn, listen) {
-                    Ok(targets) => {
-                        let all_up = expected.iter().all(|(job, url)| {
-                            targets.iter().any(|t| {
-                                &t.job == job && &t.scrape_url == url && t.health == Health::Up
-                            })
-                        });
-                        // Removed targets must be gone too: Prometheus notices
-                        // file_sd changes shortly after they are written.
-                        let expected_target = |t: &TargetHealth| {
-                            expected
-                                .iter()
-                                .any(|(job, url)| &t.job == job && &t.scrape_url == url)
-                        };
-                        if all_up && targets.iter().all(expected_target) {
-                            return Ok((targets, conn.round_trips() - before));
-                        }
-                        last = Ok(targets);
-                    }
-                    Err(e) => last = Err(format!("{e:#}")),
-                }
-                if start.elapsed() >= timeout {
-                    break;
-                }
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_millis(500));
-            }
-            let detail = match last {
-                Err(e) => format!("Prometheus did not answer: {e}"),
-                Ok(targets) => expected
-                    .iter()
-                    .filter_map(|(job, url)| {
-                        let found = targets
-                            .iter()
-                            .find(|t| &t.job == job && &t.scrape_url == url);
-                        match found {
-                            Some(t) if t.health == Health::Up => None,
-                            Some(t) => Some(format!(
-                                "{} ({job}) at {url} is {}: {}",
-                                t.instance,
-                                t.health,
-                                if t.last_error.is_empty() {
-                                    "not scraped yet"
-                                } else {
-                                    &t.last_error
-                                }
-                            )),
-                            None => Some(format!("{job} target {url} is not known to Prometheus")),
-                        }
-                    })
-                    .chain(
-                        targets
-                            .iter()
-                            .filter(|t| {
-                                !expected
-                                    .iter()
-                                    .any(|(job, url)| &t.job == job && &t.scrape_url == url)
-                            })
-                            .map(|t| {
-                                format!(
-                                    "{} ({}) at {} was removed but Prometheus still scrapes it",
-                                    t.instance, t.job, t.scrape_url
-                                )
-                            }),
-                    )
+    let verified = fleet
+        .verify(&plan, &mut converged, options.verify_timeout)
+        .await?;
+    phases.end("verify");
+    let hosts = converged
+        .hosts
+        .into_iter()
+        .filter_map(|outcome| {
+            let host = plan.host(&outcome.name)?;
+            let mine: Vec<&TargetHealth> = verified
+                .targets
+                .iter()
+                .filter(|t| t.instance == host.name.as_str())
+                .collect();
+            let health = if mine.iter().all(|t| t.health == Health::Up) && !mine.is_empty() {
+                "up".to_owned()
+            } else {
+                mine.iter()
+                    .map(|t| format!("{} {}", t.job, t.health))
                     .collect::<Vec<_>>()
-                    .join("; "),
+                    .join(", ")
             };
-            bail!(
-                "not every target was up after {} s: {detail}; run `promguard status` for details",
-                timeout.as_secs()
-            )
+            Some(UpHost {
+                region: host.region.to_string(),
+                public_address: host
+                    .public_address
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                wireguard_address: host.interface.address.to_string(),
+                health,
+                outcome,
+            })
         })
-        .await
-        .map_err(|e| anyhow!("verification task failed: {e}"))?;
-    match &result {
-        Ok(_) => line.finish("every target is up"),
-        Err(_) => line.finish("verification failed"),
-    }
-    result
+        .collect();
+    Ok(UpReport {
+        changes,
+        hosts,
+        targets: verified.targets,
+        phases: phases.done,
+    })
 }
 
 /// `promguard down`: destroys every host of the deployment and forgets
-/// them. The provider finds the hosts itself (by tag on a cloud, by its
-/// namespace records on the local provider), so hosts an interrupted `up`
-/// made before recording them are removed too. Without a state file it
-/// refuses unless `discover` is set: destroying what a provider finds under
-/// a deployment name nobody has state for must be asked for explicitly.
-pub async fn down(ctx: &Context, discover: bool) -> anyhow::Result<usize> {
+/// them. Without a state file it refuses unless `without_state` says to
+/// destroy what the provider finds.
+pub async fn down(ctx: &Context, without_state: WithoutState) -> anyhow::Result<usize> {
     let _lock = ctx.project.lock()?;
-    let state = ctx.project.load_state()?;
-    if state.is_none() && !discover {
-        bail!(
-            "there is no state file {}; to destroy the hosts the {} provider finds for deployment {} anyway, run `promguard down --discover --yes`",
-            ctx.project.state_path().display(),
-            ctx.provider.name(),
-            ctx.project.config.deployment
-        );
-    }
-    ctx.provider.preflight().await?;
-    // The listing only counts hosts; it fails when a host never got an
-    // address, and that host must go too.
-    let listed = match ctx.provider.list_hosts().await {
-        Ok(listed) => listed,
-        Err(e) => {
-            ctx.progress.note(&format!(
-                "Cannot list every host ({e}); destroying the deployment anyway"
-            ));
-            Vec::new()
-        }
-    };
-    ctx.provider.destroy_deployment().await?;
-    if let Some(mut state) = state {
-        let count = state
-            .hosts
-            .values()
-            .filter(|h| h.created)
-            .count()
-            .max(listed.len());
-        state.hosts.clear();
-        state.preshared_keys.clear();
-        state.save(&ctx.project.state_path())?;
-        return Ok(count);
-    }
-    Ok(listed.len())
+    Ok(provision::destroy_deployment(
+        ctx.provider.as_ref(),
+        &ctx.project.store(),
+        &ctx.project.config.deployment,
+        without_state,
+        &ctx.progress,
+    )
+    .await?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use promguard_cloud::CloudError;
+    use promguard_cloud::{CloudError, Host, HostRequest};
     use promguard_core::config::{Config, ProviderKind};
     use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Mutex;
 
     const MONITOR_KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJbHkQpvXXXlCrfm9GPh94TOs3h4/BEQKAsLxu2dEiob";
@@ -1098,12 +389,12 @@ mod tests {
             "scripted"
         }
 
-        fn hosts_need_packages(&self) -> bool {
-            true
-        }
-
-        fn injects_host_keys(&self) -> bool {
-            true
+        fn capabilities(&self) -> promguard_core::Capabilities {
+            promguard_core::Capabilities {
+                programs: promguard_core::Programs::Packages,
+                host_keys: promguard_core::HostKeys::Injected,
+                lifecycle: promguard_core::Lifecycle::Disposable,
+            }
         }
 
         fn discovery_hint(&self) -> &'static str {
@@ -1183,11 +474,13 @@ mod tests {
         };
         let options = UpOptions {
             yes: false,
-            parallel: 4,
+            parallel: std::num::NonZeroUsize::new(4).unwrap(),
             verify_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_millis(100),
         };
-        let error = up(&ctx, &options).await.unwrap_err();
+        let error = up(&ctx, &options, &CancellationToken::new())
+            .await
+            .unwrap_err();
         let dialed = provider.dialed.lock().unwrap().clone();
         (format!("{error:#}"), dialed)
     }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use promguard_core::config::{Config, CONFIG_FILE};
-use promguard_core::state::{State, StateLock};
+use promguard_core::state::{State, StateFile, StateLock};
+use promguard_core::StateStore;
 
 /// File name of the state, beside the config.
 pub const STATE_FILE: &str = "promguard.state.json";
@@ -63,22 +64,15 @@ impl Project {
             .join(self.config.deployment.as_str())
     }
 
+    /// The state file as a store.
+    pub fn store(&self) -> StateFile {
+        StateFile::new(self.state_path())
+    }
+
     /// Reads the state, if there is one, and checks it belongs to this
     /// deployment.
     pub fn load_state(&self) -> anyhow::Result<Option<State>> {
-        let path = self.state_path();
-        let state = State::load(&path)?;
-        if let Some(s) = &state {
-            if s.deployment != self.config.deployment {
-                return Err(promguard_core::state::StateError::WrongDeployment {
-                    path,
-                    found: s.deployment.to_string(),
-                    expected: self.config.deployment.to_string(),
-                }
-                .into());
-            }
-        }
-        Ok(state)
+        Ok(self.store().load_for(&self.config.deployment)?)
     }
 
     /// The state of a deployment that has hosts; commands that talk to hosts

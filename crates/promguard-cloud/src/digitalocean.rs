@@ -12,7 +12,7 @@
 //! use promguard_cloud::digitalocean::{DigitalOceanProvider, Token};
 //! use promguard_cloud::CloudProvider;
 //! let deployment = promguard_core::DeploymentName::new("demo").unwrap();
-//! let provider = DigitalOceanProvider::builder(deployment, Token::from_env()?)
+//! let provider = DigitalOceanProvider::builder(deployment, Token::new("dop_v1_..."))
 //!     .firewall(Some(51820))
 //!     .build()?;
 //! provider.preflight().await?;
@@ -26,7 +26,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use promguard_core::config::Config;
-use promguard_core::{DeploymentName, HostName, Region, Role, SshPublicKey};
+use promguard_core::{
+    Capabilities, DeploymentName, HostKeys, HostName, Lifecycle, Programs, Region, Role,
+    SshPublicKey,
+};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::json;
@@ -58,21 +61,20 @@ impl Token {
         Self(token.into().trim().to_owned())
     }
 
-    /// Reads `DIGITALOCEAN_TOKEN`, else `DIGITALOCEAN_ACCESS_TOKEN` (as
-    /// `doctl` does).
-    pub fn from_env() -> Result<Self, CloudError> {
-        for name in ["DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN"] {
-            if let Ok(value) = std::env::var(name) {
-                if !value.trim().is_empty() {
-                    return Ok(Self::new(value));
-                }
-            }
-        }
-        Err(CloudError::Missing {
-            provider: PROVIDER,
-            what: "no API token: neither DIGITALOCEAN_TOKEN nor DIGITALOCEAN_ACCESS_TOKEN is set".into(),
-            fix: "create a personal access token with read and write scope at https://cloud.digitalocean.com/account/api/tokens and export DIGITALOCEAN_TOKEN=<token>".into(),
-        })
+    /// The first of `values` (say, the variables `DIGITALOCEAN_TOKEN` and
+    /// `DIGITALOCEAN_ACCESS_TOKEN`, as `doctl` reads them) that is set and
+    /// not blank; the caller reads the environment, this crate never does.
+    pub fn first_of(values: impl IntoIterator<Item = Option<String>>) -> Result<Self, CloudError> {
+        values
+            .into_iter()
+            .flatten()
+            .find(|v| !v.trim().is_empty())
+            .map(Self::new)
+            .ok_or_else(|| CloudError::Missing {
+                provider: PROVIDER,
+                what: "no API token: neither DIGITALOCEAN_TOKEN nor DIGITALOCEAN_ACCESS_TOKEN is set".into(),
+                fix: "create a personal access token with read and write scope at https://cloud.digitalocean.com/account/api/tokens and export DIGITALOCEAN_TOKEN=<token>".into(),
+            })
     }
 
     /// The secret itself, for the `Authorization` header only.
@@ -1045,14 +1047,14 @@ impl CloudProvider for DigitalOceanProvider {
         PROVIDER
     }
 
-    /// Droplets boot from a stock image.
-    fn hosts_need_packages(&self) -> bool {
-        true
-    }
-
-    /// Through cloud-init user data.
-    fn injects_host_keys(&self) -> bool {
-        true
+    /// Droplets boot from a stock image and get their SSH host keys
+    /// through cloud-init user data.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            programs: Programs::Packages,
+            host_keys: HostKeys::Injected,
+            lifecycle: Lifecycle::Disposable,
+        }
     }
 
     fn discovery_hint(&self) -> &'static str {

@@ -1,21 +1,42 @@
 //! Where hosts come from. The [`CloudProvider`] trait creates, lists and
-//! destroys a deployment's hosts; providers implement it: [`local`] (network,
-//! mount and PID namespaces on this machine) and, later, DigitalOcean.
+//! destroys a deployment's hosts; providers implement it: [`local`] (hosts
+//! on this machine: namespaces, or Debian booted with systemd-nspawn) and
+//! [`digitalocean`]. [`provision`] makes the hosts a plan needs in an order
+//! that survives being cut off anywhere, recording each step in a
+//! [`Journal`](promguard_core::Journal).
 //!
 //! This crate knows nothing about what runs on a host: it hands back
 //! addresses, SSH endpoints and SSH host keys, and a way to open a TCP
 //! connection to a host's SSH port.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use promguard_cloud::local::{LocalOptions, LocalProvider};
+//! use promguard_cloud::provision::{provision, CancellationToken};
+//! use promguard_core::{config::Config, planner, Journal, MemoryStore, State, SshPublicKey};
+//!
+//! let config = Config::default();
+//! let provider = LocalProvider::new(config.deployment.clone(), LocalOptions::default());
+//! let journal = Journal::new(Arc::new(MemoryStore::default()), State::new(config.deployment.clone()));
+//! let plan = planner::plan(&config, None)?;
+//! let login = SshPublicKey::parse("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJbHkQpvXXXlCrfm9GPh94TOs3h4/BEQKAsLxu2dEiob")?;
+//! let made = provision(&provider, &plan, &journal, &login, &(), &CancellationToken::new()).await?;
+//! println!("created {:?}", made.created);
+//! # Ok(()) }
+//! ```
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
 
 use async_trait::async_trait;
 pub use promguard_core::SshPublicKey;
-use promguard_core::{DeploymentName, HostName, Region, Role};
+use promguard_core::{Capabilities, DeploymentName, HostName, Region, Role};
 
 pub mod digitalocean;
 #[cfg(feature = "fake-digitalocean")]
 pub mod fake_digitalocean;
 pub mod local;
+pub mod provision;
 
 /// Errors of a provider.
 #[derive(Debug, thiserror::Error)]
@@ -95,21 +116,14 @@ pub trait CloudProvider: Send + Sync {
     /// Short name for messages (`local`, `digitalocean`).
     fn name(&self) -> &'static str;
 
-    /// Whether this provider's hosts come without the packages PromGuard
-    /// runs, so the recipe installs them with apt (cloud images, the local
-    /// provider's systemd hosts), rather than sharing programs already
-    /// installed (the local provider's namespace hosts). Required, not
-    /// defaulted, so that a wrapping provider cannot drop it.
-    fn hosts_need_packages(&self) -> bool;
-
-    /// Whether this provider puts SSH host keys it made into the hosts it
-    /// creates (through user data, see [`CloudProvider::prepare_host_keys`]):
-    /// then every host's key is known before the first connection, a host
-    /// without a recorded key is never connected to, and the injected key
-    /// (readable in the host's metadata) is replaced right after the first
-    /// verified connection. Providers whose hosts report a key they made
-    /// themselves (local hosts) say no. Required, not defaulted.
-    fn injects_host_keys(&self) -> bool;
+    /// What this provider's hosts are like: whether the recipe installs
+    /// PromGuard's programs with apt (cloud images, the local provider's
+    /// systemd hosts) or finds them installed (namespace hosts); whether
+    /// their SSH host keys are injected through user data (see
+    /// [`CloudProvider::prepare_host_keys`]) or made by the host; whether
+    /// PromGuard may destroy them. Required, not defaulted, so that a
+    /// wrapping provider cannot drop it.
+    fn capabilities(&self) -> Capabilities;
 
     /// How this provider finds a deployment's hosts without a state file
     /// (`down --discover`), for messages: "their tags", "their namespaces".

@@ -36,7 +36,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ipnetwork::Ipv4Network;
 use promguard_core::config::LocalHostKind;
-use promguard_core::{DeploymentName, HostName, Port, SshPublicKey};
+use promguard_core::{
+    Capabilities, DeploymentName, HostKeys, HostName, Lifecycle, Port, Programs, SshPublicKey,
+};
 
 use crate::{CloudError, CloudProvider, Host, HostRequest};
 use host::{HostDir, HostSpec};
@@ -904,14 +906,17 @@ impl CloudProvider for LocalProvider {
     }
 
     /// Systemd hosts boot from a bare image and install with apt;
-    /// namespace hosts share this machine's programs.
-    fn hosts_need_packages(&self) -> bool {
-        self.options.hosts == LocalHostKind::Systemd
-    }
-
-    /// A local host's key is made here and reported from its file.
-    fn injects_host_keys(&self) -> bool {
-        false
+    /// namespace hosts share this machine's programs. A local host's key
+    /// is made with the host and reported from its file.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            programs: match self.options.hosts {
+                LocalHostKind::Systemd => Programs::Packages,
+                LocalHostKind::Namespace => Programs::Preinstalled,
+            },
+            host_keys: HostKeys::FromHost,
+            lifecycle: Lifecycle::Disposable,
+        }
     }
 
     fn discovery_hint(&self) -> &'static str {

@@ -15,7 +15,10 @@
 //! assert_eq!(plan.monitor().interface.address.to_string(), "10.0.0.1");
 //! ```
 
+pub mod capabilities;
 pub mod config;
+pub mod events;
+pub mod journal;
 pub mod keys;
 pub mod names;
 pub mod nftables;
@@ -25,6 +28,9 @@ pub mod prometheus;
 pub mod ssh;
 pub mod state;
 
+pub use capabilities::{Capabilities, HostKeys, Lifecycle, Programs};
+pub use events::{Event, Observer, Outcome, Step};
+pub use journal::{Journal, MemoryStore, StateStore};
 pub use keys::{PresharedKey, PrivateKey, PublicKey};
 pub use names::{DeploymentName, ExporterName, HostName, InterfaceName, Port, Region};
 pub use plan::{
@@ -32,4 +38,4 @@ pub use plan::{
     Role, ScrapeTarget,
 };
 pub use ssh::SshPublicKey;
-pub use state::{HostRecord, State, StateLock};
+pub use state::{HostRecord, State, StateFile, StateLock};

@@ -71,6 +71,35 @@ impl Plan {
             .find(|h| h.role == Role::Monitor)
             .expect("a plan always has a monitor")
     }
+
+    /// Hosts the state has and the config no longer names.
+    pub fn removed_hosts(&self) -> Vec<HostName> {
+        self.changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::RemoveHost { host } => Some(host.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The state to record before anything is created: the plan's next
+    /// state, still holding the records (and preshared keys) of created
+    /// hosts that are to be removed, until they really are destroyed.
+    pub fn state_to_record(&self, old: &State) -> State {
+        let mut next = self.next_state.clone();
+        for (name, record) in &old.hosts {
+            if !next.hosts.contains_key(name) && record.created {
+                next.hosts.insert(name.clone(), record.clone());
+            }
+        }
+        for pair in &old.preshared_keys {
+            if next.preshared_key(&pair.monitor, &pair.node).is_none() {
+                next.preshared_keys.push(pair.clone());
+            }
+        }
+        next
+    }
 }
 
 /// Everything one host should run and contain.

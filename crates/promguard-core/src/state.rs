@@ -55,10 +55,10 @@ pub enum StateError {
         supported: u32,
     },
     /// The state belongs to a different deployment than the config.
-    #[error("state file {path} belongs to deployment {found:?}, but the config names {expected:?}; use the matching config or another state file")]
+    #[error("{location} belongs to deployment {found:?}, but the config names {expected:?}; use the matching config or another state file")]
     WrongDeployment {
-        /// The state file.
-        path: PathBuf,
+        /// Where the state is ([`StateStore::location`](crate::journal::StateStore::location)).
+        location: String,
         /// Deployment named in the state.
         found: String,
         /// Deployment named in the config.
@@ -79,6 +79,13 @@ pub enum StateError {
         path: PathBuf,
         /// The holder's process id as written in the lock file, or "unknown".
         pid: String,
+    },
+    /// The run was cancelled and its [`Journal`](crate::journal::Journal)
+    /// closed: nothing is saved any more.
+    #[error("the run was interrupted; {location} was not saved again")]
+    Closed {
+        /// Where the state is.
+        location: String,
     },
     /// The lock file cannot be created.
     #[error("cannot create lock file {path}: {source}")]
@@ -152,6 +159,28 @@ pub struct HostRecord {
     /// SHA-256 (hex) of every file PromGuard last wrote on the host, by path.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+}
+
+impl HostRecord {
+    /// Pins `key`, the host-generated key that replaced an injected one.
+    pub fn pin_replaced_host_key(&mut self, key: &SshPublicKey) {
+        self.ssh_host_key = Some(key.clone());
+        self.ssh_host_key_rotated = true;
+        self.ssh_host_key_next = None;
+    }
+
+    /// Pins `key`, injected by the provider into a host not created yet.
+    pub fn pin_injected_host_key(&mut self, key: &SshPublicKey) {
+        self.ssh_host_key = Some(key.clone());
+        self.ssh_host_key_rotated = false;
+        self.ssh_host_key_next = None;
+    }
+
+    /// Whether the pinned key is one a provider injected (per `host_keys`)
+    /// and so still to be replaced by one the host makes.
+    pub fn host_key_needs_replacing(&self, host_keys: crate::capabilities::HostKeys) -> bool {
+        host_keys == crate::capabilities::HostKeys::Injected && !self.ssh_host_key_rotated
+    }
 }
 
 /// The preshared key of one monitor-node pair.
@@ -269,6 +298,39 @@ impl State {
             path: path.to_owned(),
             source,
         })
+    }
+}
+
+/// The state in a file (`promguard.state.json`), the CLI's
+/// [`StateStore`](crate::journal::StateStore).
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// The state file at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl crate::journal::StateStore for StateFile {
+    fn load(&self) -> Result<Option<State>, StateError> {
+        State::load(&self.path)
+    }
+
+    fn save(&self, state: &State) -> Result<(), StateError> {
+        state.save(&self.path)
+    }
+
+    fn location(&self) -> String {
+        format!("state file {}", self.path.display())
     }
 }
 

@@ -1,6 +1,8 @@
-//! WireGuard files as text: renders a host's `wg0.conf` (wg-quick format)
-//! from its plan, parses wg-quick configs back, and parses the output of
-//! `wg show <if> dump`. Text in, text out: no processes, no network.
+//! The files hosts get, as text: renders a host's `wg0.conf` (wg-quick
+//! format) from its plan, parses wg-quick configs back, parses the output of
+//! `wg show <if> dump`, and renders the whole set of files a host gets
+//! ([`files::host_files`]: WireGuard, firewall, Prometheus). Text in, text
+//! out: no processes, no network.
 //!
 //! ```
 //! use promguard_core::{config::Config, planner};
@@ -18,6 +20,7 @@
 //! ```
 
 mod dump;
+pub mod files;
 mod render;
 mod wgquick;
 

@@ -442,16 +442,24 @@ fn non_empty(line: usize, key: &'static str, value: &str) -> Result<(), ParseErr
     Ok(())
 }
 
-/// A comma-separated list of networks; `allow_empty` for AllowedIPs, where
-/// wg reads an empty value as "no addresses".
+/// Whether an empty list of networks is valid.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Empty {
+    /// `Address`: an interface needs one.
+    Refused,
+    /// `AllowedIPs`: wg reads an empty value as "no addresses".
+    Allowed,
+}
+
+/// A comma-separated list of networks.
 fn networks(
     line: usize,
     key: &'static str,
     value: &str,
-    allow_empty: bool,
+    empty: Empty,
 ) -> Result<Vec<IpNetwork>, ParseError> {
     if value.is_empty() {
-        if allow_empty {
+        if empty == Empty::Allowed {
             return Ok(Vec::new());
         }
         return Err(invalid(line, key, "the value is empty"));
@@ -481,7 +489,9 @@ fn interface_value(
     value: &str,
 ) -> Result<(), ParseError> {
     match key {
-        "Address" => raw.addresses.extend(networks(line, key, value, false)?),
+        "Address" => raw
+            .addresses
+            .extend(networks(line, key, value, Empty::Refused)?),
         "ListenPort" => {
             non_empty(line, key, value)?;
             let port = value.parse::<Port>().map_err(|_| {
@@ -521,7 +531,9 @@ fn peer_value(
             let k = PresharedKey::from_base64(value).map_err(|e| invalid(line, key, e.reason))?;
             raw.preshared_key = Some(k);
         }
-        "AllowedIPs" => raw.allowed_ips.extend(networks(line, key, value, true)?),
+        "AllowedIPs" => raw
+            .allowed_ips
+            .extend(networks(line, key, value, Empty::Allowed)?),
         "Endpoint" => {
             non_empty(line, key, value)?;
             let endpoint = value.parse::<SocketAddr>().map_err(|_| {

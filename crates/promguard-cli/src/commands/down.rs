@@ -4,6 +4,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::commands::{confirm, runtime};
+use promguard_cloud::provision::WithoutState;
+
 use crate::deploy::{self, Context};
 use crate::project::Project;
 
@@ -19,7 +21,12 @@ pub fn run(
         anyhow::bail!("not confirmed; run `promguard down --yes` to destroy deployment {name}");
     }
     let ctx = Context::new(project, verbose)?;
-    let count = runtime()?.block_on(deploy::down(&ctx, discover))?;
+    let without_state = if discover {
+        WithoutState::DestroyWhatIsFound
+    } else {
+        WithoutState::Refuse
+    };
+    let count = runtime()?.block_on(deploy::down(&ctx, without_state))?;
     println!("Deployment {name}: destroyed {count} host(s); their keys are gone from the state.");
     Ok(ExitCode::SUCCESS)
 }

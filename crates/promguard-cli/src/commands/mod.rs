@@ -7,7 +7,7 @@ use crate::cli::{Args, Command};
 
 mod down;
 mod init;
-pub mod plan;
+mod plan;
 mod render;
 mod ssh;
 mod status;
@@ -45,7 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 connect_timeout: Duration::from_secs(connect_timeout),
             },
         ),
-        Command::Status { json, parallel } => status::run(config, verbose, json, parallel),
+        Command::Status { json, parallel } => status::run(config, json, parallel),
         Command::Tunnel { port } => tunnel::run(config, verbose, port),
         Command::Ssh { host, command } => ssh::run(config, args.config.as_deref(), &host, &command),
         Command::Proxy { host } => ssh::proxy(config, &host),

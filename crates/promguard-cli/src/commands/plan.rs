@@ -3,12 +3,11 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use promguard_core::{Change, Plan, State};
-use promguard_wg::Secrets;
+use promguard_core::Change;
 use serde::Serialize;
 
 use crate::commands::table;
-use crate::files::render_host;
+use crate::deploy::make_plan;
 use crate::project::Project;
 
 /// The `plan --json` contract.
@@ -33,30 +32,6 @@ pub struct PlanHostJson {
     pub wireguard_address: String,
     /// WireGuard public key.
     pub public_key: String,
-}
-
-/// Plans the project against its state and adds the file changes on hosts
-/// that exist.
-pub fn make_plan(project: &Project, state: Option<&State>) -> anyhow::Result<Plan> {
-    let mut plan = promguard_core::planner::plan(&project.config, state)?;
-    if let Some(state) = state {
-        let mut file_changes = Vec::new();
-        for host in &plan.hosts {
-            let Some(record) = state.hosts.get(&host.name).filter(|r| r.created) else {
-                continue;
-            };
-            for file in render_host(host, Secrets::Include) {
-                if record.files.get(&file.path) != Some(&file.digest()) {
-                    file_changes.push(Change::WriteFile {
-                        host: host.name.clone(),
-                        path: file.path,
-                    });
-                }
-            }
-        }
-        plan.changes.extend(file_changes);
-    }
-    Ok(plan)
 }
 
 /// Runs `promguard plan`.

@@ -7,9 +7,9 @@ use promguard_core::HostName;
 use promguard_wg::Secrets;
 
 use crate::cli::RenderWhat;
-use crate::commands::plan::make_plan;
-use crate::files::{render_host, FileKind};
+use crate::deploy::make_plan;
 use crate::project::Project;
+use promguard_wg::files::{host_files as render_host, HostFileKind as FileKind};
 
 pub fn run(
     config: Option<&Path>,

@@ -6,9 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::commands::plan::make_plan;
 use crate::commands::runtime;
-use crate::deploy::Context;
+use crate::deploy::{make_plan, Context};
 use crate::project::Project;
 
 pub fn run(config: Option<&Path>, verbose: bool, port: u16) -> anyhow::Result<ExitCode> {

@@ -1,13 +1,61 @@
-//! `promguard up`.
+//! `promguard up`: SIGINT and SIGTERM cancel the run between state saves.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use promguard_remote::CancellationToken;
 use std::process::ExitCode;
 
 use crate::commands::{runtime, table};
 use crate::deploy::{self, Context, UpOptions};
 use crate::project::Project;
+
+/// `up` stopped because of SIGINT or SIGTERM. Every state save before the
+/// signal is complete; none happens after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted {
+    /// The signal's number (2 for SIGINT, 15 for SIGTERM).
+    pub signal: i32,
+}
+
+impl Interrupted {
+    /// The conventional exit code of a run ended by this signal.
+    pub fn exit_code(&self) -> u8 {
+        (128 + self.signal).clamp(0, 255) as u8
+    }
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.signal {
+            2 => "SIGINT",
+            15 => "SIGTERM",
+            _ => "a signal",
+        };
+        write!(
+            f,
+            "interrupted by {name}; the state file records every host and key made so far: run `promguard up` again to finish, or `promguard down` to remove everything"
+        )
+    }
+}
+
+/// Cancels `cancel` on SIGINT or SIGTERM and keeps the signal's number.
+fn cancel_on_signals(cancel: CancellationToken, signal: Arc<AtomicI32>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal as handle, SignalKind};
+    let mut int = handle(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut term = handle(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    tokio::spawn(async move {
+        let number = tokio::select! {
+            _ = int.recv() => 2,
+            _ = term.recv() => 15,
+        };
+        signal.store(number, Ordering::SeqCst);
+        cancel.cancel();
+    });
+    Ok(())
+}
 
 pub fn run(
     config: Option<&Path>,
@@ -18,19 +66,25 @@ pub fn run(
     let project = Project::load(config)?;
     let ctx = Context::new(project, verbose)?;
     let runtime = runtime()?;
-    let result = runtime.block_on(deploy::up(&ctx, &options));
+    let cancel = CancellationToken::new();
+    let signal = Arc::new(AtomicI32::new(0));
+    let result = runtime.block_on(async {
+        cancel_on_signals(cancel.clone(), Arc::clone(&signal))?;
+        deploy::up(&ctx, &options, &cancel).await
+    });
     // After SIGINT or SIGTERM, threads that create hosts or run remote
     // scripts may still be busy; they can no longer save state, and waiting
     // for them would make the signal useless.
     runtime.shutdown_background();
     let report = match result {
         Ok(report) => report,
-        Err(err) => match err.downcast_ref::<deploy::Interrupted>() {
-            Some(interrupted) => {
+        Err(err) => match signal.load(Ordering::SeqCst) {
+            0 => return Err(err),
+            signal => {
+                let interrupted = Interrupted { signal };
                 eprintln!("{interrupted}");
                 return Ok(ExitCode::from(interrupted.exit_code()));
             }
-            None => return Err(err),
         },
     };
     if let Some(path) = report_path {
@@ -41,13 +95,13 @@ pub fn run(
                 .map(|(name, d)| (name.clone(), serde_json::json!(d.as_secs_f64() * 1000.0)))
                 .collect::<serde_json::Map<_, _>>(),
             "hosts": report.hosts.iter().map(|h| serde_json::json!({
-                "name": h.name.as_str(),
-                "role": h.role.as_str(),
+                "name": h.outcome.name.as_str(),
+                "role": h.outcome.role.as_str(),
                 "ssh_connections": 1,
-                "round_trips": h.round_trips,
-                "connect_ms": h.connect_time.as_secs_f64() * 1000.0,
-                "converge_ms": h.converge_time.as_secs_f64() * 1000.0,
-                "changed": h.changed,
+                "round_trips": h.outcome.round_trips,
+                "connect_ms": h.outcome.connect_time.as_secs_f64() * 1000.0,
+                "converge_ms": h.outcome.converge_time.as_secs_f64() * 1000.0,
+                "changed": h.outcome.changed,
             })).collect::<Vec<_>>(),
             "changes": report.changes,
         });
@@ -67,8 +121,8 @@ pub fn run(
         .iter()
         .map(|h| {
             vec![
-                h.name.to_string(),
-                h.role.to_string(),
+                h.outcome.name.to_string(),
+                h.outcome.role.to_string(),
                 h.region.clone(),
                 h.public_address.clone(),
                 h.wireguard_address.clone(),

@@ -6,12 +6,12 @@
 //! (and the whole batch's keys are in it), so once that first, verified
 //! connection is up, the host makes a new key of its own beside the served
 //! one, PromGuard reads its public half over the verified connection and
-//! records it as the *next* key ([`HostRecord::ssh_host_key_next`]); only
+//! records it as the *next* key ([`HostRecord::ssh_host_key_next`](promguard_core::HostRecord::ssh_host_key_next)); only
 //! then does the host put it in place and have sshd reload, and only after
 //! a connection verified against the new key is it pinned. A run cut off
 //! anywhere in between finds the host presenting either the pinned or the
 //! recorded next key, both of which it accepts. Done once per host; the
-//! state remembers it ([`HostRecord::ssh_host_key_rotated`]).
+//! state remembers it ([`HostRecord::ssh_host_key_rotated`](promguard_core::HostRecord::ssh_host_key_rotated)).
 //!
 //! The key file is the one sshd really serves: the script finds the
 //! listening sshd, asks it (`sshd -T`, with the listener's own `-f` file)
@@ -21,19 +21,81 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
-use promguard_cloud::CloudProvider;
-use promguard_core::state::HostRecord;
-use promguard_core::{HostName, SshPublicKey, State};
-use promguard_remote::{shell_quote, ConnectOptions, Connection, Connector, SshTarget};
+use promguard_core::state::StateError;
+use promguard_core::{HostName, SshPublicKey};
+
+use crate::{shell_quote, ConnectOptions, Connection, Connector, RemoteError, SshTarget};
 
 /// How long sshd may take to serve the new key after the reload.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Whether `up` must replace the host key of a host `provider` made: only
-/// keys a provider injected through user data are replaced, and only once.
-pub fn needs_rotation(provider: &dyn CloudProvider, record: &HostRecord) -> bool {
-    provider.injects_host_keys() && !record.ssh_host_key_rotated
+/// Finds the key file sshd serves and makes a new key beside it, without
+/// serving it yet; prints the listener's PID, the key file and the new
+/// public key.
+const STAGE_SCRIPT: &str = include_str!("sh/host_key_stage.sh");
+
+/// Puts the staged key in place of the served one and has sshd load it.
+/// With systemd, the unit's reload; otherwise SIGHUP, on which sshd
+/// re-executes itself (also when it is PID 1 of a local host) and keeps
+/// open sessions.
+const INSTALL_SCRIPT: &str = include_str!("sh/host_key_install.sh");
+
+/// Why an injected host key was not replaced.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostKeyError {
+    /// The host could not make a new key beside the served one.
+    #[error("host {host}: cannot replace the SSH host key that cloud-init installed (it is readable from the metadata service); check sshd on the host: {source}")]
+    Stage {
+        /// The host.
+        host: HostName,
+        /// What failed.
+        source: Box<RemoteError>,
+    },
+    /// What the host answered cannot be used.
+    #[error("host {host}: {reason}")]
+    Unusable {
+        /// The host.
+        host: HostName,
+        /// What was wrong.
+        reason: String,
+    },
+    /// sshd could not be made to load the new key.
+    #[error(
+        "host {host}: cannot make sshd load its new host key; restart sshd on the host: {source}"
+    )]
+    Install {
+        /// The host.
+        host: HostName,
+        /// What failed.
+        source: Box<RemoteError>,
+    },
+    /// sshd still does not present the new key after the reload.
+    #[error("host {host}: sshd does not present its new host key {fingerprint} after the reload; restart sshd on the host and run `promguard up` again: {source}")]
+    NotServed {
+        /// The host.
+        host: HostName,
+        /// The new key's fingerprint.
+        fingerprint: String,
+        /// The last connection error.
+        source: Box<RemoteError>,
+    },
+    /// A step could not be recorded in the state.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl HostKeyError {
+    /// The host this error is about, when it names one.
+    pub fn host(&self) -> Option<&HostName> {
+        match self {
+            HostKeyError::Stage { host, .. }
+            | HostKeyError::Unusable { host, .. }
+            | HostKeyError::Install { host, .. }
+            | HostKeyError::NotServed { host, .. } => Some(host),
+            HostKeyError::State(_) => None,
+        }
+    }
 }
 
 /// Finishes the replacement of the injected host key of the host `conn`
@@ -44,96 +106,26 @@ pub fn replace_injected(
     conn: &Connection,
     target: &SshTarget,
     connector: &Connector,
-    record_next: impl FnOnce(&SshPublicKey) -> anyhow::Result<()>,
-    pin: impl FnOnce(&SshPublicKey) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+    record_next: impl FnOnce(&SshPublicKey) -> Result<(), StateError>,
+    pin: impl FnOnce(&SshPublicKey) -> Result<(), StateError>,
+) -> Result<(), HostKeyError> {
     let presented = conn.presented_host_key().clone();
     if target.replacement_host_key.as_ref() == Some(&presented) {
-        pin(&presented)
+        Ok(pin(&presented)?)
     } else {
         rotate(conn, target, connector, record_next, pin).map(|_| ())
     }
 }
 
-/// Records `key` as the pinned, host-generated key of `name`.
-pub fn pin(state: &mut State, name: &HostName, key: &SshPublicKey) {
-    if let Some(record) = state.hosts.get_mut(name) {
-        record.ssh_host_key = Some(key.clone());
-        record.ssh_host_key_rotated = true;
-        record.ssh_host_key_next = None;
-    }
-}
-
-/// Records `key` as the key `name` is about to serve instead of its
-/// pinned one.
-pub fn pin_next(state: &mut State, name: &HostName, key: &SshPublicKey) {
-    if let Some(record) = state.hosts.get_mut(name) {
-        record.ssh_host_key_next = Some(key.clone());
-    }
-}
-
-/// Finds the key file sshd serves (`$1`: the presented key's base64 blob),
-/// makes a new key beside it (`$2...`: `ssh-keygen` type arguments) without
-/// serving it yet, and prints the listener's PID, the key file and the new
-/// public key.
-const STAGE_SCRIPT: &str = r#"set -eu
-old=$1
-shift
-listener=
-for dir in /proc/[0-9]*; do
-  exe=$(readlink "$dir/exe" 2>/dev/null) || continue
-  case "$exe" in */sshd) ;; *) continue ;; esac
-  ppid=$(sed -n 's/^PPid:[[:space:]]*//p' "$dir/status" 2>/dev/null) || continue
-  parent=$(readlink "/proc/$ppid/exe" 2>/dev/null) || parent=
-  case "$parent" in */sshd) continue ;; esac
-  listener=${dir#/proc/}
-  break
-done
-if [ -z "$listener" ]; then echo "no listening sshd process found" >&2; exit 3; fi
-# sshd rewrites its title ("sshd: /usr/sbin/sshd -D -f FILE [listener] ..."),
-# so the arguments are split at blanks as well as at NULs.
-config=$(tr '\0' ' ' < "/proc/$listener/cmdline" | tr -s ' ' '\n' | sed -n '/^-f$/{n;p;q;}')
-if [ -n "$config" ]; then keys=$(sshd -T -f "$config"); else keys=$(sshd -T); fi
-found=
-for key in $(printf '%s\n' "$keys" | awk '$1 == "hostkey" { print $2 }'); do
-  [ -f "$key" ] || continue
-  if [ "$(ssh-keygen -y -f "$key" | awk '{ print $2 }')" = "$old" ]; then found=$key; break; fi
-done
-if [ -z "$found" ]; then echo "none of sshd's HostKey files holds the key it presented" >&2; exit 4; fi
-umask 077
-rm -f "$found.promguard-new" "$found.promguard-new.pub"
-ssh-keygen -q "$@" -N '' -C "root@$(hostname)" -f "$found.promguard-new"
-chmod 644 "$found.promguard-new.pub"
-echo "listener $listener"
-echo "file $found"
-cat "$found.promguard-new.pub"
-"#;
-
-/// Puts the key [`STAGE_SCRIPT`] made in place of the served one (`$1`: the
-/// key file) and has sshd load it (`$2`: the listener's PID). With
-/// systemd, the unit's reload; otherwise SIGHUP, on which sshd re-executes
-/// itself (also when it is PID 1 of a local host) and keeps open sessions.
-const INSTALL_SCRIPT: &str = r#"set -eu
-found=$1
-[ -f "$found.promguard-new" ] || { echo "the new host key $found.promguard-new is gone" >&2; exit 5; }
-mv -f "$found.promguard-new.pub" "$found.pub"
-mv -f "$found.promguard-new" "$found"
-if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-  systemctl reload ssh.service 2>/dev/null || systemctl reload sshd.service
-else
-  kill -HUP "$2"
-fi
-"#;
-
 /// `ssh-keygen` arguments for a new key of the same type as `key`.
-fn keygen_type(key: &SshPublicKey) -> anyhow::Result<&'static str> {
+fn keygen_type(key: &SshPublicKey) -> Result<&'static str, String> {
     Ok(match key.algorithm() {
         "ssh-ed25519" => "-t ed25519",
         "ecdsa-sha2-nistp256" => "-t ecdsa -b 256",
         "ecdsa-sha2-nistp384" => "-t ecdsa -b 384",
         "ecdsa-sha2-nistp521" => "-t ecdsa -b 521",
         "ssh-rsa" => "-t rsa -b 3072",
-        other => bail!("cannot make a new SSH host key of type {other}"),
+        other => return Err(format!("cannot make a new SSH host key of type {other}")),
     })
 }
 
@@ -149,7 +141,7 @@ struct Staged {
 }
 
 /// Reads the stage script's output (untrusted: it comes from the host).
-fn parse_staged(stdout: &str) -> anyhow::Result<Staged> {
+fn parse_staged(stdout: &str) -> Result<Staged, String> {
     let mut listener = None;
     let mut file = None;
     let mut key = None;
@@ -165,11 +157,13 @@ fn parse_staged(stdout: &str) -> anyhow::Result<Staged> {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
             if !plain {
-                bail!("the host key script named an unusual key file {path:?}");
+                return Err(format!(
+                    "the host key script named an unusual key file {path:?}"
+                ));
             }
             file = Some(path.to_owned());
         } else if !line.trim().is_empty() {
-            key = Some(SshPublicKey::parse(line).map_err(|e| anyhow!("{e}"))?);
+            key = Some(SshPublicKey::parse(line).map_err(|e| e.to_string())?);
         }
     }
     match (listener, file, key) {
@@ -178,7 +172,9 @@ fn parse_staged(stdout: &str) -> anyhow::Result<Staged> {
             file,
             key,
         }),
-        _ => bail!("the host key script printed no PID, key file and key: {stdout:?}"),
+        _ => Err(format!(
+            "the host key script printed no PID, key file and key: {stdout:?}"
+        )),
     }
 }
 
@@ -192,33 +188,35 @@ pub fn rotate(
     conn: &Connection,
     target: &SshTarget,
     connector: &Connector,
-    record_next: impl FnOnce(&SshPublicKey) -> anyhow::Result<()>,
-    pin: impl FnOnce(&SshPublicKey) -> anyhow::Result<()>,
-) -> anyhow::Result<SshPublicKey> {
+    record_next: impl FnOnce(&SshPublicKey) -> Result<(), StateError>,
+    pin: impl FnOnce(&SshPublicKey) -> Result<(), StateError>,
+) -> Result<SshPublicKey, HostKeyError> {
     let host = conn.host().clone();
+    let unusable = |reason: String| HostKeyError::Unusable {
+        host: host.clone(),
+        reason,
+    };
     let old = conn.presented_host_key().clone();
     let old_text = old.to_string();
     let blob = old_text
         .split_whitespace()
         .nth(1)
-        .ok_or_else(|| anyhow!("host {host}: the presented host key has no key data"))?;
+        .ok_or_else(|| unusable("the presented host key has no key data".into()))?;
     let command = format!(
         "sh -s -- {} {}",
         shell_quote(blob),
-        keygen_type(&old).with_context(|| format!("host {host}"))?
+        keygen_type(&old).map_err(unusable)?
     );
     let output = conn
-        .exec_checked(
-            "make a new SSH host key",
-            &command,
-            STAGE_SCRIPT.as_bytes(),
-        )
-        .with_context(|| format!("host {host}: cannot replace the SSH host key that cloud-init installed (it is readable from the metadata service); check sshd on the host"))?;
-    let staged = parse_staged(&String::from_utf8_lossy(&output.stdout))
-        .with_context(|| format!("host {host}"))?;
+        .exec_checked("make a new SSH host key", &command, STAGE_SCRIPT.as_bytes())
+        .map_err(|source| HostKeyError::Stage {
+            host: host.clone(),
+            source: Box::new(source),
+        })?;
+    let staged = parse_staged(&String::from_utf8_lossy(&output.stdout)).map_err(unusable)?;
     let new = staged.key.clone();
     if new == old {
-        bail!("host {host}: the new SSH host key is the injected one");
+        return Err(unusable("the new SSH host key is the injected one".into()));
     }
     // Recorded before sshd can serve it: a run cut off from here on still
     // accepts the host.
@@ -228,8 +226,9 @@ pub fn rotate(
         &format!("sh -s -- {} {}", shell_quote(&staged.file), staged.listener),
         INSTALL_SCRIPT.as_bytes(),
     )
-    .with_context(|| {
-        format!("host {host}: cannot make sshd load its new host key; restart sshd on the host")
+    .map_err(|source| HostKeyError::Install {
+        host: host.clone(),
+        source: Box::new(source),
     })?;
 
     let mut pinned = target.clone();
@@ -248,11 +247,12 @@ pub fn rotate(
                 tracing::debug!(%host, error = %e, "sshd does not serve the new host key yet");
                 std::thread::sleep(Duration::from_millis(200));
             }
-            Err(e) => {
-                return Err(anyhow!(e).context(format!(
-                    "host {host}: sshd does not present its new host key {} after the reload; restart sshd on the host and run `promguard up` again",
-                    new.fingerprint()
-                )))
+            Err(source) => {
+                return Err(HostKeyError::NotServed {
+                    host,
+                    fingerprint: new.fingerprint(),
+                    source: Box::new(source),
+                })
             }
         }
     }
@@ -305,6 +305,7 @@ mod tests {
 
     #[test]
     fn only_injected_keys_are_rotated_once() {
+        use promguard_cloud::CloudProvider;
         let config = promguard_core::config::Config::default();
         let mut state = promguard_core::planner::plan(&config, None)
             .unwrap()
@@ -321,15 +322,22 @@ mod tests {
             config.deployment.clone(),
             promguard_cloud::local::LocalOptions::default(),
         );
+        let needs_rotation = |provider: &dyn CloudProvider, record: &promguard_core::HostRecord| {
+            record.host_key_needs_replacing(provider.capabilities().host_keys)
+        };
         assert!(needs_rotation(&digitalocean, &state.hosts[&name]));
         assert!(!needs_rotation(&local, &state.hosts[&name]));
         let key = SshPublicKey::parse(
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJbHkQpvXXXlCrfm9GPh94TOs3h4/BEQKAsLxu2dEiob",
         )
         .unwrap();
-        pin_next(&mut state, &name, &key);
+        state.hosts.get_mut(&name).unwrap().ssh_host_key_next = Some(key.clone());
         assert!(needs_rotation(&digitalocean, &state.hosts[&name]));
-        pin(&mut state, &name, &key);
+        state
+            .hosts
+            .get_mut(&name)
+            .unwrap()
+            .pin_replaced_host_key(&key);
         assert!(!needs_rotation(&digitalocean, &state.hosts[&name]));
         assert_eq!(state.hosts[&name].ssh_host_key_next, None);
         assert_eq!(state.hosts[&name].ssh_host_key.as_ref(), Some(&key));

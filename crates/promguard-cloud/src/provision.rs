@@ -1,0 +1,377 @@
+//! Making the hosts a plan needs, in an order that survives being cut off
+//! anywhere: the plan's keys and addresses are saved before anything is
+//! created; the SSH host keys a provider will inject are saved before the
+//! create request; every host is recorded as soon as it exists; hosts an
+//! interrupted run created (after saving their keys) are adopted; hosts the
+//! state does not know at all stop the run, as creating the config's hosts
+//! again would duplicate them.
+//!
+//! Every step is saved through the caller's [`Journal`]. Cancelling the
+//! caller's token closes the journal (a save in progress completes, none
+//! starts) and ends the call with [`ProvisionError::Cancelled`].
+
+use std::future::Future;
+
+use promguard_core::{
+    Event, HostName, Journal, Lifecycle, Observer, Plan, Port, SshPublicKey, State, StateStore,
+};
+pub use tokio_util::sync::CancellationToken;
+
+use crate::{CloudError, CloudProvider, Host, HostRequest};
+
+/// The provider step an error happened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProvisionStep {
+    /// Checking that the provider can work here.
+    Preflight,
+    /// Listing the deployment's hosts.
+    List,
+    /// Preparing the SSH host keys to inject.
+    PrepareHostKeys,
+    /// Registering the login key.
+    RegisterLoginKey,
+    /// Bringing the deployment's other resources in line (firewall ports).
+    Reconcile,
+    /// Destroying hosts.
+    Destroy,
+}
+
+/// Why provisioning stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProvisionError {
+    /// The provider has hosts of this deployment that the state does not
+    /// know: a run whose state is lost made them.
+    #[error("deployment {deployment} already has host(s) {} that the {location} does not know; they were made by a run whose state is lost: remove them with `promguard down --discover --yes` (the provider finds them by {hint}), or adopt them by restoring the state file (it holds their WireGuard keys and pinned SSH host keys)", names(hosts))]
+    UnknownHosts {
+        /// The deployment.
+        deployment: promguard_core::DeploymentName,
+        /// The hosts nobody knows.
+        hosts: Vec<HostName>,
+        /// Where the state is.
+        location: String,
+        /// How the provider finds them ([`CloudProvider::discovery_hint`]).
+        hint: &'static str,
+    },
+    /// A provider call failed.
+    #[error("{source}")]
+    Provider {
+        /// Which step.
+        step: ProvisionStep,
+        /// The provider's error.
+        source: CloudError,
+    },
+    /// Creating hosts failed; the hosts in `created` did come up and are
+    /// recorded (they may still serve an injected SSH host key).
+    #[error("{source}")]
+    Create {
+        /// The provider's error.
+        source: CloudError,
+        /// Hosts that exist now.
+        created: Vec<HostName>,
+    },
+    /// `down` found no state and was not told to destroy what the provider
+    /// finds anyway.
+    #[error("there is no {location}; to destroy the hosts the {provider} provider finds for deployment {deployment} anyway, run `promguard down --discover --yes`")]
+    NoState {
+        /// Where the state would be.
+        location: String,
+        /// The provider's name.
+        provider: &'static str,
+        /// The deployment.
+        deployment: promguard_core::DeploymentName,
+    },
+    /// The state could not be saved.
+    #[error(transparent)]
+    State(#[from] promguard_core::state::StateError),
+    /// The caller cancelled the run; every save before is complete.
+    #[error("cancelled; every state save before was completed")]
+    Cancelled,
+}
+
+fn names(hosts: &[HostName]) -> String {
+    hosts
+        .iter()
+        .map(HostName::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn step(step: ProvisionStep) -> impl FnOnce(CloudError) -> ProvisionError {
+    move |source| ProvisionError::Provider { step, source }
+}
+
+/// What [`provision`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provisioned {
+    /// Hosts an interrupted run had created, now recorded.
+    pub adopted: Vec<HostName>,
+    /// Hosts created by this call.
+    pub created: Vec<HostName>,
+}
+
+/// Runs `work` until `cancel` fires; then closes `journal` and gives up.
+pub(crate) async fn unless_cancelled<T>(
+    journal: &Journal,
+    cancel: &CancellationToken,
+    work: impl Future<Output = Result<T, ProvisionError>>,
+) -> Result<T, ProvisionError> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => {
+            journal.close();
+            Err(ProvisionError::Cancelled)
+        }
+        result = work => result,
+    }
+}
+
+/// Makes every host of `plan` that `journal`'s state has not recorded as
+/// created, with `login_key` authorized on it. `journal` starts from the
+/// state `plan` was made against; its first save is the plan's keys and
+/// addresses (keeping the records of hosts the plan removes, until they are
+/// destroyed).
+pub async fn provision(
+    provider: &dyn CloudProvider,
+    plan: &Plan,
+    journal: &Journal,
+    login_key: &SshPublicKey,
+    observer: &dyn Observer,
+    cancel: &CancellationToken,
+) -> Result<Provisioned, ProvisionError> {
+    unless_cancelled(journal, cancel, async {
+        provider
+            .preflight()
+            .await
+            .map_err(step(ProvisionStep::Preflight))?;
+        let listed = provider
+            .list_hosts()
+            .await
+            .map_err(step(ProvisionStep::List))?;
+        let old = journal.snapshot();
+        let unknown: Vec<HostName> = listed
+            .iter()
+            .filter(|h| !old.hosts.contains_key(&h.name))
+            .map(|h| h.name.clone())
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ProvisionError::UnknownHosts {
+                deployment: plan.deployment.clone(),
+                hosts: unknown,
+                location: journal.location(),
+                hint: provider.discovery_hint(),
+            });
+        }
+        // Nothing made from here on can be forgotten.
+        journal.update(|state| *state = plan.state_to_record(&old))?;
+        let recorded = journal.snapshot();
+        let adopted: Vec<&Host> = listed
+            .iter()
+            .filter(|h| recorded.hosts.get(&h.name).is_some_and(|r| !r.created))
+            .collect();
+        let mut done = Provisioned::default();
+        if !adopted.is_empty() {
+            done.adopted = adopted.iter().map(|h| h.name.clone()).collect();
+            observer.on_event(&Event::Adopting {
+                hosts: done.adopted.clone(),
+            });
+            journal.update(|state| {
+                for host in adopted {
+                    record_host(state, host);
+                }
+            })?;
+        }
+
+        let recorded = journal.snapshot();
+        let requests: Vec<HostRequest> = plan
+            .hosts
+            .iter()
+            .filter(|h| !recorded.hosts[&h.name].created)
+            .map(|h| HostRequest {
+                name: h.name.clone(),
+                role: h.role,
+                region: h.region.clone(),
+            })
+            .collect();
+        if requests.is_empty() {
+            // Creating hosts does this; a run that creates none still
+            // carries changed ports to the provider's firewall.
+            provider
+                .reconcile_deployment()
+                .await
+                .map_err(step(ProvisionStep::Reconcile))?;
+            return Ok(done);
+        }
+        observer.on_event(&Event::Creating {
+            hosts: requests.iter().map(|r| r.name.clone()).collect(),
+            provider: provider.name(),
+        });
+        // The keys the new hosts will present are recorded before they are
+        // requested: a run cut off after the request still verifies them.
+        let injected = provider
+            .prepare_host_keys(&requests)
+            .await
+            .map_err(step(ProvisionStep::PrepareHostKeys))?;
+        if !injected.is_empty() {
+            journal.update(|state| {
+                for (name, key) in &injected {
+                    if let Some(record) = state.hosts.get_mut(name).filter(|r| !r.created) {
+                        record.pin_injected_host_key(key);
+                    }
+                }
+            })?;
+        }
+        provider
+            .register_ssh_key(login_key)
+            .await
+            .map_err(step(ProvisionStep::RegisterLoginKey))?;
+        let created = provider.create_hosts(&requests).await;
+        // Whatever exists now is recorded, even when some creations failed.
+        let listed = provider.list_hosts().await.unwrap_or_default();
+        let made: Vec<&Host> = listed
+            .iter()
+            .chain(created.as_ref().map(|v| v.as_slice()).unwrap_or(&[]))
+            .collect();
+        journal.update(|state| {
+            for host in &made {
+                record_host(state, host);
+            }
+        })?;
+        let is_new = |name: &HostName| requests.iter().any(|r| &r.name == name);
+        let mut new: Vec<HostName> = made
+            .iter()
+            .map(|h| h.name.clone())
+            .filter(|n| is_new(n))
+            .collect();
+        new.sort();
+        new.dedup();
+        match created {
+            Ok(_) => {
+                done.created = new;
+                Ok(done)
+            }
+            Err(source) => Err(ProvisionError::Create {
+                source,
+                created: new,
+            }),
+        }
+    })
+    .await
+}
+
+/// Records what the provider reports about `host` in its state record.
+fn record_host(state: &mut State, host: &Host) {
+    if let Some(record) = state.hosts.get_mut(&host.name) {
+        record.created = true;
+        record.provider_id = Some(host.id.clone());
+        record.public_address = Some(host.public_address);
+        record.ssh_port = Port::new(host.ssh.port()).ok();
+        // A pinned key is never replaced by what a provider reports.
+        if record.ssh_host_key.is_none() {
+            record.ssh_host_key = host.ssh_host_key.clone();
+        }
+    }
+}
+
+/// Destroys the hosts `plan` removes (call it after the monitor dropped
+/// their peers) and forgets them and their preshared keys. Existing hosts
+/// ([`Lifecycle::Existing`]) are only forgotten.
+pub async fn destroy_removed(
+    provider: &dyn CloudProvider,
+    plan: &Plan,
+    journal: &Journal,
+    observer: &dyn Observer,
+    cancel: &CancellationToken,
+) -> Result<Vec<HostName>, ProvisionError> {
+    let removed = plan.removed_hosts();
+    if removed.is_empty() {
+        return Ok(removed);
+    }
+    unless_cancelled(journal, cancel, async {
+        observer.on_event(&Event::Destroying {
+            hosts: removed.clone(),
+        });
+        if provider.capabilities().lifecycle == Lifecycle::Disposable {
+            provider
+                .destroy_hosts(&removed)
+                .await
+                .map_err(step(ProvisionStep::Destroy))?;
+        }
+        journal.update(|state| {
+            for name in &removed {
+                state.hosts.remove(name);
+                state
+                    .preshared_keys
+                    .retain(|p| &p.node != name && &p.monitor != name);
+            }
+        })?;
+        Ok(removed.clone())
+    })
+    .await
+}
+
+/// What `down` does without a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithoutState {
+    /// Refuse: nobody has state for what the provider would find.
+    Refuse,
+    /// Destroy whatever the provider finds under the deployment's name
+    /// (`down --discover`).
+    DestroyWhatIsFound,
+}
+
+/// Destroys every host and resource of the deployment and forgets the
+/// hosts in the state (keeping the state file itself). The provider finds
+/// the hosts itself (tags, namespace records), so hosts an interrupted run
+/// made before recording them go too. Returns how many hosts there were.
+pub async fn destroy_deployment(
+    provider: &dyn CloudProvider,
+    store: &dyn StateStore,
+    deployment: &promguard_core::DeploymentName,
+    without_state: WithoutState,
+    observer: &dyn Observer,
+) -> Result<usize, ProvisionError> {
+    let state = store.load_for(deployment)?;
+    if state.is_none() && without_state == WithoutState::Refuse {
+        return Err(ProvisionError::NoState {
+            location: store.location(),
+            provider: provider.name(),
+            deployment: deployment.clone(),
+        });
+    }
+    provider
+        .preflight()
+        .await
+        .map_err(step(ProvisionStep::Preflight))?;
+    // The listing only counts hosts; it fails when a host never got an
+    // address, and that host must go too.
+    let listed = match provider.list_hosts().await {
+        Ok(listed) => listed.len(),
+        Err(e) => {
+            observer.on_event(&Event::Warning {
+                message: format!("Cannot list every host ({e}); destroying the deployment anyway"),
+            });
+            0
+        }
+    };
+    if provider.capabilities().lifecycle == Lifecycle::Disposable {
+        provider
+            .destroy_deployment()
+            .await
+            .map_err(step(ProvisionStep::Destroy))?;
+    }
+    let Some(mut state) = state else {
+        return Ok(listed);
+    };
+    let count = state
+        .hosts
+        .values()
+        .filter(|h| h.created)
+        .count()
+        .max(listed);
+    state.hosts.clear();
+    state.preshared_keys.clear();
+    store.save(&state)?;
+    Ok(count)
+}

@@ -1,0 +1,859 @@
+//! Converging every host of a deployment and proving the result through the
+//! monitor's Prometheus.
+//!
+//! A [`Fleet`] holds what a run needs: how to log in ([`Access`]), the
+//! run's [`Journal`], what the provider states about its hosts
+//! ([`Capabilities`]), where progress goes (an [`Observer`]), the caller's
+//! cancellation token, and how many hosts are worked on at once.
+//! [`Fleet::converge`] converges every host of a plan over one SSH
+//! connection each, the monitor first so that Prometheus' own start-up
+//! overlaps the nodes' convergence, replacing injected SSH host keys on the
+//! way; [`Fleet::verify`] polls the monitor's Prometheus on the monitor's
+//! converge connection until every target is up.
+//!
+//! Cancelling the token closes the journal and lets hosts whose recipe is
+//! running finish it (a remote script cut short can leave a host half
+//! configured), for at most [`FINISH_ON_CANCEL`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use promguard_core::state::StateError;
+use promguard_core::{
+    Capabilities, Event, HostKeys, HostName, HostPlan, Journal, Observer, Outcome, Plan, Port,
+    Programs, Role, SshPublicKey, State, Step,
+};
+use promguard_wg::files::{host_files, HostFileKind};
+use promguard_wg::Secrets;
+pub use tokio_util::sync::CancellationToken;
+
+use crate::host_key::{self, HostKeyError};
+use crate::prometheus_api::{self, Health, TargetHealth};
+use crate::recipe::{self, DesiredFile, DesiredHost, FileKind};
+use crate::{ConnectOptions, Connection, Connector, RemoteError, SshTarget};
+
+/// How long a cancelled run waits for recipes in progress to finish.
+pub const FINISH_ON_CANCEL: Duration = Duration::from_secs(30);
+
+/// Why a fleet operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// The state has no created record of the host.
+    #[error("host {host} does not exist yet; run `promguard up`")]
+    NotCreated {
+        /// The host.
+        host: HostName,
+    },
+    /// The state has no address for the host.
+    #[error("host {host} has no public address in the state; run `promguard up`")]
+    NoAddress {
+        /// The host.
+        host: HostName,
+    },
+    /// The state pins no SSH host key for a host that is only read.
+    #[error("host {host} has no pinned SSH host key in the state, and PromGuard never trusts a host key on first use; run `promguard up` to pin it")]
+    NotPinned {
+        /// The host.
+        host: HostName,
+    },
+    /// A provider that injects host keys knows every key of a host a
+    /// recorded run made; this host existed before the state knew it.
+    #[error("host {host}: its SSH host key is not known (it existed before the state file recorded one), and PromGuard never connects to a host it cannot verify; restore the state file that pinned its key, or remove the deployment with `promguard down --discover --yes` and run `promguard up` again")]
+    UnknownHostKey {
+        /// The host.
+        host: HostName,
+    },
+    /// A step on one host failed.
+    #[error("{source}")]
+    Remote {
+        /// The step.
+        step: Step,
+        /// What failed (it names the host).
+        source: Box<RemoteError>,
+    },
+    /// Replacing an injected SSH host key failed.
+    #[error(transparent)]
+    HostKey(Box<HostKeyError>),
+    /// The state could not be saved.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The work of one host ended without a result (it panicked).
+    #[error("host {host}: its task failed: {message}")]
+    Task {
+        /// The host.
+        host: HostName,
+        /// What the runtime said.
+        message: String,
+    },
+    /// Some hosts failed to converge; the others did.
+    #[error("{} of {total} host(s) failed to converge (the others did): {}", failures.len(), list(failures))]
+    Converge {
+        /// Each failed host and why.
+        failures: Vec<(HostName, FleetError)>,
+        /// How many hosts were converged.
+        total: usize,
+    },
+    /// Injected SSH host keys could not be replaced on some hosts.
+    #[error("the injected SSH host key could not be replaced on {} host(s): {}", failures.len(), list(failures))]
+    HostKeys {
+        /// Each failed host and why.
+        failures: Vec<(HostName, FleetError)>,
+    },
+    /// The monitor's Prometheus did not answer as expected.
+    #[error("host {host}: {reason}")]
+    Prometheus {
+        /// The monitor.
+        host: HostName,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Not every target came up in time.
+    #[error("not every target was up after {} s: {detail}; run `promguard status` for details", timeout.as_secs())]
+    Verify {
+        /// How long it waited.
+        timeout: Duration,
+        /// Which targets are not up, and why.
+        detail: String,
+    },
+    /// A host's answer while reading its status cannot be used.
+    #[error("host {host}: {reason}")]
+    Status {
+        /// The host.
+        host: HostName,
+        /// What was wrong.
+        reason: String,
+    },
+    /// [`Fleet::verify`] was given no connection to the monitor.
+    #[error("the monitor's connection was lost")]
+    NoMonitorConnection,
+    /// The caller cancelled the run; every state save before is complete.
+    #[error("cancelled; every state save before was completed")]
+    Cancelled,
+}
+
+impl FleetError {
+    /// The host this error is about, when it is about one.
+    pub fn host(&self) -> Option<&HostName> {
+        match self {
+            FleetError::NotCreated { host }
+            | FleetError::NoAddress { host }
+            | FleetError::NotPinned { host }
+            | FleetError::UnknownHostKey { host }
+            | FleetError::Task { host, .. }
+            | FleetError::Prometheus { host, .. }
+            | FleetError::Status { host, .. } => Some(host),
+            FleetError::Remote { source, .. } => Some(source.host()),
+            FleetError::HostKey(e) => e.host(),
+            _ => None,
+        }
+    }
+}
+
+impl From<HostKeyError> for FleetError {
+    fn from(e: HostKeyError) -> Self {
+        FleetError::HostKey(Box::new(e))
+    }
+}
+
+/// Wraps a failure of `step`.
+fn failed(step: Step) -> impl FnOnce(RemoteError) -> FleetError {
+    move |source| FleetError::Remote {
+        step,
+        source: Box::new(source),
+    }
+}
+
+/// `host a: why; host b: why`, without saying a host's name twice.
+fn list(failures: &[(HostName, FleetError)]) -> String {
+    failures
+        .iter()
+        .map(|(host, e)| {
+            let text = e.to_string();
+            if text.starts_with(&format!("host {host}")) {
+                text
+            } else {
+                format!("host {host}: {text}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// How PromGuard logs in to a deployment's hosts.
+#[derive(Clone)]
+pub struct Access {
+    /// The private key to log in with.
+    pub identity: PathBuf,
+    /// The SSH port of hosts whose record names none.
+    pub default_port: Port,
+    /// Opens TCP connections to hosts (a provider's `connect`).
+    pub connector: Connector,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("identity", &self.identity)
+            .field("default_port", &self.default_port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Access {
+    /// How to reach `name` according to `state`.
+    pub fn target(&self, state: &State, name: &HostName) -> Result<SshTarget, FleetError> {
+        let record = state
+            .hosts
+            .get(name)
+            .filter(|r| r.created)
+            .ok_or_else(|| FleetError::NotCreated { host: name.clone() })?;
+        let address = record
+            .public_address
+            .ok_or_else(|| FleetError::NoAddress { host: name.clone() })?;
+        let port = record.ssh_port.unwrap_or(self.default_port);
+        Ok(SshTarget {
+            host: name.clone(),
+            addr: SocketAddr::new(address, port.get()),
+            user: "root".to_owned(),
+            expected_host_key: record.ssh_host_key.clone(),
+            replacement_host_key: record.ssh_host_key_next.clone(),
+            identity: self.identity.clone(),
+        })
+    }
+
+    /// How to reach `name`, for work that only reads hosts `up` made
+    /// (`status`, `tunnel`, `ssh`): fails unless the state pins the host's
+    /// SSH host key, as a key accepted on first use could be anyone's.
+    pub fn pinned_target(&self, state: &State, name: &HostName) -> Result<SshTarget, FleetError> {
+        let target = self.target(state, name)?;
+        if target.expected_host_key.is_none() {
+            return Err(FleetError::NotPinned { host: name.clone() });
+        }
+        Ok(target)
+    }
+
+    /// Opens a connection to `name`, verified against the host key the
+    /// state pins (or the recorded next key of a cut-off replacement).
+    /// Blocking.
+    pub fn connect(&self, state: &State, name: &HostName) -> Result<Connection, FleetError> {
+        let target = self.pinned_target(state, name)?;
+        Connection::connect(&target, &self.connector, ConnectOptions::default())
+            .map_err(failed(Step::Connecting))
+    }
+}
+
+/// What the recipe converges on `host`: its files, rendered with secrets.
+pub fn desired_host(host: &HostPlan, programs: Programs) -> DesiredHost {
+    let node_exporter = host
+        .exporters
+        .iter()
+        .find(|e| e.managed)
+        .expect("every host runs node_exporter");
+    DesiredHost {
+        name: host.name.clone(),
+        role: host.role,
+        interface: host.interface.name.clone(),
+        wireguard_address: host.interface.address,
+        files: host_files(host, Secrets::Include)
+            .into_iter()
+            .map(|f| {
+                let kind = match f.kind {
+                    HostFileKind::WireGuard => FileKind::WireguardConfig,
+                    HostFileKind::Nftables => FileKind::Firewall,
+                    HostFileKind::Prometheus => FileKind::PrometheusConfig,
+                    HostFileKind::Targets => FileKind::ScrapeTargets,
+                };
+                DesiredFile::new(kind, f.path, f.mode, f.content.into_bytes())
+            })
+            .collect(),
+        node_exporter_listen: node_exporter.listen,
+        prometheus_listen: host.prometheus.as_ref().map(|p| p.listen),
+        install_packages: programs == Programs::Packages,
+    }
+}
+
+/// What converging did on one host.
+#[derive(Debug, Clone)]
+pub struct HostOutcome {
+    /// The host.
+    pub name: HostName,
+    /// Its role.
+    pub role: Role,
+    /// Files written and actions run.
+    pub changed: Vec<String>,
+    /// Remote round trips spent (with verification's, on the monitor).
+    pub round_trips: u64,
+    /// Wall time spent connecting (TCP, SSH handshake, login).
+    pub connect_time: Duration,
+    /// Wall time spent converging after the connection was up.
+    pub converge_time: Duration,
+}
+
+/// The result of [`Fleet::converge`].
+#[derive(Debug)]
+pub struct Converged {
+    /// Every host, in plan order.
+    pub hosts: Vec<HostOutcome>,
+    /// The monitor's connection, kept for verification so that every host
+    /// sees exactly one SSH connection per run.
+    monitor: Option<Connection>,
+}
+
+/// The result of [`Fleet::verify`].
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// Every target of the monitor, sorted by instance and job.
+    pub targets: Vec<TargetHealth>,
+}
+
+/// Counts one host as running its recipe while it lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Everything a run over a deployment's hosts needs.
+#[derive(Clone)]
+pub struct Fleet {
+    /// How to log in.
+    pub access: Access,
+    /// The run's state, saved as it changes.
+    pub journal: Arc<Journal>,
+    /// What the provider states about its hosts.
+    pub capabilities: Capabilities,
+    /// Where progress goes.
+    pub observer: Arc<dyn Observer>,
+    /// The caller's cancellation token.
+    pub cancel: CancellationToken,
+    /// Hosts worked on at once.
+    pub parallel: NonZeroUsize,
+    /// How long refused, reset or unreachable SSH connections to one host
+    /// are retried before that host counts as unreachable.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("access", &self.access)
+            .field("capabilities", &self.capabilities)
+            .field("parallel", &self.parallel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// A fleet with no observer, a token nobody cancels, 16 hosts at once
+    /// and connections retried for 60 s.
+    pub fn new(access: Access, journal: Arc<Journal>, capabilities: Capabilities) -> Self {
+        Self {
+            access,
+            journal,
+            capabilities,
+            observer: Arc::new(()),
+            cancel: CancellationToken::new(),
+            parallel: NonZeroUsize::new(16).expect("16 is not zero"),
+            connect_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn event(&self, event: Event) {
+        self.observer.on_event(&event);
+    }
+
+    fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            retry_for: self.connect_timeout,
+            ..ConnectOptions::default()
+        }
+    }
+
+    /// Runs `work`; on cancellation closes the journal, waits up to
+    /// [`FINISH_ON_CANCEL`] for hosts counted in `busy`, and gives up.
+    async fn unless_cancelled<T>(
+        &self,
+        busy: &Arc<AtomicUsize>,
+        work: impl std::future::Future<Output = Result<T, FleetError>>,
+    ) -> Result<T, FleetError> {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => {
+                self.journal.close();
+                let count = || busy.load(Ordering::SeqCst);
+                if count() > 0 {
+                    self.event(Event::Draining { hosts: count(), at_most: FINISH_ON_CANCEL });
+                    let deadline = Instant::now() + FINISH_ON_CANCEL;
+                    while count() > 0 && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                Err(FleetError::Cancelled)
+            }
+            result = work => result,
+        }
+    }
+
+    /// Converges every host of `plan` (made against the journal's state,
+    /// so that every host exists) concurrently, at most
+    /// [`parallel`](Self::parallel) at once, monitor first; records each
+    /// host's file digests and pinned host key as it finishes. Hosts that
+    /// fail do not stop the others; the error lists every failure.
+    pub async fn converge(&self, plan: &Plan) -> Result<Converged, FleetError> {
+        let busy = Arc::new(AtomicUsize::new(0));
+        self.unless_cancelled(&busy, self.converge_all(plan, &busy))
+            .await
+    }
+
+    async fn converge_all(
+        &self,
+        plan: &Plan,
+        busy: &Arc<AtomicUsize>,
+    ) -> Result<Converged, FleetError> {
+        let state = self.journal.snapshot();
+        let mut order: Vec<&HostPlan> = plan.hosts.iter().collect();
+        // Prometheus' discovery and scrape managers wait seconds before the
+        // first scrape: starting it first hides that behind the nodes.
+        order.sort_by_key(|h| h.role != Role::Monitor);
+        let mut jobs = Vec::new();
+        for host in &order {
+            self.event(Event::Step {
+                host: host.name.clone(),
+                step: Step::Waiting,
+            });
+            jobs.push((
+                self.access.target(&state, &host.name)?,
+                desired_host(host, self.capabilities.programs),
+            ));
+        }
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(self.parallel.get()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, (target, desired)) in jobs.into_iter().enumerate() {
+            // Taken in plan order before the task starts, so the monitor
+            // really goes first.
+            let permit = Arc::clone(&semaphore)
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let fleet = self.clone();
+            let busy = Arc::clone(busy);
+            let rotate = state
+                .hosts
+                .get(&target.host)
+                .is_some_and(|r| r.host_key_needs_replacing(self.capabilities.host_keys));
+            let name = target.host.clone();
+            let task = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                fleet.converge_one(&target, &desired, rotate, &busy)
+            });
+            tasks.spawn(async move {
+                let result = task.await.unwrap_or_else(|e| {
+                    Err(FleetError::Task {
+                        host: name.clone(),
+                        message: e.to_string(),
+                    })
+                });
+                (index, name, result)
+            });
+        }
+        let mut done = Vec::new();
+        let mut monitor = None;
+        let mut failures = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((index, _, Ok((outcome, conn)))) => {
+                    if outcome.role == Role::Monitor {
+                        monitor = Some(conn);
+                    }
+                    done.push((index, outcome));
+                }
+                Ok((_, name, Err(e))) => failures.push((name, e)),
+                Err(e) => failures.push((
+                    HostName::new("unknown").expect("a valid name"),
+                    FleetError::Task {
+                        host: HostName::new("unknown").expect("a valid name"),
+                        message: e.to_string(),
+                    },
+                )),
+            }
+        }
+        if !failures.is_empty() {
+            failures.sort_by(|a, b| a.0.cmp(&b.0));
+            return Err(FleetError::Converge {
+                failures,
+                total: plan.hosts.len(),
+            });
+        }
+        // Plan order, as callers print them.
+        let position = |name: &HostName| plan.hosts.iter().position(|h| &h.name == name);
+        done.sort_by_key(|(_, h)| position(&h.name));
+        Ok(Converged {
+            hosts: done.into_iter().map(|(_, h)| h).collect(),
+            monitor,
+        })
+    }
+
+    /// One host, on a blocking thread.
+    fn converge_one(
+        &self,
+        target: &SshTarget,
+        desired: &DesiredHost,
+        rotate: bool,
+        busy: &Arc<AtomicUsize>,
+    ) -> Result<(HostOutcome, Connection), FleetError> {
+        let host = &target.host;
+        let step = |step: Step| {
+            self.event(Event::Step {
+                host: host.clone(),
+                step,
+            })
+        };
+        let result = (|| {
+            if target.expected_host_key.is_none()
+                && self.capabilities.host_keys == HostKeys::Injected
+            {
+                return Err(FleetError::UnknownHostKey { host: host.clone() });
+            }
+            step(Step::Connecting);
+            let connecting = Instant::now();
+            let conn = Connection::connect(target, &self.access.connector, self.connect_options())
+                .map_err(failed(Step::Connecting))?;
+            let connect_time = connecting.elapsed();
+            let converging = Instant::now();
+            if rotate {
+                step(Step::ReplacingHostKey);
+                self.replace_key(&conn, target)?;
+            }
+            let pinned = (!rotate && target.expected_host_key.is_none())
+                .then(|| conn.presented_host_key().clone());
+            step(Step::Converging);
+            let report = {
+                let _busy = Busy::start(busy);
+                recipe::converge(&conn, desired).map_err(failed(Step::Converging))?
+            };
+            let changed: Vec<String> = report
+                .changed_files
+                .iter()
+                .chain(&report.actions)
+                .cloned()
+                .collect();
+            for what in &changed {
+                self.event(Event::Changed {
+                    host: host.clone(),
+                    what: what.clone(),
+                });
+            }
+            self.record_converged(host, desired, pinned)?;
+            let outcome = HostOutcome {
+                name: host.clone(),
+                role: desired.role,
+                round_trips: conn.round_trips(),
+                connect_time,
+                converge_time: converging.elapsed(),
+                changed,
+            };
+            Ok((outcome, conn))
+        })();
+        self.event(Event::Finished {
+            host: host.clone(),
+            outcome: match &result {
+                Ok((o, _)) if o.changed.is_empty() => Outcome::Unchanged,
+                Ok((o, _)) => Outcome::Converged {
+                    changes: o.changed.len(),
+                },
+                Err(_) => Outcome::Failed,
+            },
+        });
+        result
+    }
+
+    fn record_converged(
+        &self,
+        host: &HostName,
+        desired: &DesiredHost,
+        pinned: Option<SshPublicKey>,
+    ) -> Result<(), FleetError> {
+        let digests: BTreeMap<String, String> = desired
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.sha256()))
+            .collect();
+        self.journal.update(|state| {
+            if let Some(record) = state.hosts.get_mut(host) {
+                record.files = digests;
+                if let Some(key) = pinned {
+                    record.ssh_host_key = Some(key);
+                }
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Replaces the injected host key of the host `conn` reaches,
+    /// recording each step. Blocking.
+    fn replace_key(&self, conn: &Connection, target: &SshTarget) -> Result<(), FleetError> {
+        let host = &target.host;
+        host_key::replace_injected(
+            conn,
+            target,
+            &self.access.connector,
+            |key| {
+                self.journal.update(|state| {
+                    if let Some(record) = state.hosts.get_mut(host) {
+                        record.ssh_host_key_next = Some(key.clone());
+                    }
+                })
+            },
+            |key| {
+                self.journal.update(|state| {
+                    if let Some(record) = state.hosts.get_mut(host) {
+                        record.pin_replaced_host_key(key);
+                    }
+                })
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Replaces the injected host key of every created host that still
+    /// serves one, concurrently: what a run does when some hosts failed to
+    /// come up and it cannot converge. Hosts whose key is not known are
+    /// not connected to; every failure is reported.
+    pub async fn replace_injected_keys(&self) -> Result<(), FleetError> {
+        let busy = Arc::new(AtomicUsize::new(0));
+        self.unless_cancelled(&busy, async {
+            let state = self.journal.snapshot();
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut failures = Vec::new();
+            for (name, record) in &state.hosts {
+                let due = record.created
+                    && record.public_address.is_some()
+                    && record.host_key_needs_replacing(self.capabilities.host_keys);
+                if !due {
+                    continue;
+                }
+                let target = self.access.target(&state, name)?;
+                if target.expected_host_key.is_none() {
+                    failures.push((
+                        name.clone(),
+                        FleetError::UnknownHostKey { host: name.clone() },
+                    ));
+                    continue;
+                }
+                let fleet = self.clone();
+                let name = name.clone();
+                tasks.spawn_blocking(move || {
+                    fleet.event(Event::Step {
+                        host: name.clone(),
+                        step: Step::ReplacingHostKey,
+                    });
+                    let result = Connection::connect(
+                        &target,
+                        &fleet.access.connector,
+                        fleet.connect_options(),
+                    )
+                    .map_err(failed(Step::Connecting))
+                    .and_then(|conn| fleet.replace_key(&conn, &target));
+                    fleet.event(Event::Finished {
+                        host: name.clone(),
+                        outcome: if result.is_ok() {
+                            Outcome::HostKeyReplaced
+                        } else {
+                            Outcome::HostKeyNotReplaced
+                        },
+                    });
+                    (name, result)
+                });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok((_, Ok(()))) => {}
+                    Ok((name, Err(e))) => failures.push((name, e)),
+                    Err(e) => failures.push((
+                        HostName::new("unknown").expect("a valid name"),
+                        FleetError::Task {
+                            host: HostName::new("unknown").expect("a valid name"),
+                            message: e.to_string(),
+                        },
+                    )),
+                }
+            }
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                failures.sort_by(|a, b| a.0.cmp(&b.0));
+                Err(FleetError::HostKeys { failures })
+            }
+        })
+        .await
+    }
+
+    /// Polls the monitor's Prometheus, on the connection `converged` kept,
+    /// until every target of `plan` is up and no removed one is left, for
+    /// at most `timeout`. Adds the round trips to the monitor's outcome.
+    pub async fn verify(
+        &self,
+        plan: &Plan,
+        converged: &mut Converged,
+        timeout: Duration,
+    ) -> Result<Verified, FleetError> {
+        let conn = converged
+            .monitor
+            .take()
+            .ok_or(FleetError::NoMonitorConnection)?;
+        let monitor = plan.monitor();
+        let prometheus = monitor
+            .prometheus
+            .as_ref()
+            .expect("the monitor runs Prometheus");
+        let expected: Vec<(String, String)> = prometheus
+            .targets
+            .iter()
+            .map(|t| (t.job.to_string(), format!("http://{}/metrics", t.address)))
+            .collect();
+        let name = monitor.name.clone();
+        self.event(Event::Step {
+            host: name.clone(),
+            step: Step::Verifying,
+        });
+        let listen = prometheus.listen;
+        let poll = tokio::task::spawn_blocking(move || {
+            let before = conn.round_trips();
+            let result = poll_targets(&conn, listen, &expected, timeout);
+            (result, conn.round_trips() - before)
+        });
+        let busy = Arc::new(AtomicUsize::new(0));
+        let (result, round_trips) = self
+            .unless_cancelled(&busy, async {
+                poll.await.map_err(|e| FleetError::Task {
+                    host: name.clone(),
+                    message: e.to_string(),
+                })
+            })
+            .await?;
+        if let Some(h) = converged.hosts.iter_mut().find(|h| h.name == name) {
+            h.round_trips += round_trips;
+        }
+        self.event(Event::Finished {
+            host: name.clone(),
+            outcome: if result.is_ok() {
+                Outcome::Verified
+            } else {
+                Outcome::VerificationFailed
+            },
+        });
+        result.map(|targets| Verified { targets })
+    }
+}
+
+/// Reads the monitor's targets, sorted by instance and job. Blocking.
+pub fn fetch_targets(
+    conn: &Connection,
+    prometheus: SocketAddr,
+) -> Result<Vec<TargetHealth>, FleetError> {
+    let (status, body) = conn
+        .http_get(prometheus, prometheus_api::TARGETS_PATH)
+        .map_err(failed(Step::Verifying))?;
+    let failed = |reason: String| FleetError::Prometheus {
+        host: conn.host().clone(),
+        reason,
+    };
+    if status != 200 {
+        return Err(failed(format!(
+            "Prometheus answered HTTP {status} to {}",
+            prometheus_api::TARGETS_PATH
+        )));
+    }
+    let mut targets = prometheus_api::parse_targets(&body).map_err(failed)?;
+    targets.sort_by(|a, b| (&a.instance, &a.job).cmp(&(&b.instance, &b.job)));
+    Ok(targets)
+}
+
+/// Polls until every `(job, url)` of `expected` is up and nothing else is
+/// scraped, or `timeout` passed. Blocking.
+fn poll_targets(
+    conn: &Connection,
+    listen: SocketAddr,
+    expected: &[(String, String)],
+    timeout: Duration,
+) -> Result<Vec<TargetHealth>, FleetError> {
+    let is_expected = |t: &TargetHealth| {
+        expected
+            .iter()
+            .any(|(job, url)| &t.job == job && &t.scrape_url == url)
+    };
+    let start = Instant::now();
+    let mut last: Result<Vec<TargetHealth>, String>;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match fetch_targets(conn, listen) {
+            Ok(targets) => {
+                let all_up = expected.iter().all(|(job, url)| {
+                    targets
+                        .iter()
+                        .any(|t| &t.job == job && &t.scrape_url == url && t.health == Health::Up)
+                });
+                // Removed targets must be gone too: Prometheus notices
+                // file_sd changes shortly after they are written.
+                if all_up && targets.iter().all(is_expected) {
+                    return Ok(targets);
+                }
+                last = Ok(targets);
+            }
+            Err(e) => last = Err(e.to_string()),
+        }
+        if start.elapsed() >= timeout {
+            break;
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+    let detail = match last {
+        Err(e) => format!("Prometheus did not answer: {e}"),
+        Ok(targets) => expected
+            .iter()
+            .filter_map(|(job, url)| {
+                match targets
+                    .iter()
+                    .find(|t| &t.job == job && &t.scrape_url == url)
+                {
+                    Some(t) if t.health == Health::Up => None,
+                    Some(t) => Some(format!(
+                        "{} ({job}) at {url} is {}: {}",
+                        t.instance,
+                        t.health,
+                        if t.last_error.is_empty() {
+                            "not scraped yet"
+                        } else {
+                            &t.last_error
+                        }
+                    )),
+                    None => Some(format!("{job} target {url} is not known to Prometheus")),
+                }
+            })
+            .chain(targets.iter().filter(|t| !is_expected(t)).map(|t| {
+                format!(
+                    "{} ({}) at {} was removed but Prometheus still scrapes it",
+                    t.instance, t.job, t.scrape_url
+                )
+            }))
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
+    Err(FleetError::Verify { timeout, detail })
+}

@@ -1,0 +1,168 @@
+//! Every file PromGuard installs on a host, rendered from its plan: the
+//! wg-quick config (this crate), the nftables ruleset and, on the monitor,
+//! Prometheus' config and file_sd targets (core's renderers).
+
+use std::fmt;
+
+use promguard_core::{nftables, prometheus, Change, HostPlan, Plan, State};
+use sha2::{Digest, Sha256};
+
+use crate::Secrets;
+
+/// Which kind of file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostFileKind {
+    /// The wg-quick config.
+    WireGuard,
+    /// prometheus.yml.
+    Prometheus,
+    /// A file_sd targets file.
+    Targets,
+    /// The nftables ruleset.
+    Nftables,
+}
+
+/// One rendered file.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HostFile {
+    /// What it is.
+    pub kind: HostFileKind,
+    /// Absolute path on the host.
+    pub path: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// Content.
+    pub content: String,
+}
+
+impl HostFile {
+    /// SHA-256 of the content, hex: what the state records per file.
+    pub fn digest(&self) -> String {
+        hex::encode(Sha256::digest(self.content.as_bytes()))
+    }
+}
+
+impl fmt::Debug for HostFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The content may hold keys.
+        f.debug_struct("HostFile")
+            .field("path", &self.path)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("bytes", &self.content.len())
+            .finish()
+    }
+}
+
+/// Renders every file of `host`.
+pub fn host_files(host: &HostPlan, secrets: Secrets) -> Vec<HostFile> {
+    let mut files = vec![HostFile {
+        kind: HostFileKind::WireGuard,
+        path: crate::config_path(&host.interface.name),
+        mode: 0o600,
+        content: crate::render(host, secrets),
+    }];
+    if let Some(p) = &host.prometheus {
+        files.push(HostFile {
+            kind: HostFileKind::Prometheus,
+            path: prometheus::CONFIG_PATH.to_owned(),
+            mode: 0o644,
+            content: prometheus::render_config(p),
+        });
+        for (path, content) in prometheus::render_targets(p) {
+            files.push(HostFile {
+                kind: HostFileKind::Targets,
+                path,
+                mode: 0o644,
+                content,
+            });
+        }
+    }
+    files.push(HostFile {
+        kind: HostFileKind::Nftables,
+        path: nftables::RULESET_PATH.to_owned(),
+        mode: 0o600,
+        content: nftables::render(&host.firewall),
+    });
+    files
+}
+
+/// Adds to `plan` a [`Change::WriteFile`] for every file of a created host
+/// whose content differs from what `state` records the last run wrote.
+pub fn add_file_changes(plan: &mut Plan, state: &State) {
+    let mut changes = Vec::new();
+    for host in &plan.hosts {
+        let Some(record) = state.hosts.get(&host.name).filter(|r| r.created) else {
+            continue;
+        };
+        for file in host_files(host, Secrets::Include) {
+            if record.files.get(&file.path) != Some(&file.digest()) {
+                changes.push(Change::WriteFile {
+                    host: host.name.clone(),
+                    path: file.path,
+                });
+            }
+        }
+    }
+    plan.changes.extend(changes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use promguard_core::{config::Config, planner};
+
+    #[test]
+    fn the_monitor_gets_prometheus_and_every_host_a_tunnel_and_a_firewall() {
+        let plan = planner::plan(&Config::default(), None).unwrap();
+        let kinds = |h: &HostPlan| -> Vec<HostFileKind> {
+            host_files(h, Secrets::Redact)
+                .iter()
+                .map(|f| f.kind)
+                .collect()
+        };
+        assert_eq!(
+            kinds(plan.monitor()),
+            [
+                HostFileKind::WireGuard,
+                HostFileKind::Prometheus,
+                HostFileKind::Targets,
+                HostFileKind::Nftables
+            ]
+        );
+        let node = plan
+            .hosts
+            .iter()
+            .find(|h| h.role != plan.monitor().role)
+            .unwrap();
+        assert_eq!(
+            kinds(node),
+            [HostFileKind::WireGuard, HostFileKind::Nftables]
+        );
+        let wg = &host_files(node, Secrets::Include)[0];
+        assert_eq!(wg.mode, 0o600);
+        assert!(!format!("{wg:?}").contains(&node.interface.private_key.expose_base64()));
+    }
+
+    #[test]
+    fn only_files_that_differ_from_the_record_are_changes() {
+        let config = Config::default();
+        let mut state = planner::plan(&config, None).unwrap().next_state;
+        let monitor = config.monitor.name.clone();
+        state.hosts.get_mut(&monitor).unwrap().created = true;
+        let mut plan = planner::plan(&config, Some(&state)).unwrap();
+        let before = plan.changes.len();
+        let files = host_files(plan.monitor(), Secrets::Include);
+        let record = state.hosts.get_mut(&monitor).unwrap();
+        for f in &files[1..] {
+            record.files.insert(f.path.clone(), f.digest());
+        }
+        add_file_changes(&mut plan, &state);
+        assert_eq!(
+            plan.changes[before..],
+            [Change::WriteFile {
+                host: monitor,
+                path: files[0].path.clone()
+            }]
+        );
+    }
+}
