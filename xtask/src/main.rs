@@ -12,6 +12,7 @@
 //!   steps.
 //! - `e2e --faults`: the fault tests on local hosts (unreachable hosts,
 //!   signals, a lost state file, healing, hostile input, secrets).
+//! - `e2e --example`: runs the embedding example (library crates only).
 //! - `deps`: only the package installation.
 //! - `tidy`: the architecture's invariants (which crate may depend on what,
 //!   no IO in core, a doc on every module); part of `test`.
@@ -31,6 +32,7 @@ mod deps;
 mod e2e;
 mod e2e_fake;
 mod e2e_systemd;
+mod example;
 mod faults;
 mod fuzz;
 mod tidy;
@@ -61,8 +63,12 @@ fn main() -> Result<()> {
                     deps::ensure()?;
                     faults::run(&root)
                 }
+                ["--example"] => {
+                    deps::ensure()?;
+                    example::run(&root)
+                }
                 [] => e2e_fake::real(&root),
-                other => bail!("unknown e2e arguments {other:?}; use --local, --systemd, --fake, --faults or nothing (real DigitalOcean)"),
+                other => bail!("unknown e2e arguments {other:?}; use --local, --systemd, --fake, --faults, --example or nothing (real DigitalOcean)"),
             }
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("--systemd") => {
@@ -158,6 +164,7 @@ fn test(root: &Path) -> Result<()> {
     ]))?;
     run(cargo().args(["test", "--workspace"]))?;
     e2e::local(root)?;
+    example::run(root)?;
     e2e_systemd::systemd(root)?;
     faults::run(root)?;
     e2e_fake::fake(root)?;

@@ -17,18 +17,14 @@
 //! Both refuse to work with any other URL, so a real deployment can never be
 //! redirected into a namespace or made impatient by a stray variable.
 
-use std::io;
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::bail;
-use async_trait::async_trait;
 use promguard_cloud::digitalocean::{DigitalOceanProvider, FirstBoot, Timing, Token};
-use promguard_cloud::{CloudError, CloudProvider, Host, HostRequest};
+use promguard_cloud::CloudProvider;
 use promguard_core::config::Config;
-use promguard_core::{Capabilities, HostName, Role, SshPublicKey};
+use promguard_core::Role;
 
 /// Overrides the API base URL (tests: the fake API).
 pub const URL_ENV: &str = "PROMGUARD_DIGITALOCEAN_URL";
@@ -118,30 +114,13 @@ fn digitalocean_with(
     }
     match fast.as_deref() {
         None => {}
-        Some("fast") => builder = builder.timing(fast_timing()),
+        Some("fast") => builder = builder.timing(Timing::fast()),
         Some(other) => bail!("{TIMING_ENV}={other:?} is unknown; the only value is \"fast\""),
     }
-    let provider = builder.build()?;
-    Ok(match netns {
-        None => Arc::new(provider),
-        Some(path) => Arc::new(InNetns {
-            inner: provider,
-            netns: path,
-        }),
-    })
-}
-
-/// Short waits for a fake API that answers at once.
-fn fast_timing() -> Timing {
-    Timing {
-        request_timeout: Duration::from_secs(5),
-        max_attempts: 8,
-        retry_backoff: Duration::from_millis(200),
-        max_backoff: Duration::from_secs(1),
-        max_rate_wait: Duration::from_secs(10),
-        poll_interval: Duration::from_millis(200),
-        active_timeout: Duration::from_secs(20),
+    if let Some(path) = netns {
+        builder = builder.ssh_from_netns(path);
     }
+    Ok(Arc::new(builder.build()?))
 }
 
 /// The login key when `ssh.private_key` is not set: `~/.ssh/id_ed25519`,
@@ -177,69 +156,6 @@ pub fn login_public_key_path(config: &Config, identity: &Path) -> PathBuf {
             }
         }
         _ => PathBuf::from(format!("{}.pub", identity.display())),
-    }
-}
-
-/// The DigitalOcean provider with SSH connections opened inside a network
-/// namespace. Test only: the fake API's droplets are namespace hosts.
-struct InNetns {
-    inner: DigitalOceanProvider,
-    netns: PathBuf,
-}
-
-#[async_trait]
-impl CloudProvider for InNetns {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    fn discovery_hint(&self) -> &'static str {
-        self.inner.discovery_hint()
-    }
-
-    async fn preflight(&self) -> Result<(), CloudError> {
-        self.inner.preflight().await
-    }
-
-    async fn register_ssh_key(&self, key: &SshPublicKey) -> Result<(), CloudError> {
-        self.inner.register_ssh_key(key).await
-    }
-
-    async fn reconcile_deployment(&self) -> Result<(), CloudError> {
-        self.inner.reconcile_deployment().await
-    }
-
-    async fn prepare_host_keys(
-        &self,
-        requests: &[HostRequest],
-    ) -> Result<Vec<(HostName, SshPublicKey)>, CloudError> {
-        self.inner.prepare_host_keys(requests).await
-    }
-
-    async fn create_hosts(&self, requests: &[HostRequest]) -> Result<Vec<Host>, CloudError> {
-        self.inner.create_hosts(requests).await
-    }
-
-    async fn list_hosts(&self) -> Result<Vec<Host>, CloudError> {
-        self.inner.list_hosts().await
-    }
-
-    async fn destroy_hosts(&self, names: &[HostName]) -> Result<(), CloudError> {
-        self.inner.destroy_hosts(names).await
-    }
-
-    async fn destroy_deployment(&self) -> Result<(), CloudError> {
-        self.inner.destroy_deployment().await
-    }
-
-    fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
-        promguard_cloud::local::run_in_netns(&self.netns, || {
-            TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-        })?
     }
 }
 

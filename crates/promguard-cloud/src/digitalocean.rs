@@ -110,6 +110,21 @@ pub struct Timing {
     pub active_timeout: Duration,
 }
 
+impl Timing {
+    /// Short waits for a fake API on this machine that answers at once.
+    pub fn fast() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(5),
+            max_attempts: 8,
+            retry_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(1),
+            max_rate_wait: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(200),
+            active_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
 impl Default for Timing {
     fn default() -> Self {
         Self {
@@ -138,9 +153,18 @@ pub struct DigitalOceanBuilder {
     page_size: u32,
     timing: Timing,
     first_boot: HashMap<Role, FirstBoot>,
+    ssh_netns: Option<std::path::PathBuf>,
 }
 
 impl DigitalOceanBuilder {
+    /// Test only: open SSH connections to droplets from inside the network
+    /// namespace at `path` (the fake API's droplets are local hosts whose
+    /// addresses are routed only there).
+    pub fn ssh_from_netns(mut self, path: std::path::PathBuf) -> Self {
+        self.ssh_netns = Some(path);
+        self
+    }
+
     /// What droplets of `role` install on their first boot (cloud-init's
     /// `packages`), so that the first converge finds them present; the
     /// caller says which, as this crate knows nothing of what runs on a
@@ -222,6 +246,7 @@ impl DigitalOceanBuilder {
             page_size: self.page_size,
             timing: self.timing,
             first_boot: self.first_boot,
+            ssh_netns: self.ssh_netns,
             state: Mutex::new(State {
                 login_key: self.login_key,
                 ..State::default()
@@ -270,6 +295,8 @@ pub struct DigitalOceanProvider {
     timing: Timing,
     first_boot: HashMap<Role, FirstBoot>,
     state: Mutex<State>,
+    /// Test only: where SSH connections are opened.
+    ssh_netns: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for DigitalOceanProvider {
@@ -400,6 +427,7 @@ impl DigitalOceanProvider {
             page_size: 200,
             first_boot: HashMap::new(),
             timing: Timing::default(),
+            ssh_netns: None,
         }
     }
 
@@ -1054,6 +1082,14 @@ impl CloudProvider for DigitalOceanProvider {
             programs: Programs::Packages,
             host_keys: HostKeys::Injected,
             lifecycle: Lifecycle::Disposable,
+        }
+    }
+
+    fn connect(&self, addr: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+        let dial = || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10));
+        match &self.ssh_netns {
+            None => dial(),
+            Some(path) => crate::local::run_in_netns(path, dial)?,
         }
     }
 
