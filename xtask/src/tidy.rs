@@ -10,8 +10,10 @@
 //!   the config file it parses (`config.rs`): no file, network or process
 //!   API anywhere else in it.
 //! - Every Rust module of the crates and of xtask opens with a `//!` doc.
+//! - No function of a library crate has a `bool` parameter that every call
+//!   in the workspace passes as a literal `true` or `false`.
 //! - shellcheck accepts every shell file: the scripts hosts run
-//!   (`crates/promguard-remote/src/recipe/sh/`), the snapshots of the
+//!   (`crates/promguard-remote/src/sh/`, `recipe/sh/`), the snapshots of the
 //!   generated ones, and `.ci/run`.
 //!
 //! The checks run on any tree with this layout, so the tests below break
@@ -149,6 +151,140 @@ pub fn violations(root: &Path) -> Result<Vec<String>> {
             }
         }
     }
+    found.extend(literal_bool_parameters(root)?);
+    Ok(found)
+}
+
+/// The library crates, whose functions an embedder calls.
+const LIBRARIES: &[&str] = &[
+    "promguard-core",
+    "promguard-wg",
+    "promguard-cloud",
+    "promguard-remote",
+];
+
+/// The text between the parenthesis at `open` and its match.
+fn parenthesized(text: &str, open: usize) -> Option<&str> {
+    let mut depth = 0usize;
+    for (i, c) in text[open..].char_indices() {
+        match c {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&text[open + 1..open + i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `text` split at commas outside brackets.
+fn top_level_items(text: &str) -> Vec<String> {
+    let mut items = vec![String::new()];
+    let mut depth = 0i32;
+    for c in text.chars() {
+        match c {
+            '(' | '[' | '{' | '<' => depth += 1,
+            ')' | ']' | '}' | '>' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(String::new());
+                continue;
+            }
+            _ => {}
+        }
+        items.last_mut().expect("never empty").push(c);
+    }
+    items
+        .into_iter()
+        .map(|i| i.trim().to_owned())
+        .filter(|i| !i.is_empty())
+        .collect()
+}
+
+/// Functions of the library crates with a `bool` parameter that every
+/// call in the workspace passes as a literal `true` or `false`: such a
+/// parameter is two functions, or an enum, in disguise.
+fn literal_bool_parameters(root: &Path) -> Result<Vec<String>> {
+    let mut sources = Vec::new();
+    for krate in CRATES {
+        let dir = root.join("crates").join(krate);
+        if dir.exists() {
+            sources.extend(rust_files(&dir)?);
+        }
+    }
+    if root.join("xtask/src").exists() {
+        sources.extend(rust_files(&root.join("xtask/src"))?);
+    }
+    let texts: Vec<(PathBuf, String)> = sources
+        .into_iter()
+        .map(|f| std::fs::read_to_string(&f).map(|t| (f, t)))
+        .collect::<std::io::Result<_>>()?;
+    let mut found = Vec::new();
+    for (file, text) in &texts {
+        let library = LIBRARIES
+            .iter()
+            .any(|l| file.starts_with(root.join("crates").join(l).join("src")));
+        if !library {
+            continue;
+        }
+        for (at, _) in text.match_indices("fn ") {
+            let rest = &text[at + 3..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let Some(open) = rest.find('(').map(|o| at + 3 + o) else {
+                continue;
+            };
+            if name.is_empty() || text[at + 3 + name.len()..open].contains([';', '{']) {
+                continue;
+            }
+            let Some(params) = parenthesized(text, open) else {
+                continue;
+            };
+            let params = top_level_items(params);
+            let receiver = params.first().is_some_and(|p| p.ends_with("self"));
+            for (index, param) in params.iter().enumerate() {
+                let Some((_, ty)) = param.split_once(':') else {
+                    continue;
+                };
+                if ty.trim() != "bool" {
+                    continue;
+                }
+                let index = index - usize::from(receiver);
+                let mut calls = 0;
+                let mut literal = 0;
+                for (_, other) in &texts {
+                    for (call, _) in other.match_indices(&format!("{name}(")) {
+                        let before = other[..call].chars().next_back();
+                        if before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+                            || other[..call].ends_with("fn ")
+                        {
+                            continue;
+                        }
+                        let Some(args) = parenthesized(other, call + name.len()) else {
+                            continue;
+                        };
+                        let args = top_level_items(args);
+                        calls += 1;
+                        if args.get(index).is_some_and(|a| a == "true" || a == "false") {
+                            literal += 1;
+                        }
+                    }
+                }
+                if calls > 0 && calls == literal {
+                    let line = text[..at].lines().count() + 1;
+                    found.push(format!(
+                        "{}:{line}: every call of {name} passes its bool parameter `{param}` as a literal; take an enum, or make two functions",
+                        file.display()
+                    ));
+                }
+            }
+        }
+    }
     Ok(found)
 }
 
@@ -279,6 +415,10 @@ mod tests {
             "fn peek() { let _ = std::fs::read(\"/etc/passwd\"); }\n",
         );
         std::fs::write(root.join("crates/promguard-wg/src/dump.rs"), "fn f() {}\n").unwrap();
+        append(
+            &root.join("crates/promguard-remote/src/lib.rs"),
+            "pub fn converge(host: &str, dry_run: bool) {}\nfn run() { converge(\"a\", true); converge(\"b\", false) }\npub fn keep(quiet: bool) {}\nfn also(q: bool) { keep(q); keep(true) }\n",
+        );
         let found = violations(root).unwrap().join("\n");
         for expected in [
             "promguard-core depends on reqwest, which only promguard-cloud may use",
@@ -286,11 +426,14 @@ mod tests {
             "promguard-remote depends on clap, which only promguard-cli may use",
             "lib.rs:2: promguard-core does IO (std::fs)",
             "dump.rs: the module has no `//!` doc",
+            "every call of converge passes its bool parameter `dry_run: bool` as a literal",
         ] {
             assert!(found.contains(expected), "{expected:?} not in:\n{found}");
         }
         // The state file may do IO.
         assert!(!found.contains("state.rs"), "{found}");
+        // A bool some caller computes is fine.
+        assert!(!found.contains("call of keep"), "{found}");
     }
 
     #[test]
