@@ -375,3 +375,246 @@ pub async fn destroy_deployment(
     store.save(&state)?;
     Ok(count)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use promguard_core::config::Config;
+    use promguard_core::events::EventLog;
+    use promguard_core::{planner, Capabilities, HostKeys, MemoryStore, Programs, Region};
+
+    use super::*;
+
+    /// A provider whose hosts appear when asked for; it records the calls.
+    struct Scripted {
+        lifecycle: Lifecycle,
+        hosts: Mutex<Vec<Host>>,
+        calls: Mutex<Vec<&'static str>>,
+    }
+
+    impl Scripted {
+        fn new(lifecycle: Lifecycle, hosts: Vec<Host>) -> Self {
+            Self {
+                lifecycle,
+                hosts: Mutex::new(hosts),
+                calls: Mutex::default(),
+            }
+        }
+
+        fn called(&self, call: &'static str) {
+            self.calls.lock().unwrap().push(call);
+        }
+    }
+
+    fn host(name: &HostName, last_octet: u8) -> Host {
+        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, last_octet));
+        Host {
+            name: name.clone(),
+            role: None,
+            region: Region::new("tor1").unwrap(),
+            id: last_octet.to_string(),
+            public_address: ip,
+            ssh: SocketAddr::new(ip, 22),
+            ssh_host_key: None,
+        }
+    }
+
+    #[async_trait]
+    impl CloudProvider for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                programs: Programs::Preinstalled,
+                host_keys: HostKeys::FromHost,
+                lifecycle: self.lifecycle,
+            }
+        }
+        fn discovery_hint(&self) -> &'static str {
+            "their labels"
+        }
+        async fn preflight(&self) -> Result<(), CloudError> {
+            Ok(())
+        }
+        async fn reconcile_deployment(&self) -> Result<(), CloudError> {
+            self.called("reconcile");
+            Ok(())
+        }
+        async fn register_ssh_key(&self, _key: &SshPublicKey) -> Result<(), CloudError> {
+            Ok(())
+        }
+        async fn prepare_host_keys(
+            &self,
+            _requests: &[HostRequest],
+        ) -> Result<Vec<(HostName, SshPublicKey)>, CloudError> {
+            Ok(Vec::new())
+        }
+        async fn create_hosts(&self, requests: &[HostRequest]) -> Result<Vec<Host>, CloudError> {
+            self.called("create");
+            let made: Vec<Host> = requests
+                .iter()
+                .enumerate()
+                .map(|(i, r)| host(&r.name, 10 + i as u8))
+                .collect();
+            self.hosts.lock().unwrap().extend(made.clone());
+            Ok(made)
+        }
+        async fn list_hosts(&self) -> Result<Vec<Host>, CloudError> {
+            Ok(self.hosts.lock().unwrap().clone())
+        }
+        async fn destroy_hosts(&self, _names: &[HostName]) -> Result<(), CloudError> {
+            self.called("destroy");
+            Ok(())
+        }
+        async fn destroy_deployment(&self) -> Result<(), CloudError> {
+            self.called("destroy deployment");
+            Ok(())
+        }
+    }
+
+    fn login() -> SshPublicKey {
+        SshPublicKey::parse(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJbHkQpvXXXlCrfm9GPh94TOs3h4/BEQKAsLxu2dEiob",
+        )
+        .unwrap()
+    }
+
+    fn journal(config: &Config) -> (Arc<MemoryStore>, Journal) {
+        let store = Arc::new(MemoryStore::default());
+        let journal = Journal::new(store.clone(), State::new(config.deployment.clone()));
+        (store, journal)
+    }
+
+    #[tokio::test]
+    async fn creates_what_is_missing_and_records_it_then_does_nothing() {
+        let config = Config::default();
+        let provider = Scripted::new(Lifecycle::Disposable, Vec::new());
+        let (store, journal) = journal(&config);
+        let plan = planner::plan(&config, None).unwrap();
+        let log = EventLog::default();
+        let cancel = CancellationToken::new();
+        let made = provision(&provider, &plan, &journal, &login(), &log, &cancel)
+            .await
+            .unwrap();
+        assert_eq!(made.created.len(), plan.hosts.len());
+        let saved = store.load().unwrap().unwrap();
+        assert!(saved
+            .hosts
+            .values()
+            .all(|r| r.created && r.public_address.is_some()));
+        assert!(matches!(log.events()[..], [Event::Creating { .. }]));
+        // Against the recorded state nothing is created; the provider's
+        // other resources are still brought in line.
+        let plan = planner::plan(&config, Some(&saved)).unwrap();
+        let again = provision(&provider, &plan, &journal, &login(), &log, &cancel)
+            .await
+            .unwrap();
+        assert_eq!(again, Provisioned::default());
+        assert_eq!(*provider.calls.lock().unwrap(), ["create", "reconcile"]);
+    }
+
+    #[tokio::test]
+    async fn hosts_nobody_knows_stop_the_run_before_anything_is_saved() {
+        let config = Config::default();
+        let stray = host(&config.monitor.name, 1);
+        let provider = Scripted::new(Lifecycle::Disposable, vec![stray]);
+        let (store, journal) = journal(&config);
+        let plan = planner::plan(&config, None).unwrap();
+        let err = provision(
+            &provider,
+            &plan,
+            &journal,
+            &login(),
+            &(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ProvisionError::UnknownHosts { .. }), "{err}");
+        assert!(err.to_string().contains("their labels"), "{err}");
+        // Saving the plan's fresh keys would let the next run adopt the
+        // stray host with keys it never had.
+        assert_eq!(store.load().unwrap(), None);
+        assert!(provider.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_run_saves_nothing_more() {
+        let config = Config::default();
+        let provider = Scripted::new(Lifecycle::Disposable, Vec::new());
+        let (store, journal) = journal(&config);
+        let plan = planner::plan(&config, None).unwrap();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let err = provision(&provider, &plan, &journal, &login(), &(), &cancel)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProvisionError::Cancelled), "{err}");
+        assert_eq!(store.load().unwrap(), None);
+        assert!(journal.update(|_| ()).is_err());
+    }
+
+    #[tokio::test]
+    async fn existing_hosts_are_forgotten_never_destroyed() {
+        let mut config = Config::default();
+        let provider = Scripted::new(Lifecycle::Existing, Vec::new());
+        let (store, journal) = journal(&config);
+        let plan = planner::plan(&config, None).unwrap();
+        let cancel = CancellationToken::new();
+        provision(&provider, &plan, &journal, &login(), &(), &cancel)
+            .await
+            .unwrap();
+        config.nodes.pop();
+        let plan = planner::plan(&config, Some(&journal.snapshot())).unwrap();
+        let removed = destroy_removed(&provider, &plan, &journal, &(), &cancel)
+            .await
+            .unwrap();
+        assert_eq!(removed.len(), 1);
+        assert!(!journal.snapshot().hosts.contains_key(&removed[0]));
+        let count = destroy_deployment(
+            &provider,
+            &*store,
+            &config.deployment,
+            WithoutState::Refuse,
+            &(),
+        )
+        .await
+        .unwrap();
+        // The provider still lists the forgotten host: it was never destroyed.
+        assert_eq!(count, plan.hosts.len() + 1);
+        assert!(store.load().unwrap().unwrap().hosts.is_empty());
+        assert_eq!(*provider.calls.lock().unwrap(), ["create"]);
+    }
+
+    #[tokio::test]
+    async fn down_without_state_must_be_asked_for() {
+        let config = Config::default();
+        let provider = Scripted::new(Lifecycle::Disposable, Vec::new());
+        let store = MemoryStore::default();
+        let err = destroy_deployment(
+            &provider,
+            &store,
+            &config.deployment,
+            WithoutState::Refuse,
+            &(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("--discover"), "{err}");
+        let count = destroy_deployment(
+            &provider,
+            &store,
+            &config.deployment,
+            WithoutState::DestroyWhatIsFound,
+            &(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(count, 0);
+        assert_eq!(*provider.calls.lock().unwrap(), ["destroy deployment"]);
+    }
+}
