@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = promguard_cli::prometheus_api::parse_targets(data);
+    let _ = promguard_remote::prometheus_api::parse_targets(data);
 });
