@@ -214,6 +214,28 @@ fn plan_json_contract_and_no_secrets() {
     }
 }
 
+// Regression: without a state, `plan` showed public keys that each run
+// generates anew, so a key copied from it was never used.
+#[test]
+fn plan_shows_no_key_that_is_thrown_away() {
+    let dir = Dir::new();
+    let out = dir.run(&["plan", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for host in json["hosts"].as_array().unwrap() {
+        assert!(host["public_key"].is_null(), "{host}");
+    }
+    let human = stdout(&dir.run(&["plan"]));
+    assert!(human.contains("(new: made by `up`)"), "{human}");
+    // Saved keys are shown.
+    let text = default_state(&dir);
+    let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let key = state["hosts"]["promguard-node-1"]["public_key"]
+        .as_str()
+        .unwrap();
+    assert!(stdout(&dir.run(&["plan"])).contains(key));
+}
+
 #[test]
 fn render_redacts_unless_asked() {
     let dir = Dir::new();

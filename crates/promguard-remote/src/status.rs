@@ -176,24 +176,34 @@ pub fn read_host(
             problems,
         });
     }
+    // Handshakes, transfer and endpoints only: `wg show <if> dump` would
+    // copy the private and preshared keys to this machine.
+    let interface = crate::shell_quote(host.interface.name.as_str());
+    let command = format!(
+        "set -e; wg show {interface} latest-handshakes; echo @; wg show {interface} transfer; echo @; wg show {interface} endpoints"
+    );
     let out = conn
-        .exec(&format!("wg show {} dump", host.interface.name), b"")
+        .exec(&format!("sh -c {}", crate::shell_quote(&command)), b"")
         .map_err(remote(Step::Reading))?;
     if out.exit_code != 0 {
         return Err(failed(format!(
-            "`wg show {} dump` failed ({}): the WireGuard interface is down; run `promguard up` to repair it",
+            "`wg show {}` failed ({}): the WireGuard interface is down; run `promguard up` to repair it",
             host.interface.name,
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let dump = promguard_wg::parse_dump(&String::from_utf8_lossy(&out.stdout))
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sections: Vec<&str> = text.split("@\n").collect();
+    let [handshakes, transfer, endpoints] = sections[..] else {
+        return Err(failed("`wg show` printed something unexpected".into()));
+    };
+    let activity = promguard_wg::parse_activity(handshakes, transfer, endpoints)
         .map_err(|e| failed(e.to_string()))?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let peers = dump
-        .peers
+    let peers = activity
         .iter()
         .map(|p| PeerStatus {
             name: plan

@@ -1,7 +1,8 @@
 //! The files hosts get, as text: renders a host's `wg0.conf` (wg-quick
 //! format) from its plan, parses wg-quick configs back, parses the output of
 //! `wg show <if> dump`, and renders the whole set of files a host gets
-//! ([`files::host_files`]: WireGuard, firewall, Prometheus). Text in, text
+//! ([`files::host_files`]: WireGuard, firewall, Prometheus), and reads
+//! peers' activity from `wg show` without key material ([`parse_activity`]). Text in, text
 //! out: no processes, no network.
 //!
 //! ```
@@ -22,12 +23,14 @@
 mod dump;
 pub mod files;
 mod render;
+mod show;
 mod wgquick;
 
 use promguard_core::InterfaceName;
 
 pub use dump::{parse_dump, Dump, DumpError, DumpInterface, DumpPeer};
 pub use render::{render, render_parsed, Secrets, HEADER, REDACTED};
+pub use show::{parse_activity, PeerActivity, ShowError};
 pub use wgquick::{parse, InterfaceSection, ParseError, PeerSection, WgQuickConfig};
 
 /// Where wg-quick looks for interface configs.

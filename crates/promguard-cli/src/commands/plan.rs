@@ -30,8 +30,9 @@ pub struct PlanHostJson {
     pub region: String,
     /// WireGuard address.
     pub wireguard_address: String,
-    /// WireGuard public key.
-    pub public_key: String,
+    /// WireGuard public key; `None` while the key is new: each run
+    /// generates new keys until `up` saves them in the state.
+    pub public_key: Option<String>,
 }
 
 /// Runs `promguard plan`.
@@ -39,6 +40,16 @@ pub fn run(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let project = Project::load(config)?;
     let state = project.load_state()?;
     let plan = make_plan(&project, state.as_ref())?;
+    // Keys not in the state are thrown away at the end of this run: showing
+    // them would invite copying a key that is never used.
+    let saved_key = |h: &promguard_core::HostPlan| {
+        let key = h.interface.public_key();
+        state
+            .as_ref()
+            .and_then(|s| s.hosts.get(&h.name))
+            .is_some_and(|r| r.public_key == key)
+            .then(|| key.to_string())
+    };
     if json {
         let out = PlanJson {
             hosts: plan
@@ -49,7 +60,7 @@ pub fn run(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
                     role: h.role.to_string(),
                     region: h.region.to_string(),
                     wireguard_address: h.interface.address.to_string(),
-                    public_key: h.interface.public_key().to_string(),
+                    public_key: saved_key(h),
                 })
                 .collect(),
             changes: plan.changes.clone(),
@@ -74,7 +85,7 @@ pub fn run(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
                 h.role.to_string(),
                 h.region.to_string(),
                 h.interface.address.to_string(),
-                h.interface.public_key().to_string(),
+                saved_key(h).unwrap_or_else(|| "(new: made by `up`)".to_owned()),
             ]
         })
         .collect();
