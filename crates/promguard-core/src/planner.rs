@@ -52,6 +52,18 @@ pub enum PlanError {
         /// Role and region in the config.
         now: String,
     },
+    /// A host that exists was reached on another SSH port than the config
+    /// names now. Its firewall would open only the new port while sshd
+    /// still listens on the old one: every later connection would be cut.
+    #[error("host {host} serves SSH on port {recorded} (recorded when it was made), but ssh.port is now {configured}; PromGuard does not move sshd on running hosts, and a firewall for port {configured} would lock you out: set ssh.port back to {recorded}, or run `promguard down` and `up` to make the hosts anew")]
+    SshPortChanged {
+        /// The host.
+        host: HostName,
+        /// The port its record names.
+        recorded: Port,
+        /// The port the config names.
+        configured: Port,
+    },
     /// There are not enough free addresses.
     #[error("subnet {subnet} has no free address left for host {host}; use a larger subnet")]
     SubnetFull {
@@ -113,6 +125,16 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
                     host: spec.name.clone(),
                     address: record.wireguard_address,
                     subnet: config.subnet,
+                });
+            }
+            if let Some(recorded) = record
+                .ssh_port
+                .filter(|p| record.created && *p != config.ssh.port)
+            {
+                return Err(PlanError::SshPortChanged {
+                    host: spec.name.clone(),
+                    recorded,
+                    configured: config.ssh.port,
                 });
             }
             used.insert(record.wireguard_address);
@@ -576,5 +598,28 @@ mod tests {
             .peers
             .iter()
             .all(|p| p.endpoint.is_some_and(|e| e.port() == 51820)));
+    }
+
+    // Regression: editing ssh.port from 22 to 2222 made `up` load a
+    // firewall that closed port 22 while sshd kept listening there.
+    #[test]
+    fn a_changed_ssh_port_is_refused_for_hosts_that_exist() {
+        let config = Config::default();
+        let mut state = plan(&config, None).unwrap().next_state;
+        for record in state.hosts.values_mut() {
+            record.created = true;
+            record.ssh_port = Some(config.ssh.port);
+        }
+        assert!(plan(&config, Some(&state)).is_ok());
+        let moved =
+            Config::from_toml("[ssh]\nport = 2222\n", std::path::Path::new("t.toml")).unwrap();
+        let err = plan(&moved, Some(&state)).unwrap_err();
+        assert!(matches!(err, PlanError::SshPortChanged { .. }), "{err}");
+        assert!(err.to_string().contains("set ssh.port back to 22"), "{err}");
+        // Hosts not made yet take the new port.
+        for record in state.hosts.values_mut() {
+            record.created = false;
+        }
+        assert!(plan(&moved, Some(&state)).is_ok());
     }
 }
