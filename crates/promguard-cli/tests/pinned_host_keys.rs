@@ -19,7 +19,9 @@ const MONITOR: &str = "promguard-monitor-1";
 /// A DigitalOcean deployment whose hosts exist at `127.0.0.1:<port>`, with
 /// `keys` (pinned, next) for every host.
 fn deployment(dir: &Path, port: u16, keys: (Option<&str>, Option<&str>)) {
-    let text = Config::template(ProviderKind::DigitalOcean, 1);
+    // The hosts listen where the test's listener is, as the config says.
+    let text = Config::template(ProviderKind::DigitalOcean, 1)
+        .replace("[ssh]\nport = 22\n", &format!("[ssh]\nport = {port}\n"));
     let config_path = dir.join("promguard.toml");
     std::fs::write(&config_path, &text).unwrap();
     let config = Config::from_toml(&text, &config_path).unwrap();
