@@ -130,6 +130,9 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
 }
 
+/// Separates the facts from the `wg show` output in `read_host`'s answer.
+const WG_MARK: &str = "@promguard-wg-show";
+
 /// Reads one host. Blocking.
 pub fn read_host(
     access: &Access,
@@ -160,11 +163,22 @@ pub fn read_host(
             source: Box::new(source),
         }
     };
-    let script = recipe::facts::facts_script(&host.interface.name, &paths);
+    // One round trip, as a no-op `up`: the facts, then the peers'
+    // handshakes, transfer and endpoints (never `wg show <if> dump`, which
+    // would copy the private and preshared keys to this machine).
+    let interface = crate::shell_quote(host.interface.name.as_str());
+    let script = format!(
+        "{}echo {WG_MARK}\nif wg show {interface} latest-handshakes; then echo @; wg show {interface} transfer; echo @; wg show {interface} endpoints; fi\n",
+        recipe::facts::facts_script(&host.interface.name, &paths)
+    );
     let out = conn
         .exec_checked("gathering facts", "bash -s", script.as_bytes())
         .map_err(remote(Step::Reading))?;
-    let facts = recipe::parse_facts(&String::from_utf8_lossy(&out.stdout), &paths)
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (facts_text, wg_text) = text
+        .split_once(&format!("{WG_MARK}\n"))
+        .ok_or_else(|| failed("the facts script stopped early".into()))?;
+    let facts = recipe::parse_facts(facts_text, &paths)
         .map_err(|reason| failed(format!("unexpected facts output: {reason}")))?;
     let (services, mut problems) =
         diagnose(host.role, host.interface.name.as_str(), &facts, &recorded);
@@ -176,26 +190,12 @@ pub fn read_host(
             problems,
         });
     }
-    // Handshakes, transfer and endpoints only: `wg show <if> dump` would
-    // copy the private and preshared keys to this machine.
-    let interface = crate::shell_quote(host.interface.name.as_str());
-    let command = format!(
-        "set -e; wg show {interface} latest-handshakes; echo @; wg show {interface} transfer; echo @; wg show {interface} endpoints"
-    );
-    let out = conn
-        .exec(&format!("sh -c {}", crate::shell_quote(&command)), b"")
-        .map_err(remote(Step::Reading))?;
-    if out.exit_code != 0 {
-        return Err(failed(format!(
-            "`wg show {}` failed ({}): the WireGuard interface is down; run `promguard up` to repair it",
-            host.interface.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let sections: Vec<&str> = text.split("@\n").collect();
+    let sections: Vec<&str> = wg_text.split("@\n").collect();
     let [handshakes, transfer, endpoints] = sections[..] else {
-        return Err(failed("`wg show` printed something unexpected".into()));
+        return Err(failed(format!(
+            "`wg show {}` failed: the WireGuard interface is down; run `promguard up` to repair it",
+            host.interface.name
+        )));
     };
     let activity = promguard_wg::parse_activity(handshakes, transfer, endpoints)
         .map_err(|e| failed(e.to_string()))?;
