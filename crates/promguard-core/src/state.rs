@@ -4,16 +4,22 @@
 //!
 //! It is versioned JSON, written atomically (temporary file, fsync, rename,
 //! fsync of the directory) with mode 0600 because it holds private keys, and
-//! guarded by a lock file so two runs cannot interleave. A state from a newer
-//! PromGuard or a corrupt one is refused and never overwritten.
+//! guarded by a lock file so two runs cannot interleave. Neither the
+//! temporary file nor the lock is opened through a link planted at its path.
+//! A state from a newer PromGuard or a corrupt one is refused and never
+//! overwritten.
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::OFlag;
+use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
@@ -87,8 +93,9 @@ pub enum StateError {
         /// Where the state is.
         location: String,
     },
-    /// The lock file cannot be created.
-    #[error("cannot create lock file {path}: {source}")]
+    /// The lock file cannot be created or opened, or is not one promguard
+    /// may use (a link, another user's file).
+    #[error("cannot use lock file {path}: {source}")]
     Lock {
         /// The lock file.
         path: PathBuf,
@@ -336,6 +343,16 @@ impl crate::journal::StateStore for StateFile {
 
 /// Writes `bytes` to `path` through a temporary file in the same directory,
 /// fsyncs it, renames it over `path` and fsyncs the directory.
+///
+/// The temporary file is `.<file name>.tmp.<pid>.<16 random hex digits>`,
+/// created with `O_CREAT|O_EXCL|O_NOFOLLOW` and `mode` from the first byte:
+/// nothing planted in the directory (a link, a file) is ever followed or
+/// overwritten, and two writers never share a name. Should a file exist at
+/// the name anyway, the write fails and leaves it alone. Temporary files
+/// that earlier writers left behind (killed by SIGKILL) are removed first:
+/// regular files of this user whose name has exactly that pattern (or the
+/// pid-only `.<file name>.tmp.<pid>` of earlier versions) and whose writer
+/// process is gone.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -344,29 +361,127 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
+    remove_stale_temp_files(dir, file_name);
+    let tmp = dir.join(temp_name(file_name, std::process::id(), OsRng.next_u64()));
+    write_through(&tmp, path, dir, bytes, mode)
+}
+
+/// `.<file name>.tmp.`, the start of every temporary file of `file_name`.
+fn temp_prefix(file_name: &OsStr) -> Vec<u8> {
+    [b".", file_name.as_bytes(), b".tmp."].concat()
+}
+
+/// The temporary file's name for a writer with process id `pid`.
+fn temp_name(file_name: &OsStr, pid: u32, nonce: u64) -> OsString {
+    let mut name = temp_prefix(file_name);
+    name.extend_from_slice(format!("{pid}.{nonce:016x}").as_bytes());
+    OsString::from_vec(name)
+}
+
+/// The writer's pid if `candidate` is exactly a temporary file's name of
+/// `file_name`: `.<file name>.tmp.<pid>` followed by `.<16 lowercase hex
+/// digits>` (since names are random) or by nothing (the pid-only name
+/// earlier versions used), the pid a decimal from 1 to `i32::MAX` without
+/// leading zeros (0 or a negative number would mean a process group to
+/// `kill`).
+fn temp_writer_pid(file_name: &OsStr, candidate: &OsStr) -> Option<u32> {
+    let rest = candidate
+        .as_bytes()
+        .strip_prefix(temp_prefix(file_name).as_slice())?;
+    let (pid, nonce) = match rest.iter().position(|&b| b == b'.') {
+        Some(dot) => (&rest[..dot], Some(&rest[dot + 1..])),
+        None => (rest, None),
+    };
+    if let Some(nonce) = nonce {
+        let hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+        if nonce.len() != 16 || !nonce.iter().all(hex) {
+            return None;
+        }
+    }
+    if pid.first().is_none_or(|&b| b == b'0') || !pid.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let pid: u32 = std::str::from_utf8(pid).ok()?.parse().ok()?;
+    i32::try_from(pid).is_ok().then_some(pid)
+}
+
+/// Whether a process with id `pid` exists (`kill(pid, 0)`; one of another
+/// user counts as existing).
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return true;
+    };
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
+/// Removes the temporary files of `file_name` in `dir` that a writer killed
+/// before it could rename or remove them left behind: they hold a whole
+/// state, private keys included. Only names of exactly the temporary files'
+/// pattern whose writer's process is gone are removed, and only if they are
+/// regular files of this user (never followed: links are left alone). A
+/// writer in another PID namespace would look gone; the CLI saves only
+/// under the deployment's [`StateLock`], so none runs beside it. Best
+/// effort: a file that cannot be removed stays until the next save.
+fn remove_stale_temp_files(dir: &Path, file_name: &OsStr) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let uid = nix::unistd::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let Some(pid) = temp_writer_pid(file_name, &entry.file_name()) else {
+            continue;
+        };
+        if process_exists(pid) {
+            continue;
+        }
+        let path = entry.path();
+        // lstat: a link is looked at, not through. `remove_file` unlinks
+        // the name, so a file swapped for a link meanwhile only loses that
+        // link.
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_file() && meta.uid() == uid => {
+                let _ = fs::remove_file(&path);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Writes the temporary file `tmp` (which must not exist), then renames it
+/// over `path` in `dir`.
+fn write_through(tmp: &Path, path: &Path, dir: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .mode(mode)
+        .open(tmp)
+        .map_err(|e| match e.kind() {
+            // Not ours: neither followed, nor overwritten, nor removed.
+            io::ErrorKind::AlreadyExists => io::Error::new(
+                e.kind(),
+                format!(
+                    "temporary file {} already exists (promguard neither follows nor overwrites it); check what put it there and remove it",
+                    tmp.display()
+                ),
+            ),
+            _ => e,
+        })?;
+    let written = (|| {
         // The mode given to open is filtered by the umask; set it exactly.
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        fs::rename(tmp, path)
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    if written.is_err() {
+        let _ = fs::remove_file(tmp);
     }
-    result
+    written?;
+    File::open(dir)?.sync_all()
 }
 
 /// An exclusive lock on a deployment, held until dropped.
@@ -379,18 +494,54 @@ pub struct StateLock {
 impl StateLock {
     /// Takes the lock at `path` (created if missing), without waiting: if
     /// another process holds it, the error names that process.
+    ///
+    /// The lock file is opened with `O_NOFOLLOW` and not truncated on open;
+    /// it is used only if it is a regular file of this user with no other
+    /// name (a hard link), so no link planted at `path` makes promguard
+    /// truncate or write to another file.
     pub fn acquire(path: &Path) -> Result<Self, StateError> {
+        let lock_error = |source| StateError::Lock {
+            path: path.to_owned(),
+            source,
+        };
+        let refuse = |what: String| {
+            lock_error(io::Error::other(format!(
+                "{what}; remove it (a run creates its lock file itself)"
+            )))
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(OFlag::O_NOFOLLOW.bits())
             .mode(0o600)
             .open(path)
-            .map_err(|source| StateError::Lock {
-                path: path.to_owned(),
-                source,
+            .map_err(|source| {
+                let is_link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+                if source.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) && is_link {
+                    refuse("it is a symbolic link, which promguard does not follow".into())
+                } else {
+                    lock_error(source)
+                }
             })?;
+        let meta = file.metadata().map_err(lock_error)?;
+        let uid = nix::unistd::geteuid().as_raw();
+        if !meta.file_type().is_file() {
+            return Err(refuse("it is not a regular file".into()));
+        }
+        if meta.uid() != uid {
+            return Err(refuse(format!(
+                "it belongs to uid {}, not to this user (uid {uid})",
+                meta.uid()
+            )));
+        }
+        if meta.nlink() != 1 {
+            return Err(refuse(format!(
+                "it has {} hard links, so it is another file too",
+                meta.nlink()
+            )));
+        }
         let mut lock =
             match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => lock,
@@ -589,5 +740,172 @@ mod tests {
                 .contains(&format!("pid {}", std::process::id())),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod symlink_tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A file the user owns that a planted link points at.
+    fn victim(dir: &Path) -> PathBuf {
+        let victim = dir.join("victim");
+        fs::write(&victim, "the user's own file\n").unwrap();
+        victim
+    }
+
+    fn assert_untouched(victim: &Path) {
+        assert_eq!(fs::read_to_string(victim).unwrap(), "the user's own file\n");
+    }
+
+    #[test]
+    fn temp_file_is_never_opened_through_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = victim(dir.path());
+        let path = dir.path().join("promguard.state.json");
+        sample_state().save(&path).unwrap();
+        let before = fs::read(&path).unwrap();
+        let tmp = dir
+            .path()
+            .join(".promguard.state.json.tmp.1.0000000000000000");
+        symlink(&victim, &tmp).unwrap();
+
+        let err = write_through(&tmp, &path, dir.path(), b"{}", 0o600).unwrap_err();
+
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+        assert!(
+            err.to_string().contains(&tmp.display().to_string()),
+            "{err}"
+        );
+        assert_untouched(&victim);
+        // The link is not ours to remove, and the previous state is intact.
+        assert!(fs::symlink_metadata(&tmp).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn save_is_not_diverted_by_a_symlink_at_the_predictable_temp_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = victim(dir.path());
+        let path = dir.path().join("promguard.state.json");
+        // The name every PromGuard up to this fix used: pid only.
+        let planted = dir
+            .path()
+            .join(format!(".promguard.state.json.tmp.{}", std::process::id()));
+        symlink(&victim, &planted).unwrap();
+
+        let state = sample_state();
+        state.save(&path).unwrap();
+
+        assert_untouched(&victim);
+        assert_eq!(State::load(&path).unwrap().unwrap(), state);
+    }
+
+    #[test]
+    fn lock_refuses_a_symlink_and_leaves_its_target_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = victim(dir.path());
+        let path = dir.path().join("promguard.state.lock");
+        symlink(&victim, &path).unwrap();
+        let dangling = dir.path().join("dangling.lock");
+        symlink(dir.path().join("created-through-the-link"), &dangling).unwrap();
+
+        let err = StateLock::acquire(&path).unwrap_err();
+        let dangling_err = StateLock::acquire(&dangling).unwrap_err();
+
+        assert!(matches!(err, StateError::Lock { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&path.display().to_string())
+                && msg.contains("symbolic link")
+                && msg.contains("remove it"),
+            "{msg}"
+        );
+        assert_untouched(&victim);
+        assert!(
+            dangling_err.to_string().contains("symbolic link"),
+            "{dangling_err}"
+        );
+        assert!(!dir.path().join("created-through-the-link").exists());
+    }
+
+    #[test]
+    fn lock_refuses_a_hard_link_to_another_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = victim(dir.path());
+        let path = dir.path().join("promguard.state.lock");
+        fs::hard_link(&victim, &path).unwrap();
+
+        let err = StateLock::acquire(&path).unwrap_err();
+
+        assert!(matches!(err, StateError::Lock { .. }), "{err}");
+        assert!(err.to_string().contains("remove it"), "{err}");
+        assert_untouched(&victim);
+    }
+
+    #[test]
+    fn lock_file_of_an_earlier_run_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("promguard.state.lock");
+        fs::write(&path, "999999999\n").unwrap();
+        let lock = StateLock::acquire(&path).unwrap();
+        assert_eq!(
+            fs::read_to_string(lock.path()).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+    }
+
+    #[test]
+    fn save_removes_temp_files_of_dead_writers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = victim(dir.path());
+        let path = dir.path().join("promguard.state.json");
+        // No process has this pid: Linux's pid_max is at most 2^22.
+        let dead = i32::MAX;
+        let live = std::process::id();
+        let name = |suffix: &str| {
+            dir.path()
+                .join(format!(".promguard.state.json.tmp.{suffix}"))
+        };
+        let stale = [
+            name(&format!("{dead}.0123456789abcdef")),
+            // What a PromGuard before this fix left behind.
+            name(&format!("{dead}")),
+        ];
+        let kept = [
+            name(&format!("{live}.0123456789abcdef")),
+            name(&format!("{live}")),
+            // Not exactly the pattern.
+            name(&format!("{dead}.0123456789abcdeg")),
+            name(&format!("{dead}.0123456789abcdef0")),
+            name(&format!("{dead}.")),
+            name(&format!("{dead}x")),
+            name(""),
+            name("0"),
+            dir.path().join(format!(".other.json.tmp.{dead}")),
+            dir.path().join(format!("promguard.state.json.tmp.{dead}")),
+        ];
+        for file in stale.iter().chain(&kept) {
+            fs::write(file, "secret").unwrap();
+        }
+        // A matching name that is a link: neither followed nor removed.
+        let link = name(&format!("{dead}.fedcba9876543210"));
+        symlink(&victim, &link).unwrap();
+
+        sample_state().save(&path).unwrap();
+
+        for file in &stale {
+            assert!(!file.exists(), "{} is left", file.display());
+        }
+        for file in &kept {
+            assert!(file.exists(), "{} was removed", file.display());
+        }
+        assert!(fs::symlink_metadata(&link).is_ok());
+        assert_untouched(&victim);
+    }
+
+    fn sample_state() -> State {
+        State::new(DeploymentName::new("promguard").unwrap())
     }
 }
