@@ -5,6 +5,53 @@
 //! delete that follows also works on the first load), deletes it, and
 //! defines it again from scratch. Loading it twice gives the same rules,
 //! a failed load changes nothing, and no other table is ever touched.
+//!
+//! # Every path to an exporter port
+//!
+//! A connection to an exporter port reaches the host's own exporter
+//! through the `input` hook, or, when a port is published with DNAT (a
+//! container run with `-p 9187:9187`), is rewritten in `prerouting` and
+//! goes through the `forward` hook to the container. Both must admit only
+//! the scraper's WireGuard address on the WireGuard interface:
+//!
+//! - `input` (policy drop) accepts exporter ports only from there, as it
+//!   matches the port a connection is delivered to, also after a redirect.
+//! - `forward` (policy accept: the host's own forwarding keeps working)
+//!   sends every connection this host DNAT'ed from an exporter port (`ct
+//!   status dnat`, `ct original proto-dst`: the port before translation)
+//!   to `published_exporter_ports`, which only drops: what is not from
+//!   the scraper's address and family on the WireGuard interface. `input`
+//!   does the same after its loopback rule, for a connection redirected
+//!   from an exporter port to another local port. A drop is final in any
+//!   base chain, whatever another table (Docker's) accepts and whatever
+//!   the chains' order, while an accept here would not be; so only drops
+//!   are added where other tables decide.
+//!
+//! Filtering in `prerouting`, before DNAT, would look simpler but is not:
+//! before the routing decision a connection to this host's port 9100
+//! cannot be told from one routed through it to another machine's port
+//! 9100 (a container scraping elsewhere), except by `fib daddr type
+//! local`, which misses DNAT rules matching other destinations; and it
+//! never sees a port redirected *to* an exporter port. The original tuple
+//! of the connection names exactly what this host translated, in the
+//! hooks that know where it goes. The check is per packet of the original
+//! direction, so replies from a container pass and a stranger's connection
+//! open before the load is cut too.
+//!
+//! # ICMP
+//!
+//! Accepted are the types ufw accepts by default (its `before.rules` and
+//! `before6.rules`): destination-unreachable, time-exceeded,
+//! parameter-problem and echo-request, for IPv6 also packet-too-big,
+//! neighbour discovery (router and neighbour solicitations and adverts,
+//! only with hop limit 255, as RFC 4861 requires) and MLD (hop limit 1),
+//! which neighbour discovery needs on switches that snoop multicast. ufw
+//! also wants MLD from a link-local source; the kernel checks that itself
+//! (RFC 3810), so the rule names no address. Replies to our own pings and
+//! errors about our own connections are `ct state established,related`.
+//! ufw's rarer types (inverse neighbour discovery, SEND, multicast router
+//! discovery, Mobile IPv6), which Linux does not act on, and its
+//! echo-reply for multicast pings are left to the policy.
 
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -17,18 +64,42 @@ pub const RULESET_PATH: &str = "/etc/promguard/nftables.conf";
 /// The nftables family and name of PromGuard's table.
 pub const TABLE: &str = "inet promguard";
 
+/// The chain that drops connections to exporter ports not from the scraper.
+const SCRAPER_ONLY_CHAIN: &str = "published_exporter_ports";
+
 /// Renders the ruleset for `nft -f`.
 ///
-/// Inbound, it accepts replies to our own connections, loopback, ICMP and
-/// ICMPv6 (IPv6 needs neighbour discovery), SSH and WireGuard from anyone,
-/// and the exporter ports only from the scraper's WireGuard address on the
-/// WireGuard interface. The chain's policy drops everything else.
+/// Inbound, it accepts replies to our own connections, loopback, the ICMP
+/// and ICMPv6 types of the module doc, SSH and WireGuard from anyone, and
+/// the exporter ports only from the scraper's WireGuard address on the
+/// WireGuard interface; the chain's policy drops everything else.
+/// Forwarded, it drops connections DNAT'ed from an exporter port unless
+/// they come from the scraper on the WireGuard interface, and nothing
+/// else.
 pub fn render(policy: &FirewallPolicy) -> String {
     let mut out = String::from(
         "#!/usr/sbin/nft -f\n\
          # Managed by PromGuard: changes here are overwritten by the next `promguard up`.\n\
          # Replaces only the table inet promguard, atomically; other tables are left alone.\n\n",
     );
+    let (family, nfproto) = match policy.scraper {
+        IpAddr::V4(_) => ("ip", "ipv4"),
+        IpAddr::V6(_) => ("ip6", "ipv6"),
+    };
+    let ports: Vec<String> = policy
+        .exporter_ports
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let ports = ports.join(", ");
+    // Every connection whose port before DNAT is an exporter port, checked
+    // in each packet of its original direction (replies pass).
+    let published = format!(
+        "\t\tct direction original ct status dnat meta l4proto tcp \
+         ct original proto-dst {{ {ports} }} jump {SCRAPER_ONLY_CHAIN}\n"
+    );
+    let has_exporters = !policy.exporter_ports.is_empty();
+
     // Writing to a String cannot fail; the results are ignored on purpose.
     let _ = writeln!(out, "table {TABLE}");
     let _ = writeln!(out, "delete table {TABLE}\n");
@@ -38,33 +109,45 @@ pub fn render(policy: &FirewallPolicy) -> String {
          \t\ttype filter hook input priority filter; policy drop;\n\
          \t\tct state established,related accept\n\
          \t\tct state invalid drop\n\
-         \t\tiif \"lo\" accept\n\
-         \t\tmeta l4proto icmp accept\n\
-         \t\tmeta l4proto ipv6-icmp accept\n",
+         \t\tiif \"lo\" accept\n",
+    );
+    if has_exporters {
+        out.push_str(&published);
+    }
+    // In numeric order, as `nft list` shows them.
+    out.push_str(
+        "\t\ticmp type { destination-unreachable, echo-request, time-exceeded, parameter-problem } accept\n\
+         \t\ticmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem, echo-request } accept\n\
+         \t\ticmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept\n\
+         \t\ticmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report } ip6 hoplimit 1 accept\n",
     );
     let _ = writeln!(out, "\t\ttcp dport {} accept", policy.ssh_port);
     let _ = writeln!(out, "\t\tudp dport {} accept", policy.wireguard_port);
-    if !policy.exporter_ports.is_empty() {
-        let family = match policy.scraper {
-            IpAddr::V4(_) => "ip",
-            IpAddr::V6(_) => "ip6",
-        };
-        let ports: Vec<String> = policy
-            .exporter_ports
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+    if has_exporters {
         // iifname (not iif) because the WireGuard interface may not exist
         // yet when the ruleset is loaded.
         let _ = writeln!(
             out,
-            "\t\tiifname \"{}\" {family} saddr {} tcp dport {{ {} }} accept",
-            policy.interface,
-            policy.scraper,
-            ports.join(", ")
+            "\t\tiifname \"{}\" {family} saddr {} tcp dport {{ {ports} }} accept",
+            policy.interface, policy.scraper,
         );
     }
-    out.push_str("\t}\n}\n");
+    out.push_str("\t}\n");
+    if has_exporters {
+        out.push_str(
+            "\n\tchain forward {\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n",
+        );
+        out.push_str(&published);
+        out.push_str("\t}\n");
+        // Only drops: the chain returns what comes from the scraper.
+        let _ = writeln!(out, "\n\tchain {SCRAPER_ONLY_CHAIN} {{");
+        let _ = writeln!(out, "\t\tiifname != \"{}\" drop", policy.interface);
+        let _ = writeln!(out, "\t\tmeta nfproto != {nfproto} drop");
+        let _ = writeln!(out, "\t\t{family} saddr != {} drop", policy.scraper);
+        out.push_str("\t}\n");
+    }
+    out.push_str("}\n");
     out
 }
 
@@ -124,5 +207,58 @@ mod tests {
         let mut policy = policies("")[1].clone();
         policy.exporter_ports.clear();
         assert!(!render(&policy).contains("saddr"));
+    }
+
+    #[test]
+    fn forward_drops_dnat_from_exporter_ports_unless_from_the_scraper() {
+        let v4 = render(&policies("")[1]);
+        let published = "ct direction original ct status dnat meta l4proto tcp \
+                         ct original proto-dst { 9100 } jump published_exporter_ports";
+        let forward = v4.split("chain forward {").nth(1).expect("a forward chain");
+        assert!(forward.contains("policy accept;"), "{v4}");
+        assert!(forward.contains(published), "{v4}");
+        assert!(v4.contains(&format!("iif \"lo\" accept\n\t\t{published}")));
+        let check = v4.split("chain published_exporter_ports {").nth(1).unwrap();
+        assert_eq!(
+            check
+                .lines()
+                .map(str::trim)
+                .take_while(|l| *l != "}")
+                .collect::<Vec<_>>(),
+            [
+                "",
+                "iifname != \"wg0\" drop",
+                "meta nfproto != ipv4 drop",
+                "ip saddr != 10.0.0.1 drop"
+            ]
+        );
+        // No accept outside the input chain.
+        assert!(!forward.contains("accept\n"), "{v4}");
+
+        let v6 = render(&policies("[deployment]\nsubnet = \"fd00:10::/64\"\n")[1]);
+        assert!(v6.contains("meta nfproto != ipv6 drop\n\t\tip6 saddr != fd00:10::1 drop"));
+
+        let mut policy = policies("")[1].clone();
+        policy.exporter_ports.clear();
+        assert!(!render(&policy).contains("forward"));
+    }
+
+    #[test]
+    fn icmp_accepts_only_what_ufw_accepts() {
+        let text = render(&policies("")[1]);
+        let icmp: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.contains("icmp"))
+            .collect();
+        assert_eq!(
+            icmp,
+            [
+                "icmp type { destination-unreachable, echo-request, time-exceeded, parameter-problem } accept",
+                "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem, echo-request } accept",
+                "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept",
+                "icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report } ip6 hoplimit 1 accept",
+            ]
+        );
     }
 }

@@ -1,19 +1,23 @@
 //! The real tools accept what core renders: `promtool check config` for the
 //! Prometheus config and its targets files, and `nft` for the firewall
 //! ruleset, checked (`nft -c`) and really loaded twice inside a network
-//! namespace made for the test.
+//! namespace made for the test. The ruleset is also tried on real traffic
+//! between namespaces made for the test: a port published with DNAT (the
+//! forward path) and ICMP.
 //!
-//! These tests need root, prometheus (promtool), nftables and iproute2.
-//! They fail (never skip) when something is missing.
+//! These tests need root, prometheus (promtool), nftables, iproute2 and
+//! python3. They fail (never skip) when something is missing.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
 
 use promguard_core::config::Config;
-use promguard_core::{nftables, planner, prometheus, FirewallPolicy, Plan};
+use promguard_core::{nftables, planner, prometheus, FirewallPolicy, HostPlan, Plan};
 
 /// Helpers that run real programs; same shape as promguard-wg's.
 mod support {
@@ -85,6 +89,15 @@ mod support {
             Self { name }
         }
 
+        /// Runs `ip` on the namespace (`ip -n`), never on the root one;
+        /// `args` are split at spaces.
+        pub fn ip(&self, args: &str) {
+            run(Command::new("ip")
+                .arg("-n")
+                .arg(&self.name)
+                .args(args.split(' ')));
+        }
+
         /// A command that runs `program` inside the namespace.
         pub fn command(&self, program: &str) -> Command {
             let mut c = Command::new("ip");
@@ -95,16 +108,53 @@ mod support {
 
     impl Drop for Netns {
         fn drop(&mut self) {
-            // No process runs in these namespaces (nft exits), so deleting
-            // the namespace is all the cleanup there is.
+            // The processes a test starts in a namespace are `Process`es,
+            // declared after it and so killed before it is dropped; deleting
+            // the namespace (with its links and rules) is all that is left.
             let _ = Command::new("ip")
                 .args(["netns", "delete", &self.name])
                 .status();
         }
     }
+
+    /// Links two namespaces with a veth pair: created inside `a`, its peer
+    /// moved straight into `b`, both ends up.
+    pub fn veth(a: &Netns, a_end: &str, b: &Netns, b_end: &str) {
+        a.ip(&format!(
+            "link add {a_end} type veth peer name {b_end} netns {}",
+            b.name
+        ));
+        a.ip(&format!("link set {a_end} up"));
+        b.ip(&format!("link set {b_end} up"));
+    }
+
+    /// A process a test started, killed by its PID when dropped, also when
+    /// the test fails.
+    pub struct Process {
+        child: Child,
+    }
+
+    impl Process {
+        pub fn spawn(command: &mut Command) -> Self {
+            let shown = format!("{command:?}");
+            let child = command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
+            Self { child }
+        }
+    }
+
+    impl Drop for Process {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
-use support::{require_program, run, Netns};
+use support::{require_program, run, veth, Netns, Process};
 
 fn plan(config_toml: &str) -> Plan {
     let config = Config::from_toml(config_toml, Path::new("t.toml")).unwrap();
@@ -270,4 +320,287 @@ fn nft_rejects_a_broken_ruleset() {
     fs::write(&path, text).unwrap();
     let out = support::output(netns.command("nft").arg("-c").arg("-f").arg(&path));
     assert!(!out.status.success(), "nft accepted a broken ruleset");
+}
+
+/// A node with a PostgreSQL exporter, as a container would publish it.
+const PUBLISHED: &str = "[nodes]\nexporters = [{ name = \"postgres_exporter\", port = 9187 }]\n";
+
+/// The host's public addresses, on its link to the outsider.
+const HOST_V4: &str = "192.0.2.1";
+const HOST_V6: &str = "2001:db8:1::1";
+/// The host's IPv6 address on the WireGuard link (2001:db8:3::/64).
+const WG_HOST_V6: &str = "2001:db8:3::1";
+
+/// Accepts and closes TCP connections on `[::]:argv[1]` (IPv4 too).
+const LISTEN_PY: &str = "\
+import socket, sys
+server = socket.create_server(('::', int(sys.argv[1])), family=socket.AF_INET6, dualstack_ipv6=True)
+while True:
+    server.accept()[0].close()
+";
+
+/// Exits 0 when a TCP connection to `argv[1]` port `argv[2]` completes
+/// within two seconds, 3 when it does not.
+const CONNECT_PY: &str = "\
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
+except OSError as e:
+    print(e, file=sys.stderr)
+    sys.exit(3)
+";
+
+/// Sends one ICMP request of kind `argv[2]` (`echo`, or `timestamp` over
+/// IPv4) to `argv[1]` from a raw socket; exits 0 when its reply arrives
+/// within two seconds, 3 when none does.
+const ICMP_PY: &str = "\
+import os, socket, struct, sys, time
+dst, kind = sys.argv[1], sys.argv[2]
+if ':' in dst:
+    request, reply = {'echo': (128, 129)}[kind]
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+else:
+    request, reply = {'echo': (8, 0), 'timestamp': (13, 14)}[kind]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+# Type, code, checksum, identifier, sequence, then 12 bytes: an echo's
+# payload or a timestamp request's three timestamps. The identifier is
+# new for each probe, so conntrack never takes it for an earlier one's.
+packet = struct.pack('!BBHHH12x', request, 0, 0, os.getpid() & 0xFFFF, 1)
+if sock.family == socket.AF_INET:
+    # The kernel computes ICMPv6 checksums itself, not ICMP ones.
+    total = sum(struct.unpack('!10H', packet))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    packet = packet[:2] + struct.pack('!H', ~total & 0xFFFF) + packet[4:]
+sock.sendto(packet, (dst, 0))
+deadline = time.monotonic() + 2
+while (left := deadline - time.monotonic()) > 0:
+    sock.settimeout(left)
+    try:
+        data, source = sock.recvfrom(2048)
+    except socket.timeout:
+        break
+    if sock.family == socket.AF_INET:
+        data = data[(data[0] & 0x0F) * 4:]
+    if source[0] == dst and data[0] == reply and data[4:6] == packet[4:6]:
+        sys.exit(0)
+sys.exit(3)
+";
+
+/// Runs a probe script in `netns`: true for exit status 0, false for 3;
+/// anything else is a broken probe and fails the test.
+fn probe(netns: &Netns, script: &str, args: &[&str]) -> bool {
+    let mut command = netns.command("python3");
+    command.arg("-c").arg(script).args(args);
+    let shown = format!("{command:?}");
+    let out = support::output(&mut command);
+    match out.status.code() {
+        Some(0) => true,
+        Some(3) => false,
+        _ => panic!(
+            "probe {shown} broke ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+fn connects(from: &Netns, address: &str, port: u16) -> bool {
+    probe(from, CONNECT_PY, &[address, &port.to_string()])
+}
+
+fn icmp_answered(from: &Netns, address: &str, kind: &str) -> bool {
+    probe(from, ICMP_PY, &[address, kind])
+}
+
+/// Four namespaces: an outsider on the host's public link
+/// (192.0.2.0/24, 2001:db8:1::/64), the host, a container behind the host
+/// (10.88.0.0/24, 2001:db8:2::/64) whose port 9187 the host publishes with
+/// DNAT on every address (like `docker run -p 9187:9187`), and the scraper
+/// on a link the host calls `wg0`: a veth standing in for the WireGuard
+/// interface (the ruleset matches it by name), with the plan's WireGuard
+/// addresses. Forwarding is on inside the host namespace only. No
+/// namespace has a default route.
+struct Published {
+    outsider: Netns,
+    host: Netns,
+    container: Netns,
+    scraper: Netns,
+}
+
+impl Published {
+    fn new(node: &HostPlan) -> Self {
+        require_program("nft", "nftables");
+        require_program("python3", "python3");
+        let net = Self {
+            outsider: Netns::new(),
+            host: Netns::new(),
+            container: Netns::new(),
+            scraper: Netns::new(),
+        };
+        for netns in [&net.outsider, &net.host, &net.container, &net.scraper] {
+            netns.ip("link set lo up");
+        }
+        veth(&net.host, "pub0", &net.outsider, "eth0");
+        net.host.ip(&format!("addr add {HOST_V4}/24 dev pub0"));
+        net.host
+            .ip(&format!("addr add {HOST_V6}/64 dev pub0 nodad"));
+        net.outsider.ip("addr add 192.0.2.2/24 dev eth0");
+        net.outsider.ip("addr add 2001:db8:1::2/64 dev eth0 nodad");
+
+        veth(&net.host, "ctr0", &net.container, "eth0");
+        net.host.ip("addr add 10.88.0.1/24 dev ctr0");
+        net.host.ip("addr add 2001:db8:2::1/64 dev ctr0 nodad");
+        net.container.ip("addr add 10.88.0.2/24 dev eth0");
+        net.container.ip("addr add 2001:db8:2::2/64 dev eth0 nodad");
+
+        let (wg_host, wg_scraper) = (node.interface.address, node.firewall.scraper);
+        assert!(wg_host.is_ipv4() && wg_scraper.is_ipv4());
+        veth(
+            &net.host,
+            node.interface.name.as_str(),
+            &net.scraper,
+            "eth0",
+        );
+        net.host.ip(&format!(
+            "addr add {wg_host}/32 peer {wg_scraper}/32 dev {}",
+            node.interface.name.as_str()
+        ));
+        net.scraper.ip(&format!(
+            "addr add {wg_scraper}/32 peer {wg_host}/32 dev eth0"
+        ));
+        // IPv6 on the WireGuard link, which an IPv4 scraper does not use.
+        net.host.ip(&format!(
+            "addr add {WG_HOST_V6}/64 dev {} nodad",
+            node.interface.name.as_str()
+        ));
+        net.scraper.ip("addr add 2001:db8:3::2/64 dev eth0 nodad");
+
+        // The container answers the outsider and the scraper through the host.
+        net.container.ip("route add 192.0.2.0/24 via 10.88.0.1");
+        net.container
+            .ip(&format!("route add {wg_scraper}/32 via 10.88.0.1"));
+        net.container
+            .ip("route add 2001:db8:1::/64 via 2001:db8:2::1");
+        net.container
+            .ip("route add 2001:db8:3::/64 via 2001:db8:2::1");
+
+        run(net.host.command("sh").arg("-c").arg(
+            "echo 1 > /proc/sys/net/ipv4/ip_forward && \
+             echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let nat = dir.path().join("nat.nft");
+        let publish = |family: &str, to: &str| {
+            format!(
+                "table {family} nat {{\n\tchain prerouting {{\n\
+                 \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+                 \t\ttcp dport 9187 dnat to {to}:9187\n\t}}\n}}\n"
+            )
+        };
+        let rules = publish("ip", "10.88.0.2") + &publish("ip6", "[2001:db8:2::2]");
+        fs::write(&nat, rules).unwrap();
+        run(net.host.command("nft").arg("-f").arg(&nat));
+        net
+    }
+
+    /// Starts a TCP listener on `port` in `netns` and waits until it accepts.
+    fn listen(netns: &Netns, port: u16) -> Process {
+        let process = Process::spawn(
+            netns
+                .command("python3")
+                .arg("-c")
+                .arg(LISTEN_PY)
+                .arg(port.to_string()),
+        );
+        for _ in 0..100 {
+            if connects(netns, "::1", port) {
+                return process;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "the listener on port {port} in {} did not start",
+            netns.name
+        );
+    }
+
+    /// Loads `policy`'s ruleset on the host, then flushes every neighbour
+    /// cache, so IPv6 traffic afterwards needs neighbour discovery through
+    /// the ruleset.
+    fn load_ruleset(&self, policy: &FirewallPolicy) {
+        let dir = tempfile::tempdir().unwrap();
+        let ruleset = write_ruleset(dir.path(), policy);
+        run(self.host.command("nft").arg("-f").arg(&ruleset));
+        for netns in [&self.outsider, &self.host, &self.container, &self.scraper] {
+            netns.ip("neigh flush all");
+        }
+    }
+}
+
+#[test]
+fn a_published_container_port_is_closed_to_all_but_the_scraper() {
+    let plan = plan(PUBLISHED);
+    let node = &plan.hosts[1];
+    let net = Published::new(node);
+    // Declared after the namespaces, so they are killed first.
+    let _node_exporter = Published::listen(&net.host, 9100);
+    let _container = Published::listen(&net.container, 9187);
+    let wg_host = node.interface.address.to_string();
+
+    // Without PromGuard's ruleset everything connects: the probes work and
+    // the DNAT rules publish the container's port.
+    for address in [HOST_V4, HOST_V6] {
+        for port in [9187, 9100] {
+            assert!(
+                connects(&net.outsider, address, port),
+                "{address} port {port}"
+            );
+        }
+    }
+    assert!(connects(&net.scraper, WG_HOST_V6, 9187));
+
+    net.load_ruleset(&node.firewall);
+    for address in [HOST_V4, HOST_V6] {
+        // The forward path (DNAT to the container).
+        assert!(
+            !connects(&net.outsider, address, 9187),
+            "the outsider reaches the published exporter port on {address}"
+        );
+        // The input path, as before.
+        assert!(
+            !connects(&net.outsider, address, 9100),
+            "the outsider reaches node_exporter's port on {address}"
+        );
+    }
+    // The scraper on the WireGuard interface reaches both, replies included,
+    // but only from its own address and family.
+    assert!(connects(&net.scraper, &wg_host, 9187));
+    assert!(connects(&net.scraper, &wg_host, 9100));
+    assert!(
+        !connects(&net.scraper, WG_HOST_V6, 9187),
+        "IPv6 on the WireGuard interface reaches the published exporter port"
+    );
+}
+
+#[test]
+fn icmp_answers_pings_but_not_timestamp_requests() {
+    let plan = plan("");
+    let node = &plan.hosts[1];
+    let net = Published::new(node);
+    // Without the ruleset the host answers timestamp requests: the probe
+    // sees replies.
+    assert!(icmp_answered(&net.outsider, HOST_V4, "timestamp"));
+
+    net.load_ruleset(&node.firewall);
+    assert!(icmp_answered(&net.outsider, HOST_V4, "echo"));
+    // Needs neighbour discovery in both directions (caches were flushed).
+    assert!(icmp_answered(&net.outsider, HOST_V6, "echo"));
+    assert!(
+        !icmp_answered(&net.outsider, HOST_V4, "timestamp"),
+        "the host answers ICMP timestamp requests"
+    );
+    let text = nftables::render(&node.firewall);
+    assert!(!text.contains("meta l4proto icmp accept"), "{text}");
+    assert!(!text.contains("meta l4proto ipv6-icmp accept"), "{text}");
 }
