@@ -453,4 +453,35 @@ mod tests {
             assert!(err.contains("node-1"), "{err}");
         }
     }
+
+    // Regression: files written on hosts were renamed into place without an
+    // fsync, though the docs said they are written like the state file.
+    #[test]
+    fn files_on_hosts_are_flushed_before_and_after_the_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("etc/wg0.conf");
+        let log = dir.path().join("sync.log");
+        // `sync` is shadowed by a function that logs what it is asked to
+        // flush and whether the file is in place yet.
+        let script = format!(
+            "{}\nsync() {{ for f in \"$@\"; do [ \"$f\" = -- ] && continue; if [ -e {t} ]; then echo \"$f after\"; else echo \"$f before\"; fi; done >> {l}; }}\necho aGVsbG8K | write_file {t} 600\n",
+            include_str!("sh/prelude.sh"),
+            t = target.display(),
+            l = log.display(),
+        );
+        let status = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "hello\n");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let synced = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = synced.lines().collect();
+        assert_eq!(lines.len(), 2, "{synced}");
+        assert!(lines[0].contains("/etc/.promguard.") && lines[0].ends_with(" before"), "{synced}");
+        assert_eq!(lines[1], format!("{} after", dir.path().join("etc").display()));
+    }
 }

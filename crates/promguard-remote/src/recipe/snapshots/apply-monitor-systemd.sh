@@ -11,12 +11,19 @@ umask 022
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 fail() { echo "promguard: $*" >&2; exit 1; }
 step() { echo "step $*"; }
-# write_file PATH MODE < base64: atomic (temp file in the same dir + mv).
+# write_file PATH MODE < base64: atomic and durable like the state file
+# (temp file in the same dir, fsync, rename, fsync of the directory), so a
+# power cut leaves the old file or the new one, never an empty one.
 write_file() {
-  mkdir -p -- "$(dirname -- "$1")" || fail "cannot create the directory of $1"
-  tmp=$(mktemp -- "$(dirname -- "$1")/.promguard.XXXXXX") || fail "cannot create a temporary file next to $1"
+  dir=$(dirname -- "$1")
+  mkdir -p -- "$dir" || fail "cannot create the directory of $1"
+  tmp=$(mktemp -- "$dir/.promguard.XXXXXX") || fail "cannot create a temporary file next to $1"
   if ! base64 -d > "$tmp"; then rm -f -- "$tmp"; fail "cannot decode the content of $1"; fi
-  chmod "$2" -- "$tmp" && mv -f -- "$tmp" "$1" || { rm -f -- "$tmp"; fail "cannot install $1"; }
+  if ! { chmod "$2" -- "$tmp" && sync -- "$tmp" && mv -f -- "$tmp" "$1"; }; then
+    rm -f -- "$tmp"
+    fail "cannot install $1"
+  fi
+  sync -- "$dir" || fail "cannot flush the directory of $1"
 }
 # wait_listening WHAT ADDR LOGCMD...: up to 15 s for a TCP listener on ADDR.
 wait_listening() {
