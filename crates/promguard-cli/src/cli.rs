@@ -73,6 +73,24 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
     },
+    /// Replace WireGuard keys (all hosts, or the named ones) and switch
+    /// both ends of every tunnel in one run.
+    Rotate {
+        /// Also replace the preshared keys of the rotated hosts' pairs.
+        #[arg(long)]
+        psk: bool,
+        /// Hosts whose keys are replaced (default: every host).
+        hosts: Vec<String>,
+        /// How many hosts to converge at once.
+        #[arg(long, default_value = "16")]
+        parallel: std::num::NonZeroUsize,
+        /// How long to wait for every target to be up, in seconds.
+        #[arg(long, default_value_t = 120)]
+        verify_timeout: u64,
+        /// How long to keep retrying a host's SSH port, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        connect_timeout: u64,
+    },
     /// Show tunnels (handshakes, transfer) and target health.
     Status {
         /// Machine-readable output.

@@ -19,6 +19,7 @@ use promguard_cloud::local::{LocalOptions, LocalProvider};
 use promguard_cloud::provision::{self, ProvisionError, WithoutState};
 use promguard_cloud::CloudProvider;
 use promguard_core::config::ProviderKind;
+use promguard_core::state::Preshared;
 use promguard_core::{Change, HostName, Journal, Plan, SshPublicKey, State, StateStore};
 use promguard_remote::fleet::{Access, Fleet};
 use promguard_remote::{CancellationToken, Connection, Health, SshTarget, TargetHealth};
@@ -228,6 +229,41 @@ pub async fn up(
     cancel: &CancellationToken,
 ) -> anyhow::Result<UpReport> {
     let _lock = ctx.project.lock()?;
+    run_up(ctx, options, cancel).await
+}
+
+/// `promguard rotate`: new WireGuard keys for `hosts` (every host when
+/// empty), and with [`Preshared::Rotate`] new preshared keys for their
+/// pairs, saved before any host changes (each old key is kept beside the
+/// new one until its host runs the new one); then the run `up` does
+/// switches both ends of every tunnel.
+pub async fn rotate(
+    ctx: &Context,
+    options: &UpOptions,
+    hosts: &[HostName],
+    preshared: Preshared,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(Vec<HostName>, UpReport)> {
+    let _lock = ctx.project.lock()?;
+    let store = ctx.project.store();
+    let mut state = ctx.project.existing_state()?;
+    if let Some(unknown) = hosts.iter().find(|h| !state.hosts.contains_key(*h)) {
+        bail!("there is no host {unknown} in the deployment; `promguard status` lists them");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let rotated = state.rotate_keys(hosts, preshared, now);
+    store.save(&state)?;
+    Ok((rotated, run_up(ctx, options, cancel).await?))
+}
+
+async fn run_up(
+    ctx: &Context,
+    options: &UpOptions,
+    cancel: &CancellationToken,
+) -> anyhow::Result<UpReport> {
     let mut phases = Phases::start();
     let store: Arc<dyn StateStore> = Arc::new(ctx.project.store());
     let old = store.load_for(&ctx.project.config.deployment)?;
@@ -280,6 +316,11 @@ pub async fn up(
     // Plan again: public addresses are known now, so peers get endpoints.
     let plan = make_plan(&ctx.project, Some(&journal.snapshot()))?;
     let mut converged = fleet.converge(&plan).await?;
+    let names: Vec<HostName> = converged.hosts.iter().map(|h| h.name.clone()).collect();
+    if journal.snapshot().rotation_pending() {
+        // Every host runs its new key now.
+        journal.update(|state| state.forget_previous_keys(&names))?;
+    }
     phases.end("converge");
 
     // Removed hosts go last: the monitor has dropped their peers by now.

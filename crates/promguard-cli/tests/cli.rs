@@ -237,6 +237,33 @@ fn plan_shows_no_key_that_is_thrown_away() {
 }
 
 #[test]
+fn plan_warns_about_old_keys() {
+    let dir = Dir::new();
+    default_state(&dir);
+    let fresh = stdout(&dir.run(&["plan"]));
+    assert!(!fresh.contains("rotate"), "{fresh}");
+    let config = promguard_core::config::Config::default();
+    let mut state = promguard_core::planner::plan(&config, None)
+        .unwrap()
+        .next_state;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for record in state.hosts.values_mut() {
+        record.created = true;
+        record.key_created = Some(now - 100 * 86_400);
+    }
+    dir.write("promguard.state.json", &state.to_json());
+    let old = stdout(&dir.run(&["plan"]));
+    assert!(
+        old.contains("WireGuard keys older than 90 days") && old.contains("run `promguard rotate`"),
+        "{old}"
+    );
+    assert!(old.contains("promguard-node-1 (100 days)"), "{old}");
+}
+
+#[test]
 fn render_redacts_unless_asked() {
     let dir = Dir::new();
     let text = default_state(&dir);

@@ -164,7 +164,14 @@ pub async fn provision(
             });
         }
         // Nothing made from here on can be forgotten.
-        journal.update(|state| *state = plan.state_to_record(&old))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        journal.update(|state| {
+            *state = plan.state_to_record(&old);
+            state.date_new_keys(now);
+        })?;
         let recorded = journal.snapshot();
         let adopted: Vec<&Host> = listed
             .iter()

@@ -202,6 +202,8 @@ pub struct Config {
     pub interface: InterfaceName,
     /// WireGuard UDP port.
     pub wireguard_port: Port,
+    /// Keys older than this many days make `plan` suggest `promguard rotate`.
+    pub rotate_after_days: u32,
     /// Prometheus scrape interval.
     pub scrape_interval: Duration,
     /// node_exporter port on every host.
@@ -269,6 +271,7 @@ struct RawDeployment {
 struct RawWireGuard {
     interface: Option<String>,
     port: Option<i64>,
+    rotate_after_days: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -477,6 +480,15 @@ impl Config {
             InterfaceName::new(raw.wireguard.interface.as_deref().unwrap_or("wg0")),
         )?;
         let wireguard_port = c.port("wireguard.port", raw.wireguard.port.unwrap_or(51820))?;
+        let rotate_after_days = match raw.wireguard.rotate_after_days.unwrap_or(90) {
+            days @ 1..=36_500 => days as u32,
+            days => {
+                return Err(c.invalid(
+                    "wireguard.rotate_after_days",
+                    format!("{days} is not a number of days from 1 to 36500"),
+                ))
+            }
+        };
 
         let interval_text = raw.prometheus.scrape_interval.as_deref().unwrap_or("30s");
         let scrape_interval = parse_duration(interval_text).ok_or_else(|| {
@@ -546,6 +558,7 @@ impl Config {
             preshared_keys: raw.deployment.preshared_keys.unwrap_or(true),
             interface,
             wireguard_port,
+            rotate_after_days,
             scrape_interval,
             node_exporter_port,
             monitor,
@@ -730,6 +743,8 @@ preshared_keys = true
 [wireguard]
 interface = "wg0"
 port = 51820
+# `plan` suggests `promguard rotate` once keys are older than this.
+rotate_after_days = 90
 
 [prometheus]
 scrape_interval = "30s"

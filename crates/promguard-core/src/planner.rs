@@ -172,6 +172,8 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
                 ssh_host_key_rotated: false,
                 ssh_host_key_next: None,
                 files: BTreeMap::new(),
+                key_created: None,
+                previous_private_key: None,
             },
         );
     }
@@ -179,17 +181,19 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
     // Preshared keys per monitor-node pair.
     let monitor = &config.monitor.name;
     if config.preshared_keys {
-        let old_keys = pair_index(old);
         for node in &config.nodes {
-            let key = old_keys
-                .get(&(monitor, &node.name))
-                .map(|&k| k.clone())
-                .unwrap_or_else(PresharedKey::generate);
-            next.preshared_keys.push(PairKey {
+            let kept = old
+                .preshared_keys
+                .iter()
+                .find(|p| &p.monitor == monitor && p.node == node.name)
+                .cloned();
+            next.preshared_keys.push(kept.unwrap_or_else(|| PairKey {
                 monitor: monitor.clone(),
                 node: node.name.clone(),
-                key,
-            });
+                key: PresharedKey::generate(),
+                created: None,
+                previous: None,
+            }));
         }
     }
 

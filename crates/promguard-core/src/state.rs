@@ -166,6 +166,15 @@ pub struct HostRecord {
     /// SHA-256 (hex) of every file PromGuard last wrote on the host, by path.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// When its WireGuard key was first saved (Unix seconds); `None` in
+    /// states from before PromGuard recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_created: Option<u64>,
+    /// The private key the host had before a rotation, kept until the host
+    /// runs the new one, so that a cut-off run never leaves a host with a
+    /// key the state does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_private_key: Option<PrivateKey>,
 }
 
 impl HostRecord {
@@ -190,6 +199,15 @@ impl HostRecord {
     }
 }
 
+/// Whether [`State::rotate_keys`] also replaces preshared keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preshared {
+    /// Keep them.
+    Keep,
+    /// Replace those of the rotated hosts' pairs.
+    Rotate,
+}
+
 /// The preshared key of one monitor-node pair.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -200,6 +218,12 @@ pub struct PairKey {
     pub node: HostName,
     /// Their shared key.
     pub key: PresharedKey,
+    /// When the key was first saved (Unix seconds), once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<u64>,
+    /// The key before a rotation, until both hosts run the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PresharedKey>,
 }
 
 impl State {
@@ -211,6 +235,76 @@ impl State {
             hosts: BTreeMap::new(),
             preshared_keys: Vec::new(),
             provider: BTreeMap::new(),
+        }
+    }
+
+    /// Gives the named hosts (every host when `hosts` is empty) new
+    /// WireGuard keys, keeping each old key as the previous one until
+    /// [`State::forget_previous_keys`]; with [`Preshared::Rotate`] also the
+    /// preshared keys of their pairs. Returns the hosts whose key changed.
+    pub fn rotate_keys(
+        &mut self,
+        hosts: &[HostName],
+        preshared: Preshared,
+        now: u64,
+    ) -> Vec<HostName> {
+        let chosen = |name: &HostName| hosts.is_empty() || hosts.contains(name);
+        let mut rotated = Vec::new();
+        for (name, record) in self.hosts.iter_mut().filter(|(n, _)| chosen(n)) {
+            let new = PrivateKey::generate();
+            record.public_key = new.public_key();
+            let old = std::mem::replace(&mut record.private_key, new);
+            // A rotation cut off before the host ran the new key, then
+            // rotated again, keeps the key the host still runs.
+            record.previous_private_key.get_or_insert(old);
+            record.key_created = Some(now);
+            rotated.push(name.clone());
+        }
+        if preshared == Preshared::Rotate {
+            for pair in self
+                .preshared_keys
+                .iter_mut()
+                .filter(|p| chosen(&p.monitor) || chosen(&p.node))
+            {
+                let old = std::mem::replace(&mut pair.key, PresharedKey::generate());
+                pair.previous.get_or_insert(old);
+                pair.created = Some(now);
+            }
+        }
+        rotated
+    }
+
+    /// Drops the previous keys of `converged` hosts (and of pairs whose
+    /// both hosts are among them): they run their new keys now.
+    pub fn forget_previous_keys(&mut self, converged: &[HostName]) {
+        for name in converged {
+            if let Some(record) = self.hosts.get_mut(name) {
+                record.previous_private_key = None;
+            }
+        }
+        for pair in &mut self.preshared_keys {
+            if converged.contains(&pair.monitor) && converged.contains(&pair.node) {
+                pair.previous = None;
+            }
+        }
+    }
+
+    /// Whether a rotation is under way: some host or pair still has its
+    /// previous key.
+    pub fn rotation_pending(&self) -> bool {
+        self.hosts
+            .values()
+            .any(|r| r.previous_private_key.is_some())
+            || self.preshared_keys.iter().any(|p| p.previous.is_some())
+    }
+
+    /// Records `now` as the creation time of keys that have none.
+    pub fn date_new_keys(&mut self, now: u64) {
+        for record in self.hosts.values_mut() {
+            record.key_created.get_or_insert(now);
+        }
+        for pair in &mut self.preshared_keys {
+            pair.created.get_or_insert(now);
         }
     }
 
@@ -609,9 +703,64 @@ mod tests {
                 ssh_host_key_rotated: false,
                 ssh_host_key_next: None,
                 files: BTreeMap::new(),
+                key_created: None,
+                previous_private_key: None,
             },
         );
         state
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_key_until_the_host_runs_the_new_one() {
+        let config = crate::config::Config::default();
+        let mut state = crate::planner::plan(&config, None).unwrap().next_state;
+        state.date_new_keys(100);
+        let before = state.clone();
+        let node = HostName::new("promguard-node-1").unwrap();
+        let monitor = config.monitor.name.clone();
+        let rotated = state.rotate_keys(std::slice::from_ref(&node), Preshared::Rotate, 200);
+        assert_eq!(rotated, std::slice::from_ref(&node));
+        let (old, new) = (&before.hosts[&node], &state.hosts[&node]);
+        assert_ne!(old.public_key, new.public_key);
+        assert_eq!(new.private_key.public_key(), new.public_key);
+        assert_eq!(new.previous_private_key.as_ref(), Some(&old.private_key));
+        assert_eq!((old.key_created, new.key_created), (Some(100), Some(200)));
+        // Only the named host and its pair changed.
+        assert_eq!(state.hosts[&monitor], before.hosts[&monitor]);
+        let pair = |s: &State, n: &str| {
+            s.preshared_keys
+                .iter()
+                .find(|p| p.node.as_str() == n)
+                .unwrap()
+                .clone()
+        };
+        assert_ne!(
+            pair(&state, "promguard-node-1").key,
+            pair(&before, "promguard-node-1").key
+        );
+        assert_eq!(
+            pair(&state, "promguard-node-2"),
+            pair(&before, "promguard-node-2")
+        );
+        // Rotated again before the host ran the new key: the key it runs
+        // is still the one kept.
+        state.rotate_keys(std::slice::from_ref(&node), Preshared::Keep, 300);
+        assert_eq!(
+            state.hosts[&node].previous_private_key.as_ref(),
+            Some(&old.private_key)
+        );
+        assert!(state.rotation_pending());
+        // The pair's previous key goes only once both ends converged.
+        state.forget_previous_keys(std::slice::from_ref(&node));
+        assert!(state.hosts[&node].previous_private_key.is_none());
+        assert!(pair(&state, "promguard-node-1").previous.is_some());
+        state.forget_previous_keys(&[node, monitor]);
+        assert!(!state.rotation_pending());
+        // Everything survives a save and a load.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        state.save(&path).unwrap();
+        assert_eq!(State::load(&path).unwrap().unwrap(), state);
     }
 
     #[test]

@@ -97,6 +97,26 @@ pub fn run(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
         )
     );
     println!();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let limit = project.config.rotate_after_days;
+    let old: Vec<String> = state
+        .iter()
+        .flat_map(|s| s.hosts.iter())
+        .filter(|(_, r)| r.created)
+        .filter_map(|(name, r)| {
+            let days = now.saturating_sub(r.key_created?) / 86_400;
+            (days >= u64::from(limit)).then(|| format!("{name} ({days} days)"))
+        })
+        .collect();
+    if !old.is_empty() {
+        println!(
+            "Warning: WireGuard keys older than {limit} days (wireguard.rotate_after_days): {}; run `promguard rotate`.\n",
+            old.join(", ")
+        );
+    }
     if plan.changes.is_empty() {
         println!("No changes.");
     } else {

@@ -36,6 +36,9 @@ pub struct HostStatus {
     pub public_address: Option<String>,
     /// WireGuard address.
     pub wireguard_address: String,
+    /// Age of the host's WireGuard key in days (`None` when the state does
+    /// not know when it was made); `promguard rotate` replaces it.
+    pub key_age_days: Option<u64>,
     /// WireGuard peers as the host reports them.
     pub peers: Vec<PeerStatus>,
     /// Why the host could not be read, if it could not.
@@ -60,6 +63,10 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
         parallel,
         Arc::new(()),
     ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let mut hosts = Vec::new();
     let mut targets = Vec::new();
     let mut failed = false;
@@ -84,6 +91,7 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
             region: record.region.to_string(),
             public_address: record.public_address.map(|a| a.to_string()),
             wireguard_address: record.wireguard_address.to_string(),
+            key_age_days: record.key_created.map(|t| now.saturating_sub(t) / 86_400),
             peers,
             error,
             services,
@@ -127,6 +135,19 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
             "{}",
             table::format(&["HOST", "PUBLIC", "WIREGUARD", "PEER", "TUNNEL"], &rows)
         );
+        let keys: Vec<Vec<String>> = hosts
+            .iter()
+            .map(|h| {
+                vec![
+                    h.name.clone(),
+                    h.key_age_days
+                        .map(|d| format!("{d} day(s)"))
+                        .unwrap_or_else(|| "unknown".into()),
+                ]
+            })
+            .collect();
+        println!();
+        print!("{}", table::format(&["HOST", "WIREGUARD KEY AGE"], &keys));
         let problems: Vec<Vec<String>> = hosts
             .iter()
             .flat_map(|h| h.problems.iter().map(|p| vec![h.name.clone(), p.clone()]))

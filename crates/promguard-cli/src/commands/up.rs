@@ -57,6 +57,38 @@ fn cancel_on_signals(cancel: CancellationToken, signal: Arc<AtomicI32>) -> anyho
     Ok(())
 }
 
+/// Runs `work` with SIGINT and SIGTERM wired to its cancellation token;
+/// `Err(code)` when a signal ended it (the message is printed).
+fn with_signals<T, F>(
+    work: impl FnOnce(CancellationToken) -> F,
+) -> anyhow::Result<Result<T, ExitCode>>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let runtime = runtime()?;
+    let cancel = CancellationToken::new();
+    let signal = Arc::new(AtomicI32::new(0));
+    let result = runtime.block_on(async {
+        cancel_on_signals(cancel.clone(), Arc::clone(&signal))?;
+        work(cancel).await
+    });
+    // After SIGINT or SIGTERM, threads that create hosts or run remote
+    // scripts may still be busy; they can no longer save state, and waiting
+    // for them would make the signal useless.
+    runtime.shutdown_background();
+    match result {
+        Ok(done) => Ok(Ok(done)),
+        Err(err) => match signal.load(Ordering::SeqCst) {
+            0 => Err(err),
+            signal => {
+                let interrupted = Interrupted { signal };
+                eprintln!("{interrupted}");
+                Ok(Err(ExitCode::from(interrupted.exit_code())))
+            }
+        },
+    }
+}
+
 pub fn run(
     config: Option<&Path>,
     verbose: bool,
@@ -65,28 +97,50 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let project = Project::load(config)?;
     let ctx = Context::new(project, verbose)?;
-    let runtime = runtime()?;
-    let cancel = CancellationToken::new();
-    let signal = Arc::new(AtomicI32::new(0));
-    let result = runtime.block_on(async {
-        cancel_on_signals(cancel.clone(), Arc::clone(&signal))?;
-        deploy::up(&ctx, &options, &cancel).await
-    });
-    // After SIGINT or SIGTERM, threads that create hosts or run remote
-    // scripts may still be busy; they can no longer save state, and waiting
-    // for them would make the signal useless.
-    runtime.shutdown_background();
-    let report = match result {
-        Ok(report) => report,
-        Err(err) => match signal.load(Ordering::SeqCst) {
-            0 => return Err(err),
-            signal => {
-                let interrupted = Interrupted { signal };
-                eprintln!("{interrupted}");
-                return Ok(ExitCode::from(interrupted.exit_code()));
-            }
-        },
+    match with_signals(|cancel| async move { deploy::up(&ctx, &options, &cancel).await })? {
+        Ok(report) => print(&report, report_path),
+        Err(code) => Ok(code),
+    }
+}
+
+/// `promguard rotate`.
+pub fn rotate(
+    config: Option<&Path>,
+    verbose: bool,
+    hosts: &[String],
+    psk: bool,
+    options: UpOptions,
+) -> anyhow::Result<ExitCode> {
+    let hosts = hosts
+        .iter()
+        .map(|h| promguard_core::HostName::new(h).map_err(|e| anyhow::anyhow!("{e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let preshared = if psk {
+        promguard_core::state::Preshared::Rotate
+    } else {
+        promguard_core::state::Preshared::Keep
     };
+    let project = Project::load(config)?;
+    let ctx = Context::new(project, verbose)?;
+    let done = with_signals(|cancel| async move {
+        deploy::rotate(&ctx, &options, &hosts, preshared, &cancel).await
+    })?;
+    match done {
+        Ok((rotated, report)) => {
+            let names: Vec<&str> = rotated.iter().map(|h| h.as_str()).collect();
+            println!(
+                "New WireGuard keys{} for {}; every tunnel switched.\n",
+                if psk { " and preshared keys" } else { "" },
+                names.join(", ")
+            );
+            print(&report, None)
+        }
+        Err(code) => Ok(code),
+    }
+}
+
+/// Prints what `up` did (and writes the `--report` JSON).
+fn print(report: &deploy::UpReport, report_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     if let Some(path) = report_path {
         let json = serde_json::json!({
             "phases_ms": report

@@ -481,7 +481,13 @@ mod tests {
         let synced = std::fs::read_to_string(&log).unwrap();
         let lines: Vec<&str> = synced.lines().collect();
         assert_eq!(lines.len(), 2, "{synced}");
-        assert!(lines[0].contains("/etc/.promguard.") && lines[0].ends_with(" before"), "{synced}");
-        assert_eq!(lines[1], format!("{} after", dir.path().join("etc").display()));
+        assert!(
+            lines[0].contains("/etc/.promguard.") && lines[0].ends_with(" before"),
+            "{synced}"
+        );
+        assert_eq!(
+            lines[1],
+            format!("{} after", dir.path().join("etc").display())
+        );
     }
 }
