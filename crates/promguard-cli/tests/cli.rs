@@ -254,7 +254,7 @@ fn plan_warns_about_old_keys() {
         record.created = true;
         record.key_created = Some(now - 100 * 86_400);
     }
-    dir.write("promguard.state.json", &state.to_json());
+    dir.write("promguard.state.json", state.to_json());
     let old = stdout(&dir.run(&["plan"]));
     assert!(
         old.contains("WireGuard keys older than 90 days") && old.contains("run `promguard rotate`"),
