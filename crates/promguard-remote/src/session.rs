@@ -35,6 +35,9 @@ const LIBSSH2_ERROR_EAGAIN: i32 = -37;
 /// off the shared socket in the meantime, so waits must be short.
 const POLL_SLICE_MS: u16 = 20;
 
+/// The most a remote command may print (stdout and stderr together).
+pub const MAX_OUTPUT: usize = 16 << 20;
+
 /// Opens the TCP connection to an SSH server. The local provider opens
 /// sockets inside a network namespace; [`tcp_connector`] dials directly.
 pub type Connector = Arc<dyn Fn(SocketAddr) -> io::Result<TcpStream> + Send + Sync>;
@@ -315,7 +318,9 @@ impl Connection {
     }
 
     /// Runs `command` through the remote user's shell, feeding it `stdin`,
-    /// and collects its whole stdout and stderr. A non-zero exit is not an
+    /// and collects its whole stdout and stderr, up to [`MAX_OUTPUT`]
+    /// bytes together: a host that answers more is broken or hostile, and
+    /// must not exhaust this machine's memory. A non-zero exit is not an
     /// error here; see [`exec_checked`](Self::exec_checked).
     pub fn exec(&self, command: &str, stdin: &[u8]) -> Result<Output, RemoteError> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -364,6 +369,7 @@ impl Connection {
                 {
                     ReadState::Data(n) => {
                         stdout_buf.extend_from_slice(&buf[..n]);
+                        self.check_output(&what, stdout_buf.len() + stderr_buf.len())?;
                         progress = true;
                     }
                     ReadState::Eof => stdout_done = true,
@@ -381,6 +387,7 @@ impl Connection {
                 match state {
                     ReadState::Data(n) => {
                         stderr_buf.extend_from_slice(&buf[..n]);
+                        self.check_output(&what, stdout_buf.len() + stderr_buf.len())?;
                         progress = true;
                     }
                     ReadState::Eof => stderr_done = true,
@@ -409,6 +416,20 @@ impl Connection {
             stdout: stdout_buf,
             stderr: stderr_buf,
         })
+    }
+
+    fn check_output(&self, what: &str, bytes: usize) -> Result<(), RemoteError> {
+        if bytes > MAX_OUTPUT {
+            return Err(RemoteError::Protocol {
+                host: self.host.clone(),
+                what: what.to_owned(),
+                reason: format!(
+                    "it printed more than {} MiB; PromGuard's commands print far less, so the host is broken or hostile (the command was stopped)",
+                    MAX_OUTPUT >> 20
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Like [`exec`](Self::exec), but a non-zero exit becomes

@@ -64,6 +64,21 @@ fn large_output_on_both_streams_does_not_deadlock() {
     assert!(out.stderr.iter().all(|&b| b == b'e'));
 }
 
+// Regression: a compromised host could exhaust the operator's memory with
+// endless output.
+#[test]
+fn endless_output_is_cut_off_with_a_clear_error() {
+    let sshd = SshdFixture::new().start();
+    let conn = sshd.connect();
+    let err = conn.exec("cat /dev/zero", b"").unwrap_err();
+    assert!(matches!(err, RemoteError::Protocol { .. }), "{err}");
+    assert!(err.to_string().contains("more than 16 MiB"), "{err}");
+    let err = conn.exec("cat /dev/zero >&2", b"").unwrap_err();
+    assert!(err.to_string().contains("more than 16 MiB"), "{err}");
+    // The connection still works.
+    assert!(conn.exec("true", b"").unwrap().success());
+}
+
 #[test]
 fn upload_is_atomic_with_mode() {
     let sshd = SshdFixture::new().start();
