@@ -161,6 +161,10 @@ const SUPERVISOR: &str = include_str!("sh/supervisor.sh");
 /// `wg-quick up`) adds no routes for new peers.
 const ROUTES: &str = include_str!("sh/routes.sh");
 
+/// Functions that install packages with apt-get, keeping the new services
+/// from starting with Debian's defaults.
+const APT: &str = include_str!("sh/apt.sh");
+
 /// The apply script for `host` (its facts said `systemd`) carrying out
 /// `decision`.
 pub fn apply_script(host: &DesiredHost, systemd: bool, decision: &Decision) -> String {
@@ -181,6 +185,14 @@ pub fn apply_script(host: &DesiredHost, systemd: bool, decision: &Decision) -> S
         .any(|a| matches!(a, Action::WireguardSync { .. }))
     {
         s.push_str(ROUTES);
+    }
+
+    if decision
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::InstallPackages(_)))
+    {
+        s.push_str(APT);
     }
 
     // Packages first, so their files exist before ours replace them.
@@ -252,80 +264,24 @@ pub(crate) const HELD_UNITS: &[&str] = &[NODE_EXPORTER_UNIT, PROMETHEUS_UNIT];
 
 fn install_packages(s: &mut String, packages: &[String], systemd: bool) {
     let list: Vec<String> = packages.iter().map(|p| shell_quote(p)).collect();
-    let _ = writeln!(
-        s,
-        "step {}",
-        shell_quote(&format!("apt-get install {}", packages.join(" ")))
-    );
-    // apt's output goes to a log on the host and the script ignores
-    // SIGPIPE and SIGHUP: a connection cut mid-install (Ctrl-C, SIGKILL
-    // of promguard, a network drop) lets the install finish instead of
-    // killing dpkg halfway. One interrupted by other means (a reboot) is
-    // finished by `dpkg --configure -a` on the next run.
-    let _ = writeln!(
-        s,
-        r#"trap '' PIPE HUP
-export DEBIAN_FRONTEND=noninteractive
-mkdir -p {log_dir} || fail "cannot create {log_dir}"
-apt_log={log}
-apt_fail() {{ echo "promguard: $1; the end of $apt_log:" >&2; tail -n 20 "$apt_log" >&2; }}"#,
-        log_dir = shell_quote("/var/log/promguard"),
-        log = shell_quote(APT_LOG_PATH),
-    );
     let held: Vec<String> = HELD_UNITS.iter().map(|u| shell_quote(u)).collect();
-    if systemd {
-        // Runtime masks keep the new services from starting: they live in
-        // /run, so even a SIGKILL of this script leaves nothing that
-        // survives a reboot, touch other packages (a policy-rc.d left
-        // behind would keep every later upgrade, openssh's included,
-        // from restarting its service), and the start of each daemon
-        // below unmasks it first.
-        let _ = writeln!(
-            s,
-            "systemctl mask --runtime --quiet {units} || fail \"cannot hold back {names}\"",
-            units = held.join(" "),
-            names = HELD_UNITS.join(" "),
-        );
-    } else {
-        // Without systemd, policy-rc.d is the only way; it removes itself
-        // when the script that wrote it is gone, so a cut-off install
-        // leaves no lasting effect.
-        let _ = writeln!(
-            s,
-            r#"policy=
-if [ ! -e /usr/sbin/policy-rc.d ]; then
-  printf '#!/bin/sh\n# PromGuard, while it installs packages (pid %s)\n[ -d /proc/%s ] && exit 101\nrm -f "$0"; exit 0\n' "$$" "$$" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy=1
-fi
-trap '[ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d' EXIT"#
-        );
-    }
     let _ = writeln!(
         s,
-        r#"# cloud-init may be installing packages of its own on a first boot.
-if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi
-# A dpkg run cut short (by a reboot) is finished first; while another
-# one holds the lock (a cut-off run's install still going), retry.
-i=0
-while [ -n "$(dpkg --audit 2>/dev/null)" ]; do
-  dpkg --configure -a >>"$apt_log" 2>&1 && break
-  [ "$i" -lt 300 ] || {{ apt_fail "dpkg --configure -a failed"; exit 1; }}
-  sleep 1; i=$((i + 1))
-done
-apt-get -q -o DPkg::Lock::Timeout=300 update >>"$apt_log" 2>&1 || {{ apt_fail "apt-get update failed"; exit 1; }}
-apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {list} >>"$apt_log" 2>&1 || {{ apt_fail "apt-get install failed"; exit 1; }}"#,
-        list = list.join(" ")
+        "step {}\napt_begin {}",
+        shell_quote(&format!("apt-get install {}", packages.join(" "))),
+        shell_quote(APT_LOG_PATH),
     );
+    // The functions of `sh/apt.sh` say why each step is there.
     if systemd {
-        // Nothing starts them now; the actions below start them with
-        // PromGuard's config in place.
-        let _ = writeln!(
-            s,
-            "systemctl unmask --runtime --quiet {} || fail \"cannot unmask {}\"",
-            held.join(" "),
-            HELD_UNITS.join(" "),
-        );
+        let _ = writeln!(s, "hold_units {}", held.join(" "));
     } else {
-        s.push_str("[ -n \"$policy\" ] && rm -f /usr/sbin/policy-rc.d\npolicy=\n");
+        s.push_str("hold_services\n");
+    }
+    let _ = writeln!(s, "apt_install {}", list.join(" "));
+    if systemd {
+        let _ = writeln!(s, "release_units {}", held.join(" "));
+    } else {
+        s.push_str("release_services\n");
     }
 }
 

@@ -55,26 +55,73 @@ sync_routes() {
     done
   done
 }
-step 'apt-get install wireguard-tools prometheus'
-trap '' PIPE HUP
-export DEBIAN_FRONTEND=noninteractive
-mkdir -p '/var/log/promguard' || fail "cannot create '/var/log/promguard'"
-apt_log='/var/log/promguard/apt.log'
+# shellcheck shell=bash
+# Package installation with apt-get, for hosts the recipe installs packages
+# on. Part of the apply scripts PromGuard generates (src/recipe/script.rs)
+# that install packages, inside their main function; checked by shellcheck
+# in cargo xtask test. A script calls apt_begin, then hold_units (systemd)
+# or hold_services (without systemd), apt_install, then release_units or
+# release_services.
+# apt_begin LOG: apt's output goes to LOG on the host and the script
+# ignores SIGPIPE and SIGHUP from here on: a connection cut mid-install
+# (Ctrl-C, SIGKILL of promguard, a network drop) lets the install finish
+# instead of killing dpkg halfway. One interrupted by other means (a
+# reboot) is finished by `dpkg --configure -a` on the next run.
+apt_begin() {
+  trap '' PIPE HUP
+  export DEBIAN_FRONTEND=noninteractive
+  mkdir -p -- "${1%/*}" || fail "cannot create ${1%/*}"
+  apt_log=$1
+}
 apt_fail() { echo "promguard: $1; the end of $apt_log:" >&2; tail -n 20 "$apt_log" >&2; }
-systemctl mask --runtime --quiet 'prometheus-node-exporter.service' 'prometheus.service' || fail "cannot hold back prometheus-node-exporter.service prometheus.service"
-# cloud-init may be installing packages of its own on a first boot.
-if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi
-# A dpkg run cut short (by a reboot) is finished first; while another
-# one holds the lock (a cut-off run's install still going), retry.
-i=0
-while [ -n "$(dpkg --audit 2>/dev/null)" ]; do
-  dpkg --configure -a >>"$apt_log" 2>&1 && break
-  [ "$i" -lt 300 ] || { apt_fail "dpkg --configure -a failed"; exit 1; }
-  sleep 1; i=$((i + 1))
-done
-apt-get -q -o DPkg::Lock::Timeout=300 update >>"$apt_log" 2>&1 || { apt_fail "apt-get update failed"; exit 1; }
-apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold 'wireguard-tools' 'prometheus' >>"$apt_log" 2>&1 || { apt_fail "apt-get install failed"; exit 1; }
-systemctl unmask --runtime --quiet 'prometheus-node-exporter.service' 'prometheus.service' || fail "cannot unmask prometheus-node-exporter.service prometheus.service"
+# hold_units UNIT...: runtime masks keep the new services from starting:
+# they live in /run, so even a SIGKILL of this script leaves nothing that
+# survives a reboot, touch other packages (a policy-rc.d left behind would
+# keep every later upgrade, openssh's included, from restarting its
+# service), and the start of each daemon later in the script unmasks it
+# first.
+hold_units() {
+  systemctl mask --runtime --quiet "$@" || fail "cannot hold back $*"
+}
+# release_units UNIT...: nothing starts them now; the actions later in the
+# script start them with PromGuard's config in place.
+release_units() {
+  systemctl unmask --runtime --quiet "$@" || fail "cannot unmask $*"
+}
+# hold_services: without systemd, policy-rc.d is the only way; it removes
+# itself when the script that wrote it is gone, so a cut-off install
+# leaves no lasting effect.
+hold_services() {
+  policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# PromGuard, while it installs packages (pid %s)\n[ -d /proc/%s ] && exit 101\nrm -f "$0"; exit 0\n' "$$" "$$" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy=1
+  fi
+  trap '[ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d' EXIT
+}
+release_services() {
+  [ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d
+  policy=
+}
+# apt_install PACKAGE...
+apt_install() {
+  # cloud-init may be installing packages of its own on a first boot.
+  if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi
+  # A dpkg run cut short (by a reboot) is finished first; while another
+  # one holds the lock (a cut-off run's install still going), retry.
+  i=0
+  while [ -n "$(dpkg --audit 2>/dev/null)" ]; do
+    dpkg --configure -a >>"$apt_log" 2>&1 && break
+    [ "$i" -lt 300 ] || { apt_fail "dpkg --configure -a failed"; exit 1; }
+    sleep 1; i=$((i + 1))
+  done
+  apt-get -q -o DPkg::Lock::Timeout=300 update >>"$apt_log" 2>&1 || { apt_fail "apt-get update failed"; exit 1; }
+  apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" >>"$apt_log" 2>&1 || { apt_fail "apt-get install failed"; exit 1; }
+}
+step 'apt-get install wireguard-tools prometheus'
+apt_begin '/var/log/promguard/apt.log'
+hold_units 'prometheus-node-exporter.service' 'prometheus.service'
+apt_install 'wireguard-tools' 'prometheus'
+release_units 'prometheus-node-exporter.service' 'prometheus.service'
 step 'mark /etc/promguard/apply-pending'
 write_file '/etc/promguard/apply-pending' 0600 <<'PROMGUARD_EOF'
 cHJvbWd1YXJkLWFwcGx5LXBlbmRpbmcgMQpmaWxlIC9ldGMvd2lyZWd1YXJkL3dnMC5jb25mCmZp

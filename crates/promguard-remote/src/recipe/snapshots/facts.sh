@@ -1,3 +1,4 @@
+IFS= read -r -N 5918 facts_script && eval "$facts_script"
 facts() {
 iface='wg0'
 header='promguard-facts 3'
@@ -13,6 +14,13 @@ units=('promguard-firewall.service' 'wg-quick@wg0.service' 'prometheus-node-expo
 # lines the parser there reads. facts_script() puts it in a function after
 # setting iface, header, marker, marker_lines, node_exporter, prometheus and
 # the arrays paths, programs and units (every value quoted).
+#
+# It runs on every host in every run, so it starts as few processes as it
+# can: bash builtins and files of /proc instead of ss, tr, awk, grep, head
+# and pipelines; one sha256sum for every file, one `ip` for the link and
+# its addresses, `wg` only when the interface has no listening
+# wireguard-go socket, one `nft`, and on systemd hosts one `systemctl
+# is-active` for both daemons. What each line means is unchanged.
 # shellcheck disable=SC2154
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 echo "$header"
@@ -23,49 +31,86 @@ for f in "${paths[@]}"; do
   if [ -f "$f" ]; then present+=("$f"); else echo "file missing $f"; fi
 done
 if [ "${#present[@]}" -gt 0 ]; then
-  sha256sum -- "${present[@]}" | while read -r h f; do echo "file $h $f"; done
+  sums=$(sha256sum -- "${present[@]}")
+  while read -r h f; do echo "file $h $f"; done <<< "$sums"
 fi
 for p in "${programs[@]}"; do
   if [ -x "$p" ]; then echo "program yes $p"; else echo "program no $p"; fi
 done
 # wireguard-go's control socket: `listening` when a process has it open.
-# ss prints the path the daemon bound, /var/run being a link to /run.
+# /proc/net/unix (this network namespace's sockets, what `ss -xl` reads)
+# flags a listening socket 00010000 and names the path the daemon bound,
+# /var/run being a link to /run.
 sock="/run/wireguard/$iface.sock"
-if [ ! -S "$sock" ]; then echo 'socket absent'
-elif ss -Hxl 2>/dev/null | awk '{print $5}' | grep -Fxq -e "$sock" -e "/var$sock"; then echo 'socket listening'
-else echo 'socket stale'; fi
-if link=$(ip -o link show dev "$iface" 2>/dev/null) && [ -n "$link" ]; then
+socket=absent
+if [ -S "$sock" ]; then
+  socket=stale
+  while read -r _ _ _ flags _ _ _ bound; do
+    if [ "$flags" = 00010000 ] && { [ "$bound" = "$sock" ] || [ "$bound" = "/var$sock" ]; }; then
+      socket=listening
+      break
+    fi
+  done < /proc/net/unix
+fi
+echo "socket $socket"
+# One `ip address show`: its first line is the link's, the others its
+# addresses (`inet ADDR ...`, `inet6 ADDR ...`) and their details.
+# (Errors are silenced outside the command substitution: a redirection
+# inside it would cost bash one more fork.)
+if { link=$(ip address show dev "$iface"); } 2>/dev/null && [ -n "$link" ]; then
   echo 'interface present'
   # The administrative state is the UP flag in `<...>`: a `wg-quick up`
   # cut short leaves the link without it (and often without addresses).
-  flags=${link#*<}; flags=${flags%%>*}
+  flags=${link%%$'\n'*}; flags=${flags#*<}; flags=${flags%%>*}
   case ",$flags," in *,UP,*) echo 'link up';; *) echo 'link down';; esac
-  if wg show "$iface" >/dev/null 2>&1; then echo 'wg answers'; else echo 'wg silent'; fi
-  ip -o address show dev "$iface" | while read -r _ _ _ addr _; do echo "address $addr"; done
+  # `wg show` asks wireguard-go's socket first and answers through it
+  # when a process listens there; only otherwise does it ask the kernel
+  # (a kernel interface), so only then is it run. A dead wireguard-go
+  # leaves no listener, so it still reads as silent; a listener that
+  # accepts but never answers (a stopped wireguard-go, which `wg show`
+  # would wait for forever) reads as answering.
+  if [ "$socket" = listening ] || wg show "$iface" >/dev/null 2>&1; then echo 'wg answers'; else echo 'wg silent'; fi
+  while read -r family addr _; do
+    case "$family" in inet|inet6) echo "address $addr";; esac
+  done <<< "$link"
 else
   echo 'interface missing'
 fi
 if nft list table inet promguard >/dev/null 2>&1; then echo 'firewall loaded'; else echo 'firewall missing'; fi
-process() {
-  if [ "$sd" = 1 ]; then
-    if systemctl is-active --quiet "$2"; then echo "process $1 running"; else echo "process $1 stopped"; fi
-    return
-  fi
-  pid=
-  [ -r "/run/promguard/$1.pid" ] && read -r pid < "/run/promguard/$1.pid"
-  case "$pid" in ''|*[!0-9]*) echo "process $1 stopped"; return;; esac
-  # /proc files have size 0, so read the command line instead of `[ -s ]`;
-  # a zombie's is empty.
-  cmd=$(tr '\0\n' '  ' < "/proc/$pid/cmdline" 2>/dev/null)
-  if kill -0 "$pid" 2>/dev/null && [ -n "$cmd" ]; then
-    echo "process $1 running $cmd"
-  else
-    echo "process $1 stopped"
-  fi
-}
-process "$node_exporter" prometheus-node-exporter.service
-process "$prometheus" prometheus.service
 if [ "$sd" = 1 ]; then
+  # One `systemctl is-active` for both daemons: a state per unit, in
+  # order; running is what `is-active --quiet` accepts.
+  { states=$(systemctl is-active prometheus-node-exporter.service prometheus.service); } 2>/dev/null
+  for name in "$node_exporter" "$prometheus"; do
+    state=${states%%$'\n'*}
+    case "$states" in *$'\n'*) states=${states#*$'\n'};; *) states=;; esac
+    case "$state" in
+      active|reloading|refreshing) echo "process $name running";;
+      *) echo "process $name stopped";;
+    esac
+  done
+else
+  for name in "$node_exporter" "$prometheus"; do
+    pid=
+    [ -r "/run/promguard/$name.pid" ] && read -r pid < "/run/promguard/$name.pid"
+    case "$pid" in ''|*[!0-9]*) echo "process $name stopped"; continue;; esac
+    # /proc files have size 0, so read the command line instead of
+    # `[ -s ]`; a zombie's is empty. Its NULs (and any newline) become
+    # spaces, as `tr '\0\n' '  '` would make them.
+    cmd=
+    if [ -r "/proc/$pid/cmdline" ]; then
+      while IFS= read -r -d '' arg || [ -n "$arg" ]; do cmd+="${arg//$'\n'/ } "; done 2>/dev/null < "/proc/$pid/cmdline"
+    fi
+    if kill -0 "$pid" 2>/dev/null && [ -n "$cmd" ]; then
+      echo "process $name running $cmd"
+    else
+      echo "process $name stopped"
+    fi
+  done
+fi
+if [ "$sd" = 1 ]; then
+  # One call per unit: with several, `systemctl is-enabled` prints the
+  # states of units known only to SysV init first, out of order.
   for u in "${units[@]}"; do
     if systemctl is-enabled --quiet "$u" 2>/dev/null; then echo "enabled yes $u"; else echo "enabled no $u"; fi
   done
@@ -74,7 +119,13 @@ fi
 # hold is enough to tell that a longer one is not ours.
 if [ -e "$marker" ] || [ -L "$marker" ]; then
   echo 'apply-pending present'
-  head -n "$marker_lines" -- "$marker" 2>/dev/null | while IFS= read -r l || [ -n "$l" ]; do printf 'apply-pending-line %s\n' "$l"; done
+  n=0
+  if [ -r "$marker" ]; then
+    while [ "$n" -lt "$marker_lines" ] && { IFS= read -r l || [ -n "$l" ]; }; do
+      printf 'apply-pending-line %s\n' "$l"
+      n=$((n + 1))
+    done 2>/dev/null < "$marker"
+  fi
 else
   echo 'apply-pending absent'
 fi
