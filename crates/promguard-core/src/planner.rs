@@ -181,12 +181,14 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
     // Preshared keys per monitor-node pair.
     let monitor = &config.monitor.name;
     if config.preshared_keys {
+        // Indexed: a lookup per node in the list would be quadratic.
+        let old_pairs: HashMap<(&HostName, &HostName), &PairKey> = old
+            .preshared_keys
+            .iter()
+            .map(|p| ((&p.monitor, &p.node), p))
+            .collect();
         for node in &config.nodes {
-            let kept = old
-                .preshared_keys
-                .iter()
-                .find(|p| &p.monitor == monitor && p.node == node.name)
-                .cloned();
+            let kept = old_pairs.get(&(monitor, &node.name)).map(|&p| p.clone());
             next.preshared_keys.push(kept.unwrap_or_else(|| PairKey {
                 monitor: monitor.clone(),
                 node: node.name.clone(),
