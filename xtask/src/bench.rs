@@ -13,6 +13,8 @@ use serde_json::Value;
 /// Resource use of one `promguard` run.
 #[derive(Debug, Clone, Default)]
 struct Run {
+    /// When it started, in seconds since the epoch.
+    started: f64,
     wall: Duration,
     cli_cpu: Duration,
     cli_max_rss_kib: u64,
@@ -24,27 +26,64 @@ struct Run {
 #[derive(Debug, Clone)]
 struct Size {
     nodes: usize,
+    /// The deployment's scrape interval ([`scrape_interval`]).
+    scrape_interval: u64,
     fresh: Run,
     noop: Run,
     add: Run,
     status: Run,
+    /// When the fresh `up`'s Prometheus started and first scraped each
+    /// target; `None` when it could not be read.
+    startup: Option<Startup>,
+    /// CPU of every process on the hosts per second of wall time while no
+    /// PromGuard command runs (Prometheus scraping, the exporters,
+    /// wireguard-go), in cores.
+    idle_load: f64,
+    /// Resident memory of every process on the hosts after the fresh `up`.
+    hosts_rss_kib: u64,
+}
+
+/// A size that did not run, and why.
+#[derive(Debug, Clone)]
+struct Failed {
+    nodes: usize,
+    reason: String,
+}
+
+/// Prometheus' start-up in a fresh `up`, in seconds after the run started
+/// (the same clock as its sample timestamps: this machine's).
+#[derive(Debug, Clone, Copy)]
+struct Startup {
+    /// The monitor's Prometheus process started (from `/proc`).
+    process_start: f64,
+    /// The first sample of `up` = 1 of the target scraped first.
+    first_scraped: f64,
+    /// The first sample of `up` = 1 of the target scraped last: from here
+    /// on every target had been scraped.
+    all_scraped: f64,
+}
+
+/// The scrape interval of a deployment of `nodes` nodes, in seconds: 1 s
+/// up to 50 nodes, then one second more per 50 nodes. The exporters cost
+/// about 16 ms of CPU per scrape here, so at 1 s the idle deployment of 50
+/// nodes already keeps 0.8 of the 2 cores busy, and 200 would need more
+/// than both; at 4 s it needs what 50 do at 1 s.
+fn scrape_interval(nodes: usize) -> u64 {
+    nodes.div_ceil(50).max(1) as u64
 }
 
 const CLOCK_TICKS: f64 = 100.0;
 
-/// CPU time (user + system, including reaped children) of every process in
-/// the PID namespace of `init`.
-fn namespace_cpu(init: u32) -> Duration {
+/// The processes in the PID namespace of `init`, with the fields of their
+/// `/proc/<pid>/stat` after the command name (field 3, the state, first).
+fn namespace_processes(init: u32) -> Vec<(u32, Vec<String>)> {
     let Ok(ns) = std::fs::read_link(format!("/proc/{init}/ns/pid")) else {
-        return Duration::ZERO;
+        return Vec::new();
     };
-    let mut ticks: u64 = 0;
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-        else {
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         if std::fs::read_link(format!("/proc/{pid}/ns/pid"))
@@ -55,27 +94,190 @@ fn namespace_cpu(init: u32) -> Duration {
             continue;
         }
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Fields after the command name: state is field 3; utime..cstime are 14..17.
         let rest = stat.rsplit(") ").next().unwrap_or_default();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        for i in 11..15 {
-            ticks += fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
+        found.push((pid, rest.split_whitespace().map(str::to_owned).collect()));
     }
+    found
+}
+
+/// Field `n` (1-based, as in proc(5)) of a process's stat fields from
+/// [`namespace_processes`].
+fn stat_field(fields: &[String], n: usize) -> u64 {
+    fields.get(n - 3).and_then(|f| f.parse().ok()).unwrap_or(0)
+}
+
+/// CPU time (user + system, including reaped children) of every process in
+/// the PID namespace of `init`.
+fn namespace_cpu(init: u32) -> Duration {
+    let ticks: u64 = namespace_processes(init)
+        .iter()
+        .map(|(_, fields)| (14..=17).map(|n| stat_field(fields, n)).sum::<u64>())
+        .sum();
     Duration::from_secs_f64(ticks as f64 / CLOCK_TICKS)
 }
 
-fn hosts_cpu(provider: &promguard_cloud::local::LocalProvider, names: &[String]) -> Duration {
+/// Resident memory of every process in the PID namespace of `init`.
+fn namespace_rss_kib(init: u32) -> u64 {
+    namespace_processes(init)
+        .iter()
+        .filter_map(|(pid, _)| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn host_inits(provider: &promguard_cloud::local::LocalProvider, names: &[String]) -> Vec<u32> {
     names
         .iter()
         .filter_map(|n| promguard_core::HostName::new(n).ok())
         .filter_map(|n| provider.host_init_pid(&n))
+        .collect()
+}
+
+fn hosts_cpu(provider: &promguard_cloud::local::LocalProvider, names: &[String]) -> Duration {
+    host_inits(provider, names)
+        .into_iter()
         .map(namespace_cpu)
         .sum()
 }
+
+/// What the idle deployment's hosts cost: cores busy on average over a
+/// few seconds in which no PromGuard command runs.
+fn idle_load(provider: &promguard_cloud::local::LocalProvider, names: &[String]) -> f64 {
+    const WINDOW: Duration = Duration::from_secs(5);
+    let before = hosts_cpu(provider, names);
+    let started = Instant::now();
+    std::thread::sleep(WINDOW);
+    let cpu = hosts_cpu(provider, names).saturating_sub(before);
+    cpu.as_secs_f64() / started.elapsed().as_secs_f64()
+}
+
+/// `MemAvailable` of this machine.
+fn mem_available_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Seconds since the Unix epoch, now.
+fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// When the monitor's Prometheus process started, in seconds since the
+/// epoch: its start time in `/proc/<pid>/stat` counts clock ticks since
+/// boot, as `/proc/uptime` counts seconds.
+fn prometheus_start(monitor_init: u32) -> Option<f64> {
+    let start_ticks = namespace_processes(monitor_init)
+        .into_iter()
+        .filter(|(pid, _)| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "prometheus")
+        })
+        .map(|(_, fields)| stat_field(&fields, 22))
+        .min()?;
+    let now = epoch_now();
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(now - (uptime - start_ticks as f64 / CLOCK_TICKS))
+}
+
+/// `GET path` from the monitor's Prometheus on 127.0.0.1:9090, from a
+/// thread inside the monitor's network namespace (no PromGuard command,
+/// so that only Prometheus' times are read).
+fn prometheus_get(provider: &promguard_cloud::local::LocalProvider, path: &str) -> Result<Value> {
+    use std::io::{Read, Write};
+    let monitor = promguard_core::HostName::new(MONITOR)?;
+    let netns = provider
+        .host_netns(&monitor)
+        .context("the monitor has no network namespace")?;
+    let ns = std::fs::File::open(promguard_cloud::local::netns_path(&netns))?;
+    let response = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<Vec<u8>> {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9090));
+                let mut stream =
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                write!(
+                    stream,
+                    "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:9090\r\n\r\n"
+                )?;
+                let mut response = Vec::new();
+                stream.read_to_end(&mut response)?;
+                Ok(response)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread in the monitor's namespace panicked"))?
+    })?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("Prometheus' response has no end of headers")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("Prometheus answered {}", head.lines().next().unwrap_or(""));
+    }
+    serde_json::from_str(body).context("Prometheus' response is not JSON")
+}
+
+/// Prometheus' start-up in the fresh `up` that began at `run_start`
+/// (seconds since the epoch): its process start, then the first
+/// successful scrape of each target, read from the raw samples of `up`.
+fn prometheus_startup(
+    provider: &promguard_cloud::local::LocalProvider,
+    run_start: f64,
+) -> Result<Startup> {
+    let monitor = promguard_core::HostName::new(MONITOR)?;
+    let init = provider
+        .host_init_pid(&monitor)
+        .context("the monitor is not running")?;
+    let process_start = prometheus_start(init).context("no Prometheus process on the monitor")?;
+    let window = (epoch_now() - process_start).ceil() as u64 + 5;
+    let body = prometheus_get(provider, &format!("/api/v1/query?query=up%5B{window}s%5D"))?;
+    let series = body["data"]["result"]
+        .as_array()
+        .context("the query for `up` returned no series")?;
+    let mut firsts = Vec::new();
+    for s in series {
+        let first = s["values"].as_array().and_then(|values| {
+            values
+                .iter()
+                .find_map(|v| (v[1] == "1").then(|| v[0].as_f64()).flatten())
+        });
+        firsts.push(first.context("a target has not been scraped successfully")?);
+    }
+    let min = firsts.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = firsts.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if firsts.is_empty() {
+        bail!("Prometheus has no `up` samples yet");
+    }
+    Ok(Startup {
+        process_start: process_start - run_start,
+        first_scraped: min - run_start,
+        all_scraped: max - run_start,
+    })
+}
+
+/// The monitor's name in the bench's deployments.
+const MONITOR: &str = "promguard-monitor-1";
 
 /// Runs `promguard` under `xtask measure` so its own rusage is read.
 fn measure(bin: &Path, config: &Path, args: &[&str], report: Option<&Path>) -> Result<Run> {
@@ -91,6 +293,7 @@ fn measure(bin: &Path, config: &Path, args: &[&str], report: Option<&Path>) -> R
     if let Some(r) = report {
         cmd.arg("--report").arg(r);
     }
+    let started_epoch = epoch_now();
     let started = Instant::now();
     let out = cmd.output()?;
     let wall = started.elapsed();
@@ -108,6 +311,7 @@ fn measure(bin: &Path, config: &Path, args: &[&str], report: Option<&Path>) -> R
         None => None,
     };
     Ok(Run {
+        started: started_epoch,
         wall,
         cli_cpu: Duration::from_secs_f64(usage["cpu_s"].as_f64().unwrap_or(0.0)),
         cli_max_rss_kib: usage["max_rss_kib"].as_u64().unwrap_or(0),
@@ -136,11 +340,11 @@ pub fn measure_child(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn write_config(path: &Path, name: &str, nodes: usize) -> Result<()> {
+fn write_config(path: &Path, name: &str, nodes: usize, scrape_interval: u64) -> Result<()> {
     std::fs::write(
         path,
         format!(
-            "[deployment]\nname = \"{name}\"\nprovider = \"local\"\nsubnet = \"10.0.0.0/22\"\n\n[prometheus]\nscrape_interval = \"1s\"\n\n[nodes]\ncount = {nodes}\n"
+            "[deployment]\nname = \"{name}\"\nprovider = \"local\"\nsubnet = \"10.0.0.0/22\"\n\n[prometheus]\nscrape_interval = \"{scrape_interval}s\"\n\n[nodes]\ncount = {nodes}\n"
         ),
     )?;
     Ok(())
@@ -150,36 +354,51 @@ fn bench_size(bin: &Path, nodes: usize) -> Result<Size> {
     let name = format!("bench{nodes}x{}", std::process::id() % 10000);
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("promguard.toml");
+    let interval = scrape_interval(nodes);
     let provider = promguard_cloud::local::LocalProvider::new(
         promguard_core::DeploymentName::new(&name)?,
         promguard_cloud::local::LocalOptions::default(),
     );
     let host_names = |n: usize| -> Vec<String> {
-        std::iter::once("promguard-monitor-1".to_owned())
+        std::iter::once(MONITOR.to_owned())
             .chain((1..=n).map(|i| format!("promguard-node-{i}")))
             .collect()
     };
+    let hosts = host_names(nodes);
     let result = (|| -> Result<Size> {
-        write_config(&config, &name, nodes)?;
+        write_config(&config, &name, nodes, interval)?;
         let report = dir.path().join("report.json");
         let mut fresh = measure(bin, &config, &["up", "--yes"], Some(&report))?;
-        fresh.host_cpu = hosts_cpu(&provider, &host_names(nodes));
-        let before = hosts_cpu(&provider, &host_names(nodes));
+        // Read at once, while Prometheus still holds every first sample.
+        let startup = prometheus_startup(&provider, fresh.started)
+            .map_err(|e| eprintln!("bench: {nodes} nodes: no Prometheus start-up figures: {e:#}"))
+            .ok();
+        fresh.host_cpu = hosts_cpu(&provider, &hosts);
+        let hosts_rss_kib = host_inits(&provider, &hosts)
+            .into_iter()
+            .map(namespace_rss_kib)
+            .sum();
+        let idle = idle_load(&provider, &hosts);
+        let before = hosts_cpu(&provider, &hosts);
         let mut noop = measure(bin, &config, &["up", "--yes"], Some(&report))?;
-        noop.host_cpu = hosts_cpu(&provider, &host_names(nodes)).saturating_sub(before);
-        let before = hosts_cpu(&provider, &host_names(nodes));
+        noop.host_cpu = hosts_cpu(&provider, &hosts).saturating_sub(before);
+        let before = hosts_cpu(&provider, &hosts);
         let mut status = measure(bin, &config, &["status", "--json"], None)?;
-        status.host_cpu = hosts_cpu(&provider, &host_names(nodes)).saturating_sub(before);
-        write_config(&config, &name, nodes + 1)?;
-        let before = hosts_cpu(&provider, &host_names(nodes));
+        status.host_cpu = hosts_cpu(&provider, &hosts).saturating_sub(before);
+        write_config(&config, &name, nodes + 1, interval)?;
+        let before = hosts_cpu(&provider, &hosts);
         let mut add = measure(bin, &config, &["up", "--yes"], Some(&report))?;
         add.host_cpu = hosts_cpu(&provider, &host_names(nodes + 1)).saturating_sub(before);
         Ok(Size {
             nodes,
+            scrape_interval: interval,
             fresh,
             noop,
             add,
             status,
+            startup,
+            idle_load: idle,
+            hosts_rss_kib,
         })
     })();
     let down = Command::new(bin)
@@ -193,6 +412,28 @@ fn bench_size(bin: &Path, nodes: usize) -> Result<Size> {
         }
     }
     result
+}
+
+/// Whether this machine has the memory for `nodes` nodes, judged by what
+/// the hosts of the largest size run so far took per host (64 MiB each
+/// before any ran), with a quarter to spare.
+fn memory_for(nodes: usize, done: &[Size]) -> Result<(), String> {
+    let per_host_kib = done
+        .iter()
+        .max_by_key(|s| s.nodes)
+        .map(|s| s.hosts_rss_kib / (s.nodes as u64 + 1))
+        .unwrap_or(64 * 1024);
+    let need = per_host_kib * (nodes as u64 + 2) * 5 / 4;
+    match mem_available_kib() {
+        Some(available) if available < need => Err(format!(
+            "it needs about {:.1} GiB for its hosts ({:.0} MiB each, as measured at the largest size run), \
+             and {:.1} GiB are available",
+            need as f64 / 1048576.0,
+            per_host_kib as f64 / 1024.0,
+            available as f64 / 1048576.0
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The `count` hosts that took longest (connect + converge), for "where
@@ -289,6 +530,158 @@ fn table(sizes: &[Size]) -> String {
             (s.fresh.cli_cpu + s.fresh.host_cpu).as_secs_f64() / hosts,
             s.fresh.cli_cpu.as_secs_f64() / hosts,
             s.fresh.host_cpu.as_secs_f64() / hosts,
+        );
+    }
+    out
+}
+
+/// Seconds per host of `value` at each size.
+fn per_host(value: f64, s: &Size) -> f64 {
+    value / (s.nodes + 1) as f64
+}
+
+/// The least-squares line `a + b * hosts` through `(hosts, value)`, and
+/// the largest relative distance of a point from it.
+fn fit(points: &[(f64, f64)]) -> Option<(f64, f64, f64)> {
+    if points.len() < 2 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
+    let b = sxy / sxx;
+    let a = mean_y - b * mean_x;
+    let worst = points
+        .iter()
+        .map(|&(x, y)| ((a + b * x) - y).abs() / y.abs().max(1e-9))
+        .fold(0.0, f64::max);
+    Some((a, b, worst))
+}
+
+/// What a no-op `up` cost the hosts beyond what they use idle.
+fn noop_host_cpu(s: &Size) -> f64 {
+    (s.noop.host_cpu.as_secs_f64() - s.idle_load * s.noop.wall.as_secs_f64()).max(0.0)
+}
+
+/// One figure of a size, as a number.
+type Figure = fn(&Size) -> f64;
+
+/// Per-host figures of every size, and how each grows with the number of
+/// hosts.
+fn growth(sizes: &[Size]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| nodes | scrape interval | idle deployment's CPU (cores) | hosts' memory per host | fresh converge per host | no-op `up` per host | CPU per host, no-op (CLI + hosts beyond idle) | `status` per host |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for s in sizes {
+        let cpu = s.noop.cli_cpu.as_secs_f64() + noop_host_cpu(s);
+        let _ = writeln!(
+            out,
+            "| {} | {} s | {:.2} | {:.1} MiB | {:.1} ms | {:.1} ms | {:.1} ms ({:.1} + {:.1}) | {:.1} ms |",
+            s.nodes,
+            s.scrape_interval,
+            s.idle_load,
+            per_host(s.hosts_rss_kib as f64, s) / 1024.0,
+            per_host(phase(&s.fresh, "converge"), s) * 1000.0,
+            per_host(s.noop.wall.as_secs_f64(), s) * 1000.0,
+            per_host(cpu, s) * 1000.0,
+            per_host(s.noop.cli_cpu.as_secs_f64(), s) * 1000.0,
+            per_host(noop_host_cpu(s), s) * 1000.0,
+            per_host(s.status.wall.as_secs_f64(), s) * 1000.0,
+        );
+    }
+    if sizes.len() < 2 {
+        return out;
+    }
+    let figures: [(&str, Figure); 7] = [
+        ("fresh `up` without creation", |s| {
+            s.fresh.wall.as_secs_f64() - phase(&s.fresh, "create")
+        }),
+        ("converge of a fresh `up`", |s| phase(&s.fresh, "converge")),
+        ("no-op `up`", |s| s.noop.wall.as_secs_f64()),
+        ("CPU of a no-op `up` (CLI + hosts beyond idle)", |s| {
+            s.noop.cli_cpu.as_secs_f64() + noop_host_cpu(s)
+        }),
+        ("`status`", |s| s.status.wall.as_secs_f64()),
+        ("add one node", |s| s.add.wall.as_secs_f64()),
+        ("CLI peak RSS (MiB)", |s| {
+            s.fresh.cli_max_rss_kib.max(s.add.cli_max_rss_kib) as f64 / 1024.0
+        }),
+    ];
+    let _ = writeln!(
+        out,
+        "\nEach figure as a straight line through every size, `a + b × hosts` (least squares; hosts = nodes + 1), with the largest distance of a size from the line, and the per-host cost of the largest size against the line's:\n"
+    );
+    for (label, value) in figures {
+        let points: Vec<(f64, f64)> = sizes
+            .iter()
+            .map(|s| ((s.nodes + 1) as f64, value(s)))
+            .collect();
+        let Some((a, b, worst)) = fit(&points) else {
+            continue;
+        };
+        let unit = |v: f64| {
+            if label.contains("MiB") {
+                format!("{v:.1} MiB")
+            } else if v.abs() < 1.0 {
+                format!("{:.1} ms", v * 1000.0)
+            } else {
+                format!("{v:.2} s")
+            }
+        };
+        let &(x, y) = points.last().expect("two points at least");
+        let _ = writeln!(
+            out,
+            "- *{label}*: {} + {} × hosts, within {:.0} % at every size; at {} hosts {} per host{}",
+            unit(a),
+            unit(b),
+            worst * 100.0,
+            x,
+            unit((y - a) / x),
+            if (y - a) / x > 1.25 * b {
+                " (growing faster than linearly)"
+            } else {
+                ""
+            }
+        );
+    }
+    out
+}
+
+/// Prometheus' start-up apart from PromGuard's work, for every fresh `up`.
+fn startup_table(sizes: &[Size]) -> String {
+    let mut out = String::from(
+        "| nodes | fresh `up` | converged (plan + create + converge) | Prometheus started | its start → first / every target scraped | waiting for Prometheus after converge | last first scrape → `up` returned | fresh `up` less the wait for Prometheus |\n|---:|---:|---:|---:|---|---:|---:|---:|\n",
+    );
+    for s in sizes {
+        let wall = s.fresh.wall.as_secs_f64();
+        let converged =
+            phase(&s.fresh, "plan") + phase(&s.fresh, "create") + phase(&s.fresh, "converge");
+        let Some(p) = s.startup else {
+            let _ = writeln!(
+                out,
+                "| {} | {wall:.2} s | {converged:.2} s | (not read) | | | | |",
+                s.nodes
+            );
+            continue;
+        };
+        let wait = (p.all_scraped - converged).max(0.0);
+        let _ = writeln!(
+            out,
+            "| {} | {wall:.2} s | {converged:.2} s | {:.2} s | {:.2} / {:.2} s | {wait:.2} s | {:.2} s | {:.2} s |",
+            s.nodes,
+            p.process_start,
+            p.first_scraped - p.process_start,
+            p.all_scraped - p.process_start,
+            wall - p.all_scraped,
+            wall - wait,
         );
     }
     out
@@ -440,9 +833,21 @@ pub fn run_systemd(root: &Path) -> Result<()> {
 pub fn run(root: &Path, sizes: &[usize]) -> Result<()> {
     crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
     let bin: PathBuf = crate::target_dir(root).join("debug/promguard");
-    let mut results = Vec::new();
+    let mut results: Vec<Size> = Vec::new();
+    let mut failed: Vec<Failed> = Vec::new();
     for &n in sizes {
-        eprintln!("bench: {n} nodes");
+        if let Err(reason) = memory_for(n, &results) {
+            eprintln!("bench: {n} nodes skipped: {reason}");
+            failed.push(Failed {
+                nodes: n,
+                reason: format!("skipped: {reason}"),
+            });
+            continue;
+        }
+        eprintln!(
+            "bench: {n} nodes (scrape interval {} s)",
+            scrape_interval(n)
+        );
         match bench_size(&bin, n) {
             Ok(s) => {
                 for (label, run) in [("fresh", &s.fresh), ("no-op", &s.noop), ("add", &s.add)] {
@@ -456,13 +861,41 @@ pub fn run(root: &Path, sizes: &[usize]) -> Result<()> {
                         slowest_hosts(run, 3)
                     );
                 }
+                eprintln!(
+                    "bench: {n} nodes: idle deployment {:.2} cores, hosts {:.0} MiB, Prometheus start-up {:?}",
+                    s.idle_load,
+                    s.hosts_rss_kib as f64 / 1024.0,
+                    s.startup
+                );
                 results.push(s);
             }
-            Err(e) => eprintln!("bench: {n} nodes failed: {e:#}"),
+            Err(e) => {
+                eprintln!("bench: {n} nodes failed: {e:#}");
+                let reason = format!("{e:#}");
+                let reason: String = reason
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(300)
+                    .collect();
+                failed.push(Failed {
+                    nodes: n,
+                    reason: format!("failed: {reason}"),
+                });
+            }
         }
     }
     let deployments = table(&results);
     println!("{deployments}");
+    let growth = growth(&results);
+    println!("{growth}");
+    let startup = startup_table(&results);
+    println!("{startup}");
+    let not_run: String = failed
+        .iter()
+        .map(|f| format!("- *{} nodes did not run*: {}\n", f.nodes, f.reason))
+        .collect();
     eprintln!("bench: criterion (planning and rendering 10,000 nodes)");
     let crit = criterion(root)?;
     println!("{crit}");
@@ -473,8 +906,59 @@ pub fn run(root: &Path, sizes: &[usize]) -> Result<()> {
         .split_once("<!-- end of generated figures -->")
         .map(|(_, rest)| rest.to_owned())
         .unwrap_or_default();
+    let list: Vec<String> = sizes.iter().map(ToString::to_string).collect();
     let text = format!(
-        "# Benchmarks\n\nGenerated by `cargo xtask bench` on this project's 2-core machine; figures are\nmeasurements, not limits. Local provider (namespace hosts), scrape interval 1 s,\ndebug build of the CLI.\n\n## Whole deployments\n\n{deployments}\n- *fresh `up`*: creating the hosts, converging them and waiting until Prometheus\n  reports every target up. *Without creation* subtracts the create phase.\n- *round trips*: SSH commands (exec/upload/HTTP through the tunnel) per host;\n  the monitor's include the Prometheus API polls of verification.\n- *CPU per host*: the CLI's user+system time plus every process on the hosts\n  (sshd sessions, wg, nft, wireguard-go, node_exporter, Prometheus), divided\n  by the number of hosts.\n\n## Planning and rendering\n\n{crit}\n<!-- end of generated figures -->{kept}"
+        "# Benchmarks\n\n\
+         Generated by `cargo xtask bench --sizes {list}` on this project's 2-core machine;\n\
+         figures are measurements, not limits. Local provider (namespace hosts), debug\n\
+         build of the CLI, scrape interval 1 s up to 50 nodes and one second more per 50\n\
+         nodes above (see *Growth*).\n\n\
+         ## Whole deployments\n\n\
+         {deployments}\n{not_run}{sep}\
+         - *fresh `up`*: creating the hosts, converging them and waiting until Prometheus\n  \
+         reports every target up. *Without creation* subtracts the create phase.\n\
+         - *round trips*: SSH commands (exec/upload/HTTP through the tunnel) per host;\n  \
+         the monitor's include the Prometheus API polls of verification.\n\
+         - *CPU per host*: the CLI's user+system time plus every process on the hosts\n  \
+         (sshd sessions, wg, nft, wireguard-go, node_exporter, Prometheus), divided\n  \
+         by the number of hosts.\n\n\
+         ## Growth with the number of hosts\n\n\
+         {growth}\n\
+         - *scrape interval*: the exporters cost about 16 ms of CPU per scrape on these\n  \
+         hosts, so Prometheus scraping an idle deployment of 50 nodes every second keeps\n  \
+         about 0.8 of the 2 cores busy, and 200 nodes at 1 s would need more than both\n  \
+         cores (scrapes would time out). Above 50 nodes the interval grows with the\n  \
+         nodes, so that this background stays about the same at every size.\n\
+         - *idle deployment's CPU*: every process on the hosts (Prometheus, the exporters,\n  \
+         wireguard-go) over 5 s in which no PromGuard command runs. Every figure above\n  \
+         shares the 2 cores with it, so the no-op `up`'s wall time is bounded by what it\n  \
+         leaves.\n\
+         - *CPU per host, no-op*: the CLI's user+system time, and what the hosts spent\n  \
+         during the run beyond their idle CPU over the same time (sshd, the facts\n  \
+         script), per host.\n\
+         - *hosts' memory*: the resident memory of every process on the hosts after the\n  \
+         fresh `up`, per host (shared pages counted in each process). A size runs only\n  \
+         if the machine's available memory holds its hosts at the largest measured\n  \
+         size's memory per host, with a quarter to spare.\n\n\
+         ## A fresh `up`: PromGuard's work and Prometheus' start-up\n\n\
+         {startup}\n\
+         - Times in seconds after the fresh `up` started. *Prometheus started*: the start\n  \
+         time of the monitor's Prometheus process (`/proc/<pid>/stat`), which the\n  \
+         monitor's converge starts. *First / every target scraped*: the earliest and the\n  \
+         latest of each target's first sample of `up` = 1, read from the monitor's\n  \
+         Prometheus (`/api/v1/query?query=up[…]`, from inside the monitor's network\n  \
+         namespace, so no PromGuard command is involved) right after the `up`.\n\
+         - Prometheus' discovery manager hands file_sd targets to the scrape manager on a\n  \
+         5 s tick, and the scrape manager applies them on a 5 s tick of its own; the\n  \
+         first scrape comes up to one scrape interval later. That start-up is\n  \
+         Prometheus' own: *waiting for Prometheus after converge* is the part of it\n  \
+         that the `up` spends after PromGuard's last host converged, *last first scrape\n  \
+         → `up` returned* the verification's polling and the CLI's exit, and *fresh `up`\n  \
+         less the wait for Prometheus* what remains: PromGuard's own work.\n\n\
+         ## Planning and rendering\n\n\
+         {crit}\n<!-- end of generated figures -->{kept}",
+        list = list.join(","),
+        sep = if not_run.is_empty() { "" } else { "\n" },
     );
     std::fs::write(&doc, text)?;
     eprintln!("bench: wrote {}", doc.display());
