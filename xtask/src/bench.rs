@@ -64,10 +64,11 @@ struct Startup {
 }
 
 /// The scrape interval of a deployment of `nodes` nodes, in seconds: 1 s
-/// up to 50 nodes, then one second more per 50 nodes. The exporters cost
-/// about 16 ms of CPU per scrape here, so at 1 s the idle deployment of 50
-/// nodes already keeps 0.8 of the 2 cores busy, and 200 would need more
-/// than both; at 4 s it needs what 50 do at 1 s.
+/// up to 50 nodes, then one second more per 50 nodes. A scrape costs the
+/// hosts about 16 ms of CPU here (the exporter, wireguard-go at both ends,
+/// Prometheus), so at 1 s the idle deployment of 50 nodes already keeps
+/// 0.8 of the 2 cores busy, and 200 would need more than both; at 4 s it
+/// needs what 50 do at 1 s.
 fn scrape_interval(nodes: usize) -> u64 {
     nodes.div_ceil(50).max(1) as u64
 }
@@ -924,11 +925,12 @@ pub fn run(root: &Path, sizes: &[usize]) -> Result<()> {
          by the number of hosts.\n\n\
          ## Growth with the number of hosts\n\n\
          {growth}\n\
-         - *scrape interval*: the exporters cost about 16 ms of CPU per scrape on these\n  \
-         hosts, so Prometheus scraping an idle deployment of 50 nodes every second keeps\n  \
-         about 0.8 of the 2 cores busy, and 200 nodes at 1 s would need more than both\n  \
-         cores (scrapes would time out). Above 50 nodes the interval grows with the\n  \
-         nodes, so that this background stays about the same at every size.\n\
+         - *scrape interval*: a scrape costs the hosts about 16 ms of CPU (the exporter,\n  \
+         wireguard-go at both ends, Prometheus), so scraping an idle deployment of 50\n  \
+         nodes every second keeps about 0.8 of the 2 cores busy, and 200 nodes at 1 s\n  \
+         would need more than both cores (scrapes would time out). Above 50 nodes the\n  \
+         interval grows with the nodes, so that this background stays about the same\n  \
+         at every size.\n\
          - *idle deployment's CPU*: every process on the hosts (Prometheus, the exporters,\n  \
          wireguard-go) over 5 s in which no PromGuard command runs. Every figure above\n  \
          shares the 2 cores with it, so the no-op `up`'s wall time is bounded by what it\n  \
