@@ -19,7 +19,40 @@ struct Run {
     cli_cpu: Duration,
     cli_max_rss_kib: u64,
     host_cpu: Duration,
+    /// CPU time of the whole machine during the run (`/proc/stat`).
+    machine_cpu: Duration,
     report: Option<Value>,
+}
+
+impl Run {
+    /// Cores that processes other than this run and the hosts kept busy
+    /// during it on average: other work on the machine, which every figure
+    /// of the run shares the cores with. Meaningful once `host_cpu` is set.
+    fn other_load(&self) -> f64 {
+        let other = self.machine_cpu.as_secs_f64()
+            - self.cli_cpu.as_secs_f64()
+            - self.host_cpu.as_secs_f64();
+        (other / self.wall.as_secs_f64()).max(0.0)
+    }
+}
+
+/// CPU time (user, nice, system, interrupts) of the whole machine since
+/// boot.
+fn machine_cpu() -> Duration {
+    let ticks: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().next()?.to_owned();
+            let fields: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal ...
+            Some([0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum())
+        })
+        .unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / CLOCK_TICKS)
 }
 
 /// What one deployment size measured.
@@ -295,9 +328,11 @@ fn measure(bin: &Path, config: &Path, args: &[&str], report: Option<&Path>) -> R
         cmd.arg("--report").arg(r);
     }
     let started_epoch = epoch_now();
+    let machine_before = machine_cpu();
     let started = Instant::now();
     let out = cmd.output()?;
     let wall = started.elapsed();
+    let machine = machine_cpu().saturating_sub(machine_before);
     if !out.status.success() {
         bail!(
             "promguard {} failed: {}\n{}",
@@ -317,6 +352,7 @@ fn measure(bin: &Path, config: &Path, args: &[&str], report: Option<&Path>) -> R
         cli_cpu: Duration::from_secs_f64(usage["cpu_s"].as_f64().unwrap_or(0.0)),
         cli_max_rss_kib: usage["max_rss_kib"].as_u64().unwrap_or(0),
         host_cpu: Duration::ZERO,
+        machine_cpu: machine,
         report,
     })
 }
@@ -578,17 +614,18 @@ fn growth(sizes: &[Size]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| nodes | scrape interval | idle deployment's CPU (cores) | hosts' memory per host | fresh converge per host | no-op `up` per host | CPU per host, no-op (CLI + hosts beyond idle) | `status` per host |"
+        "| nodes | scrape interval | idle deployment's CPU (cores) | other load on the machine during the no-op (cores) | hosts' memory per host | fresh converge per host | no-op `up` per host | CPU per host, no-op (CLI + hosts beyond idle) | `status` per host |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for s in sizes {
         let cpu = s.noop.cli_cpu.as_secs_f64() + noop_host_cpu(s);
         let _ = writeln!(
             out,
-            "| {} | {} s | {:.2} | {:.1} MiB | {:.1} ms | {:.1} ms | {:.1} ms ({:.1} + {:.1}) | {:.1} ms |",
+            "| {} | {} s | {:.2} | {:.2} | {:.1} MiB | {:.1} ms | {:.1} ms | {:.1} ms ({:.1} + {:.1}) | {:.1} ms |",
             s.nodes,
             s.scrape_interval,
             s.idle_load,
+            s.noop.other_load(),
             per_host(s.hosts_rss_kib as f64, s) / 1024.0,
             per_host(phase(&s.fresh, "converge"), s) * 1000.0,
             per_host(s.noop.wall.as_secs_f64(), s) * 1000.0,
@@ -863,8 +900,12 @@ pub fn run(root: &Path, sizes: &[usize]) -> Result<()> {
                     );
                 }
                 eprintln!(
-                    "bench: {n} nodes: idle deployment {:.2} cores, hosts {:.0} MiB, Prometheus start-up {:?}",
+                    "bench: {n} nodes: idle deployment {:.2} cores, other load during fresh/no-op/status/add {:.2}/{:.2}/{:.2}/{:.2} cores, hosts {:.0} MiB, Prometheus start-up {:?}",
                     s.idle_load,
+                    s.fresh.other_load(),
+                    s.noop.other_load(),
+                    s.status.other_load(),
+                    s.add.other_load(),
                     s.hosts_rss_kib as f64 / 1024.0,
                     s.startup
                 );
@@ -934,7 +975,9 @@ pub fn run(root: &Path, sizes: &[usize]) -> Result<()> {
          - *idle deployment's CPU*: every process on the hosts (Prometheus, the exporters,\n  \
          wireguard-go) over 5 s in which no PromGuard command runs. Every figure above\n  \
          shares the 2 cores with it, so the no-op `up`'s wall time is bounded by what it\n  \
-         leaves.\n\
+         leaves. *Other load*: the machine's CPU during the no-op less the CLI's and the\n  \
+         hosts', that is work of other programs on the machine; figures taken while it\n  \
+         is high are slower than the code.\n\
          - *CPU per host, no-op*: the CLI's user+system time, and what the hosts spent\n  \
          during the run beyond their idle CPU over the same time (sshd, the facts\n  \
          script), per host.\n\
