@@ -19,7 +19,40 @@ struct Run {
     cli_cpu: Duration,
     cli_max_rss_kib: u64,
     host_cpu: Duration,
+    /// CPU time of the whole machine during the run (`/proc/stat`).
+    machine_cpu: Duration,
     report: Option<Value>,
+}
+
+impl Run {
+    /// Cores that processes other than this run and the hosts kept busy
+    /// during it on average: other work on the machine, which every figure
+    /// of the run shares the cores with. Meaningful once `host_cpu` is set.
+    fn other_load(&self) -> f64 {
+        let other = self.machine_cpu.as_secs_f64()
+            - self.cli_cpu.as_secs_f64()
+            - self.host_cpu.as_secs_f64();
+        (other / self.wall.as_secs_f64()).max(0.0)
+    }
+}
+
+/// CPU time (user, nice, system, interrupts) of the whole machine since
+/// boot.
+fn machine_cpu() -> Duration {
+    let ticks: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().next()?.to_owned();
+            let fields: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal ...
+            Some([0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum())
+        })
+        .unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / CLOCK_TICKS)
 }
 
 /// What one deployment size measured.
@@ -41,6 +74,9 @@ struct Size {
     idle_load: f64,
     /// Resident memory of every process on the hosts after the fresh `up`.
     hosts_rss_kib: u64,
+    /// What the no-op cost the hosts' sshd and what it ran
+    /// ([`noop_host_cpu`]).
+    noop_session_cpu: Duration,
 }
 
 /// A size that did not run, and why.
@@ -64,10 +100,11 @@ struct Startup {
 }
 
 /// The scrape interval of a deployment of `nodes` nodes, in seconds: 1 s
-/// up to 50 nodes, then one second more per 50 nodes. The exporters cost
-/// about 16 ms of CPU per scrape here, so at 1 s the idle deployment of 50
-/// nodes already keeps 0.8 of the 2 cores busy, and 200 would need more
-/// than both; at 4 s it needs what 50 do at 1 s.
+/// up to 50 nodes, then one second more per 50 nodes. A scrape costs the
+/// hosts about 16 ms of CPU here (the exporter, wireguard-go at both ends,
+/// Prometheus), so at 1 s the idle deployment of 50 nodes already keeps
+/// 0.8 of the 2 cores busy, and 200 would need more than both; at 4 s it
+/// needs what 50 do at 1 s.
 fn scrape_interval(nodes: usize) -> u64 {
     nodes.div_ceil(50).max(1) as u64
 }
@@ -128,6 +165,74 @@ fn namespace_rss_kib(init: u32) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .sum()
+}
+
+/// CPU time of PID 1 of every host and of the children it reaped: on a
+/// namespace host, sshd and every session, command and script it ran.
+fn sessions_cpu(provider: &promguard_cloud::local::LocalProvider, names: &[String]) -> Duration {
+    let ticks: u64 = host_inits(provider, names)
+        .into_iter()
+        .filter_map(|init| std::fs::read_to_string(format!("/proc/{init}/stat")).ok())
+        .map(|stat| {
+            let rest = stat.rsplit(") ").next().unwrap_or_default();
+            let fields: Vec<String> = rest.split_whitespace().map(str::to_owned).collect();
+            (14..=17).map(|n| stat_field(&fields, n)).sum::<u64>()
+        })
+        .sum();
+    Duration::from_secs_f64(ticks as f64 / CLOCK_TICKS)
+}
+
+/// Whether root may create the inotify instances `nodes` nodes need:
+/// every host's wireguard-go watches its control socket with one (and the
+/// monitor's Prometheus its targets files), and `fs.inotify.max_user_instances`
+/// limits them per user.
+fn inotify_for(nodes: usize) -> Result<(), String> {
+    let limit: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(usize::MAX);
+    let mut used = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name();
+        let Some(pid) = pid
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let root = std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|uids| uids.split_whitespace().next())
+                == Some("0")
+        });
+        if !root {
+            continue;
+        }
+        used += std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|target| target.as_os_str() == "anon_inode:inotify")
+            })
+            .count();
+    }
+    // The hosts, the node added later and the monitor's Prometheus.
+    let need = nodes + 3;
+    if used + need > limit {
+        return Err(format!(
+            "its {} hosts' wireguard-go each need an inotify instance, and root may have {limit} \
+             (fs.inotify.max_user_instances) of which {used} are in use, so the hosts past about \
+             the {}th would fail at `wg-quick up`; raising the limit (sysctl \
+             fs.inotify.max_user_instances=1024) lets it run",
+            nodes + 2,
+            limit.saturating_sub(used + 1),
+        ));
+    }
+    Ok(())
 }
 
 fn host_inits(provider: &promguard_cloud::local::LocalProvider, names: &[String]) -> Vec<u32> {
@@ -294,9 +399,11 @@ fn measure(bin: &Path, config: &Path, args: &[&str], report: Option<&Path>) -> R
         cmd.arg("--report").arg(r);
     }
     let started_epoch = epoch_now();
+    let machine_before = machine_cpu();
     let started = Instant::now();
     let out = cmd.output()?;
     let wall = started.elapsed();
+    let machine = machine_cpu().saturating_sub(machine_before);
     if !out.status.success() {
         bail!(
             "promguard {} failed: {}\n{}",
@@ -316,6 +423,7 @@ fn measure(bin: &Path, config: &Path, args: &[&str], report: Option<&Path>) -> R
         cli_cpu: Duration::from_secs_f64(usage["cpu_s"].as_f64().unwrap_or(0.0)),
         cli_max_rss_kib: usage["max_rss_kib"].as_u64().unwrap_or(0),
         host_cpu: Duration::ZERO,
+        machine_cpu: machine,
         report,
     })
 }
@@ -380,8 +488,10 @@ fn bench_size(bin: &Path, nodes: usize) -> Result<Size> {
             .sum();
         let idle = idle_load(&provider, &hosts);
         let before = hosts_cpu(&provider, &hosts);
+        let sessions_before = sessions_cpu(&provider, &hosts);
         let mut noop = measure(bin, &config, &["up", "--yes"], Some(&report))?;
         noop.host_cpu = hosts_cpu(&provider, &hosts).saturating_sub(before);
+        let noop_session_cpu = sessions_cpu(&provider, &hosts).saturating_sub(sessions_before);
         let before = hosts_cpu(&provider, &hosts);
         let mut status = measure(bin, &config, &["status", "--json"], None)?;
         status.host_cpu = hosts_cpu(&provider, &hosts).saturating_sub(before);
@@ -399,6 +509,7 @@ fn bench_size(bin: &Path, nodes: usize) -> Result<Size> {
             startup,
             idle_load: idle,
             hosts_rss_kib,
+            noop_session_cpu,
         })
     })();
     let down = Command::new(bin)
@@ -540,54 +651,35 @@ fn per_host(value: f64, s: &Size) -> f64 {
     value / (s.nodes + 1) as f64
 }
 
-/// The least-squares line `a + b * hosts` through `(hosts, value)`, and
-/// the largest relative distance of a point from it.
-fn fit(points: &[(f64, f64)]) -> Option<(f64, f64, f64)> {
-    if points.len() < 2 {
-        return None;
-    }
-    let n = points.len() as f64;
-    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
-    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
-    let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
-    if sxx == 0.0 {
-        return None;
-    }
-    let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
-    let b = sxy / sxx;
-    let a = mean_y - b * mean_x;
-    let worst = points
-        .iter()
-        .map(|&(x, y)| ((a + b * x) - y).abs() / y.abs().max(1e-9))
-        .fold(0.0, f64::max);
-    Some((a, b, worst))
-}
-
-/// What a no-op `up` cost the hosts beyond what they use idle.
+/// What a no-op `up` cost the hosts: the CPU of their sshd and everything
+/// it ran and reaped (sessions, the facts script), which on namespace
+/// hosts is PID 1 and its children; the daemons it started long ago are
+/// not part of it.
 fn noop_host_cpu(s: &Size) -> f64 {
-    (s.noop.host_cpu.as_secs_f64() - s.idle_load * s.noop.wall.as_secs_f64()).max(0.0)
+    s.noop_session_cpu.as_secs_f64()
 }
 
 /// One figure of a size, as a number.
 type Figure = fn(&Size) -> f64;
 
-/// Per-host figures of every size, and how each grows with the number of
-/// hosts.
+/// Per-host figures of every size, and what each host added between one
+/// size and the next.
 fn growth(sizes: &[Size]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| nodes | scrape interval | idle deployment's CPU (cores) | hosts' memory per host | fresh converge per host | no-op `up` per host | CPU per host, no-op (CLI + hosts beyond idle) | `status` per host |"
+        "| nodes | scrape interval | idle deployment's CPU (cores) | other load on the machine during the no-op (cores) | hosts' memory per host | fresh converge per host | no-op `up` per host | CPU per host, no-op (CLI + sshd and what it ran) | `status` per host |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for s in sizes {
         let cpu = s.noop.cli_cpu.as_secs_f64() + noop_host_cpu(s);
         let _ = writeln!(
             out,
-            "| {} | {} s | {:.2} | {:.1} MiB | {:.1} ms | {:.1} ms | {:.1} ms ({:.1} + {:.1}) | {:.1} ms |",
+            "| {} | {} s | {:.2} | {:.2} | {:.1} MiB | {:.1} ms | {:.1} ms | {:.1} ms ({:.1} + {:.1}) | {:.1} ms |",
             s.nodes,
             s.scrape_interval,
             s.idle_load,
+            s.noop.other_load(),
             per_host(s.hosts_rss_kib as f64, s) / 1024.0,
             per_host(phase(&s.fresh, "converge"), s) * 1000.0,
             per_host(s.noop.wall.as_secs_f64(), s) * 1000.0,
@@ -604,52 +696,34 @@ fn growth(sizes: &[Size]) -> String {
         ("fresh `up` without creation", |s| {
             s.fresh.wall.as_secs_f64() - phase(&s.fresh, "create")
         }),
-        ("converge of a fresh `up`", |s| phase(&s.fresh, "converge")),
+        ("its converge", |s| phase(&s.fresh, "converge")),
         ("no-op `up`", |s| s.noop.wall.as_secs_f64()),
-        ("CPU of a no-op `up` (CLI + hosts beyond idle)", |s| {
+        ("CPU of the no-op (CLI + sshd and what it ran)", |s| {
             s.noop.cli_cpu.as_secs_f64() + noop_host_cpu(s)
         }),
+        ("of it the CLI's", |s| s.noop.cli_cpu.as_secs_f64()),
         ("`status`", |s| s.status.wall.as_secs_f64()),
         ("add one node", |s| s.add.wall.as_secs_f64()),
-        ("CLI peak RSS (MiB)", |s| {
-            s.fresh.cli_max_rss_kib.max(s.add.cli_max_rss_kib) as f64 / 1024.0
-        }),
     ];
-    let _ = writeln!(
+    let _ = write!(
         out,
-        "\nEach figure as a straight line through every size, `a + b × hosts` (least squares; hosts = nodes + 1), with the largest distance of a size from the line, and the per-host cost of the largest size against the line's:\n"
+        "\nWhat each host added between one size and the next: the difference of a figure divided by the difference in hosts (nodes + 1). A figure that grows linearly adds the same in every row.\n\n| between | {} |\n|---|{}\n",
+        figures.map(|(label, _)| label).join(" | "),
+        "---:|".repeat(figures.len()),
     );
-    for (label, value) in figures {
-        let points: Vec<(f64, f64)> = sizes
+    for pair in sizes.windows(2) {
+        let (small, large) = (&pair[0], &pair[1]);
+        let hosts = (large.nodes - small.nodes) as f64;
+        let cells: Vec<String> = figures
             .iter()
-            .map(|s| ((s.nodes + 1) as f64, value(s)))
+            .map(|(_, value)| format!("{:.1} ms", (value(large) - value(small)) / hosts * 1000.0))
             .collect();
-        let Some((a, b, worst)) = fit(&points) else {
-            continue;
-        };
-        let unit = |v: f64| {
-            if label.contains("MiB") {
-                format!("{v:.1} MiB")
-            } else if v.abs() < 1.0 {
-                format!("{:.1} ms", v * 1000.0)
-            } else {
-                format!("{v:.2} s")
-            }
-        };
-        let &(x, y) = points.last().expect("two points at least");
         let _ = writeln!(
             out,
-            "- *{label}*: {} + {} × hosts, within {:.0} % at every size; at {} hosts {} per host{}",
-            unit(a),
-            unit(b),
-            worst * 100.0,
-            x,
-            unit((y - a) / x),
-            if (y - a) / x > 1.25 * b {
-                " (growing faster than linearly)"
-            } else {
-                ""
-            }
+            "| {} → {} nodes | {} |",
+            small.nodes,
+            large.nodes,
+            cells.join(" | ")
         );
     }
     out
@@ -836,7 +910,7 @@ pub fn run(root: &Path, sizes: &[usize]) -> Result<()> {
     let mut results: Vec<Size> = Vec::new();
     let mut failed: Vec<Failed> = Vec::new();
     for &n in sizes {
-        if let Err(reason) = memory_for(n, &results) {
+        if let Err(reason) = memory_for(n, &results).and_then(|()| inotify_for(n)) {
             eprintln!("bench: {n} nodes skipped: {reason}");
             failed.push(Failed {
                 nodes: n,
@@ -862,8 +936,12 @@ pub fn run(root: &Path, sizes: &[usize]) -> Result<()> {
                     );
                 }
                 eprintln!(
-                    "bench: {n} nodes: idle deployment {:.2} cores, hosts {:.0} MiB, Prometheus start-up {:?}",
+                    "bench: {n} nodes: idle deployment {:.2} cores, other load during fresh/no-op/status/add {:.2}/{:.2}/{:.2}/{:.2} cores, hosts {:.0} MiB, Prometheus start-up {:?}",
                     s.idle_load,
+                    s.fresh.other_load(),
+                    s.noop.other_load(),
+                    s.status.other_load(),
+                    s.add.other_load(),
                     s.hosts_rss_kib as f64 / 1024.0,
                     s.startup
                 );
@@ -924,18 +1002,21 @@ pub fn run(root: &Path, sizes: &[usize]) -> Result<()> {
          by the number of hosts.\n\n\
          ## Growth with the number of hosts\n\n\
          {growth}\n\
-         - *scrape interval*: the exporters cost about 16 ms of CPU per scrape on these\n  \
-         hosts, so Prometheus scraping an idle deployment of 50 nodes every second keeps\n  \
-         about 0.8 of the 2 cores busy, and 200 nodes at 1 s would need more than both\n  \
-         cores (scrapes would time out). Above 50 nodes the interval grows with the\n  \
-         nodes, so that this background stays about the same at every size.\n\
+         - *scrape interval*: a scrape costs the hosts about 16 ms of CPU (the exporter,\n  \
+         wireguard-go at both ends, Prometheus), so scraping an idle deployment of 50\n  \
+         nodes every second keeps about 0.8 of the 2 cores busy, and 200 nodes at 1 s\n  \
+         would need more than both cores (scrapes would time out). Above 50 nodes the\n  \
+         interval grows with the nodes, so that this background stays about the same\n  \
+         at every size.\n\
          - *idle deployment's CPU*: every process on the hosts (Prometheus, the exporters,\n  \
          wireguard-go) over 5 s in which no PromGuard command runs. Every figure above\n  \
          shares the 2 cores with it, so the no-op `up`'s wall time is bounded by what it\n  \
-         leaves.\n\
-         - *CPU per host, no-op*: the CLI's user+system time, and what the hosts spent\n  \
-         during the run beyond their idle CPU over the same time (sshd, the facts\n  \
-         script), per host.\n\
+         leaves. *Other load*: the machine's CPU during the no-op less the CLI's and the\n  \
+         hosts', that is work of other programs on the machine; figures taken while it\n  \
+         is high are slower than the code.\n\
+         - *CPU per host, no-op*: the CLI's user+system time, and the CPU of each host's\n  \
+         sshd and everything it ran during the run (its PID 1 and the children it\n  \
+         reaped: the SSH session, the facts script and its commands), per host.\n\
          - *hosts' memory*: the resident memory of every process on the hosts after the\n  \
          fresh `up`, per host (shared pages counted in each process). A size runs only\n  \
          if the machine's available memory holds its hosts at the largest measured\n  \
