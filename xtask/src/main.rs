@@ -83,7 +83,7 @@ fn main() -> Result<()> {
                     .split(',')
                     .map(|n| n.trim().parse::<usize>().context("--sizes takes numbers"))
                     .collect::<Result<Vec<_>>>()?,
-                None => vec![3, 20, 50],
+                None => vec![3, 20, 50, 100, 200],
                 Some(other) => bail!("unknown bench argument {other:?}; use --sizes 3,20,50"),
             };
             deps::ensure()?;

@@ -8,6 +8,7 @@
 //! never forgets a host or a key. Once the run is cancelled the journal is
 //! [closed](Journal::close): a save in progress completes, none starts.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::names::DeploymentName;
@@ -75,6 +76,9 @@ pub struct Journal {
     /// False once closed; held while saving, so closing waits for a save
     /// in progress.
     open: Mutex<bool>,
+    /// True once this journal saved: from then on the store holds exactly
+    /// `state`, and an update that changes nothing need not be saved again.
+    saved: AtomicBool,
 }
 
 impl std::fmt::Debug for Journal {
@@ -94,15 +98,21 @@ impl Journal {
             store,
             state: Mutex::new(state),
             open: Mutex::new(true),
+            saved: AtomicBool::new(false),
         }
     }
 
-    /// Changes the state with `f` and saves it.
+    /// Changes the state with `f` and saves it. An update that leaves the
+    /// state as this journal last saved it is not saved again: a converged
+    /// run records every host, and saving each of those identical states
+    /// (serialising and fsyncing the whole state per host) made a no-op
+    /// over many hosts quadratic.
     pub fn update(&self, f: impl FnOnce(&mut State)) -> Result<(), StateError> {
         let mut state = self
             .state
             .lock()
             .expect("no panics while holding the state");
+        let before = self.saved.load(Ordering::Acquire).then(|| state.clone());
         f(&mut state);
         let open = self.open.lock().expect("no panics while saving");
         if !*open {
@@ -110,7 +120,14 @@ impl Journal {
                 location: self.store.location(),
             });
         }
-        self.store.save(&state)
+        if before.as_ref() == Some(&*state) {
+            return Ok(());
+        }
+        // After a failed save the store may hold less than `state`: the
+        // next update must save even if it changes nothing.
+        let result = self.store.save(&state);
+        self.saved.store(result.is_ok(), Ordering::Release);
+        result
     }
 
     /// A copy of the state as it is now.
@@ -163,5 +180,45 @@ mod tests {
             Err(StateError::WrongDeployment { .. })
         ));
         assert!(store.load_for(&name).unwrap().is_some());
+    }
+
+    /// Counts saves.
+    #[derive(Default)]
+    struct Counting(MemoryStore, std::sync::atomic::AtomicUsize);
+
+    impl StateStore for Counting {
+        fn load(&self) -> Result<Option<State>, StateError> {
+            self.0.load()
+        }
+        fn save(&self, state: &State) -> Result<(), StateError> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.save(state)
+        }
+        fn location(&self) -> String {
+            self.0.location()
+        }
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_is_saved_once_then_not_again() {
+        let name = DeploymentName::new("journal").unwrap();
+        let store = Arc::new(Counting::default());
+        let journal = Journal::new(store.clone(), State::new(name));
+        // The first update saves even if it changes nothing: the store may
+        // not hold the journal's starting state.
+        journal.update(|_| {}).unwrap();
+        assert_eq!(store.1.load(Ordering::SeqCst), 1);
+        assert!(store.load().unwrap().is_some());
+        for _ in 0..5 {
+            journal.update(|_| {}).unwrap();
+        }
+        assert_eq!(store.1.load(Ordering::SeqCst), 1);
+        journal
+            .update(|s| {
+                s.provider.insert("k".into(), "v".into());
+            })
+            .unwrap();
+        assert_eq!(store.1.load(Ordering::SeqCst), 2);
+        assert_eq!(store.load().unwrap().unwrap().provider["k"], "v");
     }
 }
