@@ -77,7 +77,12 @@ struct Size {
     /// What the no-op cost the hosts' sshd and what it ran
     /// ([`noop_host_cpu`]).
     noop_session_cpu: Duration,
+    /// The median no-op at [`DEFAULT_INTERVAL`].
+    noop_default: Run,
 }
+
+/// promguard.toml's default scrape interval, in seconds.
+const DEFAULT_INTERVAL: u64 = 30;
 
 /// A size that did not run, and why.
 #[derive(Debug, Clone)]
@@ -510,6 +515,17 @@ fn bench_size(bin: &Path, nodes: usize) -> Result<Size> {
         let before = hosts_cpu(&provider, &hosts);
         let mut add = measure(bin, &config, &["up", "--yes"], Some(&report))?;
         add.host_cpu = hosts_cpu(&provider, &host_names(nodes + 1)).saturating_sub(before);
+        // Back to `nodes`, scraped at the config's default interval: the
+        // no-op as a user's deployment sees it, where the hosts are not
+        // also busy scraping every node every second on the same two cores.
+        write_config(&config, &name, nodes, DEFAULT_INTERVAL)?;
+        measure(bin, &config, &["up", "--yes"], None)?;
+        let mut at_default = Vec::new();
+        for _ in 0..NOOP_RUNS {
+            at_default.push(measure(bin, &config, &["up", "--yes"], None)?);
+        }
+        at_default.sort_by_key(|run| run.wall);
+        let noop_default = at_default.swap_remove(NOOP_RUNS / 2);
         Ok(Size {
             nodes,
             scrape_interval: interval,
@@ -521,6 +537,7 @@ fn bench_size(bin: &Path, nodes: usize) -> Result<Size> {
             idle_load: idle,
             hosts_rss_kib,
             noop_session_cpu,
+            noop_default,
         })
     })();
     let down = Command::new(bin)
@@ -624,18 +641,18 @@ fn table(sizes: &[Size]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| nodes | fresh `up` incl. creation | of which: create / converge / verify | fresh `up` without creation | no-op `up` | add one node | `status` | round trips per host, no-op (node / monitor) | round trips per host, fresh | SSH connections per host per run | CLI peak RSS | CPU per host, fresh `up` (CLI + hosts) |"
+        "| nodes | fresh `up` incl. creation | of which: create / converge / verify | fresh `up` without creation | no-op `up` | no-op `up`, default 30 s scrape | add one node | `status` | round trips per host, no-op (node / monitor) | round trips per host, fresh | SSH connections per host per run | CLI peak RSS | CPU per host, fresh `up` (CLI + hosts) |"
     );
     let _ = writeln!(
         out,
-        "|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+        "|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
     );
     for s in sizes {
         let hosts = (s.nodes + 1) as f64;
         let create = phase(&s.fresh, "create");
         let _ = writeln!(
             out,
-            "| {} | {:.2} s | {:.2} / {:.2} / {:.2} s | {:.2} s | {:.3} s | {:.2} s | {:.3} s | {} / {} | {} | 1 | {:.1} MiB | {:.3} CPU-s ({:.3} + {:.3}) |",
+            "| {} | {:.2} s | {:.2} / {:.2} / {:.2} s | {:.2} s | {:.3} s | {:.3} s | {:.2} s | {:.3} s | {} / {} | {} | 1 | {:.1} MiB | {:.3} CPU-s ({:.3} + {:.3}) |",
             s.nodes,
             s.fresh.wall.as_secs_f64(),
             create,
@@ -643,6 +660,7 @@ fn table(sizes: &[Size]) -> String {
             phase(&s.fresh, "verify"),
             s.fresh.wall.as_secs_f64() - create,
             s.noop.wall.as_secs_f64(),
+            s.noop_default.wall.as_secs_f64(),
             s.add.wall.as_secs_f64(),
             s.status.wall.as_secs_f64(),
             node_round_trips(&s.noop),
@@ -1007,7 +1025,9 @@ pub fn run(root: &Path, sizes: &[usize]) -> Result<()> {
          - *fresh `up`*: creating the hosts, converging them and waiting until Prometheus\n  \
          reports every target up. *Without creation* subtracts the create phase.\n\
          - *no-op `up`*: the median of three runs, and every no-op figure below is that\n  \
-         run's.\n\
+         run's. *At the default 30 s scrape*: the same deployment after an `up` that set\n  \
+         promguard.toml's default interval, so that the hosts' scraping (which shares\n  \
+         these two cores with the CLI and every host) is what a user's would be.\n\
          - *round trips*: SSH commands (exec/upload/HTTP through the tunnel) per host;\n  \
          the monitor's include the Prometheus API polls of verification.\n\
          - *CPU per host*: the CLI's user+system time plus every process on the hosts\n  \
@@ -1057,4 +1077,20 @@ pub fn run(root: &Path, sizes: &[usize]) -> Result<()> {
     std::fs::write(&doc, text)?;
     eprintln!("bench: wrote {}", doc.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_interval_is_the_configs_default() {
+        let text = "[deployment]\nname = \"d\"\nprovider = \"local\"\n\n[nodes]\ncount = 1\n";
+        let config =
+            promguard_core::config::Config::from_toml(text, Path::new("promguard.toml")).unwrap();
+        assert_eq!(
+            config.scrape_interval,
+            Duration::from_secs(DEFAULT_INTERVAL)
+        );
+    }
 }
