@@ -251,13 +251,17 @@ impl State {
         let chosen = |name: &HostName| hosts.is_empty() || hosts.contains(name);
         let mut rotated = Vec::new();
         for (name, record) in self.hosts.iter_mut().filter(|(n, _)| chosen(n)) {
-            let new = PrivateKey::generate();
-            record.public_key = new.public_key();
-            let old = std::mem::replace(&mut record.private_key, new);
-            // A rotation cut off before the host ran the new key, then
-            // rotated again, keeps the key the host still runs.
-            record.previous_private_key.get_or_insert(old);
-            record.key_created = Some(now);
+            // A rotation cut off part-way leaves the host running either
+            // its previous key or its new one, and the state can keep only
+            // those two: the host keeps the new key it may already run, and
+            // this run finishes that rotation instead of starting another.
+            if record.previous_private_key.is_none() {
+                let new = PrivateKey::generate();
+                record.public_key = new.public_key();
+                let old = std::mem::replace(&mut record.private_key, new);
+                record.previous_private_key = Some(old);
+                record.key_created = Some(now);
+            }
             rotated.push(name.clone());
         }
         if preshared == Preshared::Rotate {
@@ -265,9 +269,10 @@ impl State {
                 .preshared_keys
                 .iter_mut()
                 .filter(|p| chosen(&p.monitor) || chosen(&p.node))
+                .filter(|p| p.previous.is_none())
             {
                 let old = std::mem::replace(&mut pair.key, PresharedKey::generate());
-                pair.previous.get_or_insert(old);
+                pair.previous = Some(old);
                 pair.created = Some(now);
             }
         }
@@ -742,13 +747,16 @@ mod tests {
             pair(&state, "promguard-node-2"),
             pair(&before, "promguard-node-2")
         );
-        // Rotated again before the host ran the new key: the key it runs
-        // is still the one kept.
-        state.rotate_keys(std::slice::from_ref(&node), Preshared::Keep, 300);
+        // Rotated again before the rotation finished: the host runs the
+        // old key or the new one, and the state still holds both.
+        let first = state.clone();
+        state.rotate_keys(std::slice::from_ref(&node), Preshared::Rotate, 300);
         assert_eq!(
             state.hosts[&node].previous_private_key.as_ref(),
             Some(&old.private_key)
         );
+        assert_eq!(state.hosts[&node], first.hosts[&node]);
+        assert_eq!(pair(&state, "promguard-node-1"), pair(&first, "promguard-node-1"));
         assert!(state.rotation_pending());
         // The pair's previous key goes only once both ends converged.
         state.forget_previous_keys(std::slice::from_ref(&node));
