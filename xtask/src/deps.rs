@@ -29,8 +29,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dpkg-dev", "dpkg-scanpackages indexes their package mirror"),
     (
         "busybox",
-        "its httpd serves that mirror in the hub namespace",
+        "its httpd serves that mirror in the hub namespace, and the attack suite's container; its ping",
     ),
+    ("nmap", "the attack suite's port scans"),
     ("shellcheck", "checks the shell scripts that run on hosts"),
     ("libssh2-1-dev", "the ssh2 crate links libssh2"),
     ("libssl-dev", "libssh2's crypto"),

@@ -38,9 +38,10 @@ pub fn run(root: &Path) -> Result<()> {
     crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
     let bin = crate::target_dir(root).join("debug/promguard");
     let started = Instant::now();
-    let tests: [(&str, FaultTest); 3] = [
+    let tests: [(&str, FaultTest); 4] = [
         ("unreachable hosts", unreachable_hosts),
         ("interruptions", interruptions),
+        ("rotation cut off", rotation_cut_off),
         ("lock, healing, injection, secrets, lost state", operations),
     ];
     // FAULTS_ONLY=<part of a name> runs only matching tests, while working
@@ -301,6 +302,75 @@ fn interruptions(bin: &Path) -> Result<()> {
             d.listed()?
         );
         eprintln!("faults: 2. {signal:?} at {points:?}, then during create: state valid, next up converges, down removes all");
+    }
+    Ok(())
+}
+
+/// Test 2b: `rotate --psk` killed (SIGKILL) at several points: every host
+/// runs a key the state knows, and the next `up` or `rotate` finishes the
+/// rotation: every host runs the state's key, no old key is left in the
+/// state, every target is up.
+fn rotation_cut_off(bin: &Path) -> Result<()> {
+    let d = Guard::new(bin, "r")?;
+    d.write_config(&[N1, N2])?;
+    d.up()?;
+    let hosts = [MONITOR, N1, N2];
+    // What each host runs: its public key, read without key material.
+    let running = |host: &str| -> Result<String> {
+        Ok(d.ssh_ok(host, "wg show wg0 public-key")?.trim().to_owned())
+    };
+    let cuts: [(&str, String, &[&str]); 4] = [
+        ("up", format!("{MONITOR}: converging"), &["up", "--yes"]),
+        ("rotate", format!("{N2}: converging"), &["rotate"]),
+        ("up", "verifying targets".to_owned(), &["up", "--yes"]),
+        ("rotate --psk", format!("{N1}: converging"), &["rotate", "--psk"]),
+    ];
+    for (finisher, point, args) in cuts {
+        let before = d.typed_state("before the rotation")?;
+        let mut run = d.start(&["rotate", "--psk"])?;
+        run.wait_for(&point, Duration::from_secs(60))?;
+        run.signal(Signal::SIGKILL)?;
+        let (status, stderr) = run.finish(Duration::from_secs(20))?;
+        let context = || format!("rotate killed at {point:?}:\n{stderr}");
+        ensure!(status.signal() == Some(9), "{status}: {}", context());
+        let state = d.typed_state(&context())?;
+        for host in hosts {
+            let record = &state.hosts[&HostName::new(host)?];
+            let known: Vec<String> = std::iter::once(record.public_key.to_string())
+                .chain(
+                    record
+                        .previous_private_key
+                        .iter()
+                        .map(|k| k.public_key().to_string()),
+                )
+                .collect();
+            let runs = running(host)?;
+            ensure!(
+                known.contains(&runs),
+                "{host} runs key {runs}, which the state does not know ({known:?}): {}",
+                context()
+            );
+        }
+        d.ok(args)?;
+        let state = d.typed_state(&format!("`{finisher}` after the cut"))?;
+        ensure!(
+            !state.rotation_pending(),
+            "the state still holds old keys after `{finisher}`"
+        );
+        for host in hosts {
+            let name = HostName::new(host)?;
+            let runs = running(host)?;
+            ensure!(
+                runs == state.hosts[&name].public_key.to_string(),
+                "{host} runs {runs}, not the state's key, after `{finisher}`"
+            );
+            ensure!(
+                state.hosts[&name].public_key != before.hosts[&name].public_key,
+                "{host} kept its key through the rotation"
+            );
+        }
+        check_targets(&d.status()?, &hosts)?;
+        eprintln!("faults: 2b. rotate killed at {point:?}: every host ran a known key; `{finisher}` finished the rotation");
     }
     Ok(())
 }

@@ -12,6 +12,9 @@
 //!   steps.
 //! - `e2e --faults`: the fault tests on local hosts (unreachable hosts,
 //!   signals, a lost state file, healing, hostile input, secrets).
+//! - `e2e --attack`: the attacker's-eye suite (port scans over IPv4 and
+//!   IPv6, spoofed sources, a DNAT-published port, a node rewriting its
+//!   peers, an unknown WireGuard key, secrets in `-vv` output).
 //! - `e2e --example`: runs the embedding example (library crates only).
 //! - `deps`: only the package installation.
 //! - `tidy`: the architecture's invariants (which crate may depend on what,
@@ -27,6 +30,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod attack;
 mod bench;
 mod deps;
 mod e2e;
@@ -63,12 +67,16 @@ fn main() -> Result<()> {
                     deps::ensure()?;
                     faults::run(&root)
                 }
+                ["--attack"] => {
+                    deps::ensure()?;
+                    attack::run(&root)
+                }
                 ["--example"] => {
                     deps::ensure()?;
                     example::run(&root)
                 }
                 [] => e2e_fake::real(&root),
-                other => bail!("unknown e2e arguments {other:?}; use --local, --systemd, --fake, --faults, --example or nothing (real DigitalOcean)"),
+                other => bail!("unknown e2e arguments {other:?}; use --local, --systemd, --fake, --faults, --attack, --example or nothing (real DigitalOcean)"),
             }
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("--systemd") => {
@@ -164,6 +172,7 @@ fn test(root: &Path) -> Result<()> {
     ]))?;
     run(cargo().args(["test", "--workspace"]))?;
     e2e::local(root)?;
+    attack::run(root)?;
     example::run(root)?;
     e2e_systemd::systemd(root)?;
     faults::run(root)?;
