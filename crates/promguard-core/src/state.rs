@@ -321,7 +321,7 @@ impl State {
     pub fn from_json(path: &Path, bytes: &[u8]) -> Result<Self, StateError> {
         let corrupt = |reason: String| StateError::Corrupt {
             path: path.to_owned(),
-            reason,
+            reason: shortened(reason),
         };
         let text = std::str::from_utf8(bytes).map_err(|e| corrupt(format!("not UTF-8 ({e})")))?;
         let value: serde_json::Value =
@@ -400,6 +400,20 @@ impl State {
             source,
         })
     }
+}
+
+/// `reason` cut to its first 300 and last 100 characters: a parser's message
+/// quotes the offending value, which may be megabytes long, and ends with
+/// the line and column.
+fn shortened(reason: String) -> String {
+    let (head, tail) = (300, 100);
+    let count = reason.chars().count();
+    if count <= head + tail {
+        return reason;
+    }
+    let start: String = reason.chars().take(head).collect();
+    let end: String = reason.chars().skip(count - tail).collect();
+    format!("{start}...{end}")
 }
 
 /// The state in a file (`promguard.state.json`), the CLI's
@@ -876,6 +890,32 @@ mod tests {
             .to_json()
             .replace("promguard-monitor-1", "$(touch /tmp/pwned)");
         assert!(State::from_json(Path::new("s.json"), text.as_bytes()).is_err());
+    }
+
+    /// A state with a rotation under way: every key field is set.
+    fn rotating() -> State {
+        let config = crate::config::Config::default();
+        let mut state = crate::planner::plan(&config, None).unwrap().next_state;
+        state.date_new_keys(1_700_000_000);
+        state.rotate_keys(&[], Preshared::Rotate, 1_700_000_100);
+        state
+    }
+
+    #[test]
+    fn corrupt_values_are_quoted_short() {
+        let text = rotating().to_json().replacen(
+            "\"key_created\": 1700000100",
+            &format!("\"key_created\": \"{}\"", "x".repeat(100_000)),
+            1,
+        );
+        let err = State::from_json(Path::new("s.json"), text.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() < 1000, "{} bytes: {}", err.len(), &err[..200]);
+        assert!(
+            err.contains("invalid type: string \"xxx") && err.contains("expected u64 at line"),
+            "{err}"
+        );
     }
 
     #[test]
