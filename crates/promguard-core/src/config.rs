@@ -952,6 +952,41 @@ region = "fra1"
     }
 
     #[test]
+    fn rotate_after_days_is_a_number_of_days() {
+        let days = |value: &str| parse(&format!("[wireguard]\nrotate_after_days = {value}\n"));
+        assert_eq!(parse("").unwrap().rotate_after_days, 90);
+        assert_eq!(days("1").unwrap().rotate_after_days, 1);
+        assert_eq!(days("36500").unwrap().rotate_after_days, 36_500);
+        for value in ["0", "-1", "36501", "4294967296", "-9223372036854775808"] {
+            let err = days(value).unwrap_err().to_string();
+            assert!(
+                err.contains("wireguard.rotate_after_days")
+                    && err.contains(&format!("{value} is not a number of days from 1 to 36500")),
+                "{value}: {err}"
+            );
+        }
+        for value in [
+            "\"90\"",
+            "1.5",
+            "1e3",
+            "nan",
+            "inf",
+            "true",
+            "[90]",
+            "{ days = 90 }",
+            "1979-05-27",
+            "9223372036854775808",
+            "99999999999999999999",
+        ] {
+            let err = days(value).unwrap_err().to_string();
+            assert!(
+                err.contains("rotate_after_days") && err.contains("line 2"),
+                "{value}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
