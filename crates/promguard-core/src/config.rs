@@ -384,6 +384,15 @@ impl Checker<'_> {
     }
 }
 
+/// One line of a parser's message cut to 120 characters: it quotes the
+/// offending line and value, which may be megabytes long.
+fn cut(line: &str) -> String {
+    match line.char_indices().nth(120) {
+        Some((end, _)) => format!("{}...", &line[..end]),
+        None => line.to_owned(),
+    }
+}
+
 /// Parses a Prometheus-style duration: a whole number followed by `ms`, `s`,
 /// `m` or `h`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
@@ -442,7 +451,13 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: e
+                .to_string()
+                .trim_end()
+                .lines()
+                .map(cut)
+                .collect::<Vec<_>>()
+                .join(" "),
         })?;
         let c = Checker { path };
 
@@ -982,6 +997,24 @@ region = "fra1"
             assert!(
                 err.contains("rotate_after_days") && err.contains("line 2"),
                 "{value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn parse_errors_quote_long_values_short() {
+        let long = "x".repeat(100_000);
+        for text in [
+            format!("[wireguard]\nrotate_after_days = \"{long}\"\n"),
+            format!("[ssh]\nport = \"{long}\"\n"),
+            format!("[ssh]\nport = {}\n", "9".repeat(100_000)),
+        ] {
+            let err = error(&text);
+            assert!(err.len() < 1000, "{} bytes: {}", err.len(), &err[..300]);
+            assert!(err.contains("line 2, column"), "{err}");
+            assert!(
+                err.contains("rotate_after_days = ") || err.contains("port = "),
+                "{err}"
             );
         }
     }
