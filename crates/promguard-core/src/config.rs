@@ -384,6 +384,15 @@ impl Checker<'_> {
     }
 }
 
+/// One line of a parser's message cut to 120 characters: it quotes the
+/// offending line and value, which may be megabytes long.
+fn cut(line: &str) -> String {
+    match line.char_indices().nth(120) {
+        Some((end, _)) => format!("{}...", &line[..end]),
+        None => line.to_owned(),
+    }
+}
+
 /// Parses a Prometheus-style duration: a whole number followed by `ms`, `s`,
 /// `m` or `h`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
@@ -442,7 +451,13 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: e
+                .to_string()
+                .trim_end()
+                .lines()
+                .map(cut)
+                .collect::<Vec<_>>()
+                .join(" "),
         })?;
         let c = Checker { path };
 
@@ -949,6 +964,59 @@ region = "fra1"
     #[test]
     fn bad_scrape_interval() {
         assert!(error("[prometheus]\nscrape_interval = \"soon\"\n").contains("not a duration"));
+    }
+
+    #[test]
+    fn rotate_after_days_is_a_number_of_days() {
+        let days = |value: &str| parse(&format!("[wireguard]\nrotate_after_days = {value}\n"));
+        assert_eq!(parse("").unwrap().rotate_after_days, 90);
+        assert_eq!(days("1").unwrap().rotate_after_days, 1);
+        assert_eq!(days("36500").unwrap().rotate_after_days, 36_500);
+        for value in ["0", "-1", "36501", "4294967296", "-9223372036854775808"] {
+            let err = days(value).unwrap_err().to_string();
+            assert!(
+                err.contains("wireguard.rotate_after_days")
+                    && err.contains(&format!("{value} is not a number of days from 1 to 36500")),
+                "{value}: {err}"
+            );
+        }
+        for value in [
+            "\"90\"",
+            "1.5",
+            "1e3",
+            "nan",
+            "inf",
+            "true",
+            "[90]",
+            "{ days = 90 }",
+            "1979-05-27",
+            "9223372036854775808",
+            "99999999999999999999",
+        ] {
+            let err = days(value).unwrap_err().to_string();
+            assert!(
+                err.contains("rotate_after_days") && err.contains("line 2"),
+                "{value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn parse_errors_quote_long_values_short() {
+        let long = "x".repeat(100_000);
+        for text in [
+            format!("[wireguard]\nrotate_after_days = \"{long}\"\n"),
+            format!("[ssh]\nport = \"{long}\"\n"),
+            format!("[ssh]\nport = {}\n", "9".repeat(100_000)),
+        ] {
+            let err = error(&text);
+            assert!(err.len() < 1000, "{} bytes: {}", err.len(), &err[..300]);
+            assert!(err.contains("line 2, column"), "{err}");
+            assert!(
+                err.contains("rotate_after_days = ") || err.contains("port = "),
+                "{err}"
+            );
+        }
     }
 
     #[test]

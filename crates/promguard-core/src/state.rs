@@ -326,7 +326,7 @@ impl State {
     pub fn from_json(path: &Path, bytes: &[u8]) -> Result<Self, StateError> {
         let corrupt = |reason: String| StateError::Corrupt {
             path: path.to_owned(),
-            reason,
+            reason: shortened(reason),
         };
         let text = std::str::from_utf8(bytes).map_err(|e| corrupt(format!("not UTF-8 ({e})")))?;
         let value: serde_json::Value =
@@ -346,11 +346,28 @@ impl State {
             return Err(corrupt("version 0 does not exist".into()));
         }
         let state: State = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
-        state.check().map_err(corrupt)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
+        state.check(now).map_err(corrupt)?;
         Ok(state)
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Refuses content no PromGuard writes; `now` (Unix seconds, `None`
+    /// when the clock is before 1970) bounds the times keys were made.
+    fn check(&self, now: Option<u64>) -> Result<(), String> {
+        // A key is not made in the future; a day's leeway for the clocks of
+        // machines that share a state file.
+        let made = |what: String, at: Option<u64>| {
+            match (at, now) {
+            (Some(at), Some(now)) if at > now.saturating_add(86_400) => Err(format!(
+                "{what} is {at} (Unix seconds), {} days after this machine's clock; keys are not made in the future (if the clock is right, the field was edited)",
+                (at - now) / 86_400
+            )),
+            _ => Ok(()),
+        }
+        };
         let mut seen = BTreeMap::new();
         for (name, host) in &self.hosts {
             if host.private_key.public_key() != host.public_key {
@@ -358,10 +375,25 @@ impl State {
                     "host {name}: public key does not belong to its private key"
                 ));
             }
+            made(format!("host {name}: key_created"), host.key_created)?;
+            if host.previous_private_key.as_ref() == Some(&host.private_key) {
+                return Err(format!(
+                    "host {name}: previous_private_key is its private_key; a rotation keeps the key it replaced, never the new one"
+                ));
+            }
             if let Some(other) = seen.insert(host.wireguard_address, name) {
                 return Err(format!(
                     "hosts {other} and {name} share the WireGuard address {}",
                     host.wireguard_address
+                ));
+            }
+        }
+        for pair in &self.preshared_keys {
+            let what = format!("preshared key of {} and {}", pair.monitor, pair.node);
+            made(format!("{what}: created"), pair.created)?;
+            if pair.previous.as_ref() == Some(&pair.key) {
+                return Err(format!(
+                    "{what}: previous is its key; a rotation keeps the key it replaced, never the new one"
                 ));
             }
         }
@@ -405,6 +437,20 @@ impl State {
             source,
         })
     }
+}
+
+/// `reason` cut to its first 300 and last 100 characters: a parser's message
+/// quotes the offending value, which may be megabytes long, and ends with
+/// the line and column.
+fn shortened(reason: String) -> String {
+    let (head, tail) = (300, 100);
+    let count = reason.chars().count();
+    if count <= head + tail {
+        return reason;
+    }
+    let start: String = reason.chars().take(head).collect();
+    let end: String = reason.chars().skip(count - tail).collect();
+    format!("{start}...{end}")
 }
 
 /// The state in a file (`promguard.state.json`), the CLI's
@@ -884,6 +930,96 @@ mod tests {
             .to_json()
             .replace("promguard-monitor-1", "$(touch /tmp/pwned)");
         assert!(State::from_json(Path::new("s.json"), text.as_bytes()).is_err());
+    }
+
+    /// A state with a rotation under way: every key field is set.
+    fn rotating() -> State {
+        let config = crate::config::Config::default();
+        let mut state = crate::planner::plan(&config, None).unwrap().next_state;
+        state.date_new_keys(1_700_000_000);
+        state.rotate_keys(&[], Preshared::Rotate, 1_700_000_100);
+        state
+    }
+
+    fn refused(state: &State) -> String {
+        State::from_json(Path::new("s.json"), state.to_json().as_bytes())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn keys_made_in_the_future_are_refused() {
+        let node = HostName::new("promguard-node-2").unwrap();
+        let year_3000 = 32_503_680_000;
+        let mut state = rotating();
+        state.hosts.get_mut(&node).unwrap().key_created = Some(year_3000);
+        let err = refused(&state);
+        assert!(
+            err.contains("is corrupt")
+                && err.contains("host promguard-node-2: key_created is 32503680000")
+                && err.contains("after this machine's clock"),
+            "{err}"
+        );
+        state.hosts.get_mut(&node).unwrap().key_created = Some(u64::MAX);
+        assert!(refused(&state).contains("key_created"));
+        let mut state = rotating();
+        state.preshared_keys[1].created = Some(year_3000);
+        let err = refused(&state);
+        assert!(
+            err.contains("preshared key of promguard-monitor-1 and promguard-node-2: created"),
+            "{err}"
+        );
+        // A day's leeway for another machine's clock; none without a clock.
+        let mut state = rotating();
+        let now = 1_800_000_000;
+        state.hosts.get_mut(&node).unwrap().key_created = Some(now + 86_400);
+        state.preshared_keys[0].created = Some(now + 86_400);
+        assert_eq!(state.check(Some(now)), Ok(()));
+        assert!(state.check(Some(now - 1)).is_err());
+        assert_eq!(state.check(None), Ok(()));
+    }
+
+    #[test]
+    fn a_previous_key_that_is_the_current_one_is_refused() {
+        let node = HostName::new("promguard-node-1").unwrap();
+        let mut state = rotating();
+        assert_eq!(
+            State::from_json(Path::new("s.json"), state.to_json().as_bytes()).unwrap(),
+            state
+        );
+        let record = state.hosts.get_mut(&node).unwrap();
+        record.previous_private_key = Some(record.private_key.clone());
+        let err = refused(&state);
+        assert!(
+            err.contains("host promguard-node-1: previous_private_key is its private_key"),
+            "{err}"
+        );
+        let mut state = rotating();
+        state.preshared_keys[0].previous = Some(state.preshared_keys[0].key.clone());
+        let err = refused(&state);
+        assert!(
+            err.contains(
+                "preshared key of promguard-monitor-1 and promguard-node-1: previous is its key"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn corrupt_values_are_quoted_short() {
+        let text = rotating().to_json().replacen(
+            "\"key_created\": 1700000100",
+            &format!("\"key_created\": \"{}\"", "x".repeat(100_000)),
+            1,
+        );
+        let err = State::from_json(Path::new("s.json"), text.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() < 1000, "{} bytes: {}", err.len(), &err[..200]);
+        assert!(
+            err.contains("invalid type: string \"xxx") && err.contains("expected u64 at line"),
+            "{err}"
+        );
     }
 
     #[test]
