@@ -213,9 +213,7 @@ pub fn run(root: &Path) -> Result<()> {
     let rows = attacks(&d, &provider, &mut made)?;
     drop(made);
     d.ok(&["down", "--yes"])?;
-    let mut table = String::from(
-        "| attack | expected | observed | test |\n|---|---|---|---|\n",
-    );
+    let mut table = String::from("| attack | expected | observed | test |\n|---|---|---|---|\n");
     for r in &rows {
         table.push_str(&format!(
             "| {} | {} | {} | `cargo xtask e2e --attack` |\n",
@@ -237,8 +235,7 @@ fn attacks(d: &Deployment, provider: &LocalProvider, made: &mut Made) -> Result<
     pg(d, &["up", "--yes"])?;
     let mut secrets = secrets_of(d)?;
     let hosts = hosts(d, provider)?;
-    let outsider =
-        runtime.block_on(provider.create_outsider(&HostName::new("outsider")?))?;
+    let outsider = runtime.block_on(provider.create_outsider(&HostName::new("outsider")?))?;
     let out_ns = outsider.netns.clone();
     eprintln!("attack: deployment up; outsider at {}", outsider.address);
 
@@ -250,12 +247,18 @@ fn attacks(d: &Deployment, provider: &LocalProvider, made: &mut Made) -> Result<
         )?;
     }
     let out_v6 = v6_of(outsider.address);
-    in_ns(&out_ns, &format!("ip -6 addr add {out_v6}/64 dev eth0 nodad"))?;
+    in_ns(
+        &out_ns,
+        &format!("ip -6 addr add {out_v6}/64 dev eth0 nodad"),
+    )?;
     for (name, h) in &hosts {
         // Control: IPv6 reaches every host (and PromGuard's ruleset lets
         // neighbour discovery and echo requests through).
-        in_ns(&out_ns, &format!("busybox ping -6 -c 1 -W 3 {}", h.public_v6))
-            .with_context(|| format!("{name} does not answer a ping over IPv6"))?;
+        in_ns(
+            &out_ns,
+            &format!("busybox ping -6 -c 1 -W 3 {}", h.public_v6),
+        )
+        .with_context(|| format!("{name} does not answer a ping over IPv6"))?;
     }
 
     // 1. Port scans.
@@ -295,7 +298,8 @@ fn attacks(d: &Deployment, provider: &LocalProvider, made: &mut Made) -> Result<
         }
     }
     rows.push(Row {
-        attack: "nmap from an outsider on the underlay: every TCP port of every host, IPv4 and IPv6",
+        attack:
+            "nmap from an outsider on the underlay: every TCP port of every host, IPv4 and IPv6",
         expected: "only SSH open (the exporters, Prometheus and everything else filtered)",
         observed: format!(
             "open: {}",
@@ -303,7 +307,8 @@ fn attacks(d: &Deployment, provider: &LocalProvider, made: &mut Made) -> Result<
         ),
     });
     rows.push(Row {
-        attack: "nmap from the outsider: the 100 most common UDP ports of every host, IPv4 and IPv6",
+        attack:
+            "nmap from the outsider: the 100 most common UDP ports of every host, IPv4 and IPv6",
         expected: "none answers (WireGuard answers only a valid handshake)",
         observed: format!(
             "no open UDP port on {} hosts over IPv4 and IPv6",
@@ -364,7 +369,9 @@ fn attacks(d: &Deployment, provider: &LocalProvider, made: &mut Made) -> Result<
         expected: "refused; the monitor still scrapes it over WireGuard",
         observed: "no connection over IPv4 or IPv6; the monitor's target is up".into(),
     });
-    eprintln!("attack: 3. a DNAT-published exporter is closed to the outsider, open to the monitor");
+    eprintln!(
+        "attack: 3. a DNAT-published exporter is closed to the outsider, open to the monitor"
+    );
 
     // 4. A node that rewrites its own WireGuard peers.
     let node2 = &hosts[NODES[1]];
@@ -375,7 +382,9 @@ fn attacks(d: &Deployment, provider: &LocalProvider, made: &mut Made) -> Result<
         let out = pg_ssh(
             d,
             NODES[0],
-            &format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{to}/{port}' && echo open || echo closed"),
+            &format!(
+                "timeout 3 bash -c 'exec 3<>/dev/tcp/{to}/{port}' && echo open || echo closed"
+            ),
         )?;
         Ok(out.trim_end().ends_with("open"))
     };
@@ -489,7 +498,10 @@ fn attacks(d: &Deployment, provider: &LocalProvider, made: &mut Made) -> Result<
             transcript.len() / 1024
         ),
     });
-    eprintln!("attack: 6. no secret in {} bytes of -vv output", transcript.len());
+    eprintln!(
+        "attack: 6. no secret in {} bytes of -vv output",
+        transcript.len()
+    );
     Ok(rows)
 }
 
@@ -585,8 +597,17 @@ fn nmap(
 ) -> Result<BTreeMap<String, BTreeSet<String>>> {
     let started = Instant::now();
     let out = Command::new("ip")
-        .args(["netns", "exec", netns, "nmap", "-n", "-Pn", "--max-retries", "1"])
-        .args(["--min-rate", "5000", "--host-timeout", "180s", "-oG", "-"])
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "nmap",
+            "-n",
+            "-Pn",
+            "--max-retries",
+            "1",
+        ])
+        .args(["--min-rate", "20000", "--host-timeout", "180s", "-oG", "-"])
         .args(args)
         .args(targets)
         .output()

@@ -323,7 +323,11 @@ fn rotation_cut_off(bin: &Path) -> Result<()> {
         ("up", format!("{MONITOR}: converging"), &["up", "--yes"]),
         ("rotate", format!("{N2}: converging"), &["rotate"]),
         ("up", "verifying targets".to_owned(), &["up", "--yes"]),
-        ("rotate --psk", format!("{N1}: converging"), &["rotate", "--psk"]),
+        (
+            "rotate --psk",
+            format!("{N1}: converging"),
+            &["rotate", "--psk"],
+        ),
     ];
     for (finisher, point, args) in cuts {
         let before = d.typed_state("before the rotation")?;

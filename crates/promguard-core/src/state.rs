@@ -802,7 +802,10 @@ mod tests {
             Some(&old.private_key)
         );
         assert_eq!(state.hosts[&node], first.hosts[&node]);
-        assert_eq!(pair(&state, "promguard-node-1"), pair(&first, "promguard-node-1"));
+        assert_eq!(
+            pair(&state, "promguard-node-1"),
+            pair(&first, "promguard-node-1")
+        );
         assert!(state.rotation_pending());
         // The pair's previous key goes only once both ends converged.
         state.forget_previous_keys(std::slice::from_ref(&node));
