@@ -430,6 +430,8 @@ pub(crate) fn scenario(
     let fresh = started.elapsed();
     check_targets(&d.status()?, &[monitor, three[0], three[1], three[2]])?;
     eprintln!("e2e: 1. every target is up over WireGuard (fresh up {fresh:.2?})");
+    wireguard_metrics(d, monitor, &three)?;
+    eprintln!("e2e: 1b. every peer's WireGuard health is in Prometheus, without key material");
 
     // 2. From an outsider on the underlay, exporters and Prometheus are closed, SSH open.
     match hosts_on {
@@ -593,6 +595,66 @@ pub(crate) fn scenario(
     eprintln!("e2e: 6b. every key rotated in one run; targets stayed up ({missed} failed scrape(s) at {interval} s)");
 
     Ok((fresh, noop))
+}
+
+/// The monitor's Prometheus has each node's WireGuard health from the
+/// collector (a handshake as a recent Unix time, labelled with the peer's
+/// name), and no WireGuard series holds a private or preshared key.
+fn wireguard_metrics(d: &Deployment, monitor: &str, nodes: &[&str]) -> Result<()> {
+    let query = |q: &str| -> Result<Value> {
+        let out = d.ssh_ok(
+            monitor,
+            &format!(
+                "curl -sf -G http://127.0.0.1:9090/api/v1/query --data-urlencode {}",
+                shell_word(&format!("query={q}"))
+            ),
+        )?;
+        serde_json::from_str(&out).with_context(|| format!("Prometheus' answer to {q}: {out}"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for node in nodes {
+        let q =
+            format!("wireguard_latest_handshake_seconds{{peer=\"{node}\",instance=\"{monitor}\"}}");
+        loop {
+            let answer = query(&q)?;
+            let value: Option<f64> = answer["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|v| v.parse().ok());
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs_f64();
+            match value {
+                Some(t) if t > now - 600.0 && t <= now + 60.0 => break,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_secs(1)),
+                _ => bail!("no recent handshake of {node} in Prometheus: {answer}"),
+            }
+        }
+    }
+    let all = query("{__name__=~\"wireguard_.*|promguard_wireguard_.*\"}")?;
+    let text = all.to_string();
+    ensure!(
+        text.contains("wireguard_received_bytes_total")
+            && text.contains("promguard_wireguard_collector_last_run_timestamp_seconds"),
+        "the WireGuard metrics are incomplete: {text}"
+    );
+    let state = d.state()?;
+    for (host, record) in state["hosts"].as_object().context("no hosts in state")? {
+        let key = record["private_key"].as_str().context("no private key")?;
+        ensure!(
+            !text.contains(key),
+            "{host}'s private key is in the metrics"
+        );
+    }
+    for pair in state["preshared_keys"].as_array().into_iter().flatten() {
+        let key = pair["key"].as_str().context("no preshared key")?;
+        ensure!(!text.contains(key), "a preshared key is in the metrics");
+    }
+    Ok(())
+}
+
+/// `text` as one single-quoted shell word.
+fn shell_word(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// From an outsider on the hosts' underlay, exporters and Prometheus are

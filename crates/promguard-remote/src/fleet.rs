@@ -268,6 +268,7 @@ pub fn desired_host(host: &HostPlan, programs: Programs) -> DesiredHost {
                     HostFileKind::Nftables => FileKind::Firewall,
                     HostFileKind::Prometheus => FileKind::PrometheusConfig,
                     HostFileKind::Targets => FileKind::ScrapeTargets,
+                    HostFileKind::PeerNames => FileKind::Other,
                 };
                 DesiredFile::new(kind, f.path, f.mode, f.content.into_bytes())
             })

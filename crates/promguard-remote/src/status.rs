@@ -32,7 +32,7 @@ pub struct HostHealth {
 /// One managed service of a host.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceStatus {
-    /// `wireguard`, `node_exporter`, `prometheus` or `firewall`.
+    /// `wireguard`, `node_exporter`, `wg_metrics`, `prometheus` or `firewall`.
     pub name: String,
     /// Whether it runs (for `firewall`: whether PromGuard's table is loaded).
     pub running: bool,
@@ -69,6 +69,15 @@ pub fn diagnose(
     });
     if !running(&facts.node_exporter) {
         problems.push("node_exporter is not running".into());
+    }
+    services.push(ServiceStatus {
+        name: "wg_metrics".into(),
+        running: running(&facts.wg_metrics),
+    });
+    if !running(&facts.wg_metrics) {
+        problems.push(
+            "the WireGuard metrics collector is not running (its metrics go stale); `promguard up` starts it".into(),
+        );
     }
     if role == Role::Monitor {
         services.push(ServiceStatus {
@@ -299,6 +308,7 @@ mod tests {
             firewall_loaded: true,
             node_exporter: recipe::ProcessState::Running { args: vec![] },
             prometheus: recipe::ProcessState::Running { args: vec![] },
+            wg_metrics: recipe::ProcessState::Running { args: vec![] },
             programs: BTreeMap::new(),
             enabled: BTreeMap::new(),
             pending: recipe::PendingApply::Clear,
@@ -320,7 +330,13 @@ mod tests {
         let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            ["wireguard", "node_exporter", "prometheus", "firewall"]
+            [
+                "wireguard",
+                "node_exporter",
+                "wg_metrics",
+                "prometheus",
+                "firewall"
+            ]
         );
         assert!(services.iter().all(|s| s.running));
         // Nodes run no Prometheus, so its state does not matter there.
@@ -328,7 +344,7 @@ mod tests {
         node.prometheus = recipe::ProcessState::Stopped;
         let (services, problems) = diagnose(Role::Node, "wg0", &node, &recorded());
         assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!(services.len(), 3);
+        assert_eq!(services.len(), 4);
     }
 
     #[test]
@@ -337,6 +353,7 @@ mod tests {
         facts.interface = recipe::InterfaceState::Missing;
         facts.node_exporter = recipe::ProcessState::Stopped;
         facts.prometheus = recipe::ProcessState::Stopped;
+        facts.wg_metrics = recipe::ProcessState::Stopped;
         facts.firewall_loaded = false;
         facts
             .files
@@ -350,6 +367,7 @@ mod tests {
         expect_test::expect![[r#"
             WireGuard interface wg0 is missing (wireguard-go is not running)
             node_exporter is not running
+            the WireGuard metrics collector is not running (its metrics go stale); `promguard up` starts it
             prometheus is not running
             the nftables table inet promguard is not loaded
             /etc/promguard/nftables.conf is missing

@@ -20,7 +20,15 @@ pub enum HostFileKind {
     Targets,
     /// The nftables ruleset.
     Nftables,
+    /// Peers' public keys and host names, for the WireGuard metrics
+    /// collector's `peer` label ([`PEER_NAMES_PATH`]).
+    PeerNames,
 }
+
+/// Where the peers' names are on a host: one `PUBLIC_KEY NAME` line per
+/// peer. Public keys only, so the collector that labels its metrics with
+/// them never opens a file that holds a private key.
+pub const PEER_NAMES_PATH: &str = "/etc/promguard/wg-peers";
 
 /// One rendered file.
 #[derive(Clone, PartialEq, Eq)]
@@ -83,6 +91,16 @@ pub fn host_files(host: &HostPlan, secrets: Secrets) -> Vec<HostFile> {
         mode: 0o600,
         content: nftables::render(&host.firewall),
     });
+    let mut names = String::from("# Managed by PromGuard: WireGuard peers by public key.\n");
+    for peer in &host.peers {
+        names.push_str(&format!("{} {}\n", peer.public_key, peer.name));
+    }
+    files.push(HostFile {
+        kind: HostFileKind::PeerNames,
+        path: PEER_NAMES_PATH.to_owned(),
+        mode: 0o644,
+        content: names,
+    });
     files
 }
 
@@ -126,7 +144,8 @@ mod tests {
                 HostFileKind::WireGuard,
                 HostFileKind::Prometheus,
                 HostFileKind::Targets,
-                HostFileKind::Nftables
+                HostFileKind::Nftables,
+                HostFileKind::PeerNames
             ]
         );
         let node = plan
@@ -136,8 +155,26 @@ mod tests {
             .unwrap();
         assert_eq!(
             kinds(node),
-            [HostFileKind::WireGuard, HostFileKind::Nftables]
+            [
+                HostFileKind::WireGuard,
+                HostFileKind::Nftables,
+                HostFileKind::PeerNames
+            ]
         );
+        // The peers' names hold public keys only.
+        let names = host_files(plan.monitor(), Secrets::Include).pop().unwrap();
+        assert_eq!(names.path, PEER_NAMES_PATH);
+        for peer in &plan.monitor().peers {
+            assert!(names
+                .content
+                .contains(&format!("{} {}\n", peer.public_key, peer.name)));
+            if let Some(psk) = &peer.preshared_key {
+                assert!(!names.content.contains(&psk.expose_base64()));
+            }
+        }
+        assert!(!names
+            .content
+            .contains(&plan.monitor().interface.private_key.expose_base64()));
         let wg = &host_files(node, Secrets::Include)[0];
         assert_eq!(wg.mode, 0o600);
         assert!(!format!("{wg:?}").contains(&node.interface.private_key.expose_base64()));

@@ -47,6 +47,12 @@ pub enum Action {
         /// It runs already, with other arguments or config.
         restart: bool,
     },
+    /// Start the WireGuard metrics collector, or restart it when
+    /// `restart` (its script or unit changed).
+    StartWgMetrics {
+        /// It runs already, an older version or with other arguments.
+        restart: bool,
+    },
     /// Start Prometheus, or restart it when `restart`.
     StartPrometheus {
         /// It runs already, with other arguments.
@@ -80,6 +86,12 @@ impl fmt::Display for Action {
             Action::EnableAtBoot(units) => write!(f, "enable {} at boot", units.join(" ")),
             Action::StartNodeExporter { restart: false } => f.write_str("start node_exporter"),
             Action::StartNodeExporter { restart: true } => f.write_str("restart node_exporter"),
+            Action::StartWgMetrics { restart: false } => {
+                f.write_str("start the WireGuard metrics collector")
+            }
+            Action::StartWgMetrics { restart: true } => {
+                f.write_str("restart the WireGuard metrics collector")
+            }
             Action::StartPrometheus { restart: false } => f.write_str("start prometheus"),
             Action::StartPrometheus { restart: true } => f.write_str("restart prometheus"),
             Action::ReloadPrometheus => f.write_str("reload prometheus"),
@@ -159,6 +171,7 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
     }
 
     let mut all_files = host.files.clone();
+    all_files.extend(script::common_files());
     if facts.systemd {
         all_files.extend(script::systemd_files(host));
     }
@@ -224,7 +237,6 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
         }
     }
 
-    let node_flag = format!("--web.listen-address={}", host.node_exporter_listen);
     let node_config_changed = facts.systemd
         && (touched.any(FileKind::NodeExporterDefaults)
             || touched.any(FileKind::NodeExporterDropIn));
@@ -232,14 +244,34 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
         facts.systemd,
         &facts.node_exporter,
         NODE_EXPORTER_BIN,
-        &node_flag,
+        &script::node_exporter_args(host.node_exporter_listen),
         node_config_changed,
     ) {
         decision.actions.push(Action::StartNodeExporter { restart });
     }
 
+    // The collector runs a script the recipe writes: a new version of it
+    // (or of its unit) means a restart, whatever the host's init.
+    let collector = script::wg_metrics_command(host);
+    let collector_changed = touched.any(FileKind::WgMetricsScript)
+        || (facts.systemd && touched.any(FileKind::WgMetricsUnit));
+    let start = daemon_start(
+        facts.systemd,
+        &facts.wg_metrics,
+        &collector[0],
+        &collector[1..],
+        collector_changed,
+    );
+    let start = match (start, &facts.wg_metrics) {
+        (None, ProcessState::Running { .. }) if collector_changed => Some(true),
+        (start, _) => start,
+    };
+    if let Some(restart) = start {
+        decision.actions.push(Action::StartWgMetrics { restart });
+    }
+
     if let Some(listen) = host.prometheus_listen {
-        let flag = format!("--web.listen-address={listen}");
+        let flag = [format!("--web.listen-address={listen}")];
         let defaults_changed = facts.systemd && touched.any(FileKind::PrometheusDefaults);
         match daemon_start(
             facts.systemd,
@@ -260,22 +292,22 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
 }
 
 /// Whether a daemon must be started (`Some(false)`) or restarted
-/// (`Some(true)`). Without systemd its command line must be exactly ours
-/// (binary first, with `flag`); with systemd its arguments live in a
+/// (`Some(true)`). Without systemd its command line must be ours (binary
+/// first, with every one of `flags`); with systemd its arguments live in a
 /// managed file, so `config_changed` decides.
 fn daemon_start(
     systemd: bool,
     state: &ProcessState,
     binary: &str,
-    flag: &str,
+    flags: &[String],
     config_changed: bool,
 ) -> Option<bool> {
     match state {
         ProcessState::Stopped => Some(false),
         ProcessState::Running { .. } if systemd => config_changed.then_some(true),
         ProcessState::Running { args } => {
-            let ours =
-                args.first().map(String::as_str) == Some(binary) && args.iter().any(|a| a == flag);
+            let ours = args.first().map(String::as_str) == Some(binary)
+                && flags.iter().all(|flag| args.contains(flag));
             (!ours).then_some(true)
         }
     }
@@ -293,15 +325,23 @@ mod tests {
             .iter()
             .map(|f| (f.path.clone(), Some(f.sha256())))
             .collect();
+        for f in script::common_files() {
+            files.insert(f.path.clone(), Some(f.sha256()));
+        }
         for f in script::systemd_files(host) {
             files.insert(f.path.clone(), systemd.then(|| f.sha256()));
         }
-        let running = |bin: &str, listen: String| ProcessState::Running {
-            args: if systemd {
-                vec![]
+        let running_with = |args: Vec<String>| ProcessState::Running {
+            args: if systemd { vec![] } else { args },
+        };
+        let running = |bin: &str, listen: String| {
+            let mut args = vec![bin.to_owned()];
+            if bin == NODE_EXPORTER_BIN {
+                args.extend(script::node_exporter_args(listen.parse().unwrap()));
             } else {
-                vec![bin.to_owned(), format!("--web.listen-address={listen}")]
-            },
+                args.push(format!("--web.listen-address={listen}"));
+            }
+            running_with(args)
         };
         Facts {
             systemd,
@@ -315,6 +355,7 @@ mod tests {
                 Some(listen) => running(PROMETHEUS_BIN, listen.to_string()),
                 None => ProcessState::Stopped,
             },
+            wg_metrics: running_with(script::wg_metrics_command(host)),
             programs: PROGRAMS
                 .iter()
                 .map(|(p, _)| (p.to_string(), true))
@@ -376,6 +417,7 @@ mod tests {
                 f.interface = InterfaceState::Missing;
                 f.firewall_loaded = false;
                 f.node_exporter = ProcessState::Stopped;
+                f.wg_metrics = ProcessState::Stopped;
                 let _ = h;
             }),
             ("new peer on the monitor", monitor(), false, |h, _| {
@@ -460,6 +502,7 @@ mod tests {
                     f.firewall_loaded = false;
                     f.node_exporter = ProcessState::Stopped;
                     f.prometheus = ProcessState::Stopped;
+                    f.wg_metrics = ProcessState::Stopped;
                 },
             ),
             (

@@ -110,10 +110,16 @@ pub enum FileKind {
     FirewallUnit,
     /// The recipe's own: Prometheus' flags (`/etc/default`).
     PrometheusDefaults,
+    /// The recipe's own, on every host: the WireGuard metrics collector
+    /// ([`script::WG_METRICS_SCRIPT_PATH`]).
+    WgMetricsScript,
+    /// The recipe's own: the collector's unit.
+    WgMetricsUnit,
 }
 
 impl FileKind {
-    /// Kinds only the recipe itself writes (on systemd hosts).
+    /// Kinds only the recipe itself writes (the collector on every host,
+    /// the others on systemd hosts).
     pub fn is_recipes_own(self) -> bool {
         matches!(
             self,
@@ -121,12 +127,17 @@ impl FileKind {
                 | FileKind::NodeExporterDropIn
                 | FileKind::FirewallUnit
                 | FileKind::PrometheusDefaults
+                | FileKind::WgMetricsScript
+                | FileKind::WgMetricsUnit
         )
     }
 
     /// A systemd unit file or drop-in: systemd must reload after a change.
     pub fn is_unit_file(self) -> bool {
-        matches!(self, FileKind::NodeExporterDropIn | FileKind::FirewallUnit)
+        matches!(
+            self,
+            FileKind::NodeExporterDropIn | FileKind::FirewallUnit | FileKind::WgMetricsUnit
+        )
     }
 }
 
@@ -294,6 +305,7 @@ pub fn validate(host: &DesiredHost) -> Result<(), RemoteError> {
         }
         if file.kind.is_recipes_own()
             || script::SYSTEMD_PATHS.contains(&file.path.as_str())
+            || script::COMMON_PATHS.contains(&file.path.as_str())
             || file.path == script::APPLY_MARKER_PATH
         {
             return Err(invalid(
@@ -319,12 +331,13 @@ pub fn validate(host: &DesiredHost) -> Result<(), RemoteError> {
 }
 
 /// Every path the facts script hashes: the caller's files, then the files
-/// the recipe writes itself on systemd hosts (hashed everywhere, so one
-/// facts round trip is enough before systemd is known).
+/// the recipe writes itself on every host and on systemd hosts (hashed
+/// everywhere, so one facts round trip is enough before systemd is known).
 pub fn managed_paths(host: &DesiredHost) -> Vec<String> {
     host.files
         .iter()
         .map(|f| f.path.clone())
+        .chain(script::COMMON_PATHS.iter().map(|p| p.to_string()))
         .chain(script::SYSTEMD_PATHS.iter().map(|p| p.to_string()))
         .collect()
 }

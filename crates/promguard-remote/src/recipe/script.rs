@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use super::decide::{Action, Decision};
-use super::facts::{NODE_EXPORTER, PROMETHEUS};
+use super::facts::{NODE_EXPORTER, PROMETHEUS, WG_METRICS};
 use super::{DesiredFile, DesiredHost, FileKind};
 use crate::quote::shell_quote;
 
@@ -47,12 +47,31 @@ pub const PROMETHEUS_UNIT: &str = "prometheus.service";
 /// stop an install halfway (apt writing to a closed channel).
 pub const APT_LOG_PATH: &str = "/var/log/promguard/apt.log";
 
+/// The WireGuard metrics collector ([`WG_METRICS_SCRIPT`]), on every host.
+pub const WG_METRICS_SCRIPT_PATH: &str = "/etc/promguard/wg-metrics.sh";
+/// The collector's unit on systemd hosts.
+pub const WG_METRICS_UNIT_PATH: &str = "/etc/systemd/system/promguard-wg-metrics.service";
+/// The collector unit's name.
+pub const WG_METRICS_UNIT: &str = "promguard-wg-metrics.service";
+/// Seconds between two collections: well inside the stale-metrics alert's
+/// threshold, and cheap (four `wg show` and one rename).
+pub const WG_METRICS_INTERVAL: u32 = 15;
+/// node_exporter's textfile collector directory (Debian's default), where
+/// the collector writes `wireguard.prom`.
+pub const TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
+/// The collector itself: reads `wg show` (never keys) and writes metrics.
+const WG_METRICS_SCRIPT: &str = include_str!("sh/wg_metrics.sh");
+
+/// Files the recipe itself writes on every host.
+pub const COMMON_PATHS: &[&str] = &[WG_METRICS_SCRIPT_PATH];
+
 /// Files the recipe itself writes on systemd hosts.
 pub const SYSTEMD_PATHS: &[&str] = &[
     NODE_EXPORTER_DEFAULTS_PATH,
     NODE_EXPORTER_DROPIN_PATH,
     FIREWALL_UNIT_PATH,
     PROMETHEUS_DEFAULTS_PATH,
+    WG_METRICS_UNIT_PATH,
 ];
 
 /// The apply marker: written (atomically, mode 0600) before the apply
@@ -85,6 +104,37 @@ pub fn apply_marker_content(paths: &[String]) -> String {
 /// The marker ending each embedded file; base64 never contains `_`.
 const EOF_MARKER: &str = "PROMGUARD_EOF";
 
+/// node_exporter's flags: the WireGuard address only, and the textfile
+/// collector reading the collector's metrics.
+pub fn node_exporter_args(listen: std::net::SocketAddr) -> Vec<String> {
+    vec![
+        format!("--web.listen-address={listen}"),
+        format!("--collector.textfile.directory={TEXTFILE_DIR}"),
+    ]
+}
+
+/// The collector's command line (binary first).
+pub fn wg_metrics_command(host: &DesiredHost) -> Vec<String> {
+    vec![
+        "/bin/bash".to_owned(),
+        WG_METRICS_SCRIPT_PATH.to_owned(),
+        host.interface.to_string(),
+        TEXTFILE_DIR.to_owned(),
+        WG_METRICS_INTERVAL.to_string(),
+        promguard_wg::files::PEER_NAMES_PATH.to_owned(),
+    ]
+}
+
+/// The files the recipe writes itself on every host.
+pub fn common_files() -> Vec<DesiredFile> {
+    vec![DesiredFile::new(
+        FileKind::WgMetricsScript,
+        WG_METRICS_SCRIPT_PATH,
+        0o755,
+        WG_METRICS_SCRIPT,
+    )]
+}
+
 fn prometheus_args(listen: std::net::SocketAddr) -> Vec<String> {
     vec![
         "--config.file=/etc/prometheus/prometheus.yml".to_owned(),
@@ -102,8 +152,8 @@ pub fn systemd_files(host: &DesiredHost) -> Vec<DesiredFile> {
             NODE_EXPORTER_DEFAULTS_PATH,
             0o644,
             format!(
-                "# Managed by PromGuard.\nARGS=\"--web.listen-address={}\"\n",
-                host.node_exporter_listen
+                "# Managed by PromGuard.\nARGS=\"{}\"\n",
+                node_exporter_args(host.node_exporter_listen).join(" ")
             ),
         ),
         DesiredFile::new(
@@ -137,6 +187,18 @@ pub fn systemd_files(host: &DesiredHost) -> Vec<DesiredFile> {
             ),
         ),
     ];
+    files.push(DesiredFile::new(
+        FileKind::WgMetricsUnit,
+        WG_METRICS_UNIT_PATH,
+        0o644,
+        format!(
+            "# Managed by PromGuard: WireGuard health for node_exporter's textfile collector.\n\
+             [Unit]\nDescription=PromGuard WireGuard metrics\nAfter={wg_unit}\n\n\
+             [Service]\nExecStart={}\nRestart=always\nRestartSec=5\n\n\
+             [Install]\nWantedBy=multi-user.target\n",
+            wg_metrics_command(host).join(" ")
+        ),
+    ));
     if let Some(listen) = host.prometheus_listen {
         files.push(DesiredFile::new(
             FileKind::PrometheusDefaults,
@@ -309,11 +371,24 @@ fn plain_action(s: &mut String, host: &DesiredHost, action: &Action) {
         } => wireguard_sync(s, host, interface, *readdress),
         Action::LoadFirewall => load_firewall(s),
         Action::StartNodeExporter { .. } => {
+            let args: Vec<String> = node_exporter_args(host.node_exporter_listen)
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect();
             let _ = writeln!(
                 s,
-                "start_daemon {NODE_EXPORTER} {NODE_EXPORTER_BIN} --web.listen-address={node_listen}\n\
-                 wait_listening node_exporter {node_listen} tail -n 20 {RUN_DIR}/{NODE_EXPORTER}.log"
+                "start_daemon {NODE_EXPORTER} {NODE_EXPORTER_BIN} {}\n\
+                 wait_listening node_exporter {node_listen} tail -n 20 {RUN_DIR}/{NODE_EXPORTER}.log",
+                args.join(" ")
             );
+        }
+        Action::StartWgMetrics { .. } => {
+            let command: Vec<String> = wg_metrics_command(host)
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect();
+            // As root: `wg show` needs it; the script reads no key.
+            let _ = writeln!(s, "start_root_daemon {WG_METRICS} {}", command.join(" "));
         }
         Action::StartPrometheus { .. } => {
             let listen = host
@@ -379,6 +454,12 @@ fn systemd_action(s: &mut String, host: &DesiredHost, action: &Action) {
                 s,
                 "systemctl unmask --runtime --quiet prometheus-node-exporter.service; systemctl enable --quiet prometheus-node-exporter.service && systemctl restart prometheus-node-exporter.service || fail \"cannot start prometheus-node-exporter.service\"\n\
                  wait_listening node_exporter {node_listen} journalctl -u prometheus-node-exporter.service -n 20 --no-pager"
+            );
+        }
+        Action::StartWgMetrics { .. } => {
+            let _ = writeln!(
+                s,
+                "systemctl enable --quiet {WG_METRICS_UNIT} && systemctl restart {WG_METRICS_UNIT} || fail \"cannot start {WG_METRICS_UNIT}\""
             );
         }
         Action::StartPrometheus { .. } => {
@@ -755,16 +836,18 @@ mod tests {
     fn fresh_node_decision_produces_ordered_script() {
         let host = node();
         let facts = super::super::facts::parse_facts(
-            "promguard-facts 3\nsystemd no\nfile missing /etc/wireguard/wg0.conf\n\
+            "promguard-facts 4\nsystemd no\nfile missing /etc/wireguard/wg0.conf\n\
              file missing /etc/promguard/nftables.conf\n\
              file missing /etc/default/prometheus-node-exporter\n\
              file missing /etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf\n\
              file missing /etc/systemd/system/promguard-firewall.service\n\
              file missing /etc/default/prometheus\n\
+             file missing /etc/systemd/system/promguard-wg-metrics.service\n\
+             file missing /etc/promguard/wg-metrics.sh\n\
              program yes /usr/bin/wg\nprogram yes /usr/bin/wg-quick\nprogram yes /usr/sbin/nft\n\
              program yes /usr/bin/prometheus-node-exporter\nprogram yes /usr/bin/prometheus\n\
              socket absent\ninterface missing\nfirewall missing\nprocess node_exporter stopped\n\
-             process prometheus stopped\napply-pending absent\nend\n",
+             process prometheus stopped\nprocess wg_metrics stopped\napply-pending absent\nend\n",
             &super::super::managed_paths(&host),
         )
         .unwrap();
@@ -777,9 +860,11 @@ mod tests {
                 "step 'mark /etc/promguard/apply-pending'",
                 "step 'write /etc/wireguard/wg0.conf'",
                 "step 'write /etc/promguard/nftables.conf'",
+                "step 'write /etc/promguard/wg-metrics.sh'",
                 "step 'wg-quick up wg0'",
                 "step 'nft -f /etc/promguard/nftables.conf'",
                 "step 'start node_exporter'",
+                "step 'start the WireGuard metrics collector'",
                 "step 'clear /etc/promguard/apply-pending'",
             ]
         );

@@ -312,17 +312,44 @@ fn converge_a_local_monitor() {
 
     // First run: everything.
     let report = converge(&conn, &desired).unwrap();
-    assert_eq!(report.changed_files.len(), 4, "{report:?}");
+    assert_eq!(report.changed_files.len(), 5, "{report:?}");
     assert_eq!(
         report.actions,
         [
             "wg-quick up wg0",
             "nft -f /etc/promguard/nftables.conf",
             "start node_exporter",
+            "start the WireGuard metrics collector",
             "start prometheus"
         ]
     );
     assert_eq!(report.round_trips, 2);
+    // The collector's metrics reach node_exporter's textfile collector,
+    // with public keys only.
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        let (status, body) = conn
+            .http_get("10.0.0.1:9100".parse().unwrap(), "/metrics")
+            .unwrap();
+        assert_eq!(status, 200);
+        metrics = String::from_utf8_lossy(&body).into_owned();
+        if metrics.contains("promguard_wireguard_collector_last_run_timestamp_seconds") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        metrics.contains("wireguard_peers{interface=\"wg0\"} 1"),
+        "{metrics}"
+    );
+    let handshake = format!(
+        "wireguard_latest_handshake_seconds{{interface=\"wg0\",peer=\"unknown\",public_key=\"{peer_a}\"}} 0"
+    );
+    assert!(metrics.contains(&handshake), "no {handshake} in {metrics}");
+    assert!(
+        !metrics.contains(&private),
+        "the private key is in the metrics"
+    );
     let (status, body) = conn
         .http_get("127.0.0.1:9090".parse().unwrap(), "/-/ready")
         .unwrap();

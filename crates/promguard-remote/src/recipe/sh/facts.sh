@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # The facts script's body (src/recipe/facts.rs): reports a host's state as
 # lines the parser there reads. facts_script() puts it in a function after
-# setting iface, header, marker, marker_lines, node_exporter, prometheus and
+# setting iface, header, marker, marker_lines, node_exporter, prometheus,
+# wg_metrics and
 # the arrays paths, programs and units (every value quoted).
 #
 # It runs on every host in every run, so it starts as few processes as it
@@ -9,7 +10,7 @@
 # and pipelines; one sha256sum for every file, one `ip` for the link and
 # its addresses, `wg` only when the interface has no listening
 # wireguard-go socket, one `nft`, and on systemd hosts one `systemctl
-# is-active` for both daemons. What each line means is unchanged.
+# is-active` for all daemons. What each line means is unchanged.
 # shellcheck disable=SC2154
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 echo "$header"
@@ -67,10 +68,10 @@ else
 fi
 if nft list table inet promguard >/dev/null 2>&1; then echo 'firewall loaded'; else echo 'firewall missing'; fi
 if [ "$sd" = 1 ]; then
-  # One `systemctl is-active` for both daemons: a state per unit, in
+  # One `systemctl is-active` for every daemon: a state per unit, in
   # order; running is what `is-active --quiet` accepts.
-  { states=$(systemctl is-active prometheus-node-exporter.service prometheus.service); } 2>/dev/null
-  for name in "$node_exporter" "$prometheus"; do
+  { states=$(systemctl is-active prometheus-node-exporter.service prometheus.service promguard-wg-metrics.service); } 2>/dev/null
+  for name in "$node_exporter" "$prometheus" "$wg_metrics"; do
     state=${states%%$'\n'*}
     case "$states" in *$'\n'*) states=${states#*$'\n'};; *) states=;; esac
     case "$state" in
@@ -79,7 +80,7 @@ if [ "$sd" = 1 ]; then
     esac
   done
 else
-  for name in "$node_exporter" "$prometheus"; do
+  for name in "$node_exporter" "$prometheus" "$wg_metrics"; do
     pid=
     [ -r "/run/promguard/$name.pid" ] && read -r pid < "/run/promguard/$name.pid"
     case "$pid" in ''|*[!0-9]*) echo "process $name stopped"; continue;; esac

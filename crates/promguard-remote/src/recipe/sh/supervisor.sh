@@ -30,6 +30,15 @@ start_daemon() {
   setsid sh -c 'echo $$ > "$0" && exec "$@"' "/run/promguard/$name.pid" "$@" \
     </dev/null >>"/run/promguard/$name.log" 2>&1 &
 }
+# start_root_daemon NAME BINARY ARGS...: as start_daemon, but as root
+# (the WireGuard metrics collector: `wg show` needs it).
+start_root_daemon() {
+  name=$1; shift
+  mkdir -p /run/promguard || fail "cannot create /run/promguard"
+  stop_daemon "$name" "$1"
+  setsid sh -c 'echo $$ > "$0" && exec "$@"' "/run/promguard/$name.pid" "$@" \
+    </dev/null >>"/run/promguard/$name.log" 2>&1 &
+}
 # signal_daemon NAME BINARY SIGNAL
 signal_daemon() {
   pid=

@@ -69,6 +69,15 @@ start_daemon() {
   setsid sh -c 'echo $$ > "$0" && exec "$@"' "/run/promguard/$name.pid" "$@" \
     </dev/null >>"/run/promguard/$name.log" 2>&1 &
 }
+# start_root_daemon NAME BINARY ARGS...: as start_daemon, but as root
+# (the WireGuard metrics collector: `wg show` needs it).
+start_root_daemon() {
+  name=$1; shift
+  mkdir -p /run/promguard || fail "cannot create /run/promguard"
+  stop_daemon "$name" "$1"
+  setsid sh -c 'echo $$ > "$0" && exec "$@"' "/run/promguard/$name.pid" "$@" \
+    </dev/null >>"/run/promguard/$name.log" 2>&1 &
+}
 # signal_daemon NAME BINARY SIGNAL
 signal_daemon() {
   pid=
@@ -170,7 +179,8 @@ ZXRoZXVzLnltbApmaWxlIC9ldGMvcHJvbWV0aGV1cy9wcm9tZ3VhcmQvbm9kZS5qc29uCmZpbGUg
 L2V0Yy9kZWZhdWx0L3Byb21ldGhldXMtbm9kZS1leHBvcnRlcgpmaWxlIC9ldGMvc3lzdGVtZC9z
 eXN0ZW0vcHJvbWV0aGV1cy1ub2RlLWV4cG9ydGVyLnNlcnZpY2UuZC9wcm9tZ3VhcmQuY29uZgpm
 aWxlIC9ldGMvc3lzdGVtZC9zeXN0ZW0vcHJvbWd1YXJkLWZpcmV3YWxsLnNlcnZpY2UKZmlsZSAv
-ZXRjL2RlZmF1bHQvcHJvbWV0aGV1cwo=
+ZXRjL3N5c3RlbWQvc3lzdGVtL3Byb21ndWFyZC13Zy1tZXRyaWNzLnNlcnZpY2UKZmlsZSAvZXRj
+L2RlZmF1bHQvcHJvbWV0aGV1cwo=
 PROMGUARD_EOF
 step 'write /etc/wireguard/wg0.conf'
 write_file '/etc/wireguard/wg0.conf' 0600 <<'PROMGUARD_EOF'
@@ -191,7 +201,8 @@ PROMGUARD_EOF
 step 'write /etc/default/prometheus-node-exporter'
 write_file '/etc/default/prometheus-node-exporter' 0644 <<'PROMGUARD_EOF'
 IyBNYW5hZ2VkIGJ5IFByb21HdWFyZC4KQVJHUz0iLS13ZWIubGlzdGVuLWFkZHJlc3M9MTAuMC4w
-LjE6OTEwMCIK
+LjE6OTEwMCAtLWNvbGxlY3Rvci50ZXh0ZmlsZS5kaXJlY3Rvcnk9L3Zhci9saWIvcHJvbWV0aGV1
+cy9ub2RlLWV4cG9ydGVyIgo=
 PROMGUARD_EOF
 step 'write /etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf'
 write_file '/etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf' 0644 <<'PROMGUARD_EOF'
@@ -209,6 +220,16 @@ VHlwZT1vbmVzaG90ClJlbWFpbkFmdGVyRXhpdD15ZXMKU3RhbmRhcmRJbnB1dD1udWxsCkV4ZWNT
 dGFydD0vdXNyL3NiaW4vbmZ0IC1mIC9ldGMvcHJvbWd1YXJkL25mdGFibGVzLmNvbmYKRXhlY1Jl
 bG9hZD0vdXNyL3NiaW4vbmZ0IC1mIC9ldGMvcHJvbWd1YXJkL25mdGFibGVzLmNvbmYKCltJbnN0
 YWxsXQpXYW50ZWRCeT1zeXNpbml0LnRhcmdldAo=
+PROMGUARD_EOF
+step 'write /etc/systemd/system/promguard-wg-metrics.service'
+write_file '/etc/systemd/system/promguard-wg-metrics.service' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZDogV2lyZUd1YXJkIGhlYWx0aCBmb3Igbm9kZV9leHBvcnRl
+cidzIHRleHRmaWxlIGNvbGxlY3Rvci4KW1VuaXRdCkRlc2NyaXB0aW9uPVByb21HdWFyZCBXaXJl
+R3VhcmQgbWV0cmljcwpBZnRlcj13Zy1xdWlja0B3ZzAuc2VydmljZQoKW1NlcnZpY2VdCkV4ZWNT
+dGFydD0vYmluL2Jhc2ggL2V0Yy9wcm9tZ3VhcmQvd2ctbWV0cmljcy5zaCB3ZzAgL3Zhci9saWIv
+cHJvbWV0aGV1cy9ub2RlLWV4cG9ydGVyIDE1IC9ldGMvcHJvbWd1YXJkL3dnLXBlZXJzClJlc3Rh
+cnQ9YWx3YXlzClJlc3RhcnRTZWM9NQoKW0luc3RhbGxdCldhbnRlZEJ5PW11bHRpLXVzZXIudGFy
+Z2V0Cg==
 PROMGUARD_EOF
 step 'write /etc/default/prometheus'
 write_file '/etc/default/prometheus' 0644 <<'PROMGUARD_EOF'
@@ -233,7 +254,7 @@ step 'nft -f /etc/promguard/nftables.conf'
 nft -f '/etc/promguard/nftables.conf' || fail "nft rejected /etc/promguard/nftables.conf"
 step 'enable promguard-firewall.service at boot'
 step 'restart node_exporter'
-start_daemon node_exporter /usr/bin/prometheus-node-exporter --web.listen-address='10.0.0.1:9100'
+start_daemon node_exporter /usr/bin/prometheus-node-exporter '--web.listen-address=10.0.0.1:9100' '--collector.textfile.directory=/var/lib/prometheus/node-exporter'
 wait_listening node_exporter '10.0.0.1:9100' tail -n 20 /run/promguard/node_exporter.log
 step 'restart prometheus'
 mkdir -p /var/lib/prometheus/metrics2 || fail "cannot create /var/lib/prometheus/metrics2"

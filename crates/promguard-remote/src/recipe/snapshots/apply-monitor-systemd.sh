@@ -40,7 +40,8 @@ wait_listening() {
 step 'write /etc/default/prometheus-node-exporter'
 write_file '/etc/default/prometheus-node-exporter' 0644 <<'PROMGUARD_EOF'
 IyBNYW5hZ2VkIGJ5IFByb21HdWFyZC4KQVJHUz0iLS13ZWIubGlzdGVuLWFkZHJlc3M9MTAuMC4w
-LjE6OTEwMCIK
+LjE6OTEwMCAtLWNvbGxlY3Rvci50ZXh0ZmlsZS5kaXJlY3Rvcnk9L3Zhci9saWIvcHJvbWV0aGV1
+cy9ub2RlLWV4cG9ydGVyIgo=
 PROMGUARD_EOF
 step 'write /etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf'
 write_file '/etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf' 0644 <<'PROMGUARD_EOF'
@@ -58,6 +59,16 @@ VHlwZT1vbmVzaG90ClJlbWFpbkFmdGVyRXhpdD15ZXMKU3RhbmRhcmRJbnB1dD1udWxsCkV4ZWNT
 dGFydD0vdXNyL3NiaW4vbmZ0IC1mIC9ldGMvcHJvbWd1YXJkL25mdGFibGVzLmNvbmYKRXhlY1Jl
 bG9hZD0vdXNyL3NiaW4vbmZ0IC1mIC9ldGMvcHJvbWd1YXJkL25mdGFibGVzLmNvbmYKCltJbnN0
 YWxsXQpXYW50ZWRCeT1zeXNpbml0LnRhcmdldAo=
+PROMGUARD_EOF
+step 'write /etc/systemd/system/promguard-wg-metrics.service'
+write_file '/etc/systemd/system/promguard-wg-metrics.service' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZDogV2lyZUd1YXJkIGhlYWx0aCBmb3Igbm9kZV9leHBvcnRl
+cidzIHRleHRmaWxlIGNvbGxlY3Rvci4KW1VuaXRdCkRlc2NyaXB0aW9uPVByb21HdWFyZCBXaXJl
+R3VhcmQgbWV0cmljcwpBZnRlcj13Zy1xdWlja0B3ZzAuc2VydmljZQoKW1NlcnZpY2VdCkV4ZWNT
+dGFydD0vYmluL2Jhc2ggL2V0Yy9wcm9tZ3VhcmQvd2ctbWV0cmljcy5zaCB3ZzAgL3Zhci9saWIv
+cHJvbWV0aGV1cy9ub2RlLWV4cG9ydGVyIDE1IC9ldGMvcHJvbWd1YXJkL3dnLXBlZXJzClJlc3Rh
+cnQ9YWx3YXlzClJlc3RhcnRTZWM9NQoKW0luc3RhbGxdCldhbnRlZEJ5PW11bHRpLXVzZXIudGFy
+Z2V0Cg==
 PROMGUARD_EOF
 step 'write /etc/default/prometheus'
 write_file '/etc/default/prometheus' 0644 <<'PROMGUARD_EOF'

@@ -69,6 +69,15 @@ start_daemon() {
   setsid sh -c 'echo $$ > "$0" && exec "$@"' "/run/promguard/$name.pid" "$@" \
     </dev/null >>"/run/promguard/$name.log" 2>&1 &
 }
+# start_root_daemon NAME BINARY ARGS...: as start_daemon, but as root
+# (the WireGuard metrics collector: `wg show` needs it).
+start_root_daemon() {
+  name=$1; shift
+  mkdir -p /run/promguard || fail "cannot create /run/promguard"
+  stop_daemon "$name" "$1"
+  setsid sh -c 'echo $$ > "$0" && exec "$@"' "/run/promguard/$name.pid" "$@" \
+    </dev/null >>"/run/promguard/$name.log" 2>&1 &
+}
 # signal_daemon NAME BINARY SIGNAL
 signal_daemon() {
   pid=
@@ -96,7 +105,7 @@ wg show 'wg0' >/dev/null || fail "wg0 does not answer after wg-quick up"
 step 'nft -f /etc/promguard/nftables.conf'
 nft -f '/etc/promguard/nftables.conf' || fail "nft rejected /etc/promguard/nftables.conf"
 step 'start node_exporter'
-start_daemon node_exporter /usr/bin/prometheus-node-exporter --web.listen-address='10.0.0.2:9100'
+start_daemon node_exporter /usr/bin/prometheus-node-exporter '--web.listen-address=10.0.0.2:9100' '--collector.textfile.directory=/var/lib/prometheus/node-exporter'
 wait_listening node_exporter '10.0.0.2:9100' tail -n 20 /run/promguard/node_exporter.log
 step 'clear /etc/promguard/apply-pending'
 rm -f -- '/etc/promguard/apply-pending' || fail "cannot remove /etc/promguard/apply-pending"
