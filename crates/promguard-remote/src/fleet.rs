@@ -275,6 +275,7 @@ pub fn desired_host(host: &HostPlan, programs: Programs) -> DesiredHost {
             .collect(),
         node_exporter_listen: node_exporter.listen,
         prometheus_listen: host.prometheus.as_ref().map(|p| p.listen),
+        alertmanager_listen: None,
         install_packages: programs == Programs::Packages,
     }
 }

@@ -309,6 +309,7 @@ mod tests {
             node_exporter: recipe::ProcessState::Running { args: vec![] },
             prometheus: recipe::ProcessState::Running { args: vec![] },
             wg_metrics: recipe::ProcessState::Running { args: vec![] },
+            alertmanager: recipe::ProcessState::Running { args: vec![] },
             programs: BTreeMap::new(),
             enabled: BTreeMap::new(),
             pending: recipe::PendingApply::Clear,

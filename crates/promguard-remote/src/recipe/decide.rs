@@ -61,6 +61,13 @@ pub enum Action {
     /// Make Prometheus reread `prometheus.yml` (SIGHUP or `systemctl
     /// reload`).
     ReloadPrometheus,
+    /// Start Alertmanager, or restart it when `restart`.
+    StartAlertmanager {
+        /// It runs already, with other arguments.
+        restart: bool,
+    },
+    /// Make Alertmanager reread its config.
+    ReloadAlertmanager,
 }
 
 impl fmt::Display for Action {
@@ -95,6 +102,9 @@ impl fmt::Display for Action {
             Action::StartPrometheus { restart: false } => f.write_str("start prometheus"),
             Action::StartPrometheus { restart: true } => f.write_str("restart prometheus"),
             Action::ReloadPrometheus => f.write_str("reload prometheus"),
+            Action::StartAlertmanager { restart: false } => f.write_str("start alertmanager"),
+            Action::StartAlertmanager { restart: true } => f.write_str("restart alertmanager"),
+            Action::ReloadAlertmanager => f.write_str("reload alertmanager"),
         }
     }
 }
@@ -149,10 +159,15 @@ impl Touched {
 pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError> {
     let mut decision = Decision::default();
     let wants_prometheus = host.prometheus_listen.is_some();
+    let wants_alertmanager = host.alertmanager_listen.is_some();
 
     let mut packages: Vec<String> = Vec::new();
     for (program, package) in PROGRAMS {
-        let needed = *program != PROMETHEUS_BIN || wants_prometheus;
+        let needed = match *program {
+            PROMETHEUS_BIN => wants_prometheus,
+            script::ALERTMANAGER_BIN => wants_alertmanager,
+            _ => true,
+        };
         if needed && !facts.programs.get(*program).copied().unwrap_or(false) {
             if !host.install_packages {
                 return Err(RemoteError::MissingProgram {
@@ -227,6 +242,7 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
         let units: Vec<String> = super::facts::boot_units(&host.interface)
             .into_iter()
             .filter(|unit| wants_prometheus || unit != script::PROMETHEUS_UNIT)
+            .filter(|unit| wants_alertmanager || unit != script::ALERTMANAGER_UNIT)
             .filter(|unit| {
                 let changed = unit == script::FIREWALL_UNIT && touched.any(FileKind::FirewallUnit);
                 changed || !facts.enabled.get(unit).copied().unwrap_or(false)
@@ -270,6 +286,8 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
         decision.actions.push(Action::StartWgMetrics { restart });
     }
 
+    alertmanager_actions(host, facts, &touched, &mut decision);
+
     if let Some(listen) = host.prometheus_listen {
         let flag = [format!("--web.listen-address={listen}")];
         let defaults_changed = facts.systemd && touched.any(FileKind::PrometheusDefaults);
@@ -281,7 +299,9 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
             defaults_changed,
         ) {
             Some(restart) => decision.actions.push(Action::StartPrometheus { restart }),
-            None if touched.any(FileKind::PrometheusConfig) => {
+            None if touched.any(FileKind::PrometheusConfig)
+                || touched.any(FileKind::PrometheusRules) =>
+            {
                 decision.actions.push(Action::ReloadPrometheus)
             }
             // Targets files are picked up by file_sd without a reload.
@@ -289,6 +309,33 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
         }
     }
     Ok(decision)
+}
+
+/// Alertmanager's actions, when the host has it.
+fn alertmanager_actions(
+    host: &DesiredHost,
+    facts: &Facts,
+    touched: &Touched,
+    decision: &mut Decision,
+) {
+    let Some(listen) = host.alertmanager_listen else {
+        return;
+    };
+    let flags = script::alertmanager_args(listen);
+    let defaults_changed = facts.systemd && touched.any(FileKind::AlertmanagerDefaults);
+    match daemon_start(
+        facts.systemd,
+        &facts.alertmanager,
+        script::ALERTMANAGER_BIN,
+        &flags,
+        defaults_changed,
+    ) {
+        Some(restart) => decision.actions.push(Action::StartAlertmanager { restart }),
+        None if touched.any(FileKind::AlertmanagerConfig) => {
+            decision.actions.push(Action::ReloadAlertmanager)
+        }
+        None => {}
+    }
 }
 
 /// Whether a daemon must be started (`Some(false)`) or restarted
@@ -356,6 +403,14 @@ mod tests {
                 None => ProcessState::Stopped,
             },
             wg_metrics: running_with(script::wg_metrics_command(host)),
+            alertmanager: match host.alertmanager_listen {
+                Some(listen) => {
+                    let mut args = vec![script::ALERTMANAGER_BIN.to_owned()];
+                    args.extend(script::alertmanager_args(listen));
+                    running_with(args)
+                }
+                None => ProcessState::Stopped,
+            },
             programs: PROGRAMS
                 .iter()
                 .map(|(p, _)| (p.to_string(), true))
@@ -503,6 +558,7 @@ mod tests {
                     f.node_exporter = ProcessState::Stopped;
                     f.prometheus = ProcessState::Stopped;
                     f.wg_metrics = ProcessState::Stopped;
+                    f.alertmanager = ProcessState::Stopped;
                 },
             ),
             (

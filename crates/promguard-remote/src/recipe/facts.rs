@@ -15,7 +15,7 @@ use crate::quote::{check_remote_path, shell_quote};
 /// is added or changes meaning, so a parser never misreads another
 /// version's output (2 added the `apply-pending` lines, 3 the `enabled`
 /// lines of systemd hosts).
-pub const FACTS_HEADER: &str = "promguard-facts 4";
+pub const FACTS_HEADER: &str = "promguard-facts 5";
 
 /// Programs the recipe runs, with the Debian package providing each.
 pub const PROGRAMS: &[(&str, &str)] = &[
@@ -27,19 +27,25 @@ pub const PROGRAMS: &[(&str, &str)] = &[
         "prometheus-node-exporter",
     ),
     ("/usr/bin/prometheus", "prometheus"),
+    (
+        "/usr/bin/prometheus-alertmanager",
+        "prometheus-alertmanager",
+    ),
 ];
 
 /// The units that must be enabled on a systemd host for it to come back
 /// after a reboot with no PromGuard run: the firewall, the WireGuard
 /// interface, node_exporter, the WireGuard metrics collector and
-/// Prometheus (only the monitor needs the last, but every host reports it).
-pub fn boot_units(interface: &InterfaceName) -> [String; 5] {
+/// Prometheus and Alertmanager (only the monitor needs the last two, but
+/// every host reports them).
+pub fn boot_units(interface: &InterfaceName) -> [String; 6] {
     [
         super::script::FIREWALL_UNIT.to_owned(),
         format!("wg-quick@{interface}.service"),
         super::script::NODE_EXPORTER_UNIT.to_owned(),
         super::script::WG_METRICS_UNIT.to_owned(),
         super::script::PROMETHEUS_UNIT.to_owned(),
+        super::script::ALERTMANAGER_UNIT.to_owned(),
     ]
 }
 
@@ -49,6 +55,8 @@ pub const NODE_EXPORTER: &str = "node_exporter";
 pub const PROMETHEUS: &str = "prometheus";
 /// See [`NODE_EXPORTER`]: the WireGuard metrics collector.
 pub const WG_METRICS: &str = "wg_metrics";
+/// See [`NODE_EXPORTER`].
+pub const ALERTMANAGER: &str = "alertmanager";
 
 /// A host's state as the facts script saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +75,8 @@ pub struct Facts {
     pub prometheus: ProcessState,
     /// The WireGuard metrics collector.
     pub wg_metrics: ProcessState,
+    /// Alertmanager.
+    pub alertmanager: ProcessState,
     /// Which of [`PROGRAMS`] are installed.
     pub programs: BTreeMap<String, bool>,
     /// On systemd hosts, which of the units PromGuard relies on at boot
@@ -174,7 +184,7 @@ fn facts_function(interface: &InterfaceName, paths: &[String]) -> String {
     format!(
         "facts() {{\n\
          iface={iface}\nheader={header}\nmarker={marker}\nmarker_lines={marker_lines}\n\
-         node_exporter={node_exporter}\nprometheus={prometheus}\nwg_metrics={wg_metrics}\n\
+         node_exporter={node_exporter}\nprometheus={prometheus}\nwg_metrics={wg_metrics}\nalertmanager={alertmanager}\n\
          paths={paths}\nprograms={programs}\nunits={units}\n\
          {FACTS_BODY}}}\nfacts </dev/null\n",
         iface = shell_quote(interface.as_str()),
@@ -184,6 +194,7 @@ fn facts_function(interface: &InterfaceName, paths: &[String]) -> String {
         node_exporter = NODE_EXPORTER,
         prometheus = PROMETHEUS,
         wg_metrics = WG_METRICS,
+        alertmanager = ALERTMANAGER,
         paths = array(&quoted_paths),
         programs = array(&programs),
         units = array(&units),
@@ -219,6 +230,7 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
     let mut node_exporter = None;
     let mut prometheus = None;
     let mut wg_metrics = None;
+    let mut alertmanager = None;
     let mut programs = BTreeMap::new();
     let mut enabled = BTreeMap::new();
     let mut marker_present = None;
@@ -308,6 +320,7 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
                     NODE_EXPORTER => &mut node_exporter,
                     PROMETHEUS => &mut prometheus,
                     WG_METRICS => &mut wg_metrics,
+                    ALERTMANAGER => &mut alertmanager,
                     _ => return Err(bad()),
                 };
                 *slot = Some(state);
@@ -382,6 +395,7 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
         node_exporter: node_exporter.ok_or_else(|| missing("`process node_exporter`"))?,
         prometheus: prometheus.ok_or_else(|| missing("`process prometheus`"))?,
         wg_metrics: wg_metrics.ok_or_else(|| missing("`process wg_metrics`"))?,
+        alertmanager: alertmanager.ok_or_else(|| missing("`process alertmanager`"))?,
         programs,
         enabled,
         pending,
@@ -439,13 +453,13 @@ mod tests {
 
     fn sample() -> String {
         format!(
-            "noise from a login script\npromguard-facts 4\nsystemd no\n\
+            "noise from a login script\npromguard-facts 5\nsystemd no\n\
              file {HASH} /etc/wireguard/wg0.conf\nfile missing /etc/promguard/nftables.conf\n\
              program yes /usr/bin/wg\nprogram yes /usr/bin/wg-quick\nprogram yes /usr/sbin/nft\n\
-             program yes /usr/bin/prometheus-node-exporter\nprogram no /usr/bin/prometheus\n\
+             program yes /usr/bin/prometheus-node-exporter\nprogram no /usr/bin/prometheus\nprogram no /usr/bin/prometheus-alertmanager\n\
              socket listening\ninterface present\nlink up\nwg answers\naddress 10.0.0.2/32\naddress fe80::1/64\nfirewall missing\n\
              process node_exporter running /usr/bin/prometheus-node-exporter --web.listen-address=10.0.0.2:9100 \n\
-             process prometheus stopped\nprocess wg_metrics stopped\napply-pending absent\nend\n"
+             process prometheus stopped\nprocess wg_metrics stopped\nprocess alertmanager stopped\napply-pending absent\nend\n"
         )
     }
 
@@ -476,8 +490,10 @@ mod tests {
                 },
                 prometheus: Stopped,
                 wg_metrics: Stopped,
+                alertmanager: Stopped,
                 programs: {
                     "/usr/bin/prometheus": false,
+                    "/usr/bin/prometheus-alertmanager": false,
                     "/usr/bin/prometheus-node-exporter": true,
                     "/usr/bin/wg": true,
                     "/usr/bin/wg-quick": true,
@@ -556,10 +572,10 @@ mod tests {
     fn malformed_output_is_an_error_not_a_panic() {
         let good = sample();
         let cases: Vec<(String, &str)> = vec![
-            (String::new(), "no `promguard-facts 4` header"),
+            (String::new(), "no `promguard-facts 5` header"),
             (
-                good.replace("promguard-facts 4", "promguard-facts 1"),
-                "no `promguard-facts 4` header",
+                good.replace("promguard-facts 5", "promguard-facts 1"),
+                "no `promguard-facts 5` header",
             ),
             (
                 good.replace("apply-pending absent\n", ""),

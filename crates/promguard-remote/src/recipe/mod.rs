@@ -62,6 +62,10 @@ pub struct DesiredHost {
     /// Where Prometheus listens (`127.0.0.1:9090`); `None` on hosts
     /// without Prometheus.
     pub prometheus_listen: Option<SocketAddr>,
+    /// Where Alertmanager listens (`127.0.0.1:9093`); `None` on hosts
+    /// without it. Its config is the file of kind
+    /// [`FileKind::AlertmanagerConfig`].
+    pub alertmanager_listen: Option<SocketAddr>,
     /// Install missing packages with apt-get (cloud hosts). When false, a
     /// missing program is an error.
     pub install_packages: bool,
@@ -100,6 +104,12 @@ pub enum FileKind {
     PrometheusConfig,
     /// A file_sd targets file, which Prometheus re-reads by itself.
     ScrapeTargets,
+    /// A Prometheus rules file: a Prometheus reload.
+    PrometheusRules,
+    /// Alertmanager's config at [`script::ALERTMANAGER_CONFIG_PATH`]
+    /// (it may hold an SMTP password: written 0600, owned by the
+    /// daemons' user): an Alertmanager reload.
+    AlertmanagerConfig,
     /// Anything else: written, nothing to run.
     Other,
     /// The recipe's own: node_exporter's flags (`/etc/default`).
@@ -115,6 +125,8 @@ pub enum FileKind {
     WgMetricsScript,
     /// The recipe's own: the collector's unit.
     WgMetricsUnit,
+    /// The recipe's own: Alertmanager's flags (`/etc/default`).
+    AlertmanagerDefaults,
 }
 
 impl FileKind {
@@ -129,6 +141,7 @@ impl FileKind {
                 | FileKind::PrometheusDefaults
                 | FileKind::WgMetricsScript
                 | FileKind::WgMetricsUnit
+                | FileKind::AlertmanagerDefaults
         )
     }
 
@@ -266,7 +279,7 @@ pub fn converge(conn: &Connection, host: &DesiredHost) -> Result<Report, RemoteE
 pub fn packages_for(role: Role) -> Vec<String> {
     let mut packages: Vec<String> = Vec::new();
     for (program, package) in facts::PROGRAMS {
-        let needed = *program != script::PROMETHEUS_BIN || role == Role::Monitor;
+        let needed = !script::MONITOR_PROGRAMS.contains(program) || role == Role::Monitor;
         if needed && !packages.iter().any(|p| p == package) {
             packages.push(package.to_string());
         }
@@ -318,14 +331,32 @@ pub fn validate(host: &DesiredHost) -> Result<(), RemoteError> {
             FileKind::WireguardConfig => Some(host.wireguard_config_path()),
             FileKind::Firewall => Some(promguard_core::nftables::RULESET_PATH.to_owned()),
             FileKind::PrometheusConfig => Some(promguard_core::prometheus::CONFIG_PATH.to_owned()),
+            FileKind::AlertmanagerConfig => Some(script::ALERTMANAGER_CONFIG_PATH.to_owned()),
             _ => None,
         };
+        if file.kind == FileKind::AlertmanagerConfig && host.alertmanager_listen.is_none() {
+            return Err(invalid(
+                format!("file {}", file.path),
+                "an Alertmanager config for a host without Alertmanager".into(),
+            ));
+        }
         if let Some(expected) = fixed.filter(|p| p != &file.path) {
             return Err(invalid(
                 format!("file {}", file.path),
                 format!("a file of kind {:?} must be at {expected}", file.kind),
             ));
         }
+    }
+    if host.alertmanager_listen.is_some()
+        && !host
+            .files
+            .iter()
+            .any(|f| f.kind == FileKind::AlertmanagerConfig)
+    {
+        return Err(invalid(
+            "Alertmanager".into(),
+            "it is wanted but no file of kind AlertmanagerConfig is given".into(),
+        ));
     }
     Ok(())
 }
@@ -369,6 +400,7 @@ pub(crate) mod test_support {
             ],
             node_exporter_listen: "10.0.0.2:9100".parse().unwrap(),
             prometheus_listen: None,
+            alertmanager_listen: None,
             install_packages: false,
         }
     }
@@ -381,6 +413,13 @@ pub(crate) mod test_support {
         host.wireguard_address = "10.0.0.1".parse().unwrap();
         host.node_exporter_listen = "10.0.0.1:9100".parse().unwrap();
         host.prometheus_listen = Some("127.0.0.1:9090".parse().unwrap());
+        host.alertmanager_listen = Some("127.0.0.1:9093".parse().unwrap());
+        host.files.push(DesiredFile::new(
+            FileKind::AlertmanagerConfig,
+            "/etc/prometheus/alertmanager.yml",
+            0o600,
+            "route: {receiver: promguard}\nreceivers: [{name: promguard}]\n",
+        ));
         host.files.push(DesiredFile::new(
             FileKind::PrometheusConfig,
             "/etc/prometheus/prometheus.yml",
@@ -408,7 +447,10 @@ mod tests {
             packages_for(Role::Node),
             ["wireguard-tools", "nftables", "prometheus-node-exporter"]
         );
-        assert_eq!(packages_for(Role::Monitor).last().unwrap(), "prometheus");
+        assert_eq!(
+            packages_for(Role::Monitor)[3..],
+            ["prometheus", "prometheus-alertmanager"]
+        );
     }
 
     #[test]

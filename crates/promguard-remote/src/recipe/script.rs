@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use super::decide::{Action, Decision};
-use super::facts::{NODE_EXPORTER, PROMETHEUS, WG_METRICS};
+use super::facts::{ALERTMANAGER, NODE_EXPORTER, PROMETHEUS, WG_METRICS};
 use super::{DesiredFile, DesiredHost, FileKind};
 use crate::quote::shell_quote;
 
@@ -25,6 +25,20 @@ pub const NODE_EXPORTER_BIN: &str = "/usr/bin/prometheus-node-exporter";
 pub const PROMETHEUS_BIN: &str = "/usr/bin/prometheus";
 /// Prometheus' data directory (Debian's default).
 pub const PROMETHEUS_STORAGE: &str = "/var/lib/prometheus/metrics2";
+/// Alertmanager's binary (Debian's `prometheus-alertmanager`).
+pub const ALERTMANAGER_BIN: &str = "/usr/bin/prometheus-alertmanager";
+/// Alertmanager's config (Debian's place for it).
+pub const ALERTMANAGER_CONFIG_PATH: &str = "/etc/prometheus/alertmanager.yml";
+/// Alertmanager's data directory (Debian's default).
+pub const ALERTMANAGER_STORAGE: &str = "/var/lib/prometheus/alertmanager";
+/// Alertmanager's flags on systemd hosts.
+pub const ALERTMANAGER_DEFAULTS_PATH: &str = "/etc/default/prometheus-alertmanager";
+/// Alertmanager's unit (Debian's).
+pub const ALERTMANAGER_UNIT: &str = "prometheus-alertmanager.service";
+/// Programs only a host with Prometheus or Alertmanager needs.
+pub const MONITOR_PROGRAMS: &[&str] = &[PROMETHEUS_BIN, ALERTMANAGER_BIN];
+/// The user the monitoring daemons run as, when the host has it.
+pub const DAEMON_USER: &str = "prometheus";
 /// Where daemons started without systemd keep PID files and logs.
 pub const RUN_DIR: &str = "/run/promguard";
 
@@ -72,6 +86,7 @@ pub const SYSTEMD_PATHS: &[&str] = &[
     FIREWALL_UNIT_PATH,
     PROMETHEUS_DEFAULTS_PATH,
     WG_METRICS_UNIT_PATH,
+    ALERTMANAGER_DEFAULTS_PATH,
 ];
 
 /// The apply marker: written (atomically, mode 0600) before the apply
@@ -133,6 +148,17 @@ pub fn common_files() -> Vec<DesiredFile> {
         0o755,
         WG_METRICS_SCRIPT,
     )]
+}
+
+/// Alertmanager's flags: loopback only, and no cluster listener (its
+/// default would gossip on port 9094 of every address).
+pub fn alertmanager_args(listen: std::net::SocketAddr) -> Vec<String> {
+    vec![
+        format!("--config.file={ALERTMANAGER_CONFIG_PATH}"),
+        format!("--storage.path={ALERTMANAGER_STORAGE}"),
+        format!("--web.listen-address={listen}"),
+        "--cluster.listen-address=".to_owned(),
+    ]
 }
 
 fn prometheus_args(listen: std::net::SocketAddr) -> Vec<String> {
@@ -207,6 +233,17 @@ pub fn systemd_files(host: &DesiredHost) -> Vec<DesiredFile> {
             format!(
                 "# Managed by PromGuard.\nARGS=\"{}\"\n",
                 prometheus_args(listen).join(" ")
+            ),
+        ));
+    }
+    if let Some(listen) = host.alertmanager_listen {
+        files.push(DesiredFile::new(
+            FileKind::AlertmanagerDefaults,
+            ALERTMANAGER_DEFAULTS_PATH,
+            0o644,
+            format!(
+                "# Managed by PromGuard.\nARGS=\"{}\"\n",
+                alertmanager_args(listen).join(" ")
             ),
         ));
     }
@@ -309,9 +346,20 @@ pub fn apply_script(host: &DesiredHost, systemd: bool, decision: &Decision) -> S
 }
 
 /// `write_file` for `file`, its content as base64 in a quoted here-document.
+/// Alertmanager's config may hold a password: 0600, and owned by the
+/// daemons' user so that Alertmanager can read it.
 fn write_embedded(s: &mut String, file: &DesiredFile) {
     let path = shell_quote(&file.path);
-    let _ = writeln!(s, "write_file {path} {:04o} <<'{EOF_MARKER}'", file.mode);
+    let owner = if file.kind == FileKind::AlertmanagerConfig {
+        format!(" {DAEMON_USER}")
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        s,
+        "write_file {path} {:04o}{owner} <<'{EOF_MARKER}'",
+        file.mode
+    );
     let encoded = STANDARD.encode(&file.content);
     for chunk in encoded.as_bytes().chunks(76) {
         s.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
@@ -322,7 +370,7 @@ fn write_embedded(s: &mut String, file: &DesiredFile) {
 
 /// Units whose packages would start them with Debian's defaults
 /// (node_exporter on every address) before PromGuard's config is in.
-pub(crate) const HELD_UNITS: &[&str] = &[NODE_EXPORTER_UNIT, PROMETHEUS_UNIT];
+pub(crate) const HELD_UNITS: &[&str] = &[NODE_EXPORTER_UNIT, PROMETHEUS_UNIT, ALERTMANAGER_UNIT];
 
 fn install_packages(s: &mut String, packages: &[String], systemd: bool) {
     let list: Vec<String> = packages.iter().map(|p| shell_quote(p)).collect();
@@ -411,6 +459,27 @@ fn plain_action(s: &mut String, host: &DesiredHost, action: &Action) {
         Action::ReloadPrometheus => {
             let _ = writeln!(s, "signal_daemon {PROMETHEUS} {PROMETHEUS_BIN} HUP");
         }
+        Action::StartAlertmanager { .. } => {
+            let listen = host
+                .alertmanager_listen
+                .expect("Alertmanager actions only when it is wanted");
+            let args: Vec<String> = alertmanager_args(listen)
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect();
+            let _ = writeln!(
+                s,
+                "mkdir -p {ALERTMANAGER_STORAGE} || fail \"cannot create {ALERTMANAGER_STORAGE}\"\n\
+                 if id {DAEMON_USER} >/dev/null 2>&1; then chown {DAEMON_USER}:{DAEMON_USER} {ALERTMANAGER_STORAGE}; fi\n\
+                 start_daemon {ALERTMANAGER} {ALERTMANAGER_BIN} {}\n\
+                 wait_listening alertmanager {} tail -n 20 {RUN_DIR}/{ALERTMANAGER}.log",
+                args.join(" "),
+                shell_quote(&listen.to_string())
+            );
+        }
+        Action::ReloadAlertmanager => {
+            let _ = writeln!(s, "signal_daemon {ALERTMANAGER} {ALERTMANAGER_BIN} HUP");
+        }
     }
 }
 
@@ -475,6 +544,23 @@ fn systemd_action(s: &mut String, host: &DesiredHost, action: &Action) {
         }
         Action::ReloadPrometheus => {
             s.push_str("systemctl reload prometheus.service || fail \"cannot reload prometheus.service\"\n");
+        }
+        Action::StartAlertmanager { .. } => {
+            let listen = host
+                .alertmanager_listen
+                .expect("Alertmanager actions only when it is wanted");
+            let _ = writeln!(
+                s,
+                "systemctl unmask --runtime --quiet {ALERTMANAGER_UNIT}; systemctl enable --quiet {ALERTMANAGER_UNIT} && systemctl restart {ALERTMANAGER_UNIT} || fail \"cannot start {ALERTMANAGER_UNIT}\"\n\
+                 wait_listening alertmanager {} journalctl -u {ALERTMANAGER_UNIT} -n 20 --no-pager",
+                shell_quote(&listen.to_string())
+            );
+        }
+        Action::ReloadAlertmanager => {
+            let _ = writeln!(
+                s,
+                "systemctl reload {ALERTMANAGER_UNIT} || fail \"cannot reload {ALERTMANAGER_UNIT}\""
+            );
         }
     }
 }
@@ -582,11 +668,15 @@ mod tests {
             Action::LoadFirewall,
             Action::EnableAtBoot(vec![FIREWALL_UNIT.to_owned()]),
             Action::StartNodeExporter { restart: true },
+            Action::StartWgMetrics { restart: true },
+            Action::StartAlertmanager { restart: true },
+            Action::ReloadAlertmanager,
             Action::StartPrometheus { restart: true },
             Action::ReloadPrometheus,
         ];
         for systemd in [false, true] {
             let mut files = host.files.clone();
+            files.extend(common_files());
             files.extend(systemd_files(&host));
             let decision = Decision {
                 pending_files: files.iter().map(|f| f.path.clone()).collect(),
@@ -836,7 +926,7 @@ mod tests {
     fn fresh_node_decision_produces_ordered_script() {
         let host = node();
         let facts = super::super::facts::parse_facts(
-            "promguard-facts 4\nsystemd no\nfile missing /etc/wireguard/wg0.conf\n\
+            "promguard-facts 5\nsystemd no\nfile missing /etc/wireguard/wg0.conf\n\
              file missing /etc/promguard/nftables.conf\n\
              file missing /etc/default/prometheus-node-exporter\n\
              file missing /etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf\n\
@@ -844,10 +934,12 @@ mod tests {
              file missing /etc/default/prometheus\n\
              file missing /etc/systemd/system/promguard-wg-metrics.service\n\
              file missing /etc/promguard/wg-metrics.sh\n\
+             file missing /etc/default/prometheus-alertmanager\n\
              program yes /usr/bin/wg\nprogram yes /usr/bin/wg-quick\nprogram yes /usr/sbin/nft\n\
              program yes /usr/bin/prometheus-node-exporter\nprogram yes /usr/bin/prometheus\n\
+             program yes /usr/bin/prometheus-alertmanager\n\
              socket absent\ninterface missing\nfirewall missing\nprocess node_exporter stopped\n\
-             process prometheus stopped\nprocess wg_metrics stopped\napply-pending absent\nend\n",
+             process prometheus stopped\nprocess wg_metrics stopped\nprocess alertmanager stopped\napply-pending absent\nend\n",
             &super::super::managed_paths(&host),
         )
         .unwrap();

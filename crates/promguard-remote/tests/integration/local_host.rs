@@ -307,6 +307,7 @@ fn converge_a_local_monitor() {
         ],
         node_exporter_listen: "10.0.0.1:9100".parse().unwrap(),
         prometheus_listen: Some("127.0.0.1:9090".parse().unwrap()),
+        alertmanager_listen: None,
         install_packages: false,
     };
 

@@ -2,7 +2,7 @@
 # The facts script's body (src/recipe/facts.rs): reports a host's state as
 # lines the parser there reads. facts_script() puts it in a function after
 # setting iface, header, marker, marker_lines, node_exporter, prometheus,
-# wg_metrics and
+# wg_metrics, alertmanager and
 # the arrays paths, programs and units (every value quoted).
 #
 # It runs on every host in every run, so it starts as few processes as it
@@ -70,8 +70,8 @@ if nft list table inet promguard >/dev/null 2>&1; then echo 'firewall loaded'; e
 if [ "$sd" = 1 ]; then
   # One `systemctl is-active` for every daemon: a state per unit, in
   # order; running is what `is-active --quiet` accepts.
-  { states=$(systemctl is-active prometheus-node-exporter.service prometheus.service promguard-wg-metrics.service); } 2>/dev/null
-  for name in "$node_exporter" "$prometheus" "$wg_metrics"; do
+  { states=$(systemctl is-active prometheus-node-exporter.service prometheus.service promguard-wg-metrics.service prometheus-alertmanager.service); } 2>/dev/null
+  for name in "$node_exporter" "$prometheus" "$wg_metrics" "$alertmanager"; do
     state=${states%%$'\n'*}
     case "$states" in *$'\n'*) states=${states#*$'\n'};; *) states=;; esac
     case "$state" in
@@ -80,7 +80,7 @@ if [ "$sd" = 1 ]; then
     esac
   done
 else
-  for name in "$node_exporter" "$prometheus" "$wg_metrics"; do
+  for name in "$node_exporter" "$prometheus" "$wg_metrics" "$alertmanager"; do
     pid=
     [ -r "/run/promguard/$name.pid" ] && read -r pid < "/run/promguard/$name.pid"
     case "$pid" in ''|*[!0-9]*) echo "process $name stopped"; continue;; esac

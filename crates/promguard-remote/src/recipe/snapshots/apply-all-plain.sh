@@ -11,14 +11,19 @@ umask 022
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 fail() { echo "promguard: $*" >&2; exit 1; }
 step() { echo "step $*"; }
-# write_file PATH MODE < base64: atomic and durable like the state file
-# (temp file in the same dir, fsync, rename, fsync of the directory), so a
-# power cut leaves the old file or the new one, never an empty one.
+# write_file PATH MODE [OWNER] < base64: atomic and durable like the state
+# file (temp file in the same dir, fsync, rename, fsync of the directory),
+# so a power cut leaves the old file or the new one, never an empty one.
+# OWNER, when the host has that user, owns the file from before its rename.
 write_file() {
   dir=$(dirname -- "$1")
   mkdir -p -- "$dir" || fail "cannot create the directory of $1"
   tmp=$(mktemp -- "$dir/.promguard.XXXXXX") || fail "cannot create a temporary file next to $1"
   if ! base64 -d > "$tmp"; then rm -f -- "$tmp"; fail "cannot decode the content of $1"; fi
+  if [ -n "${3:-}" ] && id "$3" >/dev/null 2>&1 && ! chown "$3:$3" -- "$tmp"; then
+    rm -f -- "$tmp"
+    fail "cannot give $1 to $3"
+  fi
   if ! { chmod "$2" -- "$tmp" && sync -- "$tmp" && mv -f -- "$tmp" "$1"; }; then
     rm -f -- "$tmp"
     fail "cannot install $1"
@@ -174,13 +179,15 @@ release_services
 step 'mark /etc/promguard/apply-pending'
 write_file '/etc/promguard/apply-pending' 0600 <<'PROMGUARD_EOF'
 cHJvbWd1YXJkLWFwcGx5LXBlbmRpbmcgMQpmaWxlIC9ldGMvd2lyZWd1YXJkL3dnMC5jb25mCmZp
-bGUgL2V0Yy9wcm9tZ3VhcmQvbmZ0YWJsZXMuY29uZgpmaWxlIC9ldGMvcHJvbWV0aGV1cy9wcm9t
-ZXRoZXVzLnltbApmaWxlIC9ldGMvcHJvbWV0aGV1cy9wcm9tZ3VhcmQvbm9kZS5qc29uCmZpbGUg
-L2V0Yy9kZWZhdWx0L3Byb21ldGhldXMtbm9kZS1leHBvcnRlcgpmaWxlIC9ldGMvc3lzdGVtZC9z
-eXN0ZW0vcHJvbWV0aGV1cy1ub2RlLWV4cG9ydGVyLnNlcnZpY2UuZC9wcm9tZ3VhcmQuY29uZgpm
-aWxlIC9ldGMvc3lzdGVtZC9zeXN0ZW0vcHJvbWd1YXJkLWZpcmV3YWxsLnNlcnZpY2UKZmlsZSAv
-ZXRjL3N5c3RlbWQvc3lzdGVtL3Byb21ndWFyZC13Zy1tZXRyaWNzLnNlcnZpY2UKZmlsZSAvZXRj
-L2RlZmF1bHQvcHJvbWV0aGV1cwo=
+bGUgL2V0Yy9wcm9tZ3VhcmQvbmZ0YWJsZXMuY29uZgpmaWxlIC9ldGMvcHJvbWV0aGV1cy9hbGVy
+dG1hbmFnZXIueW1sCmZpbGUgL2V0Yy9wcm9tZXRoZXVzL3Byb21ldGhldXMueW1sCmZpbGUgL2V0
+Yy9wcm9tZXRoZXVzL3Byb21ndWFyZC9ub2RlLmpzb24KZmlsZSAvZXRjL3Byb21ndWFyZC93Zy1t
+ZXRyaWNzLnNoCmZpbGUgL2V0Yy9kZWZhdWx0L3Byb21ldGhldXMtbm9kZS1leHBvcnRlcgpmaWxl
+IC9ldGMvc3lzdGVtZC9zeXN0ZW0vcHJvbWV0aGV1cy1ub2RlLWV4cG9ydGVyLnNlcnZpY2UuZC9w
+cm9tZ3VhcmQuY29uZgpmaWxlIC9ldGMvc3lzdGVtZC9zeXN0ZW0vcHJvbWd1YXJkLWZpcmV3YWxs
+LnNlcnZpY2UKZmlsZSAvZXRjL3N5c3RlbWQvc3lzdGVtL3Byb21ndWFyZC13Zy1tZXRyaWNzLnNl
+cnZpY2UKZmlsZSAvZXRjL2RlZmF1bHQvcHJvbWV0aGV1cwpmaWxlIC9ldGMvZGVmYXVsdC9wcm9t
+ZXRoZXVzLWFsZXJ0bWFuYWdlcgo=
 PROMGUARD_EOF
 step 'write /etc/wireguard/wg0.conf'
 write_file '/etc/wireguard/wg0.conf' 0600 <<'PROMGUARD_EOF'
@@ -190,6 +197,11 @@ step 'write /etc/promguard/nftables.conf'
 write_file '/etc/promguard/nftables.conf' 0644 <<'PROMGUARD_EOF'
 dGFibGUgaW5ldCBwcm9tZ3VhcmQge30K
 PROMGUARD_EOF
+step 'write /etc/prometheus/alertmanager.yml'
+write_file '/etc/prometheus/alertmanager.yml' 0600 prometheus <<'PROMGUARD_EOF'
+cm91dGU6IHtyZWNlaXZlcjogcHJvbWd1YXJkfQpyZWNlaXZlcnM6IFt7bmFtZTogcHJvbWd1YXJk
+fV0K
+PROMGUARD_EOF
 step 'write /etc/prometheus/prometheus.yml'
 write_file '/etc/prometheus/prometheus.yml' 0644 <<'PROMGUARD_EOF'
 Z2xvYmFsOiB7fQo=
@@ -197,6 +209,97 @@ PROMGUARD_EOF
 step 'write /etc/prometheus/promguard/node.json'
 write_file '/etc/prometheus/promguard/node.json' 0644 <<'PROMGUARD_EOF'
 W10K
+PROMGUARD_EOF
+step 'write /etc/promguard/wg-metrics.sh'
+write_file '/etc/promguard/wg-metrics.sh' 0755 <<'PROMGUARD_EOF'
+IyEvYmluL2Jhc2gKIyBzaGVsbGNoZWNrIHNoZWxsPWJhc2gKIyBQcm9tR3VhcmQncyBXaXJlR3Vh
+cmQgbWV0cmljcyBjb2xsZWN0b3IgKHNyYy9yZWNpcGUvc2NyaXB0LnJzIGluc3RhbGxzIGl0CiMg
+YXQgL2V0Yy9wcm9tZ3VhcmQvd2ctbWV0cmljcy5zaCBhbmQgcnVucyBpdCBhcyBhIGRhZW1vbik6
+IGV2ZXJ5IElOVEVSVkFMCiMgc2Vjb25kcyBpdCB3cml0ZXMgSU5URVJGQUNFJ3MgcGVyLXBlZXIg
+aGVhbHRoIGZvciBub2RlX2V4cG9ydGVyJ3MgdGV4dGZpbGUKIyBjb2xsZWN0b3IsIGF0b21pY2Fs
+bHkgKGEgdGVtcG9yYXJ5IGZpbGUgcmVuYW1lZCBpbnRvIHBsYWNlKSwgc28gYSBzY3JhcGUKIyBu
+ZXZlciBzZWVzIGhhbGYgYSBmaWxlLgojCiMgVXNhZ2U6IHdnLW1ldHJpY3Muc2ggSU5URVJGQUNF
+IFRFWFRGSUxFX0RJUiBJTlRFUlZBTCBQRUVSX05BTUVTCiMgKElOVEVSVkFMIDAgY29sbGVjdHMg
+b25jZSBhbmQgZXhpdHMuKQojCiMgSXQgcmVhZHMgb25seSBgd2cgc2hvdyBJTlRFUkZBQ0UgbGF0
+ZXN0LWhhbmRzaGFrZXN8dHJhbnNmZXJ8ZW5kcG9pbnRzfAojIGxpc3Rlbi1wb3J0YCwgbmV2ZXIg
+YGR1bXBgIG9yIHRoZSBjb25maWc6IG5vIHByaXZhdGUgb3IgcHJlc2hhcmVkIGtleQojIHBhc3Nl
+cyB0aHJvdWdoIGl0LiBQRUVSX05BTUVTIG1hcHMgcHVibGljIGtleXMgdG8gaG9zdCBuYW1lcyAo
+IktFWSBOQU1FIgojIHBlciBsaW5lLCB3cml0dGVuIGJ5IFByb21HdWFyZCkuIEV2ZXJ5IHZhbHVl
+IGlzIGNoZWNrZWQgYmVmb3JlIGl0IGlzCiMgd3JpdHRlbjoga2V5cyBhcmUgNDQgYmFzZTY0IGNo
+YXJhY3RlcnMsIG51bWJlcnMgYXJlIGRpZ2l0cywgbmFtZXMgYXJlCiMgW2EtejAtOS1dOyBhbnl0
+aGluZyBlbHNlIGlzIHNraXBwZWQsIHNvIGEgbGFiZWwgbmV2ZXIgaG9sZHMgdGV4dCBhIGhvc3QK
+IyBvciBhIGZpbGUgbWFkZSB1cC4gVGhlIGZyZXNobmVzcyBtZXRyaWMgaXMgd3JpdHRlbiBvbmx5
+IGFmdGVyIGEKIyBjb21wbGV0ZSBjb2xsZWN0aW9uLCBzbyBhIGNvbGxlY3RvciB0aGF0IGZhaWxz
+IG9yIGhhbmdzIHNob3dzIGFzIHN0YWxlLgpzZXQgLXUKUEFUSD0vdXNyL2xvY2FsL3NiaW46L3Vz
+ci9sb2NhbC9iaW46L3Vzci9zYmluOi91c3IvYmluOi9zYmluOi9iaW4KaWZhY2U9JDEgZGlyPSQy
+IGludGVydmFsPSQzIG5hbWVzX2ZpbGU9JDQKY2FzZSAiJGlmYWNlIiBpbiAnJ3wqWyFhLXowLTlf
+PSsuLV0qKSBlY2hvICJiYWQgaW50ZXJmYWNlIG5hbWUiID4mMjsgZXhpdCAyOzsgZXNhYwpjYXNl
+ICIkaW50ZXJ2YWwiIGluICcnfCpbITAtOV0qKSBlY2hvICJiYWQgaW50ZXJ2YWwiID4mMjsgZXhp
+dCAyOzsgZXNhYwoKaXNfa2V5KCkgeyBbICIkeyMxfSIgLWVxIDQ0IF0gJiYgY2FzZSAiJDEiIGlu
+ICpbIUEtWmEtejAtOSsvPV0qKSBmYWxzZTs7ICopIHRydWU7OyBlc2FjOyB9CmlzX251bWJlcigp
+IHsgY2FzZSAiJDEiIGluICcnfCpbITAtOV0qKSBmYWxzZTs7ICopIFsgIiR7IzF9IiAtbGUgMjAg
+XTs7IGVzYWM7IH0KaXNfbmFtZSgpIHsgY2FzZSAiJDEiIGluICcnfCpbIWEtejAtOS1dKikgZmFs
+c2U7OyAqKSBbICIkeyMxfSIgLWxlIDYzIF07OyBlc2FjOyB9Cgpjb2xsZWN0KCkgewogIGxvY2Fs
+IGhzIHRyIGVwIHBvcnQga2V5IHZhbHVlIHJ4IHR4IG5hbWUgbGFiZWxzIG5vdwogIGhzPSQod2cg
+c2hvdyAiJGlmYWNlIiBsYXRlc3QtaGFuZHNoYWtlcykgfHwgcmV0dXJuIDEKICB0cj0kKHdnIHNo
+b3cgIiRpZmFjZSIgdHJhbnNmZXIpIHx8IHJldHVybiAxCiAgZXA9JCh3ZyBzaG93ICIkaWZhY2Ui
+IGVuZHBvaW50cykgfHwgcmV0dXJuIDEKICBwb3J0PSQod2cgc2hvdyAiJGlmYWNlIiBsaXN0ZW4t
+cG9ydCkgfHwgcmV0dXJuIDEKICBkZWNsYXJlIC1BIG5hbWVzPSgpIGhhbmRzaGFrZT0oKSByZWNl
+aXZlZD0oKSBzZW50PSgpIGVuZHBvaW50PSgpCiAgaWYgWyAtciAiJG5hbWVzX2ZpbGUiIF07IHRo
+ZW4KICAgIHdoaWxlIHJlYWQgLXIga2V5IG5hbWUgXzsgZG8KICAgICAgaXNfa2V5ICIka2V5IiAm
+JiBpc19uYW1lICIkbmFtZSIgJiYgbmFtZXNbJGtleV09JG5hbWUKICAgIGRvbmUgPCAiJG5hbWVz
+X2ZpbGUiCiAgZmkKICB3aGlsZSByZWFkIC1yIGtleSB2YWx1ZSBfOyBkbwogICAgaXNfa2V5ICIk
+a2V5IiAmJiBpc19udW1iZXIgIiR2YWx1ZSIgJiYgaGFuZHNoYWtlWyRrZXldPSR2YWx1ZQogIGRv
+bmUgPDw8ICIkaHMiCiAgd2hpbGUgcmVhZCAtciBrZXkgcnggdHggXzsgZG8KICAgIGlzX2tleSAi
+JGtleSIgJiYgaXNfbnVtYmVyICIkcngiICYmIGlzX251bWJlciAiJHR4IiAmJiByZWNlaXZlZFsk
+a2V5XT0kcnggJiYgc2VudFska2V5XT0kdHgKICBkb25lIDw8PCAiJHRyIgogIHdoaWxlIHJlYWQg
+LXIga2V5IHZhbHVlIF87IGRvCiAgICBpZiBpc19rZXkgIiRrZXkiOyB0aGVuCiAgICAgIGlmIFsg
+IiR2YWx1ZSIgPSAiKG5vbmUpIiBdOyB0aGVuIGVuZHBvaW50WyRrZXldPTA7IGVsc2UgZW5kcG9p
+bnRbJGtleV09MTsgZmkKICAgIGZpCiAgZG9uZSA8PDwgIiRlcCIKICBwcmludGYgJyMgSEVMUCB3
+aXJlZ3VhcmRfbGF0ZXN0X2hhbmRzaGFrZV9zZWNvbmRzIFVuaXggdGltZSBvZiB0aGUgbGF0ZXN0
+IGhhbmRzaGFrZSB3aXRoIHRoZSBwZWVyICgwOiBuZXZlcikuXG4nCiAgcHJpbnRmICcjIFRZUEUg
+d2lyZWd1YXJkX2xhdGVzdF9oYW5kc2hha2Vfc2Vjb25kcyBnYXVnZVxuJwogIGZvciBrZXkgaW4g
+IiR7IWhhbmRzaGFrZVtAXX0iOyBkbwogICAgbGFiZWxzPSJpbnRlcmZhY2U9XCIkaWZhY2VcIixw
+dWJsaWNfa2V5PVwiJGtleVwiLHBlZXI9XCIke25hbWVzWyRrZXldOi11bmtub3dufVwiIgogICAg
+cHJpbnRmICd3aXJlZ3VhcmRfbGF0ZXN0X2hhbmRzaGFrZV9zZWNvbmRzeyVzfSAlc1xuJyAiJGxh
+YmVscyIgIiR7aGFuZHNoYWtlWyRrZXldfSIKICBkb25lCiAgcHJpbnRmICcjIEhFTFAgd2lyZWd1
+YXJkX3JlY2VpdmVkX2J5dGVzX3RvdGFsIEJ5dGVzIHJlY2VpdmVkIGZyb20gdGhlIHBlZXIuXG4n
+CiAgcHJpbnRmICcjIFRZUEUgd2lyZWd1YXJkX3JlY2VpdmVkX2J5dGVzX3RvdGFsIGNvdW50ZXJc
+bicKICBmb3Iga2V5IGluICIkeyFyZWNlaXZlZFtAXX0iOyBkbwogICAgbGFiZWxzPSJpbnRlcmZh
+Y2U9XCIkaWZhY2VcIixwdWJsaWNfa2V5PVwiJGtleVwiLHBlZXI9XCIke25hbWVzWyRrZXldOi11
+bmtub3dufVwiIgogICAgcHJpbnRmICd3aXJlZ3VhcmRfcmVjZWl2ZWRfYnl0ZXNfdG90YWx7JXN9
+ICVzXG4nICIkbGFiZWxzIiAiJHtyZWNlaXZlZFska2V5XX0iCiAgZG9uZQogIHByaW50ZiAnIyBI
+RUxQIHdpcmVndWFyZF9zZW50X2J5dGVzX3RvdGFsIEJ5dGVzIHNlbnQgdG8gdGhlIHBlZXIuXG4n
+CiAgcHJpbnRmICcjIFRZUEUgd2lyZWd1YXJkX3NlbnRfYnl0ZXNfdG90YWwgY291bnRlclxuJwog
+IGZvciBrZXkgaW4gIiR7IXNlbnRbQF19IjsgZG8KICAgIGxhYmVscz0iaW50ZXJmYWNlPVwiJGlm
+YWNlXCIscHVibGljX2tleT1cIiRrZXlcIixwZWVyPVwiJHtuYW1lc1ska2V5XTotdW5rbm93bn1c
+IiIKICAgIHByaW50ZiAnd2lyZWd1YXJkX3NlbnRfYnl0ZXNfdG90YWx7JXN9ICVzXG4nICIkbGFi
+ZWxzIiAiJHtzZW50WyRrZXldfSIKICBkb25lCiAgcHJpbnRmICcjIEhFTFAgd2lyZWd1YXJkX3Bl
+ZXJfZW5kcG9pbnRfc2V0IFdoZXRoZXIgdGhlIHBlZXIgaGFzIGFuIGVuZHBvaW50ICgxKSBvciBu
+b3QgKDApLlxuJwogIHByaW50ZiAnIyBUWVBFIHdpcmVndWFyZF9wZWVyX2VuZHBvaW50X3NldCBn
+YXVnZVxuJwogIGZvciBrZXkgaW4gIiR7IWVuZHBvaW50W0BdfSI7IGRvCiAgICBsYWJlbHM9Imlu
+dGVyZmFjZT1cIiRpZmFjZVwiLHB1YmxpY19rZXk9XCIka2V5XCIscGVlcj1cIiR7bmFtZXNbJGtl
+eV06LXVua25vd259XCIiCiAgICBwcmludGYgJ3dpcmVndWFyZF9wZWVyX2VuZHBvaW50X3NldHsl
+c30gJXNcbicgIiRsYWJlbHMiICIke2VuZHBvaW50WyRrZXldfSIKICBkb25lCiAgcHJpbnRmICcj
+IEhFTFAgd2lyZWd1YXJkX3BlZXJzIFBlZXJzIGNvbmZpZ3VyZWQgb24gdGhlIGludGVyZmFjZS5c
+bicKICBwcmludGYgJyMgVFlQRSB3aXJlZ3VhcmRfcGVlcnMgZ2F1Z2VcbicKICBwcmludGYgJ3dp
+cmVndWFyZF9wZWVyc3tpbnRlcmZhY2U9IiVzIn0gJXNcbicgIiRpZmFjZSIgIiR7I2hhbmRzaGFr
+ZVtAXX0iCiAgaWYgaXNfbnVtYmVyICIkcG9ydCI7IHRoZW4KICAgIHByaW50ZiAnIyBIRUxQIHdp
+cmVndWFyZF9saXN0ZW5fcG9ydCBVRFAgcG9ydCB0aGUgaW50ZXJmYWNlIGxpc3RlbnMgb24uXG4n
+CiAgICBwcmludGYgJyMgVFlQRSB3aXJlZ3VhcmRfbGlzdGVuX3BvcnQgZ2F1Z2VcbicKICAgIHBy
+aW50ZiAnd2lyZWd1YXJkX2xpc3Rlbl9wb3J0e2ludGVyZmFjZT0iJXMifSAlc1xuJyAiJGlmYWNl
+IiAiJHBvcnQiCiAgZmkKICBwcmludGYgLXYgbm93ICclKCVzKVQnIC0xCiAgcHJpbnRmICcjIEhF
+TFAgcHJvbWd1YXJkX3dpcmVndWFyZF9jb2xsZWN0b3JfbGFzdF9ydW5fdGltZXN0YW1wX3NlY29u
+ZHMgVW5peCB0aW1lIG9mIHRoZSBjb2xsZWN0b3InIiciJ3MgbGF0ZXN0IGNvbXBsZXRlIHJ1bi5c
+bicKICBwcmludGYgJyMgVFlQRSBwcm9tZ3VhcmRfd2lyZWd1YXJkX2NvbGxlY3Rvcl9sYXN0X3J1
+bl90aW1lc3RhbXBfc2Vjb25kcyBnYXVnZVxuJwogIHByaW50ZiAncHJvbWd1YXJkX3dpcmVndWFy
+ZF9jb2xsZWN0b3JfbGFzdF9ydW5fdGltZXN0YW1wX3NlY29uZHMgJXNcbicgIiRub3ciCn0KCm1r
+ZGlyIC1wICIkZGlyIiB8fCBleGl0IDEKdG1wPSIkZGlyLy53aXJlZ3VhcmQucHJvbS4kJCIKdHJh
+cCAncm0gLWYgIiR0bXAiJyBFWElUCnRyYXAgJ2V4aXQgMCcgVEVSTSBJTlQKd2hpbGUgOjsgZG8K
+ICBpZiBjb2xsZWN0ID4gIiR0bXAiOyB0aGVuCiAgICBjaG1vZCAwNjQ0ICIkdG1wIiAmJiBtdiAt
+ZiAiJHRtcCIgIiRkaXIvd2lyZWd1YXJkLnByb20iCiAgZWxzZQogICAgcm0gLWYgIiR0bXAiCiAg
+ZmkKICBbICIkaW50ZXJ2YWwiID0gMCBdICYmIGV4aXQgMAogIHNsZWVwICIkaW50ZXJ2YWwiICYK
+ICB3YWl0ICQhCmRvbmUK
 PROMGUARD_EOF
 step 'write /etc/default/prometheus-node-exporter'
 write_file '/etc/default/prometheus-node-exporter' 0644 <<'PROMGUARD_EOF'
@@ -237,6 +340,13 @@ IyBNYW5hZ2VkIGJ5IFByb21HdWFyZC4KQVJHUz0iLS1jb25maWcuZmlsZT0vZXRjL3Byb21ldGhl
 dXMvcHJvbWV0aGV1cy55bWwgLS1zdG9yYWdlLnRzZGIucGF0aD0vdmFyL2xpYi9wcm9tZXRoZXVz
 L21ldHJpY3MyIC0td2ViLmxpc3Rlbi1hZGRyZXNzPTEyNy4wLjAuMTo5MDkwIgo=
 PROMGUARD_EOF
+step 'write /etc/default/prometheus-alertmanager'
+write_file '/etc/default/prometheus-alertmanager' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZC4KQVJHUz0iLS1jb25maWcuZmlsZT0vZXRjL3Byb21ldGhl
+dXMvYWxlcnRtYW5hZ2VyLnltbCAtLXN0b3JhZ2UucGF0aD0vdmFyL2xpYi9wcm9tZXRoZXVzL2Fs
+ZXJ0bWFuYWdlciAtLXdlYi5saXN0ZW4tYWRkcmVzcz0xMjcuMC4wLjE6OTA5MyAtLWNsdXN0ZXIu
+bGlzdGVuLWFkZHJlc3M9Igo=
+PROMGUARD_EOF
 step 'systemctl daemon-reload'
 step 'recreate wg0 and wg-quick up wg0'
 ip link delete dev 'wg0' 2>/dev/null
@@ -256,6 +366,15 @@ step 'enable promguard-firewall.service at boot'
 step 'restart node_exporter'
 start_daemon node_exporter /usr/bin/prometheus-node-exporter '--web.listen-address=10.0.0.1:9100' '--collector.textfile.directory=/var/lib/prometheus/node-exporter'
 wait_listening node_exporter '10.0.0.1:9100' tail -n 20 /run/promguard/node_exporter.log
+step 'restart the WireGuard metrics collector'
+start_root_daemon wg_metrics '/bin/bash' '/etc/promguard/wg-metrics.sh' 'wg0' '/var/lib/prometheus/node-exporter' '15' '/etc/promguard/wg-peers'
+step 'restart alertmanager'
+mkdir -p /var/lib/prometheus/alertmanager || fail "cannot create /var/lib/prometheus/alertmanager"
+if id prometheus >/dev/null 2>&1; then chown prometheus:prometheus /var/lib/prometheus/alertmanager; fi
+start_daemon alertmanager /usr/bin/prometheus-alertmanager '--config.file=/etc/prometheus/alertmanager.yml' '--storage.path=/var/lib/prometheus/alertmanager' '--web.listen-address=127.0.0.1:9093' '--cluster.listen-address='
+wait_listening alertmanager '127.0.0.1:9093' tail -n 20 /run/promguard/alertmanager.log
+step 'reload alertmanager'
+signal_daemon alertmanager /usr/bin/prometheus-alertmanager HUP
 step 'restart prometheus'
 mkdir -p /var/lib/prometheus/metrics2 || fail "cannot create /var/lib/prometheus/metrics2"
 if id prometheus >/dev/null 2>&1; then chown prometheus:prometheus /var/lib/prometheus/metrics2; fi

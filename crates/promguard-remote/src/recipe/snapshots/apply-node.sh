@@ -11,14 +11,19 @@ umask 022
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 fail() { echo "promguard: $*" >&2; exit 1; }
 step() { echo "step $*"; }
-# write_file PATH MODE < base64: atomic and durable like the state file
-# (temp file in the same dir, fsync, rename, fsync of the directory), so a
-# power cut leaves the old file or the new one, never an empty one.
+# write_file PATH MODE [OWNER] < base64: atomic and durable like the state
+# file (temp file in the same dir, fsync, rename, fsync of the directory),
+# so a power cut leaves the old file or the new one, never an empty one.
+# OWNER, when the host has that user, owns the file from before its rename.
 write_file() {
   dir=$(dirname -- "$1")
   mkdir -p -- "$dir" || fail "cannot create the directory of $1"
   tmp=$(mktemp -- "$dir/.promguard.XXXXXX") || fail "cannot create a temporary file next to $1"
   if ! base64 -d > "$tmp"; then rm -f -- "$tmp"; fail "cannot decode the content of $1"; fi
+  if [ -n "${3:-}" ] && id "$3" >/dev/null 2>&1 && ! chown "$3:$3" -- "$tmp"; then
+    rm -f -- "$tmp"
+    fail "cannot give $1 to $3"
+  fi
   if ! { chmod "$2" -- "$tmp" && sync -- "$tmp" && mv -f -- "$tmp" "$1"; }; then
     rm -f -- "$tmp"
     fail "cannot install $1"

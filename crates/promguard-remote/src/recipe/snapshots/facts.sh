@@ -1,20 +1,21 @@
-IFS= read -r -N 6041 facts_script && eval "$facts_script"
+IFS= read -r -N 6214 facts_script && eval "$facts_script"
 facts() {
 iface='wg0'
-header='promguard-facts 4'
+header='promguard-facts 5'
 marker='/etc/promguard/apply-pending'
 marker_lines=258
 node_exporter=node_exporter
 prometheus=prometheus
 wg_metrics=wg_metrics
+alertmanager=alertmanager
 paths=('/etc/wireguard/wg0.conf' '/etc/promguard/nftables.conf')
-programs=('/usr/bin/wg' '/usr/bin/wg-quick' '/usr/sbin/nft' '/usr/bin/prometheus-node-exporter' '/usr/bin/prometheus')
-units=('promguard-firewall.service' 'wg-quick@wg0.service' 'prometheus-node-exporter.service' 'promguard-wg-metrics.service' 'prometheus.service')
+programs=('/usr/bin/wg' '/usr/bin/wg-quick' '/usr/sbin/nft' '/usr/bin/prometheus-node-exporter' '/usr/bin/prometheus' '/usr/bin/prometheus-alertmanager')
+units=('promguard-firewall.service' 'wg-quick@wg0.service' 'prometheus-node-exporter.service' 'promguard-wg-metrics.service' 'prometheus.service' 'prometheus-alertmanager.service')
 # shellcheck shell=bash
 # The facts script's body (src/recipe/facts.rs): reports a host's state as
 # lines the parser there reads. facts_script() puts it in a function after
 # setting iface, header, marker, marker_lines, node_exporter, prometheus,
-# wg_metrics and
+# wg_metrics, alertmanager and
 # the arrays paths, programs and units (every value quoted).
 #
 # It runs on every host in every run, so it starts as few processes as it
@@ -82,8 +83,8 @@ if nft list table inet promguard >/dev/null 2>&1; then echo 'firewall loaded'; e
 if [ "$sd" = 1 ]; then
   # One `systemctl is-active` for every daemon: a state per unit, in
   # order; running is what `is-active --quiet` accepts.
-  { states=$(systemctl is-active prometheus-node-exporter.service prometheus.service promguard-wg-metrics.service); } 2>/dev/null
-  for name in "$node_exporter" "$prometheus" "$wg_metrics"; do
+  { states=$(systemctl is-active prometheus-node-exporter.service prometheus.service promguard-wg-metrics.service prometheus-alertmanager.service); } 2>/dev/null
+  for name in "$node_exporter" "$prometheus" "$wg_metrics" "$alertmanager"; do
     state=${states%%$'\n'*}
     case "$states" in *$'\n'*) states=${states#*$'\n'};; *) states=;; esac
     case "$state" in
@@ -92,7 +93,7 @@ if [ "$sd" = 1 ]; then
     esac
   done
 else
-  for name in "$node_exporter" "$prometheus" "$wg_metrics"; do
+  for name in "$node_exporter" "$prometheus" "$wg_metrics" "$alertmanager"; do
     pid=
     [ -r "/run/promguard/$name.pid" ] && read -r pid < "/run/promguard/$name.pid"
     case "$pid" in ''|*[!0-9]*) echo "process $name stopped"; continue;; esac
