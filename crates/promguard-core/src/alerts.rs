@@ -171,7 +171,7 @@ fn rules(r: &AlertRules) -> Vec<Rule> {
             reason: None,
             summary: "{{ $labels.instance }}: Prometheus fails to evaluate rules".to_owned(),
             description: format!(
-                "Prometheus on {{{{ $labels.instance }}}} failed {{{{ $value }}}} rule evaluation(s) of group {{{{ $labels.rule_group }}}} in the last {window}: some alerts may not fire."
+                "Prometheus on {{{{ $labels.instance }}}} failed to evaluate rules of group {{{{ $labels.rule_group }}}} in the last {window}: some alerts may not fire."
             ),
         },
         Rule {
@@ -182,7 +182,7 @@ fn rules(r: &AlertRules) -> Vec<Rule> {
             reason: None,
             summary: "{{ $labels.instance }}: Prometheus cannot send alerts to Alertmanager".to_owned(),
             description: format!(
-                "Prometheus on {{{{ $labels.instance }}}} failed to send {{{{ $value }}}} notification(s) to Alertmanager {{{{ $labels.alertmanager }}}} in the last {window}: firing alerts reach no receiver."
+                "Prometheus on {{{{ $labels.instance }}}} failed to send notifications to Alertmanager {{{{ $labels.alertmanager }}}} in the last {window}: firing alerts may reach no receiver."
             ),
         },
         Rule {

@@ -32,18 +32,22 @@ pub fn targets_path(job: &ExporterName) -> String {
 
 /// Renders `prometheus.yml`.
 pub fn render_config(plan: &PrometheusPlan) -> String {
-    render_config_with_targets_dir(plan, TARGETS_DIR)
+    render_config_with_paths(plan, TARGETS_DIR, RULES_PATH)
 }
 
 /// Renders `prometheus.yml` with the targets files in `targets_dir`
-/// instead of [`TARGETS_DIR`] (for checking the config with `promtool`
-/// against files in a scratch directory).
+/// instead of [`TARGETS_DIR`], and the rules files matched by
+/// `<targets_dir>/*.rules.yml` instead of [`RULES_PATH`] (for checking the
+/// config with `promtool` against files in a scratch directory, which may
+/// hold the rendered rules too; `promtool` skips a pattern that matches
+/// nothing).
 pub fn render_config_with_targets_dir(plan: &PrometheusPlan, targets_dir: &str) -> String {
-    render_config_with_paths(plan, targets_dir, RULES_PATH)
+    let rules = format!("{}/*.rules.yml", targets_dir.trim_end_matches('/'));
+    render_config_with_paths(plan, targets_dir, &rules)
 }
 
 /// Renders `prometheus.yml` with the targets files in `targets_dir` and the
-/// rules file at `rules_path` instead of [`TARGETS_DIR`] and
+/// rules file (or pattern) `rules_path` instead of [`TARGETS_DIR`] and
 /// [`RULES_PATH`] (for checking with `promtool` in a scratch directory).
 pub fn render_config_with_paths(
     plan: &PrometheusPlan,
@@ -225,5 +229,6 @@ mod tests {
     fn targets_dir_can_be_moved() {
         let config = render_config_with_targets_dir(&prometheus_plan(""), "/tmp/x y/");
         assert!(config.contains("- \"/tmp/x y/node.json\""), "{config}");
+        assert!(config.contains("- \"/tmp/x y/*.rules.yml\""), "{config}");
     }
 }
