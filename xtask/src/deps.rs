@@ -16,6 +16,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("openssh-server", "sshd on every local host"),
     ("openssh-client", "ssh-keygen"),
     ("prometheus", "Prometheus and promtool"),
+    (
+        "prometheus-alertmanager",
+        "amtool checks the rendered alertmanager.yml",
+    ),
     ("prometheus-node-exporter", "node_exporter"),
     ("nftables", "the host firewall"),
     ("iproute2", "network namespaces"),

@@ -187,6 +187,338 @@ pub struct LocalConfig {
     pub hosts: LocalHostKind,
 }
 
+/// Alerting settings (`[alerts]`): the thresholds of the alert rules
+/// PromGuard installs on the monitor, and where Alertmanager sends alerts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertsConfig {
+    /// A scrape target down this long fires `PromGuardTargetDown`; twice
+    /// the scrape interval unless set.
+    pub target_down_after: Duration,
+    /// A peer whose latest handshake is older than this fires
+    /// `WireGuardHandshakeStale`.
+    pub handshake_stale_after: Duration,
+    /// A peer that has not completed any handshake for this long fires
+    /// `WireGuardNeverHandshook`.
+    pub never_handshook_after: Duration,
+    /// A WireGuard metrics collector that last ran longer ago than this
+    /// (or whose metrics are missing this long) fires `WireGuardMetricsStale`.
+    pub collector_stale_after: Duration,
+    /// Webhook receivers, in order; may be empty.
+    pub webhooks: Vec<WebhookUrl>,
+    /// The email receiver, if any.
+    pub email: Option<EmailConfig>,
+}
+
+/// The email receiver (`[alerts.email]`). It holds where the SMTP
+/// password is, never the password: the CLI reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailConfig {
+    /// Recipients, at least one.
+    pub to: Vec<EmailAddress>,
+    /// The sender.
+    pub from: EmailAddress,
+    /// The SMTP server (`host:port`).
+    pub smarthost: SmartHost,
+    /// The SMTP user name; set exactly when a password source is.
+    pub username: Option<String>,
+    /// A file holding the SMTP password (at most one of this and
+    /// `password_env`).
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the SMTP password (at most one of
+    /// this and `password_file`).
+    pub password_env: Option<String>,
+}
+
+/// An `http` or `https` URL for a webhook receiver. Its `Debug` shows only
+/// the scheme and host, since webhook paths often carry a token; `Display`
+/// shows the whole URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    url: String,
+    /// Length of `scheme://authority`.
+    origin_len: usize,
+}
+
+impl WebhookUrl {
+    /// Checks `text`: `http://` or `https://`, a host name, IPv4 or
+    /// bracketed IPv6 address, an optional port, and an optional path and
+    /// query of URL characters (no user info, no fragment, no spaces).
+    pub fn new(text: &str) -> Result<Self, String> {
+        const EXAMPLE: &str = "use a URL such as \"https://alerts.example.com/hook\"";
+        if text.len() > 2048 {
+            return Err(format!(
+                "the URL is {} bytes long; at most 2048 are allowed",
+                text.len()
+            ));
+        }
+        let rest = text
+            .strip_prefix("https://")
+            .or_else(|| text.strip_prefix("http://"))
+            .ok_or_else(|| {
+                format!(
+                    "{:?} does not start with http:// or https://; {EXAMPLE}",
+                    cut_short(text)
+                )
+            })?;
+        let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_len);
+        if authority.contains('@') {
+            return Err(
+                "the URL carries a user name or password before '@', which PromGuard does not support in webhook URLs".to_owned(),
+            );
+        }
+        let (host, port) = split_host_port(authority).ok_or_else(|| {
+            format!(
+                "{:?} is not a host with an optional port; {EXAMPLE}",
+                cut_short(authority)
+            )
+        })?;
+        if let Some(port) = port {
+            parse_port(port)
+                .ok_or_else(|| format!("port {port:?} is not a number from 1 to 65535"))?;
+        }
+        check_host(host).map_err(|reason| format!("host {:?} {reason}", cut_short(host)))?;
+        check_url_tail(tail)?;
+        Ok(Self {
+            url: text.to_owned(),
+            origin_len: text.len() - tail.len(),
+        })
+    }
+
+    /// The whole URL.
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+}
+
+impl fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let origin = &self.url[..self.origin_len];
+        if self.origin_len == self.url.len() {
+            write!(f, "WebhookUrl({origin:?})")
+        } else {
+            write!(f, "WebhookUrl(\"{origin}/<redacted>\")")
+        }
+    }
+}
+
+/// A plain email address (`local@domain`, no display name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    /// Checks `text`: one `@`, a local part of the characters RFC 5322
+    /// allows unquoted, a domain of dot-separated labels.
+    pub fn new(text: &str) -> Result<Self, String> {
+        let refuse = |why: &str| {
+            format!(
+                "{:?} is not an email address such as alerts@example.com: {why}",
+                cut_short(text)
+            )
+        };
+        if text.len() > 254 {
+            return Err(refuse("it is longer than 254 characters"));
+        }
+        let (local, domain) = text
+            .split_once('@')
+            .ok_or_else(|| refuse("it has no '@'"))?;
+        let local_ok = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c);
+        if local.is_empty()
+            || local.len() > 64
+            || !local.chars().all(local_ok)
+            || local.starts_with('.')
+            || local.ends_with('.')
+            || local.contains("..")
+        {
+            return Err(refuse("the part before '@' may hold letters, digits and !#$%&'*+/=?^_`{|}~.- (dots not first, last or doubled)"));
+        }
+        if !domain.contains('.') {
+            return Err(refuse("the domain after '@' needs a dot"));
+        }
+        check_dns_name(domain).map_err(|why| refuse(&format!("the domain {why}")))?;
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The address.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EmailAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An SMTP server: a host name or address and a port. `Display` writes
+/// `host:port` (IPv6 in brackets), the form Alertmanager wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmartHost {
+    host: String,
+    port: Port,
+}
+
+impl SmartHost {
+    /// Parses `host:port`; an IPv6 address goes in brackets.
+    pub fn new(text: &str) -> Result<Self, String> {
+        let refuse = |why: String| {
+            format!(
+                "{:?} is not a host and port such as \"smtp.example.com:587\": {why}",
+                cut_short(text)
+            )
+        };
+        let (host, port) =
+            split_host_port(text).ok_or_else(|| refuse("malformed brackets".to_owned()))?;
+        let port = port.ok_or_else(|| refuse("the port is missing".to_owned()))?;
+        let port = parse_port(port)
+            .ok_or_else(|| refuse(format!("port {port:?} is not a number from 1 to 65535")))?;
+        check_host(host).map_err(|why| refuse(format!("the host {why}")))?;
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// The host name or address, without brackets.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> Port {
+        self.port
+    }
+}
+
+impl fmt::Display for SmartHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Splits `host[:port]` or `[v6][:port]`; `None` for unbalanced brackets
+/// or text after the closing bracket that is not a port. The IPv6 host is
+/// returned without brackets.
+fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return None;
+        }
+        return match after {
+            "" => Some((host, None)),
+            _ => Some((host, Some(after.strip_prefix(':')?))),
+        };
+    }
+    match text.split_once(':') {
+        Some((host, port)) => Some((host, Some(port))),
+        None => Some((text, None)),
+    }
+}
+
+fn parse_port(text: &str) -> Option<Port> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) || text.len() > 5 {
+        return None;
+    }
+    Port::new(text.parse().ok()?).ok()
+}
+
+/// A host in a URL or `host:port`: an IPv6 address (already unbracketed),
+/// an IPv4 address, or a DNS name.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.contains(':') {
+        return host
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| "is not an IPv6 address".to_owned());
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') && !host.is_empty() {
+        return host
+            .parse::<std::net::Ipv4Addr>()
+            .map(|_| ())
+            .map_err(|_| "is not an IPv4 address".to_owned());
+    }
+    check_dns_name(host)
+}
+
+/// A DNS name: dot-separated labels of letters, digits and '-' (not first
+/// or last), 1 to 63 characters each, 253 in all; one trailing dot allowed.
+fn check_dns_name(name: &str) -> Result<(), String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if name.len() > 253 {
+        return Err("is longer than 253 characters".to_owned());
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(
+                "needs dot-separated labels of letters, digits and '-' (not first or last)"
+                    .to_owned(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The path and query of a webhook URL: empty, or starting with `/` or
+/// `?`, of unreserved, reserved (but `#`) and percent-encoded characters.
+fn check_url_tail(tail: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~:/?[]@!$&'()*+,;=%".contains(c);
+    if let Some((at, c)) = tail.char_indices().find(|&(_, c)| !allowed(c)) {
+        let what = match c {
+            '#' => "a fragment ('#...'), which a webhook never receives; remove it".to_owned(),
+            c if c.is_whitespace() || c.is_control() => {
+                "a space or control character; percent-encode it".to_owned()
+            }
+            c => format!("the character {c:?}; percent-encode it"),
+        };
+        return Err(format!(
+            "the path or query has {what} (at byte {} after the host)",
+            at
+        ));
+    }
+    let bytes = tail.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'%'
+            && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        {
+            return Err(format!(
+                "the path or query has a '%' not followed by two hex digits (at byte {i} after the host)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The first 60 characters of a value, for a message.
+fn cut_short(text: &str) -> String {
+    match text.char_indices().nth(60) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 /// A validated config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -218,6 +550,8 @@ pub struct Config {
     pub digitalocean: DigitalOceanConfig,
     /// Local provider settings.
     pub local: LocalConfig,
+    /// Alert thresholds and receivers.
+    pub alerts: AlertsConfig,
 }
 
 impl Default for Config {
@@ -249,6 +583,60 @@ struct RawConfig {
     digitalocean: RawDigitalOcean,
     #[serde(default)]
     local: RawLocal,
+    #[serde(default)]
+    alerts: RawAlerts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    target_down_after: Option<String>,
+    handshake_stale_after: Option<String>,
+    never_handshook_after: Option<String>,
+    collector_stale_after: Option<String>,
+    webhooks: Option<Vec<String>>,
+    email: Option<RawEmail>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmail {
+    to: OneOrMore,
+    from: String,
+    smarthost: String,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug)]
+struct OneOrMore(Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMore {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OneOrMore;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address or a list of addresses")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMore, E> {
+                Ok(OneOrMore(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMore, A::Error> {
+                let mut all = Vec::new();
+                while let Some(one) = seq.next_element::<String>()? {
+                    all.push(one);
+                }
+                Ok(OneOrMore(all))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -373,6 +761,12 @@ impl Checker<'_> {
                     return Err(self.invalid(
                         format!("{field}.name"),
                         "\"node\" is reserved for node_exporter, which every host runs already",
+                    ));
+                }
+                if name.as_str() == "prometheus" {
+                    return Err(self.invalid(
+                        format!("{field}.name"),
+                        "\"prometheus\" is reserved for the job of Prometheus' own metrics, which the monitor scrapes already",
                     ));
                 }
                 Ok(ExporterSpec {
@@ -566,6 +960,8 @@ impl Config {
             },
         };
 
+        let alerts = Self::alerts(&c, raw.alerts, scrape_interval)?;
+
         let config = Config {
             deployment,
             provider,
@@ -581,9 +977,154 @@ impl Config {
             ssh,
             digitalocean,
             local,
+            alerts,
         };
         config.check_hosts(&c)?;
         Ok(config)
+    }
+
+    fn alerts(
+        c: &Checker<'_>,
+        raw: RawAlerts,
+        scrape_interval: Duration,
+    ) -> Result<AlertsConfig, ConfigError> {
+        let duration = |key: &str, text: Option<&str>, default: Duration| {
+            let Some(text) = text else {
+                return Ok(default);
+            };
+            let field = format!("alerts.{key}");
+            let d = parse_duration(text).ok_or_else(|| {
+                c.invalid(
+                    &field,
+                    format!(
+                        "{:?} is not a duration such as \"90s\", \"3m\" or \"1h\"",
+                        cut_short(text)
+                    ),
+                )
+            })?;
+            if d < Duration::from_secs(1) {
+                return Err(c.invalid(&field, format!("{text} is shorter than one second")));
+            }
+            if d > Duration::from_secs(366 * 24 * 3600) {
+                return Err(c.invalid(&field, format!("{text} is longer than a year")));
+            }
+            Ok(d)
+        };
+        let webhooks = raw
+            .webhooks
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                WebhookUrl::new(url).map_err(|m| c.invalid(format!("alerts.webhooks[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let email = raw.email.map(|e| Self::email(c, e)).transpose()?;
+        Ok(AlertsConfig {
+            target_down_after: duration(
+                "target_down_after",
+                raw.target_down_after.as_deref(),
+                scrape_interval * 2,
+            )?,
+            handshake_stale_after: duration(
+                "handshake_stale_after",
+                raw.handshake_stale_after.as_deref(),
+                Duration::from_secs(180),
+            )?,
+            never_handshook_after: duration(
+                "never_handshook_after",
+                raw.never_handshook_after.as_deref(),
+                Duration::from_secs(300),
+            )?,
+            collector_stale_after: duration(
+                "collector_stale_after",
+                raw.collector_stale_after.as_deref(),
+                Duration::from_secs(120),
+            )?,
+            webhooks,
+            email,
+        })
+    }
+
+    fn email(c: &Checker<'_>, raw: RawEmail) -> Result<EmailConfig, ConfigError> {
+        if raw.to.0.is_empty() {
+            return Err(c.invalid(
+                "alerts.email.to",
+                "the recipient list is empty; name at least one address",
+            ));
+        }
+        let to = raw
+            .to
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                EmailAddress::new(a).map_err(|m| c.invalid(format!("alerts.email.to[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let from = EmailAddress::new(&raw.from).map_err(|m| c.invalid("alerts.email.from", m))?;
+        let smarthost =
+            SmartHost::new(&raw.smarthost).map_err(|m| c.invalid("alerts.email.smarthost", m))?;
+        if let Some(user) = &raw.username {
+            if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
+                return Err(c.invalid(
+                    "alerts.email.username",
+                    "the user name must be 1 to 256 characters, none of them control characters",
+                ));
+            }
+        }
+        if let Some(name) = &raw.password_env {
+            let valid = name.len() <= 256
+                && name.starts_with(|ch: char| ch.is_ascii_alphabetic() || ch == '_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(c.invalid(
+                    "alerts.email.password_env",
+                    format!(
+                        "{:?} is not an environment variable name (letters, digits and '_', not starting with a digit)",
+                        cut_short(name)
+                    ),
+                ));
+            }
+        }
+        if let Some(path) = &raw.password_file {
+            if path.as_os_str().is_empty() {
+                return Err(c.invalid("alerts.email.password_file", "the path is empty"));
+            }
+        }
+        let has_password = match (&raw.password_file, &raw.password_env) {
+            (Some(_), Some(_)) => {
+                return Err(c.invalid(
+                    "alerts.email",
+                    "give either password_file or password_env, not both",
+                ))
+            }
+            (None, None) => false,
+            _ => true,
+        };
+        match (&raw.username, has_password) {
+            (Some(_), false) => {
+                return Err(c.invalid(
+                    "alerts.email.username",
+                    "a user name needs a password: add password_file or password_env",
+                ))
+            }
+            (None, true) => {
+                return Err(c.invalid(
+                    "alerts.email.username",
+                    "a password needs a user name to log in with: add username",
+                ))
+            }
+            _ => {}
+        }
+        Ok(EmailConfig {
+            to,
+            from,
+            smarthost,
+            username: raw.username,
+            password_file: raw.password_file,
+            password_env: raw.password_env,
+        })
     }
 
     fn nodes(c: &Checker<'_>, raw: &RawNodes) -> Result<Vec<HostSpec>, ConfigError> {
@@ -799,6 +1340,29 @@ image = "debian-12-x64"
 # ssh_public_key = "~/.ssh/id_ed25519.pub"
 # A Cloud Firewall allowing only SSH and WireGuard inbound.
 firewall = true
+
+[alerts]
+# Thresholds of the alert rules on the monitor (docs/alerts.md).
+# A scrape target down this long; twice the scrape interval by default.
+# target_down_after = "1m"
+# A peer's latest WireGuard handshake older than this (WireGuard shakes hands
+# every two minutes while traffic flows, so keep it above 2m).
+handshake_stale_after = "3m"
+# A peer that has not completed any handshake for this long.
+never_handshook_after = "5m"
+# The WireGuard metrics collector last ran longer ago than this.
+collector_stale_after = "2m"
+# Alertmanager on the monitor sends alerts to these webhooks...
+# webhooks = ["https://alerts.example.com/promguard"]
+# ...and to email. The SMTP password is read by `promguard` from a file or
+# an environment variable (one of the two) and stored 0600 on the monitor.
+# [alerts.email]
+# to = ["ops@example.com"]
+# from = "promguard@example.com"
+# smarthost = "smtp.example.com:587"
+# username = "promguard@example.com"
+# password_env = "PROMGUARD_SMTP_PASSWORD"
+# password_file = "~/.config/promguard/smtp-password"
 "#
         )
     }
@@ -1017,6 +1581,256 @@ region = "fra1"
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn alerts_defaults_follow_the_scrape_interval() {
+        let a = parse("").unwrap().alerts;
+        assert_eq!(a.target_down_after, Duration::from_secs(60));
+        assert_eq!(a.handshake_stale_after, Duration::from_secs(180));
+        assert_eq!(a.never_handshook_after, Duration::from_secs(300));
+        assert_eq!(a.collector_stale_after, Duration::from_secs(120));
+        assert!(a.webhooks.is_empty() && a.email.is_none());
+        let a = parse("[prometheus]\nscrape_interval = \"5s\"\n")
+            .unwrap()
+            .alerts;
+        assert_eq!(a.target_down_after, Duration::from_secs(10));
+        let a =
+            parse("[prometheus]\nscrape_interval = \"5s\"\n[alerts]\ntarget_down_after = \"1h\"\n")
+                .unwrap()
+                .alerts;
+        assert_eq!(a.target_down_after, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn alerts_durations_name_their_key() {
+        for (key, value, wanted) in [
+            ("target_down_after", "\"soon\"", "is not a duration"),
+            ("handshake_stale_after", "\"3 m\"", "is not a duration"),
+            ("never_handshook_after", "\"0s\"", "is not a duration"),
+            (
+                "collector_stale_after",
+                "\"500ms\"",
+                "shorter than one second",
+            ),
+            ("collector_stale_after", "\"9000h\"", "longer than a year"),
+        ] {
+            let err = error(&format!("[alerts]\n{key} = {value}\n"));
+            assert!(
+                err.contains(&format!("alerts.{key}:")) && err.contains(wanted),
+                "{err}"
+            );
+        }
+        let err = error("[alerts]\nhandshake_stale_after = 180\n");
+        assert!(
+            err.contains("handshake_stale_after") && err.contains("line 2"),
+            "{err}"
+        );
+        assert!(error("[alerts]\nstale = \"3m\"\n").contains("unknown field"));
+    }
+
+    #[test]
+    fn webhooks_are_strict_urls() {
+        let a = parse(
+            "[alerts]\nwebhooks = [\"https://hooks.example.com/a/b?c=d&e=%20\", \"http://10.0.0.9:8080\", \"http://[fd00::1]:9/x\"]\n",
+        )
+        .unwrap()
+        .alerts;
+        let urls: Vec<&str> = a.webhooks.iter().map(WebhookUrl::as_str).collect();
+        assert_eq!(
+            urls,
+            [
+                "https://hooks.example.com/a/b?c=d&e=%20",
+                "http://10.0.0.9:8080",
+                "http://[fd00::1]:9/x"
+            ]
+        );
+        assert_eq!(
+            format!("{:?}", a.webhooks[0]),
+            "WebhookUrl(\"https://hooks.example.com/<redacted>\")"
+        );
+        assert_eq!(
+            format!("{:?}", a.webhooks[1]),
+            "WebhookUrl(\"http://10.0.0.9:8080\")"
+        );
+        for (url, wanted) in [
+            (
+                "ftp://example.com/",
+                "does not start with http:// or https://",
+            ),
+            ("HTTPS://example.com/", "does not start with"),
+            ("example.com/hook", "does not start with"),
+            ("https://", "host \"\""),
+            ("https://user:pw@example.com/", "user name or password"),
+            ("https://exa mple.com/", "host \"exa mple.com\""),
+            ("https://-example.com/", "labels of letters"),
+            ("https://example.com:0/", "port \"0\""),
+            ("https://example.com:70000/", "port \"70000\""),
+            ("https://example.com:/", "port \"\""),
+            ("https://999.1.1.1/", "not an IPv4 address"),
+            ("https://[fd00::zz]/", "not a host"),
+            ("https://fd00::1/", "not a number"),
+            ("https://example.com/a b", "space or control character"),
+            ("https://example.com/a\"b", "the character '\"'"),
+            ("https://example.com/a#b", "fragment"),
+            ("https://example.com/%zz", "two hex digits"),
+            ("https://example.com/\u{e9}", "the character"),
+        ] {
+            let text = format!("[alerts]\nwebhooks = [\"https://ok.example.com/\", {url:?}]\n");
+            let err = error(&text);
+            assert!(
+                err.contains("alerts.webhooks[1]: ") && err.contains(wanted),
+                "{url}: {err}"
+            );
+        }
+        let long = format!("https://example.com/{}", "a".repeat(3000));
+        let err = error(&format!("[alerts]\nwebhooks = [{long:?}]\n"));
+        assert!(err.contains("at most 2048") && err.len() < 300, "{err}");
+    }
+
+    const EMAIL: &str = "[alerts.email]\nto = \"ops@example.com\"\nfrom = \"pg@example.com\"\nsmarthost = \"smtp.example.com:587\"\n";
+
+    #[test]
+    fn email_receiver() {
+        let e = parse(EMAIL).unwrap().alerts.email.unwrap();
+        assert_eq!(e.to.len(), 1);
+        assert_eq!(e.smarthost.to_string(), "smtp.example.com:587");
+        assert_eq!(
+            (e.username, e.password_file, e.password_env),
+            (None, None, None)
+        );
+        let e = parse(&format!(
+            "{}username = \"pg\"\npassword_file = \"/run/secrets/smtp\"\n",
+            EMAIL
+                .replace(
+                    "\"ops@example.com\"",
+                    "[\"a@example.com\", \"b.c+d@mail.example.org\"]"
+                )
+                .replace("smtp.example.com:587", "[2001:db8::25]:25")
+        ))
+        .unwrap()
+        .alerts
+        .email
+        .unwrap();
+        let to: Vec<&str> = e.to.iter().map(EmailAddress::as_str).collect();
+        assert_eq!(to, ["a@example.com", "b.c+d@mail.example.org"]);
+        assert_eq!(e.smarthost.to_string(), "[2001:db8::25]:25");
+        assert_eq!(e.smarthost.host(), "2001:db8::25");
+        assert_eq!(
+            e.password_file.as_deref(),
+            Some(Path::new("/run/secrets/smtp"))
+        );
+        let e = parse(&format!(
+            "{EMAIL}username = \"pg\"\npassword_env = \"SMTP_PW\"\n"
+        ))
+        .unwrap()
+        .alerts
+        .email
+        .unwrap();
+        assert_eq!(e.password_env.as_deref(), Some("SMTP_PW"));
+    }
+
+    #[test]
+    fn email_errors_name_the_key() {
+        let with = |extra: &str| error(&format!("{EMAIL}{extra}"));
+        for (text, field, wanted) in [
+            (
+                EMAIL.replace("\"ops@example.com\"", "[]"),
+                "alerts.email.to",
+                "list is empty",
+            ),
+            (
+                EMAIL.replace("ops@example.com", "ops"),
+                "alerts.email.to[0]",
+                "has no '@'",
+            ),
+            (
+                EMAIL.replace("ops@example.com", "Ops <ops@example.com>"),
+                "alerts.email.to[0]",
+                "before '@'",
+            ),
+            (
+                EMAIL.replace("ops@example.com", "ops@localhost"),
+                "alerts.email.to[0]",
+                "needs a dot",
+            ),
+            (
+                EMAIL.replace("ops@example.com", "ops@exa_mple.com"),
+                "alerts.email.to[0]",
+                "labels",
+            ),
+            (
+                EMAIL.replace("pg@example.com", "pg@@example.com"),
+                "alerts.email.from",
+                "the domain",
+            ),
+            (
+                EMAIL.replace("smtp.example.com:587", "smtp.example.com"),
+                "alerts.email.smarthost",
+                "port is missing",
+            ),
+            (
+                EMAIL.replace("smtp.example.com:587", "smtp.example.com:smtp"),
+                "alerts.email.smarthost",
+                "port \"smtp\"",
+            ),
+            (
+                EMAIL.replace("smtp.example.com:587", "[::1:25"),
+                "alerts.email.smarthost",
+                "malformed",
+            ),
+            (
+                EMAIL.replace("smtp.example.com:587", "smtp example.com:25"),
+                "alerts.email.smarthost",
+                "the host",
+            ),
+        ] {
+            let err = error(&text);
+            assert!(
+                err.contains(&format!("{field}: ")) && err.contains(wanted),
+                "{err}"
+            );
+        }
+        let err = with("username = \"pg\"\npassword_file = \"/x\"\npassword_env = \"X\"\n");
+        assert!(
+            err.contains("alerts.email: ") && err.contains("not both"),
+            "{err}"
+        );
+        let err = with("username = \"pg\"\n");
+        assert!(
+            err.contains("alerts.email.username: ") && err.contains("needs a password"),
+            "{err}"
+        );
+        let err = with("password_env = \"X\"\n");
+        assert!(
+            err.contains("alerts.email.username: ") && err.contains("needs a user name"),
+            "{err}"
+        );
+        let err = with("username = \"pg\"\npassword_env = \"1X\"\n");
+        assert!(
+            err.contains("alerts.email.password_env: ")
+                && err.contains("not an environment variable name"),
+            "{err}"
+        );
+        let err = with("username = \"pg\"\npassword_env = \"A-B\"\n");
+        assert!(err.contains("alerts.email.password_env: "), "{err}");
+        let err = with("username = \"pg\"\npassword_file = \"\"\n");
+        assert!(err.contains("alerts.email.password_file: "), "{err}");
+        let err = with("password = \"hunter2\"\n");
+        assert!(err.contains("unknown field `password`"), "{err}");
+        let err = error("[alerts.email]\nto = 1\nfrom = \"a@b.c\"\nsmarthost = \"h:1\"\n");
+        assert!(err.contains("an address or a list of addresses"), "{err}");
+        let err = error("[alerts.email]\nto = \"a@b.c\"\n");
+        assert!(err.contains("missing field `from`"), "{err}");
+    }
+
+    #[test]
+    fn prometheus_is_a_reserved_exporter_name() {
+        let err = error("[nodes]\nexporters = [{ name = \"prometheus\", port = 9999 }]\n");
+        assert!(
+            err.contains("nodes.exporters[0].name") && err.contains("reserved"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! assert_eq!(plan.monitor().interface.address.to_string(), "10.0.0.1");
 //! ```
 
+pub mod alerts;
 pub mod capabilities;
 pub mod config;
 pub mod events;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::AlertRules;
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::names::{DeploymentName, ExporterName, HostName, InterfaceName, Port, Region};
 use crate::state::State;
@@ -219,6 +220,12 @@ pub struct PrometheusPlan {
     pub scrape_interval: Duration,
     /// Every scrape target, grouped by job when rendered.
     pub targets: Vec<ScrapeTarget>,
+    /// Prometheus' own metrics at [`Self::listen`], scraped as job
+    /// `prometheus` (in `prometheus.yml`, not in a targets file): the rules
+    /// about failing rule evaluations and notifications read them.
+    pub self_scrape: ScrapeTarget,
+    /// The thresholds of the alert rules installed next to the config.
+    pub rules: AlertRules,
 }
 
 impl PrometheusPlan {
@@ -234,7 +241,7 @@ impl PrometheusPlan {
     }
 }
 
-/// One target in Prometheus' file_sd files.
+/// One target in Prometheus' file_sd files (or Prometheus itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ScrapeTarget {
     /// The job (exporter name).

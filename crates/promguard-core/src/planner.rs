@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnetwork::IpNetwork;
 
+use crate::alerts::AlertRules;
 use crate::config::{usable_addresses, Config};
 use crate::keys::{PresharedKey, PrivateKey};
 use crate::names::{ExporterName, HostName, Port};
@@ -334,6 +335,14 @@ fn host_plan(
                     })
             })
             .collect(),
+        self_scrape: ScrapeTarget {
+            job: ExporterName::new("prometheus").expect("a valid exporter name"),
+            address: PROMETHEUS_LISTEN,
+            instance: spec.name.clone(),
+            region: spec.region.clone(),
+            role,
+        },
+        rules: AlertRules::from_config(&config.alerts),
     });
 
     HostPlan {

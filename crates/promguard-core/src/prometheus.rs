@@ -1,5 +1,6 @@
 //! Prometheus files for the monitor: `prometheus.yml` and one file_sd
-//! targets file per job. Text only; no IO.
+//! targets file per job. Text only; no IO. The rules file and
+//! Alertmanager's config are in [`crate::alerts`].
 //!
 //! Targets live in file_sd JSON files rather than in `prometheus.yml`, so a
 //! new node only changes a targets file, which Prometheus rereads by itself
@@ -9,6 +10,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::alerts::{ALERTMANAGER_LISTEN, RULES_PATH};
 use crate::config::format_duration;
 use crate::names::ExporterName;
 use crate::plan::{PrometheusPlan, ScrapeTarget};
@@ -30,13 +32,28 @@ pub fn targets_path(job: &ExporterName) -> String {
 
 /// Renders `prometheus.yml`.
 pub fn render_config(plan: &PrometheusPlan) -> String {
-    render_config_with_targets_dir(plan, TARGETS_DIR)
+    render_config_with_paths(plan, TARGETS_DIR, RULES_PATH)
 }
 
 /// Renders `prometheus.yml` with the targets files in `targets_dir`
-/// instead of [`TARGETS_DIR`] (for checking the config with `promtool`
-/// against files in a scratch directory).
+/// instead of [`TARGETS_DIR`], and the rules files matched by
+/// `<targets_dir>/*.rules.yml` instead of [`RULES_PATH`] (for checking the
+/// config with `promtool` against files in a scratch directory, which may
+/// hold the rendered rules too; `promtool` skips a pattern that matches
+/// nothing).
 pub fn render_config_with_targets_dir(plan: &PrometheusPlan, targets_dir: &str) -> String {
+    let rules = format!("{}/*.rules.yml", targets_dir.trim_end_matches('/'));
+    render_config_with_paths(plan, targets_dir, &rules)
+}
+
+/// Renders `prometheus.yml` with the targets files in `targets_dir` and the
+/// rules file (or pattern) `rules_path` instead of [`TARGETS_DIR`] and
+/// [`RULES_PATH`] (for checking with `promtool` in a scratch directory).
+pub fn render_config_with_paths(
+    plan: &PrometheusPlan,
+    targets_dir: &str,
+    rules_path: &str,
+) -> String {
     let interval = format_duration(plan.scrape_interval);
     let mut out = String::from(
         "# Managed by PromGuard: changes here are overwritten by the next `promguard up`.\n\
@@ -45,8 +62,15 @@ pub fn render_config_with_targets_dir(plan: &PrometheusPlan, targets_dir: &str) 
     // Writing to a String cannot fail; the results are ignored on purpose.
     let _ = write!(
         out,
-        "global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n\nscrape_configs:\n"
+        "global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n\n"
     );
+    let _ = write!(
+        out,
+        "rule_files:\n  - {}\n\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets:\n            - {}\n\n",
+        yaml_string(rules_path),
+        yaml_string(ALERTMANAGER_LISTEN)
+    );
+    out.push_str("scrape_configs:\n");
     for job in plan.jobs() {
         let file = format!(
             "{}/{}",
@@ -62,10 +86,22 @@ pub fn render_config_with_targets_dir(plan: &PrometheusPlan, targets_dir: &str) 
             yaml_string(&file)
         );
     }
+    let own = &plan.self_scrape;
+    let _ = write!(
+        out,
+        "  - job_name: {}\n    static_configs:\n      - targets:\n          - {}\n        labels:\n          instance: {}\n          region: {}\n          role: {}\n",
+        yaml_string(own.job.as_str()),
+        yaml_string(&own.address.to_string()),
+        yaml_string(own.instance.as_str()),
+        yaml_string(own.region.as_str()),
+        yaml_string(own.role.as_str())
+    );
     out
 }
 
-fn yaml_string(text: &str) -> String {
+/// Quotes `text` as a YAML double-quoted scalar.
+pub(crate) fn yaml_string(text: &str) -> String {
+    // JSON strings are valid YAML double-quoted scalars.
     serde_json::to_string(text).expect("a string always serializes")
 }
 
@@ -181,7 +217,11 @@ mod tests {
         assert_eq!(node[1]["labels"]["role"], "node");
         assert_eq!(node[0]["labels"]["role"], "monitor");
         let config = render_config(&plan);
-        assert_eq!(config.matches("- job_name:").count(), 3);
+        assert_eq!(
+            config.matches("- job_name:").count(),
+            4,
+            "three exporters and Prometheus itself"
+        );
         assert!(config.contains("scrape_interval: 15s"));
     }
 
@@ -189,5 +229,6 @@ mod tests {
     fn targets_dir_can_be_moved() {
         let config = render_config_with_targets_dir(&prometheus_plan(""), "/tmp/x y/");
         assert!(config.contains("- \"/tmp/x y/node.json\""), "{config}");
+        assert!(config.contains("- \"/tmp/x y/*.rules.yml\""), "{config}");
     }
 }
