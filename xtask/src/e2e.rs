@@ -308,7 +308,15 @@ pub(crate) fn check_targets(status: &Value, expected_hosts: &[&str]) -> Result<(
         .as_array()
         .context("status has no targets")?;
     let mut seen = BTreeMap::new();
-    for t in targets {
+    // Prometheus' own metrics, on loopback, for the rules about rule
+    // evaluation and notifications.
+    for t in targets.iter().filter(|t| t["job"] == "prometheus") {
+        ensure!(
+            t["health"] == "up" && t["scrape_url"] == "http://127.0.0.1:9090/metrics",
+            "Prometheus' own target is {t}"
+        );
+    }
+    for t in targets.iter().filter(|t| t["job"] != "prometheus") {
         let instance = t["instance"].as_str().unwrap_or_default();
         let url = t["scrape_url"].as_str().unwrap_or_default();
         ensure!(

@@ -213,10 +213,48 @@ impl Phases {
 /// that exist.
 pub fn make_plan(project: &Project, state: Option<&State>) -> anyhow::Result<Plan> {
     let mut plan = promguard_core::planner::plan(&project.config, state)?;
+    // Before the file digests are compared: Alertmanager's config holds it.
+    let password = smtp_password(project)?;
+    for host in &mut plan.hosts {
+        if let Some(p) = &mut host.prometheus {
+            p.smtp_password = password.clone();
+        }
+    }
     if let Some(state) = state {
         promguard_wg::files::add_file_changes(&mut plan, state);
     }
     Ok(plan)
+}
+
+/// The SMTP password `alerts.email` names: an environment variable, or a
+/// file (relative to the config's directory; one trailing newline is not
+/// part of it). Never printed.
+fn smtp_password(project: &Project) -> anyhow::Result<Option<promguard_core::plan::SmtpPassword>> {
+    let Some(email) = &project.config.alerts.email else {
+        return Ok(None);
+    };
+    let password = if let Some(var) = &email.password_env {
+        std::env::var(var).with_context(|| {
+            format!("alerts.email.password_env names {var}, which is not set (or not UTF-8); set it to the SMTP password")
+        })?
+    } else if let Some(file) = &email.password_file {
+        let path = project.dir.join(file);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read the SMTP password from {} (alerts.email.password_file)",
+                path.display()
+            )
+        })?;
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        text.strip_suffix('\r').unwrap_or(text).to_owned()
+    } else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        !password.is_empty() && !password.contains(['\n', '\r', '\0']),
+        "the SMTP password (alerts.email) is empty or spans several lines"
+    );
+    Ok(Some(promguard_core::plan::SmtpPassword::new(password)))
 }
 
 /// `promguard up`. Cancelling `cancel` stops it between state saves (hosts

@@ -13,6 +13,7 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertRules;
+use crate::config::AlertsConfig;
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::names::{DeploymentName, ExporterName, HostName, InterfaceName, Port, Region};
 use crate::state::State;
@@ -226,6 +227,36 @@ pub struct PrometheusPlan {
     pub self_scrape: ScrapeTarget,
     /// The thresholds of the alert rules installed next to the config.
     pub rules: AlertRules,
+    /// Where Alertmanager sends notifications (webhooks, email).
+    pub alerts: AlertsConfig,
+    /// The SMTP password of [`AlertsConfig::email`], when it names one: the
+    /// planner leaves it `None` (core reads neither files nor the
+    /// environment); the caller resolves it and sets it before rendering
+    /// Alertmanager's config.
+    pub smtp_password: Option<SmtpPassword>,
+}
+
+/// An SMTP password: shown as `<redacted>` by `Debug`, and out of reach of
+/// `Display`, so that it is only ever written into Alertmanager's config.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmtpPassword(String);
+
+impl SmtpPassword {
+    /// Wraps `password`.
+    pub fn new(password: String) -> Self {
+        Self(password)
+    }
+
+    /// The password itself, for the file on the monitor.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SmtpPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SmtpPassword(<redacted>)")
+    }
 }
 
 impl PrometheusPlan {

@@ -343,6 +343,8 @@ fn host_plan(
             role,
         },
         rules: AlertRules::from_config(&config.alerts),
+        alerts: config.alerts.clone(),
+        smtp_password: None,
     });
 
     HostPlan {

@@ -269,13 +269,19 @@ pub fn desired_host(host: &HostPlan, programs: Programs) -> DesiredHost {
                     HostFileKind::Prometheus => FileKind::PrometheusConfig,
                     HostFileKind::Targets => FileKind::ScrapeTargets,
                     HostFileKind::PeerNames => FileKind::Other,
+                    HostFileKind::Rules => FileKind::PrometheusRules,
+                    HostFileKind::Alertmanager => FileKind::AlertmanagerConfig,
                 };
                 DesiredFile::new(kind, f.path, f.mode, f.content.into_bytes())
             })
             .collect(),
         node_exporter_listen: node_exporter.listen,
         prometheus_listen: host.prometheus.as_ref().map(|p| p.listen),
-        alertmanager_listen: None,
+        alertmanager_listen: host.prometheus.as_ref().map(|_| {
+            promguard_core::alerts::ALERTMANAGER_LISTEN
+                .parse()
+                .expect("a valid socket address")
+        }),
         install_packages: programs == Programs::Packages,
     }
 }
@@ -726,6 +732,7 @@ impl Fleet {
         let expected: Vec<(String, String)> = prometheus
             .targets
             .iter()
+            .chain(std::iter::once(&prometheus.self_scrape))
             .map(|t| (t.job.to_string(), format!("http://{}/metrics", t.address)))
             .collect();
         let name = monitor.name.clone();

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use promguard_core::{nftables, prometheus, Change, HostPlan, Plan, State};
+use promguard_core::{alerts, nftables, prometheus, Change, HostPlan, Plan, State};
 use sha2::{Digest, Sha256};
 
 use crate::Secrets;
@@ -20,6 +20,10 @@ pub enum HostFileKind {
     Targets,
     /// The nftables ruleset.
     Nftables,
+    /// The alert rules Prometheus loads.
+    Rules,
+    /// Alertmanager's config (may hold the SMTP password).
+    Alertmanager,
     /// Peers' public keys and host names, for the WireGuard metrics
     /// collector's `peer` label ([`PEER_NAMES_PATH`]).
     PeerNames,
@@ -84,6 +88,22 @@ pub fn host_files(host: &HostPlan, secrets: Secrets) -> Vec<HostFile> {
                 content,
             });
         }
+        files.push(HostFile {
+            kind: HostFileKind::Rules,
+            path: alerts::RULES_PATH.to_owned(),
+            mode: 0o644,
+            content: alerts::render_rules(&p.rules),
+        });
+        let password = match secrets {
+            Secrets::Include => p.smtp_password.as_ref().map(|s| s.expose().to_owned()),
+            Secrets::Redact => p.smtp_password.as_ref().map(|_| crate::REDACTED.to_owned()),
+        };
+        files.push(HostFile {
+            kind: HostFileKind::Alertmanager,
+            path: alerts::ALERTMANAGER_CONFIG_PATH.to_owned(),
+            mode: 0o600,
+            content: alerts::render_alertmanager(&p.alerts, password.as_deref()),
+        });
     }
     files.push(HostFile {
         kind: HostFileKind::Nftables,
@@ -144,6 +164,8 @@ mod tests {
                 HostFileKind::WireGuard,
                 HostFileKind::Prometheus,
                 HostFileKind::Targets,
+                HostFileKind::Rules,
+                HostFileKind::Alertmanager,
                 HostFileKind::Nftables,
                 HostFileKind::PeerNames
             ]
