@@ -15,6 +15,8 @@
 //! - `e2e --attack`: the attacker's-eye suite (port scans over IPv4 and
 //!   IPv6, spoofed sources, a DNAT-published port, a node rewriting its
 //!   peers, an unknown WireGuard key, secrets in `-vv` output).
+//! - `e2e --alerts`: WireGuard on a node killed: the alerts fire and reach
+//!   a webhook, `status` lists them, `up` repairs and they resolve.
 //! - `e2e --example`: runs the embedding example (library crates only).
 //! - `deps`: only the package installation.
 //! - `tidy`: the architecture's invariants (which crate may depend on what,
@@ -34,6 +36,7 @@ mod attack;
 mod bench;
 mod deps;
 mod e2e;
+mod e2e_alerts;
 mod e2e_fake;
 mod e2e_systemd;
 mod example;
@@ -67,6 +70,10 @@ fn main() -> Result<()> {
                     deps::ensure()?;
                     faults::run(&root)
                 }
+                ["--alerts"] => {
+                    deps::ensure()?;
+                    e2e_alerts::run(&root)
+                }
                 ["--attack"] => {
                     deps::ensure()?;
                     attack::run(&root)
@@ -76,7 +83,7 @@ fn main() -> Result<()> {
                     example::run(&root)
                 }
                 [] => e2e_fake::real(&root),
-                other => bail!("unknown e2e arguments {other:?}; use --local, --systemd, --fake, --faults, --attack, --example or nothing (real DigitalOcean)"),
+                other => bail!("unknown e2e arguments {other:?}; use --local, --systemd, --fake, --faults, --attack, --alerts, --example or nothing (real DigitalOcean)"),
             }
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("--systemd") => {
@@ -173,6 +180,7 @@ fn test(root: &Path) -> Result<()> {
     run(cargo().args(["test", "--workspace"]))?;
     e2e::local(root)?;
     attack::run(root)?;
+    e2e_alerts::run(root)?;
     example::run(root)?;
     e2e_systemd::systemd(root)?;
     faults::run(root)?;
@@ -207,7 +215,7 @@ fn demo(root: &Path) -> Result<()> {
         .display()
         .to_string();
     println!(
-        "\nThe deployment is up. Next:\n  target/debug/promguard --config {shown} status\n  target/debug/promguard --config {shown} tunnel     # then open http://127.0.0.1:9090/targets\n  target/debug/promguard --config {shown} down --yes"
+        "\nThe deployment is up. Next:\n  target/debug/promguard --config {shown} status\n  target/debug/promguard --config {shown} tunnel     # then open http://127.0.0.1:9090/ (Prometheus)\n  target/debug/promguard --config {shown} tunnel --alertmanager     # then open http://127.0.0.1:9093/\n  target/debug/promguard --config {shown} down --yes"
     );
     Ok(())
 }

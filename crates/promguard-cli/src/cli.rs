@@ -102,9 +102,12 @@ pub enum Command {
     },
     /// Forward a local port to the monitor's Prometheus until Ctrl-C.
     Tunnel {
-        /// Local port (on 127.0.0.1).
-        #[arg(long, default_value_t = 9090)]
-        port: u16,
+        /// Local port (on 127.0.0.1); 9090, or 9093 with --alertmanager.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Forward to the monitor's Alertmanager instead of Prometheus.
+        #[arg(long)]
+        alertmanager: bool,
     },
     /// Open a shell or run a command on a host, host key verified.
     Ssh {

@@ -251,8 +251,10 @@ pub fn render_alertmanager(alerts: &AlertsConfig, smtp_password: Option<&str>) -
     );
     let _ = write!(
         out,
-        "route:\n  receiver: {receiver}\n  group_by: [\"alertname\", \"instance\"]\n  group_wait: 10s\n  group_interval: 1m\n  repeat_interval: 4h\n\nreceivers:\n  - name: {receiver}\n",
-        receiver = yaml_string(RECEIVER)
+        "route:\n  receiver: {receiver}\n  group_by: [\"alertname\", \"instance\"]\n  group_wait: {wait}\n  group_interval: {interval}\n  repeat_interval: 4h\n\nreceivers:\n  - name: {receiver}\n",
+        receiver = yaml_string(RECEIVER),
+        wait = duration(alerts.group_wait),
+        interval = duration(alerts.group_interval)
     );
     if !alerts.webhooks.is_empty() {
         out.push_str("    webhook_configs:\n");

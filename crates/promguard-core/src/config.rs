@@ -203,6 +203,12 @@ pub struct AlertsConfig {
     /// A WireGuard metrics collector that last ran longer ago than this
     /// (or whose metrics are missing this long) fires `WireGuardMetricsStale`.
     pub collector_stale_after: Duration,
+    /// How long Alertmanager waits to gather a new group's first alerts
+    /// before notifying (10 s unless set).
+    pub group_wait: Duration,
+    /// How long Alertmanager waits before notifying a group again about
+    /// what changed in it, resolved alerts included (1 minute unless set).
+    pub group_interval: Duration,
     /// Webhook receivers, in order; may be empty.
     pub webhooks: Vec<WebhookUrl>,
     /// The email receiver, if any.
@@ -594,6 +600,8 @@ struct RawAlerts {
     handshake_stale_after: Option<String>,
     never_handshook_after: Option<String>,
     collector_stale_after: Option<String>,
+    group_wait: Option<String>,
+    group_interval: Option<String>,
     webhooks: Option<Vec<String>>,
     email: Option<RawEmail>,
 }
@@ -1041,6 +1049,16 @@ impl Config {
                 raw.collector_stale_after.as_deref(),
                 Duration::from_secs(120),
             )?,
+            group_wait: duration(
+                "group_wait",
+                raw.group_wait.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            group_interval: duration(
+                "group_interval",
+                raw.group_interval.as_deref(),
+                Duration::from_secs(60),
+            )?,
             webhooks,
             email,
         })
@@ -1352,6 +1370,10 @@ handshake_stale_after = "3m"
 never_handshook_after = "5m"
 # The WireGuard metrics collector last ran longer ago than this.
 collector_stale_after = "2m"
+# Alertmanager: wait this long to gather a new group of alerts, and this
+# long between notifications about a group's changes (resolved included).
+# group_wait = "10s"
+# group_interval = "1m"
 # Alertmanager on the monitor sends alerts to these webhooks...
 # webhooks = ["https://alerts.example.com/promguard"]
 # ...and to email. The SMTP password is read by `promguard` from a file or

@@ -793,6 +793,27 @@ pub fn fetch_targets(
     Ok(targets)
 }
 
+/// The monitor's firing alerts, read from Prometheus over `conn`.
+pub fn fetch_alerts(
+    conn: &Connection,
+    prometheus: SocketAddr,
+) -> Result<Vec<prometheus_api::FiringAlert>, FleetError> {
+    let (status, body) = conn
+        .http_get(prometheus, prometheus_api::ALERTS_PATH)
+        .map_err(failed(Step::Verifying))?;
+    let failed = |reason: String| FleetError::Prometheus {
+        host: conn.host().clone(),
+        reason,
+    };
+    if status != 200 {
+        return Err(failed(format!(
+            "Prometheus answered HTTP {status} to {}",
+            prometheus_api::ALERTS_PATH
+        )));
+    }
+    prometheus_api::parse_alerts(&body).map_err(failed)
+}
+
 /// Polls until every `(job, url)` of `expected` is up and nothing else is
 /// scraped, or `timeout` passed. Blocking.
 fn poll_targets(

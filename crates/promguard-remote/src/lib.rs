@@ -56,7 +56,7 @@ pub mod session;
 pub mod status;
 
 pub use fleet::{Access, CancellationToken, Converged, Fleet, FleetError, HostOutcome, Verified};
-pub use prometheus_api::{Health, TargetHealth};
+pub use prometheus_api::{FiringAlert, Health, TargetHealth};
 
 pub use recipe::{converge, DesiredFile, DesiredHost, FileKind, Report};
 

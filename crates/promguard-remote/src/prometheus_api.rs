@@ -104,9 +104,118 @@ pub fn parse_targets(body: &[u8]) -> Result<Vec<TargetHealth>, String> {
         .collect())
 }
 
+/// The path of the alerts API.
+pub const ALERTS_PATH: &str = "/api/v1/alerts";
+
+/// One firing alert, as `GET /api/v1/alerts` reports it (pending ones,
+/// whose `for` has not passed, are left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FiringAlert {
+    /// The `alertname` label.
+    pub name: String,
+    /// The `instance` label (the host), empty when the alert has none.
+    pub instance: String,
+    /// The `severity` label.
+    pub severity: String,
+    /// When it became active (RFC 3339).
+    pub since: String,
+    /// The `summary` annotation.
+    pub summary: String,
+}
+
+#[derive(Deserialize)]
+struct AlertsResponse {
+    status: String,
+    data: Option<AlertsData>,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AlertsData {
+    alerts: Vec<RawAlert>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawAlert {
+    labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, String>,
+    state: String,
+    #[serde(default)]
+    active_at: String,
+}
+
+/// Longest label or annotation value kept: an answer is untrusted, and a
+/// table row should stay a row.
+const MAX_ALERT_TEXT: usize = 300;
+
+/// Parses a `/api/v1/alerts` response body into the firing alerts, sorted
+/// by name and instance.
+pub fn parse_alerts(body: &[u8]) -> Result<Vec<FiringAlert>, String> {
+    let response: AlertsResponse = serde_json::from_slice(body)
+        .map_err(|e| format!("Prometheus answered with unexpected JSON: {e}"))?;
+    if response.status != "success" {
+        return Err(format!(
+            "Prometheus answered {}: {}",
+            response.status,
+            response.error.unwrap_or_default()
+        ));
+    }
+    let data = response.data.ok_or("Prometheus' answer has no data")?;
+    let text = |s: Option<&String>| -> String {
+        s.map(|v| {
+            v.chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_ALERT_TEXT)
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let mut alerts: Vec<FiringAlert> = data
+        .alerts
+        .into_iter()
+        .filter(|a| a.state == "firing")
+        .map(|a| FiringAlert {
+            name: text(a.labels.get("alertname")),
+            instance: text(a.labels.get("instance")),
+            severity: text(a.labels.get("severity")),
+            since: text(Some(&a.active_at)),
+            summary: text(a.annotations.get("summary")),
+        })
+        .collect();
+    alerts.sort_by(|a, b| (&a.name, &a.instance).cmp(&(&b.name, &b.instance)));
+    Ok(alerts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_firing_alerts_and_leaves_out_pending_ones() {
+        let body = br#"{"status":"success","data":{"alerts":[
+            {"labels":{"alertname":"PromGuardTargetDown","instance":"promguard-node-1","job":"node","severity":"critical"},
+             "annotations":{"summary":"node on promguard-node-1 is down"},"state":"firing","activeAt":"2026-12-02T04:00:00Z","value":"0e+00"},
+            {"labels":{"alertname":"WireGuardHandshakeStale","instance":"promguard-monitor-1"},
+             "annotations":{},"state":"pending","activeAt":"2026-12-02T04:01:00Z","value":"1"},
+            {"labels":{"alertname":"A\u0007\nB"},"state":"firing"}]}}"#;
+        let alerts = parse_alerts(body).unwrap();
+        assert_eq!(alerts.len(), 2, "{alerts:?}");
+        assert_eq!(alerts[0].name, "AB");
+        assert_eq!(
+            alerts[1],
+            FiringAlert {
+                name: "PromGuardTargetDown".into(),
+                instance: "promguard-node-1".into(),
+                severity: "critical".into(),
+                since: "2026-12-02T04:00:00Z".into(),
+                summary: "node on promguard-node-1 is down".into(),
+            }
+        );
+        assert!(parse_alerts(b"{\"status\":\"error\",\"error\":\"x\"}").is_err());
+        assert!(parse_alerts(b"[]").is_err());
+    }
 
     #[test]
     fn parses_targets() {

@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use promguard_core::{Event, HostName, Observer, Outcome, Plan, Role, State, Step};
 use serde::Serialize;
 
-use crate::fleet::{fetch_targets, Access, FleetError};
-use crate::prometheus_api::TargetHealth;
+use crate::fleet::{fetch_alerts, fetch_targets, Access, FleetError};
+use crate::prometheus_api::{FiringAlert, TargetHealth};
 use crate::recipe;
 
 /// What one host reported.
@@ -22,6 +22,9 @@ pub struct HostHealth {
     pub peers: Vec<PeerStatus>,
     /// The monitor's targets, when this is the monitor and Prometheus answered.
     pub targets: Option<Vec<TargetHealth>>,
+    /// The monitor's firing alerts, when this is the monitor and Prometheus
+    /// answered.
+    pub alerts: Option<Vec<FiringAlert>>,
     /// The services PromGuard manages on the host and whether each runs.
     pub services: Vec<ServiceStatus>,
     /// What differs from what the last `up` left: stopped services,
@@ -195,6 +198,7 @@ pub fn read_host(
         return Ok(HostHealth {
             peers: Vec::new(),
             targets: None,
+            alerts: None,
             services,
             problems,
         });
@@ -227,21 +231,22 @@ pub fn read_host(
             tx_bytes: p.tx_bytes,
         })
         .collect();
-    let targets = match &host.prometheus {
+    let (targets, alerts) = match &host.prometheus {
         Some(p) if matches!(facts.prometheus, recipe::ProcessState::Running { .. }) => {
             match fetch_targets(&conn, p.listen) {
-                Ok(t) => Some(t),
+                Ok(t) => (Some(t), fetch_alerts(&conn, p.listen).ok()),
                 Err(e) => {
                     problems.insert(0, format!("Prometheus does not answer: {e}"));
-                    None
+                    (None, None)
                 }
             }
         }
-        _ => None,
+        _ => (None, None),
     };
     Ok(HostHealth {
         peers,
         targets,
+        alerts,
         services,
         problems,
     })

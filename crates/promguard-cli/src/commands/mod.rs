@@ -64,7 +64,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             },
         ),
         Command::Status { json, parallel } => status::run(config, json, parallel),
-        Command::Tunnel { port } => tunnel::run(config, verbose, port),
+        Command::Tunnel { port, alertmanager } => {
+            let target = if alertmanager {
+                tunnel::Target::Alertmanager
+            } else {
+                tunnel::Target::Prometheus
+            };
+            tunnel::run(config, verbose, target, port)
+        }
         Command::Ssh { host, command } => ssh::run(config, args.config.as_deref(), &host, &command),
         Command::Proxy { host } => ssh::proxy(config, &host),
         Command::Down { yes, discover } => down::run(config, verbose, yes, discover),

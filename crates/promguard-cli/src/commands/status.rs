@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use promguard_core::Role;
 use promguard_remote::status::{self, PeerStatus, ServiceStatus};
-use promguard_remote::{Health, TargetHealth};
+use promguard_remote::{FiringAlert, Health, TargetHealth};
 use serde::Serialize;
 
 use crate::commands::{runtime, table};
@@ -21,6 +21,8 @@ pub struct StatusJson {
     pub hosts: Vec<HostStatus>,
     /// Every target of the monitor's Prometheus.
     pub targets: Vec<TargetHealth>,
+    /// The alerts firing in the monitor's Prometheus.
+    pub alerts: Vec<FiringAlert>,
 }
 
 /// One host.
@@ -69,6 +71,7 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
         .unwrap_or(0);
     let mut hosts = Vec::new();
     let mut targets = Vec::new();
+    let mut alerts = Vec::new();
     let mut failed = false;
     for (name, result) in results {
         let record = &state.hosts[&name];
@@ -76,6 +79,9 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
             Ok(report) => {
                 if let Some(t) = report.targets {
                     targets = t;
+                }
+                if let Some(a) = report.alerts {
+                    alerts = a;
                 }
                 failed |= !report.problems.is_empty();
                 (report.peers, report.services, report.problems, None)
@@ -103,7 +109,11 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&StatusJson { hosts, targets })?
+            serde_json::to_string_pretty(&StatusJson {
+                hosts,
+                targets,
+                alerts
+            })?
         );
     } else {
         let mut rows = Vec::new();
@@ -184,6 +194,28 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
                 &rows
             )
         );
+        if !alerts.is_empty() {
+            let rows: Vec<Vec<String>> = alerts
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.name.clone(),
+                        a.instance.clone(),
+                        a.severity.clone(),
+                        a.since.clone(),
+                        a.summary.clone(),
+                    ]
+                })
+                .collect();
+            println!();
+            print!(
+                "{}",
+                table::format(
+                    &["FIRING ALERT", "INSTANCE", "SEVERITY", "SINCE", "SUMMARY"],
+                    &rows
+                )
+            );
+        }
     }
     Ok(if failed || down {
         ExitCode::from(2)
