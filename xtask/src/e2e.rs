@@ -605,20 +605,68 @@ pub(crate) fn scenario(
     Ok((fresh, noop))
 }
 
-/// The monitor's Prometheus has each node's WireGuard health from the
+/// The monitor's Prometheus, through `promguard tunnel`, has each node's WireGuard health from the
 /// collector (a handshake as a recent Unix time, labelled with the peer's
 /// name), and no WireGuard series holds a private or preshared key.
 fn wireguard_metrics(d: &Deployment, monitor: &str, nodes: &[&str]) -> Result<()> {
-    let query = |q: &str| -> Result<Value> {
-        let out = d.ssh_ok(
-            monitor,
-            &format!(
-                "curl -sf -G http://127.0.0.1:9090/api/v1/query --data-urlencode {}",
-                shell_word(&format!("query={q}"))
-            ),
-        )?;
-        serde_json::from_str(&out).with_context(|| format!("Prometheus' answer to {q}: {out}"))
-    };
+    // Through `promguard tunnel`, as a user would query them.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let tunnel = d.start(&["tunnel", "--port", &port.to_string()])?;
+    let result = (|| -> Result<()> {
+        // It prints its URL on stdout, which `start` closes: wait until
+        // the port accepts instead.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            ensure!(
+                Instant::now() < deadline,
+                "promguard tunnel does not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let query = |q: &str| -> Result<Value> { prometheus_query(port, q) };
+        wireguard_metrics_via(d, monitor, nodes, &query)
+    })();
+    tunnel.signal(nix::sys::signal::Signal::SIGINT)?;
+    let _ = tunnel.finish(Duration::from_secs(10));
+    result
+}
+
+/// `GET /api/v1/query?query=q` on 127.0.0.1:`port` (HTTP/1.0, so the
+/// answer ends with the connection).
+fn prometheus_query(port: u16, q: &str) -> Result<Value> {
+    use std::io::{Read, Write};
+    let encoded: String = q
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET /api/v1/query?query={encoded} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .with_context(|| format!("no HTTP body in {response:?}"))?;
+    serde_json::from_str(body).with_context(|| format!("Prometheus' answer to {q}: {body}"))
+}
+
+fn wireguard_metrics_via(
+    d: &Deployment,
+    monitor: &str,
+    nodes: &[&str],
+    query: &dyn Fn(&str) -> Result<Value>,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     for node in nodes {
         let q =
@@ -658,11 +706,6 @@ fn wireguard_metrics(d: &Deployment, monitor: &str, nodes: &[&str]) -> Result<()
         ensure!(!text.contains(key), "a preshared key is in the metrics");
     }
     Ok(())
-}
-
-/// `text` as one single-quoted shell word.
-fn shell_word(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// From an outsider on the hosts' underlay, exporters and Prometheus are

@@ -105,6 +105,23 @@ pub fn systemd(root: &Path) -> Result<()> {
     for host in hosts {
         check_boot(&d, &provider, host, "after the reboot")?;
     }
+    // The WireGuard metrics collector came back with every host.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let fresh = prometheus_value(
+            &provider,
+            "count(time() - promguard_wireguard_collector_last_run_timestamp_seconds < 30)",
+        )?;
+        if fresh == Some(hosts.len() as f64) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "after the reboot, {fresh:?} of {} hosts' WireGuard metrics are fresh",
+            hosts.len()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     eprintln!(
         "e2e-systemd: 8. every host rebooted ({booted:.1?} until all were back); every target up again {:.1?} later with no PromGuard run; the firewall held right after boot",
         all_up - booted
@@ -220,7 +237,8 @@ pub(crate) fn reboot_all(
     let deadline = back + up_within;
     loop {
         let health = target_health(provider)?;
-        if health.len() == targets && health.iter().all(|(_, h)| h == "up") {
+        // One target per host, and Prometheus' own.
+        if health.len() == targets + 1 && health.iter().all(|(_, h)| h == "up") {
             return Ok((back - rebooted, rebooted.elapsed()));
         }
         if Instant::now() >= deadline {
@@ -263,6 +281,37 @@ fn target_health(provider: &LocalProvider) -> Result<Vec<(String, String)>> {
             )
         })
         .collect())
+}
+
+/// The value of an instant query `q` in the monitor's Prometheus (asked
+/// inside the monitor); `None` while it has no answer or an empty one.
+fn prometheus_value(provider: &LocalProvider, q: &str) -> Result<Option<f64>> {
+    let pid = container_pid(provider, MONITOR)?;
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-a",
+            "curl",
+            "-fsS",
+            "--max-time",
+            "2",
+        ])
+        .args([
+            "-G",
+            "http://127.0.0.1:9090/api/v1/query",
+            "--data-urlencode",
+        ])
+        .arg(format!("query={q}"))
+        .output()?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let body: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("Prometheus' /api/v1/query is not JSON")?;
+    Ok(body["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok()))
 }
 
 /// In this boot, the firewall unit finished before network-pre.target was

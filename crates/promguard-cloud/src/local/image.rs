@@ -73,6 +73,7 @@ pub const MIRROR_PACKAGES: &[&str] = &[
     "nftables",
     "prometheus-node-exporter",
     "prometheus",
+    "prometheus-alertmanager",
 ];
 
 /// Files the image gets on top of what debootstrap made.
