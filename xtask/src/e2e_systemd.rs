@@ -250,7 +250,9 @@ pub(crate) fn reboot_all(
 
 /// Each target's scrape URL and health, as the monitor's Prometheus says
 /// (`/api/v1/targets`, asked with curl inside the monitor).
-fn target_health(provider: &LocalProvider) -> Result<Vec<(String, String)>> {
+/// `curl -fsS ARGS` of Prometheus' API inside the monitor: the JSON
+/// answer, `None` while Prometheus does not answer (it is starting).
+fn monitor_api(provider: &LocalProvider, args: &[&str]) -> Result<Option<serde_json::Value>> {
     let pid = container_pid(provider, MONITOR)?;
     let out = Command::new("nsenter")
         .args([
@@ -262,14 +264,24 @@ fn target_health(provider: &LocalProvider) -> Result<Vec<(String, String)>> {
             "--max-time",
             "2",
         ])
-        .arg("http://127.0.0.1:9090/api/v1/targets?state=active")
+        .args(args)
         .output()?;
     if !out.status.success() {
-        // Prometheus is still starting.
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    let body: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("Prometheus' /api/v1/targets is not JSON")?;
+    let body = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("Prometheus' answer to {args:?} is not JSON"))?;
+    Ok(Some(body))
+}
+
+fn target_health(provider: &LocalProvider) -> Result<Vec<(String, String)>> {
+    let Some(body) = monitor_api(
+        provider,
+        &["http://127.0.0.1:9090/api/v1/targets?state=active"],
+    )?
+    else {
+        return Ok(Vec::new());
+    };
     Ok(body["data"]["activeTargets"]
         .as_array()
         .context("no activeTargets in Prometheus' answer")?

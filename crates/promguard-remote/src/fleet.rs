@@ -775,20 +775,12 @@ pub fn fetch_targets(
     conn: &Connection,
     prometheus: SocketAddr,
 ) -> Result<Vec<TargetHealth>, FleetError> {
-    let (status, body) = conn
-        .http_get(prometheus, prometheus_api::TARGETS_PATH)
-        .map_err(failed(Step::Verifying))?;
-    let failed = |reason: String| FleetError::Prometheus {
-        host: conn.host().clone(),
-        reason,
-    };
-    if status != 200 {
-        return Err(failed(format!(
-            "Prometheus answered HTTP {status} to {}",
-            prometheus_api::TARGETS_PATH
-        )));
-    }
-    let mut targets = prometheus_api::parse_targets(&body).map_err(failed)?;
+    let mut targets = prometheus_read(
+        conn,
+        prometheus,
+        prometheus_api::TARGETS_PATH,
+        prometheus_api::parse_targets,
+    )?;
     targets.sort_by(|a, b| (&a.instance, &a.job).cmp(&(&b.instance, &b.job)));
     Ok(targets)
 }
@@ -798,8 +790,23 @@ pub fn fetch_alerts(
     conn: &Connection,
     prometheus: SocketAddr,
 ) -> Result<Vec<prometheus_api::FiringAlert>, FleetError> {
+    prometheus_read(
+        conn,
+        prometheus,
+        prometheus_api::ALERTS_PATH,
+        prometheus_api::parse_alerts,
+    )
+}
+
+/// `GET path` from Prometheus at `prometheus` over `conn`, parsed by `parse`.
+fn prometheus_read<T>(
+    conn: &Connection,
+    prometheus: SocketAddr,
+    path: &str,
+    parse: impl FnOnce(&[u8]) -> Result<T, String>,
+) -> Result<T, FleetError> {
     let (status, body) = conn
-        .http_get(prometheus, prometheus_api::ALERTS_PATH)
+        .http_get(prometheus, path)
         .map_err(failed(Step::Verifying))?;
     let failed = |reason: String| FleetError::Prometheus {
         host: conn.host().clone(),
@@ -807,11 +814,10 @@ pub fn fetch_alerts(
     };
     if status != 200 {
         return Err(failed(format!(
-            "Prometheus answered HTTP {status} to {}",
-            prometheus_api::ALERTS_PATH
+            "Prometheus answered HTTP {status} to {path}"
         )));
     }
-    prometheus_api::parse_alerts(&body).map_err(failed)
+    parse(&body).map_err(failed)
 }
 
 /// Polls until every `(job, url)` of `expected` is up and nothing else is

@@ -50,11 +50,28 @@ pub struct TargetHealth {
     pub last_error: String,
 }
 
+/// The envelope of every Prometheus API answer.
 #[derive(Deserialize)]
-struct Response {
+struct Response<D> {
     status: String,
-    data: Option<Data>,
+    data: Option<D>,
     error: Option<String>,
+}
+
+/// The `data` of a successful answer in `body`.
+fn parse_data<D: serde::de::DeserializeOwned>(body: &[u8]) -> Result<D, String> {
+    let response: Response<D> = serde_json::from_slice(body)
+        .map_err(|e| format!("Prometheus answered with unexpected JSON: {e}"))?;
+    if response.status != "success" {
+        return Err(format!(
+            "Prometheus answered {}: {}",
+            response.status,
+            response.error.unwrap_or_default()
+        ));
+    }
+    response
+        .data
+        .ok_or_else(|| "Prometheus' answer has no data".to_owned())
 }
 
 #[derive(Deserialize)]
@@ -79,16 +96,7 @@ pub const TARGETS_PATH: &str = "/api/v1/targets?state=active";
 
 /// Parses a `/api/v1/targets` response body.
 pub fn parse_targets(body: &[u8]) -> Result<Vec<TargetHealth>, String> {
-    let response: Response = serde_json::from_slice(body)
-        .map_err(|e| format!("Prometheus answered with unexpected JSON: {e}"))?;
-    if response.status != "success" {
-        return Err(format!(
-            "Prometheus answered {}: {}",
-            response.status,
-            response.error.unwrap_or_default()
-        ));
-    }
-    let data = response.data.ok_or("Prometheus' answer has no data")?;
+    let data: Data = parse_data(body)?;
     Ok(data
         .active_targets
         .into_iter()
@@ -124,13 +132,6 @@ pub struct FiringAlert {
 }
 
 #[derive(Deserialize)]
-struct AlertsResponse {
-    status: String,
-    data: Option<AlertsData>,
-    error: Option<String>,
-}
-
-#[derive(Deserialize)]
 struct AlertsData {
     alerts: Vec<RawAlert>,
 }
@@ -153,16 +154,7 @@ const MAX_ALERT_TEXT: usize = 300;
 /// Parses a `/api/v1/alerts` response body into the firing alerts, sorted
 /// by name and instance.
 pub fn parse_alerts(body: &[u8]) -> Result<Vec<FiringAlert>, String> {
-    let response: AlertsResponse = serde_json::from_slice(body)
-        .map_err(|e| format!("Prometheus answered with unexpected JSON: {e}"))?;
-    if response.status != "success" {
-        return Err(format!(
-            "Prometheus answered {}: {}",
-            response.status,
-            response.error.unwrap_or_default()
-        ));
-    }
-    let data = response.data.ok_or("Prometheus' answer has no data")?;
+    let data: AlertsData = parse_data(body)?;
     let text = |s: Option<&String>| -> String {
         s.map(|v| {
             v.chars()

@@ -66,20 +66,24 @@ stop_daemon() {
 # so it is the daemon's PID), output appended to /run/promguard/NAME.log.
 start_daemon() {
   name=$1; shift
-  mkdir -p /run/promguard || fail "cannot create /run/promguard"
-  stop_daemon "$name" "$1"
   if command -v setpriv >/dev/null 2>&1 && id prometheus >/dev/null 2>&1; then
-    set -- setpriv --reuid=prometheus --regid=prometheus --init-groups -- "$@"
+    launch_daemon "$name" "$1" setpriv --reuid=prometheus --regid=prometheus --init-groups -- "$@"
+  else
+    launch_daemon "$name" "$1" "$@"
   fi
-  setsid sh -c 'echo $$ > "$0" && exec "$@"' "/run/promguard/$name.pid" "$@" \
-    </dev/null >>"/run/promguard/$name.log" 2>&1 &
 }
 # start_root_daemon NAME BINARY ARGS...: as start_daemon, but as root
 # (the WireGuard metrics collector: `wg show` needs it).
 start_root_daemon() {
   name=$1; shift
+  launch_daemon "$name" "$1" "$@"
+}
+# launch_daemon NAME BINARY COMMAND...: stops NAME's BINARY, then starts
+# COMMAND detached (see start_daemon).
+launch_daemon() {
+  name=$1 binary=$2; shift 2
   mkdir -p /run/promguard || fail "cannot create /run/promguard"
-  stop_daemon "$name" "$1"
+  stop_daemon "$name" "$binary"
   setsid sh -c 'echo $$ > "$0" && exec "$@"' "/run/promguard/$name.pid" "$@" \
     </dev/null >>"/run/promguard/$name.log" 2>&1 &
 }
