@@ -140,7 +140,10 @@ fn write_config(d: &Deployment, published: bool) -> Result<()> {
          [monitor]\nname = \"{MONITOR}\"\nregion = \"tor1\"\n\n\
          [[nodes.host]]\nname = \"{}\"\nregion = \"lon1\"\n{exporter}\n\
          [[nodes.host]]\nname = \"{}\"\nregion = \"sfo2\"\n\n\
-         [ssh]\nprivate_key = \"{}\"\n",
+         [ssh]\nprivate_key = \"{}\"\n\n\
+         [alerts.email]\nto = \"ops@example.com\"\nfrom = \"promguard@example.com\"\n\
+         smarthost = \"smtp.example.com:587\"\nusername = \"promguard\"\n\
+         password_env = \"{SMTP_PASSWORD_VAR}\"\n",
         d.name,
         NODES[0],
         NODES[1],
@@ -149,6 +152,10 @@ fn write_config(d: &Deployment, published: bool) -> Result<()> {
     std::fs::write(d.config_path(), text)?;
     Ok(())
 }
+
+/// The environment variable the SMTP password of the suite's
+/// `[alerts.email]` comes from.
+const SMTP_PASSWORD_VAR: &str = "PROMGUARD_ATTACK_SMTP_PASSWORD";
 
 /// The deployment's SSH login key, made by [`run`].
 fn login_key(d: &Deployment) -> std::path::PathBuf {
@@ -202,7 +209,14 @@ pub fn run(root: &Path) -> Result<()> {
     crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
     let bin = crate::target_dir(root).join("debug/promguard");
     let name = format!("atk{}", std::process::id() % 100000);
-    let d = Deployment::local(bin, name.clone())?;
+    let mut d = Deployment::local(bin, name.clone())?;
+    // Made up per run, so that finding it in the output means a leak.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    let smtp_password = format!("smtp-{}-{nanos:x}", std::process::id());
+    d.env
+        .push((SMTP_PASSWORD_VAR.to_owned(), smtp_password.clone()));
     let provider = LocalProvider::new(DeploymentName::new(&name)?, LocalOptions::default());
     crate::run(
         Command::new("ssh-keygen")
@@ -210,7 +224,7 @@ pub fn run(root: &Path) -> Result<()> {
             .arg(login_key(&d)),
     )?;
     let mut made = Made::default();
-    let rows = attacks(&d, &provider, &mut made)?;
+    let rows = attacks(&d, &provider, &mut made, &smtp_password)?;
     drop(made);
     d.ok(&["down", "--yes"])?;
     let mut table = String::from("| attack | expected | observed | test |\n|---|---|---|---|\n");
@@ -225,7 +239,12 @@ pub fn run(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn attacks(d: &Deployment, provider: &LocalProvider, made: &mut Made) -> Result<Vec<Row>> {
+fn attacks(
+    d: &Deployment,
+    provider: &LocalProvider,
+    made: &mut Made,
+    smtp_password: &str,
+) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -478,6 +497,17 @@ fn attacks(d: &Deployment, provider: &LocalProvider, made: &mut Made) -> Result<
     pg(d, &["render", NODES[0]])?;
 
     // 6. No secret in anything PromGuard printed.
+    secrets.push(("the SMTP password".to_owned(), smtp_password.to_owned()));
+    // Control: the password did reach the monitor, 0600.
+    let stored = pg_ssh(
+        d,
+        MONITOR,
+        "stat -c %a /etc/prometheus/alertmanager.yml && grep -c auth_password /etc/prometheus/alertmanager.yml",
+    )?;
+    ensure!(
+        stored.split_whitespace().collect::<Vec<_>>() == ["600", "1"],
+        "alertmanager.yml on the monitor is not 0600 with the password: {stored}"
+    );
     let transcript = d.transcript.borrow().clone();
     ensure!(
         transcript.contains("DEBUG"),
@@ -491,7 +521,7 @@ fn attacks(d: &Deployment, provider: &LocalProvider, made: &mut Made) -> Result<
     }
     rows.push(Row {
         attack: "everything PromGuard printed in this suite at `-vv` (up, up with a new exporter, rotate --psk, plan, status, render, ssh), searched for every key",
-        expected: "no private key, preshared key or SSH login key",
+        expected: "no private key, preshared key, SSH login key or SMTP password",
         observed: format!(
             "none of {} secrets in {} KiB of output",
             secrets.len(),

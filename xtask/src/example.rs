@@ -23,7 +23,14 @@ pub fn run(root: &Path) -> Result<()> {
         .lines()
         .filter(|l| l.starts_with("target ") && l.ends_with(" up"))
         .collect();
-    ensure!(up.len() == 3, "expected 3 targets up:\n{}", said());
+    // Each host's node_exporter, and Prometheus' own metrics.
+    ensure!(up.len() == 4, "expected 4 targets up:\n{}", said());
+    ensure!(
+        up.iter()
+            .any(|l| l.contains("http://127.0.0.1:9090/metrics")),
+        "Prometheus' own target is not up:\n{}",
+        said()
+    );
     for line in [
         "promguard-monitor-1: converging",
         "promguard-node-2: converging",
