@@ -1384,7 +1384,7 @@ collector_stale_after = "2m"
 # smarthost = "smtp.example.com:587"
 # username = "promguard@example.com"
 # password_env = "PROMGUARD_SMTP_PASSWORD"
-# password_file = "~/.config/promguard/smtp-password"
+# password_file = "smtp-password"   # relative to this file's directory
 "#
         )
     }
