@@ -426,6 +426,50 @@ pub async fn down(ctx: &Context, without_state: WithoutState) -> anyhow::Result<
 mod tests {
     use super::*;
     use promguard_cloud::{CloudError, Host, HostRequest};
+
+    fn email_project(dir: &std::path::Path, password: &str) -> Project {
+        let path = dir.join("promguard.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[alerts.email]\nto = \"ops@example.com\"\nfrom = \"pg@example.com\"\n\
+                 smarthost = \"smtp.example.com:587\"\nusername = \"pg\"\n{password}\n"
+            ),
+        )
+        .unwrap();
+        Project::load(Some(&path)).unwrap()
+    }
+
+    #[test]
+    fn the_smtp_password_comes_from_its_file_beside_the_config_and_is_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("smtp-password"), "s3cr3t 'x\n").unwrap();
+        let project = email_project(dir.path(), "password_file = \"smtp-password\"");
+        let plan = make_plan(&project, None).unwrap();
+        let monitor = plan.monitor().prometheus.as_ref().unwrap();
+        let password = monitor.smtp_password.as_ref().unwrap();
+        assert_eq!(password.expose(), "s3cr3t 'x");
+        assert!(!format!("{plan:?}").contains("s3cr3t"));
+        let files = promguard_wg::files::host_files(plan.monitor(), promguard_wg::Secrets::Redact);
+        assert!(files.iter().all(|f| !f.content.contains("s3cr3t")));
+        let files = promguard_wg::files::host_files(plan.monitor(), promguard_wg::Secrets::Include);
+        let am = files
+            .iter()
+            .find(|f| f.path == promguard_core::alerts::ALERTMANAGER_CONFIG_PATH)
+            .unwrap();
+        assert!(am.content.contains("s3cr3t"), "{}", am.content.len());
+        assert_eq!(am.mode, 0o600);
+        // A password of several lines is refused.
+        std::fs::write(dir.path().join("smtp-password"), "a\nb\n").unwrap();
+        let err = make_plan(&project, None).unwrap_err().to_string();
+        assert!(err.contains("several lines"), "{err}");
+        std::fs::remove_file(dir.path().join("smtp-password")).unwrap();
+        let err = make_plan(&project, None).unwrap_err().to_string();
+        assert!(err.contains("password_file"), "{err}");
+        let project = email_project(dir.path(), "password_env = \"PROMGUARD_TEST_NO_SUCH_VAR\"");
+        let err = make_plan(&project, None).unwrap_err().to_string();
+        assert!(err.contains("PROMGUARD_TEST_NO_SUCH_VAR"), "{err}");
+    }
     use promguard_core::config::{Config, ProviderKind};
     use std::net::{IpAddr, Ipv4Addr};
     use std::sync::Mutex;
