@@ -18,7 +18,11 @@ step() { echo "step $*"; }
 write_file() {
   dir=$(dirname -- "$1")
   mkdir -p -- "$dir" || fail "cannot create the directory of $1"
-  tmp=$(mktemp -- "$dir/.promguard.XXXXXX") || fail "cannot create a temporary file next to $1"
+  # Once more if the directory went away in between: seen once on a host
+  # whose first-boot package installs ran beside a converge.
+  tmp=$(mktemp -- "$dir/.promguard.XXXXXX" 2>/dev/null) \
+    || { mkdir -p -- "$dir" && tmp=$(mktemp -- "$dir/.promguard.XXXXXX"); } \
+    || fail "cannot create a temporary file next to $1"
   if ! base64 -d > "$tmp"; then rm -f -- "$tmp"; fail "cannot decode the content of $1"; fi
   if [ -n "${3:-}" ] && id "$3" >/dev/null 2>&1 && ! chown "$3:$3" -- "$tmp"; then
     rm -f -- "$tmp"
