@@ -215,7 +215,7 @@ fn demo(root: &Path) -> Result<()> {
         .display()
         .to_string();
     println!(
-        "\nThe deployment is up. Next:\n  target/debug/promguard --config {shown} status\n  target/debug/promguard --config {shown} tunnel     # then open http://127.0.0.1:9090/ (Prometheus)\n  target/debug/promguard --config {shown} tunnel --alertmanager     # then open http://127.0.0.1:9093/\n  target/debug/promguard --config {shown} down --yes"
+        "\nThe deployment is up. Next:\n  target/debug/promguard --config {shown} status\n  target/debug/promguard --config {shown} tunnel     # then open http://127.0.0.1:9090/ (Prometheus; its targets: /classic/targets)\n  target/debug/promguard --config {shown} tunnel --alertmanager     # then open http://127.0.0.1:9093/\n  target/debug/promguard --config {shown} down --yes"
     );
     Ok(())
 }
