@@ -95,16 +95,7 @@ fn in_ns(netns: &str, script: &str) -> Result<String> {
 /// Whether a TCP connection from `netns` to `addr`:`port` succeeds within
 /// 3 s.
 fn connects(netns: &str, addr: IpAddr, port: u16) -> Result<bool> {
-    let target = match addr {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => a.to_string(),
-    };
-    let status = Command::new("ip")
-        .args(["netns", "exec", netns, "timeout", "3", "bash", "-c"])
-        .arg(format!("exec 3<>/dev/tcp/{target}/{port}"))
-        .stderr(Stdio::null())
-        .status()?;
-    Ok(status.success())
+    crate::e2e::connect_from(netns, std::net::SocketAddr::new(addr, port))
 }
 
 /// Runs promguard at `-vv`, so that the secret scan sees its debug output.

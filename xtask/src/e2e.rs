@@ -338,7 +338,7 @@ pub(crate) fn check_targets(status: &Value, expected_hosts: &[&str]) -> Result<(
     Ok(())
 }
 
-fn connect_from(netns: &str, addr: SocketAddr) -> Result<bool> {
+pub(crate) fn connect_from(netns: &str, addr: SocketAddr) -> Result<bool> {
     // bash's /dev/tcp inside the namespace: exit 0 when the connect works.
     let status = Command::new("ip")
         .args(["netns", "exec", netns, "timeout", "3", "bash", "-c"])
