@@ -29,10 +29,15 @@ pub enum HostKeys {
     /// connected to, and the injected key is replaced by one the host makes
     /// right after the first verified connection.
     Injected,
+    /// The host made it long before PromGuard knew the host, and the user
+    /// vouches for it: it is named in the config or in `known_hosts`, or
+    /// the user accepted its fingerprint (existing hosts).
+    Vouched,
 }
 
 /// Whether PromGuard owns the hosts' lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Lifecycle {
     /// PromGuard creates the hosts and destroys them when they leave the
@@ -52,4 +57,15 @@ pub struct Capabilities {
     pub host_keys: HostKeys,
     /// Whether PromGuard may destroy them.
     pub lifecycle: Lifecycle,
+}
+
+impl Capabilities {
+    /// What holds for hosts the user runs already, whoever made them:
+    /// PromGuard installs its programs with apt, trusts only a host key the
+    /// user vouches for, and never destroys them.
+    pub const EXISTING: Capabilities = Capabilities {
+        programs: Programs::Packages,
+        host_keys: HostKeys::Vouched,
+        lifecycle: Lifecycle::Existing,
+    };
 }

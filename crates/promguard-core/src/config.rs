@@ -16,8 +16,9 @@ use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
 use crate::names::{
-    DeploymentName, ExporterName, HostName, InterfaceName, NameError, Port, Region,
+    DeploymentName, ExporterName, HostName, InterfaceName, NameError, Port, Region, SshUser,
 };
+use crate::ssh::SshPublicKey;
 
 /// The config file name `promguard` looks for.
 pub const CONFIG_FILE: &str = "promguard.toml";
@@ -111,6 +112,111 @@ pub struct HostSpec {
     pub region: Region,
     /// Extra exporters besides node_exporter.
     pub exporters: Vec<ExporterSpec>,
+    /// Whether a provider makes the host or the user already runs it.
+    pub origin: HostOrigin,
+    /// This host's own WireGuard settings.
+    pub wireguard: HostWireGuard,
+}
+
+impl HostSpec {
+    /// A host a provider creates, with the deployment's WireGuard settings.
+    pub fn created(name: HostName, region: Region, exporters: Vec<ExporterSpec>) -> Self {
+        Self {
+            name,
+            region,
+            exporters,
+            origin: HostOrigin::Created,
+            wireguard: HostWireGuard::default(),
+        }
+    }
+
+    /// The existing host's login, when the user already runs the host.
+    pub fn existing(&self) -> Option<&ExistingHost> {
+        match &self.origin {
+            HostOrigin::Existing(e) => Some(e),
+            HostOrigin::Created => None,
+        }
+    }
+}
+
+/// Where a host comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostOrigin {
+    /// The deployment's provider creates it and may destroy it.
+    Created,
+    /// The user runs it already (the config names its `address`): no
+    /// provider creates or destroys it, and PromGuard changes only what it
+    /// manages there.
+    Existing(ExistingHost),
+}
+
+/// How to reach a host the user already runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingHost {
+    /// Its address: an IP address or a DNS name.
+    pub address: HostAddress,
+    /// Who PromGuard logs in as: `root`, or a user with passwordless sudo.
+    pub ssh_user: SshUser,
+    /// Its SSH port; `None`: `ssh.port`.
+    pub ssh_port: Option<Port>,
+    /// Its SSH host key, when the user names it; else it comes from
+    /// `known_hosts` or is trusted on the user's say-so.
+    pub host_key: Option<SshPublicKey>,
+}
+
+/// An existing host's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostAddress {
+    /// An IPv4 or IPv6 address.
+    Ip(std::net::IpAddr),
+    /// A DNS name, resolved by the caller when it connects.
+    Name(String),
+}
+
+impl fmt::Display for HostAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostAddress::Ip(ip) => write!(f, "{ip}"),
+            HostAddress::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A host's own WireGuard settings, overriding `[wireguard]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostWireGuard {
+    /// Interface name; `None`: `wireguard.interface`.
+    pub interface: Option<InterfaceName>,
+    /// UDP port; `None`: `wireguard.port`.
+    pub port: Option<Port>,
+    /// Whether the monitor can reach the host's WireGuard port. A host
+    /// behind NAT (`false`) gets no endpoint on the monitor's side and
+    /// keeps the tunnel open itself.
+    pub inbound: bool,
+}
+
+impl Default for HostWireGuard {
+    fn default() -> Self {
+        Self {
+            interface: None,
+            port: None,
+            inbound: true,
+        }
+    }
+}
+
+/// Which Prometheus the monitor scrapes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MonitorPrometheus {
+    /// PromGuard installs and configures Prometheus (and Alertmanager).
+    Managed,
+    /// The monitor already runs a Prometheus of the user's: PromGuard writes
+    /// only its file_sd targets files, and verifies through that
+    /// Prometheus' API at `api`.
+    Existing {
+        /// Where that Prometheus' HTTP API listens, as seen on the monitor.
+        api: std::net::SocketAddr,
+    },
 }
 
 /// SSH settings.
@@ -558,6 +664,8 @@ pub struct Config {
     pub local: LocalConfig,
     /// Alert thresholds and receivers.
     pub alerts: AlertsConfig,
+    /// Which Prometheus the monitor runs.
+    pub prometheus: MonitorPrometheus,
 }
 
 impl Default for Config {
@@ -684,6 +792,21 @@ struct RawMonitor {
     region: Option<String>,
     #[serde(default)]
     exporters: Vec<RawExporter>,
+    address: Option<String>,
+    ssh_user: Option<String>,
+    ssh_port: Option<i64>,
+    host_key: Option<String>,
+    wireguard: Option<RawHostWireGuard>,
+    prometheus: Option<String>,
+    prometheus_api: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHostWireGuard {
+    interface: Option<String>,
+    port: Option<i64>,
+    inbound: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -701,9 +824,14 @@ struct RawNodes {
 #[serde(deny_unknown_fields)]
 struct RawHost {
     name: String,
-    region: String,
+    region: Option<String>,
     #[serde(default)]
     exporters: Vec<RawExporter>,
+    address: Option<String>,
+    ssh_user: Option<String>,
+    ssh_port: Option<i64>,
+    host_key: Option<String>,
+    wireguard: Option<RawHostWireGuard>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -730,6 +858,19 @@ struct RawDigitalOcean {
 }
 
 const DEFAULT_REGIONS: [&str; 3] = ["lon1", "sfo2", "sgp1"];
+
+/// The `region` label of an existing host whose entry names none.
+pub const EXISTING_REGION: &str = "existing";
+
+/// A host entry's keys that make it an existing host, and its WireGuard
+/// settings.
+struct RawOrigin<'a> {
+    address: Option<&'a str>,
+    ssh_user: Option<&'a str>,
+    ssh_port: Option<i64>,
+    host_key: Option<&'a str>,
+    wireguard: Option<&'a RawHostWireGuard>,
+}
 
 struct Checker<'a> {
     path: &'a Path,
@@ -783,6 +924,94 @@ impl Checker<'_> {
                 })
             })
             .collect()
+    }
+}
+
+impl Checker<'_> {
+    /// Where the host at `field` comes from, and its WireGuard settings.
+    fn origin(
+        &self,
+        field: &str,
+        raw: RawOrigin<'_>,
+    ) -> Result<(HostOrigin, HostWireGuard), ConfigError> {
+        let wireguard = match raw.wireguard {
+            None => HostWireGuard::default(),
+            Some(w) => HostWireGuard {
+                interface: w
+                    .interface
+                    .as_deref()
+                    .map(|i| {
+                        self.name(
+                            &format!("{field}.wireguard.interface"),
+                            InterfaceName::new(i),
+                        )
+                    })
+                    .transpose()?,
+                port: w
+                    .port
+                    .map(|p| self.port(&format!("{field}.wireguard.port"), p))
+                    .transpose()?,
+                inbound: w.inbound.unwrap_or(true),
+            },
+        };
+        let Some(address) = raw.address else {
+            for (key, set) in [
+                ("ssh_user", raw.ssh_user.is_some()),
+                ("ssh_port", raw.ssh_port.is_some()),
+                ("host_key", raw.host_key.is_some()),
+            ] {
+                if set {
+                    return Err(self.invalid(
+                        format!("{field}.{key}"),
+                        "is only for a host you already run; give it an address too, or remove the key (PromGuard logs in to hosts it creates as root on ssh.port)",
+                    ));
+                }
+            }
+            return Ok((HostOrigin::Created, wireguard));
+        };
+        let address = match address.parse::<std::net::IpAddr>() {
+            Ok(ip) => HostAddress::Ip(ip),
+            Err(_) => {
+                check_host(address).map_err(|m| {
+                    self.invalid(
+                        format!("{field}.address"),
+                        format!(
+                            "{:?} {m}; give an IPv4 address, an IPv6 address or a DNS name",
+                            cut_short(address)
+                        ),
+                    )
+                })?;
+                HostAddress::Name(address.to_owned())
+            }
+        };
+        let ssh_user = self.name(
+            &format!("{field}.ssh_user"),
+            SshUser::new(raw.ssh_user.unwrap_or("root")),
+        )?;
+        let ssh_port = raw
+            .ssh_port
+            .map(|p| self.port(&format!("{field}.ssh_port"), p))
+            .transpose()?;
+        let host_key = raw
+            .host_key
+            .map(|k| {
+                SshPublicKey::parse(k).map_err(|e| {
+                    self.invalid(
+                        format!("{field}.host_key"),
+                        format!("{e}; copy the host's /etc/ssh/ssh_host_ed25519_key.pub (\"ssh-ed25519 AAAA...\")"),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok((
+            HostOrigin::Existing(ExistingHost {
+                address,
+                ssh_user,
+                ssh_port,
+                host_key,
+            }),
+            wireguard,
+        ))
     }
 }
 
@@ -919,16 +1148,78 @@ impl Config {
             raw.prometheus.node_exporter_port.unwrap_or(9100),
         )?;
 
+        let m = &raw.monitor;
+        let (origin, host_wireguard) = c.origin(
+            "monitor",
+            RawOrigin {
+                address: m.address.as_deref(),
+                ssh_user: m.ssh_user.as_deref(),
+                ssh_port: m.ssh_port,
+                host_key: m.host_key.as_deref(),
+                wireguard: m.wireguard.as_ref(),
+            },
+        )?;
+        if !host_wireguard.inbound {
+            return Err(c.invalid(
+                "monitor.wireguard.inbound",
+                "the monitor must be reachable on its WireGuard port: every node sends to it; put the monitor where nodes can reach it, and set inbound = false on nodes behind NAT instead",
+            ));
+        }
+        let default_region = match origin {
+            HostOrigin::Existing(_) => EXISTING_REGION,
+            HostOrigin::Created => "tor1",
+        };
+        let prometheus = match (m.prometheus.as_deref(), &origin) {
+            (None | Some("managed"), _) => {
+                if m.prometheus_api.is_some() {
+                    return Err(c.invalid(
+                        "monitor.prometheus_api",
+                        "only for a Prometheus of your own; set monitor.prometheus = \"existing\" too",
+                    ));
+                }
+                MonitorPrometheus::Managed
+            }
+            (Some("existing"), HostOrigin::Existing(_)) => {
+                let text = m.prometheus_api.as_deref().unwrap_or("127.0.0.1:9090");
+                let api = text.parse().map_err(|_| {
+                    c.invalid(
+                        "monitor.prometheus_api",
+                        format!(
+                            "{:?} is not an address and port such as 127.0.0.1:9090",
+                            cut_short(text)
+                        ),
+                    )
+                })?;
+                MonitorPrometheus::Existing { api }
+            }
+            (Some("existing"), HostOrigin::Created) => {
+                return Err(c.invalid(
+                    "monitor.prometheus",
+                    "\"existing\" is for a monitor you already run (set monitor.address); a monitor PromGuard creates gets its own Prometheus",
+                ))
+            }
+            (Some(other), _) => {
+                return Err(c.invalid(
+                    "monitor.prometheus",
+                    format!(
+                        "{:?} is neither \"managed\" (PromGuard installs Prometheus) nor \"existing\" (your own Prometheus on the monitor)",
+                        cut_short(other)
+                    ),
+                ))
+            }
+        };
         let monitor = HostSpec {
             name: c.name(
                 "monitor.name",
-                HostName::new(raw.monitor.name.as_deref().unwrap_or("promguard-monitor-1")),
+                HostName::new(m.name.as_deref().unwrap_or("promguard-monitor-1")),
             )?,
             region: c.name(
                 "monitor.region",
-                Region::new(raw.monitor.region.as_deref().unwrap_or("tor1")),
+                Region::new(m.region.as_deref().unwrap_or(default_region)),
             )?,
-            exporters: c.exporters("monitor", &raw.monitor.exporters)?,
+            exporters: c.exporters("monitor", &m.exporters)?,
+            origin,
+            wireguard: host_wireguard,
         };
 
         let nodes = Self::nodes(&c, &raw.nodes)?;
@@ -986,6 +1277,7 @@ impl Config {
             digitalocean,
             local,
             alerts,
+            prometheus,
         };
         config.check_hosts(&c)?;
         Ok(config)
@@ -1167,10 +1459,32 @@ impl Config {
                     let field = format!("nodes.host[{i}]");
                     let mut exporters = shared.clone();
                     exporters.extend(c.exporters(&field, &h.exporters)?);
+                    let (origin, wireguard) = c.origin(
+                        &field,
+                        RawOrigin {
+                            address: h.address.as_deref(),
+                            ssh_user: h.ssh_user.as_deref(),
+                            ssh_port: h.ssh_port,
+                            host_key: h.host_key.as_deref(),
+                            wireguard: h.wireguard.as_ref(),
+                        },
+                    )?;
+                    let region = match (&h.region, &origin) {
+                        (Some(r), _) => r.as_str(),
+                        (None, HostOrigin::Existing(_)) => EXISTING_REGION,
+                        (None, HostOrigin::Created) => {
+                            return Err(c.invalid(
+                                format!("{field}.region"),
+                                "a host PromGuard creates needs a region (or give it an address if you already run it)",
+                            ))
+                        }
+                    };
                     Ok(HostSpec {
                         name: c.name(&format!("{field}.name"), HostName::new(&h.name))?,
-                        region: c.name(&format!("{field}.region"), Region::new(&h.region))?,
+                        region: c.name(&format!("{field}.region"), Region::new(region))?,
                         exporters,
+                        origin,
+                        wireguard,
                     })
                 })
                 .collect();
@@ -1208,14 +1522,14 @@ impl Config {
         let prefix = raw.name_prefix.as_deref().unwrap_or("promguard-node");
         (0..count as usize)
             .map(|i| {
-                Ok(HostSpec {
-                    name: c.name(
+                Ok(HostSpec::created(
+                    c.name(
                         "nodes.name_prefix",
                         HostName::new(&format!("{prefix}-{}", i + 1)),
                     )?,
-                    region: regions[i % regions.len()].clone(),
-                    exporters: shared.clone(),
-                })
+                    regions[i % regions.len()].clone(),
+                    shared.clone(),
+                ))
             })
             .collect()
     }
@@ -1293,6 +1607,29 @@ impl Config {
     /// Every host, monitor first, then nodes in order.
     pub fn hosts(&self) -> impl Iterator<Item = &HostSpec> {
         std::iter::once(&self.monitor).chain(self.nodes.iter())
+    }
+
+    /// Whether a provider creates any host: a deployment of existing hosts
+    /// only needs no provider.
+    pub fn creates_hosts(&self) -> bool {
+        self.hosts().any(|h| h.origin == HostOrigin::Created)
+    }
+
+    /// `host`'s WireGuard interface: its own, else `wireguard.interface`.
+    pub fn interface_of<'a>(&'a self, host: &'a HostSpec) -> &'a InterfaceName {
+        host.wireguard.interface.as_ref().unwrap_or(&self.interface)
+    }
+
+    /// `host`'s WireGuard port: its own, else `wireguard.port`.
+    pub fn wireguard_port_of(&self, host: &HostSpec) -> Port {
+        host.wireguard.port.unwrap_or(self.wireguard_port)
+    }
+
+    /// `host`'s SSH port: an existing host's own, else `ssh.port`.
+    pub fn ssh_port_of(&self, host: &HostSpec) -> Port {
+        host.existing()
+            .and_then(|e| e.ssh_port)
+            .unwrap_or(self.ssh.port)
     }
 
     /// The commented config `promguard init` writes.

@@ -33,7 +33,7 @@ pub use capabilities::{Capabilities, HostKeys, Lifecycle, Programs};
 pub use events::{Event, Observer, Outcome, Step};
 pub use journal::{Journal, MemoryStore, StateStore};
 pub use keys::{PresharedKey, PrivateKey, PublicKey};
-pub use names::{DeploymentName, ExporterName, HostName, InterfaceName, Port, Region};
+pub use names::{DeploymentName, ExporterName, HostName, InterfaceName, Port, Region, SshUser};
 pub use plan::{
     Change, ExporterPlan, FirewallPolicy, HostPlan, InterfacePlan, PeerPlan, Plan, PrometheusPlan,
     Role, ScrapeTarget,

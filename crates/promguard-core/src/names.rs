@@ -153,6 +153,15 @@ string_newtype!(
 );
 
 string_newtype!(
+    /// The user PromGuard logs in as on an existing host (`root`, or a user
+    /// with passwordless sudo): lowercase letters, digits, '-' and '_', at
+    /// most 32 characters, as `useradd` accepts by default.
+    SshUser,
+    "SSH user",
+    |v| check_label("SSH user", v, 32, b"_")
+);
+
+string_newtype!(
     /// The name of an exporter (`node`, `postgres`, ...), used as Prometheus
     /// job name suffix and in file names. Letters, digits, '-' and '_'.
     ExporterName,

@@ -56,7 +56,7 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use crate::plan::FirewallPolicy;
+use crate::plan::{FirewallPolicy, FirewallScope};
 
 /// Where the ruleset is installed on a host.
 pub const RULESET_PATH: &str = "/etc/promguard/nftables.conf";
@@ -104,6 +104,10 @@ pub fn render(policy: &FirewallPolicy) -> String {
     let _ = writeln!(out, "table {TABLE}");
     let _ = writeln!(out, "delete table {TABLE}\n");
     let _ = writeln!(out, "table {TABLE} {{");
+    if policy.scope == FirewallScope::ExporterPorts {
+        render_guest(&mut out, policy, &ports, &published, family, nfproto);
+        return out;
+    }
     out.push_str(
         "\tchain input {\n\
          \t\ttype filter hook input priority filter; policy drop;\n\
@@ -141,14 +145,58 @@ pub fn render(policy: &FirewallPolicy) -> String {
         out.push_str(&published);
         out.push_str("\t}\n");
         // Only drops: the chain returns what comes from the scraper.
-        let _ = writeln!(out, "\n\tchain {SCRAPER_ONLY_CHAIN} {{");
-        let _ = writeln!(out, "\t\tiifname != \"{}\" drop", policy.interface);
-        let _ = writeln!(out, "\t\tmeta nfproto != {nfproto} drop");
-        let _ = writeln!(out, "\t\t{family} saddr != {} drop", policy.scraper);
-        out.push_str("\t}\n");
+        scraper_only_chain(&mut out, policy, family, nfproto);
     }
     out.push_str("}\n");
     out
+}
+
+/// The chain that drops what is not from the scraper's address and family
+/// on the WireGuard interface, and returns the rest.
+fn scraper_only_chain(out: &mut String, policy: &FirewallPolicy, family: &str, nfproto: &str) {
+    let _ = writeln!(out, "\n\tchain {SCRAPER_ONLY_CHAIN} {{");
+    let _ = writeln!(out, "\t\tiifname != \"{}\" drop", policy.interface);
+    let _ = writeln!(out, "\t\tmeta nfproto != {nfproto} drop");
+    let _ = writeln!(out, "\t\t{family} saddr != {} drop", policy.scraper);
+    out.push_str("\t}\n");
+}
+
+/// The table of a host PromGuard did not create: both chains accept by
+/// policy and only drop connections to exporter ports that are not from
+/// the scraper on the WireGuard interface, so that the host's own rules
+/// (ufw, its own tables) keep deciding everything else, SSH and the
+/// WireGuard port included. The host's own connections over loopback are
+/// its business too.
+fn render_guest(
+    out: &mut String,
+    policy: &FirewallPolicy,
+    ports: &str,
+    published: &str,
+    family: &str,
+    nfproto: &str,
+) {
+    out.push_str(
+        "\tchain input {\n\
+         \t\ttype filter hook input priority filter; policy accept;\n",
+    );
+    if !policy.exporter_ports.is_empty() {
+        out.push_str(published);
+        let _ = writeln!(
+            out,
+            "\t\tiif != \"lo\" tcp dport {{ {ports} }} jump {SCRAPER_ONLY_CHAIN}"
+        );
+    }
+    out.push_str("\t}\n");
+    if !policy.exporter_ports.is_empty() {
+        out.push_str(
+            "\n\tchain forward {\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n",
+        );
+        out.push_str(published);
+        out.push_str("\t}\n");
+        scraper_only_chain(out, policy, family, nfproto);
+    }
+    out.push_str("}\n");
 }
 
 #[cfg(test)]

@@ -13,9 +13,10 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertRules;
+use crate::capabilities::Lifecycle;
 use crate::config::AlertsConfig;
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
-use crate::names::{DeploymentName, ExporterName, HostName, InterfaceName, Port, Region};
+use crate::names::{DeploymentName, ExporterName, HostName, InterfaceName, Port, Region, SshUser};
 use crate::state::State;
 
 /// What a host is for.
@@ -79,7 +80,7 @@ impl Plan {
         self.changes
             .iter()
             .filter_map(|c| match c {
-                Change::RemoveHost { host } => Some(host.clone()),
+                Change::RemoveHost { host, .. } => Some(host.clone()),
                 _ => None,
             })
             .collect()
@@ -113,8 +114,15 @@ pub struct HostPlan {
     pub role: Role,
     /// Cloud region (for the local provider only a label).
     pub region: Region,
-    /// The host's public (underlay) address, once a provider has reported it.
+    /// Whether a provider created the host ([`Lifecycle::Disposable`]) or
+    /// the user runs it already ([`Lifecycle::Existing`]).
+    pub lifecycle: Lifecycle,
+    /// The host's public (underlay) address, once a provider has reported
+    /// it (for an existing host: its address in the config, or what the
+    /// caller resolved its DNS name to).
     pub public_address: Option<IpAddr>,
+    /// How PromGuard logs in.
+    pub ssh: SshLogin,
     /// The WireGuard interface.
     pub interface: InterfacePlan,
     /// WireGuard peers, sorted by name.
@@ -125,6 +133,16 @@ pub struct HostPlan {
     pub firewall: FirewallPolicy,
     /// Prometheus, on the monitor only.
     pub prometheus: Option<PrometheusPlan>,
+}
+
+/// How PromGuard logs in to a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshLogin {
+    /// The user: root on hosts PromGuard created; on an existing host
+    /// root or a user with passwordless sudo.
+    pub user: SshUser,
+    /// The SSH port.
+    pub port: Port,
 }
 
 /// A host's WireGuard interface.
@@ -194,11 +212,14 @@ pub struct ExporterPlan {
     pub managed: bool,
 }
 
-/// The firewall of one host: SSH and WireGuard open to all, exporters open
-/// only to the monitor's WireGuard address on the WireGuard interface,
-/// everything else inbound dropped.
+/// The firewall of one host: exporters open only to the monitor's
+/// WireGuard address on the WireGuard interface; on hosts PromGuard
+/// created also SSH and WireGuard open to all and everything else inbound
+/// dropped ([`FirewallScope`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirewallPolicy {
+    /// How much of the host's inbound traffic the table decides.
+    pub scope: FirewallScope,
     /// The SSH port, open to everyone.
     pub ssh_port: Port,
     /// The WireGuard UDP port, open to everyone.
@@ -211,11 +232,38 @@ pub struct FirewallPolicy {
     pub exporter_ports: Vec<Port>,
 }
 
+/// How much of a host's inbound traffic PromGuard's table decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirewallScope {
+    /// All of it (hosts PromGuard created): SSH, WireGuard and the exporter
+    /// ports from the scraper are accepted, everything else is dropped.
+    WholeHost,
+    /// Only the exporter ports (hosts the user runs already): connections to
+    /// them from anyone but the scraper are dropped, and everything else is
+    /// left to the host's own firewall.
+    ExporterPorts,
+}
+
+/// Whose Prometheus the monitor runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrometheusMode {
+    /// PromGuard's: it writes `prometheus.yml`, the rules and Alertmanager.
+    Managed,
+    /// The user's own: PromGuard writes only the targets files, which the
+    /// user's config reads in the scrape job `job_name`.
+    Existing {
+        /// The scrape job the user adds to their config.
+        job_name: String,
+    },
+}
+
 /// Prometheus on the monitor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrometheusPlan {
-    /// Where Prometheus listens (always loopback; reached through an SSH
-    /// port forward).
+    /// PromGuard's own Prometheus, or the user's.
+    pub mode: PrometheusMode,
+    /// Where Prometheus' API listens on the monitor (loopback for
+    /// PromGuard's own; reached through an SSH port forward).
     pub listen: SocketAddr,
     /// Global scrape interval.
     pub scrape_interval: Duration,
@@ -300,10 +348,23 @@ pub enum Change {
         /// Its region.
         region: Region,
     },
+    /// A host the user runs already, which joins the deployment: PromGuard
+    /// installs its part there but never creates or destroys it.
+    JoinHost {
+        /// Host name.
+        host: HostName,
+        /// Its role.
+        role: Role,
+        /// Its address, as the config names it.
+        address: String,
+    },
     /// A host in the state that is no longer in the config.
     RemoveHost {
         /// Host name.
         host: HostName,
+        /// Whether the provider destroys it, or PromGuard only removes its
+        /// part from a host the user runs.
+        lifecycle: Lifecycle,
     },
     /// A peer `peer` appears in `host`'s WireGuard config.
     AddPeer {
@@ -334,7 +395,25 @@ impl fmt::Display for Change {
             Change::CreateHost { host, role, region } => {
                 write!(f, "+ create {role} {host} in {region}")
             }
-            Change::RemoveHost { host } => write!(f, "- destroy {host}"),
+            Change::JoinHost {
+                host,
+                role,
+                address,
+            } => write!(
+                f,
+                "+ join existing {role} {host} at {address} (never created or destroyed by PromGuard)"
+            ),
+            Change::RemoveHost {
+                host,
+                lifecycle: Lifecycle::Disposable,
+            } => write!(f, "- destroy {host}"),
+            Change::RemoveHost {
+                host,
+                lifecycle: Lifecycle::Existing,
+            } => write!(
+                f,
+                "- remove PromGuard from existing host {host} (the host itself stays)"
+            ),
             Change::AddPeer { host, peer } => write!(f, "~ {host}: add peer {peer}"),
             Change::RemovePeer { host, peer } => write!(f, "~ {host}: remove peer {peer}"),
             Change::WriteFile { host, path } => write!(f, "~ {host}: write {path}"),

@@ -12,12 +12,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use ipnetwork::IpNetwork;
 
 use crate::alerts::AlertRules;
-use crate::config::{usable_addresses, Config};
+use crate::capabilities::Lifecycle;
+use crate::config::{
+    usable_addresses, Config, ExistingHost, HostAddress, HostOrigin, MonitorPrometheus,
+};
 use crate::keys::{PresharedKey, PrivateKey};
-use crate::names::{ExporterName, HostName, Port};
+use crate::names::{ExporterName, HostName, Port, SshUser};
 use crate::plan::{
-    Change, ExporterPlan, FirewallPolicy, HostPlan, InterfacePlan, PeerPlan, Plan, PrometheusPlan,
-    Role, ScrapeTarget,
+    Change, ExporterPlan, FirewallPolicy, FirewallScope, HostPlan, InterfacePlan, PeerPlan, Plan,
+    PrometheusMode, PrometheusPlan, Role, ScrapeTarget, SshLogin,
 };
 use crate::state::{HostRecord, PairKey, State};
 
@@ -128,9 +131,23 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
                     subnet: config.subnet,
                 });
             }
+            if record.existing != spec.existing().is_some() {
+                let what = |existing: bool| {
+                    if existing {
+                        "a host you run (with an address)"
+                    } else {
+                        "a host the provider creates"
+                    }
+                };
+                return Err(PlanError::HostChanged {
+                    host: spec.name.clone(),
+                    was: what(record.existing).to_owned(),
+                    now: what(!record.existing).to_owned(),
+                });
+            }
             if let Some(recorded) = record
                 .ssh_port
-                .filter(|p| record.created && *p != config.ssh.port)
+                .filter(|p| record.created && !record.existing && *p != config.ssh.port)
             {
                 return Err(PlanError::SshPortChanged {
                     host: spec.name.clone(),
@@ -175,6 +192,9 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
                 files: BTreeMap::new(),
                 key_created: None,
                 previous_private_key: None,
+                existing: spec.existing().is_some(),
+                ssh_user: None,
+                guest: None,
             },
         );
     }
@@ -209,17 +229,28 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
     let mut changes = Vec::new();
     for (role, spec) in &specs {
         let existed = old.hosts.get(&spec.name).is_some_and(|r| r.created);
-        if !existed {
-            changes.push(Change::CreateHost {
+        if existed {
+            continue;
+        }
+        changes.push(match spec.existing() {
+            Some(existing) => Change::JoinHost {
+                host: spec.name.clone(),
+                role: *role,
+                address: existing.address.to_string(),
+            },
+            None => Change::CreateHost {
                 host: spec.name.clone(),
                 role: *role,
                 region: spec.region.clone(),
-            });
-        }
+            },
+        });
     }
-    for name in old.hosts.keys() {
+    for (name, record) in &old.hosts {
         if !wanted.contains(name) {
-            changes.push(Change::RemoveHost { host: name.clone() });
+            changes.push(Change::RemoveHost {
+                host: name.clone(),
+                lifecycle: lifecycle(record.existing),
+            });
         }
     }
     // Peer changes on hosts that already exist.
@@ -257,6 +288,15 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
     })
 }
 
+/// The lifecycle of a host that is existing or not.
+fn lifecycle(existing: bool) -> Lifecycle {
+    if existing {
+        Lifecycle::Existing
+    } else {
+        Lifecycle::Disposable
+    }
+}
+
 /// In a star, monitors peer with nodes and nodes with monitors.
 fn peers_with(a: Role, b: Role) -> bool {
     a != b
@@ -285,7 +325,8 @@ fn host_plan(
     let monitor_name = &config.monitor.name;
     let monitor_address = state.hosts[monitor_name].wireguard_address;
 
-    let peer = |name: &HostName, keepalive: Option<u16>| {
+    let peer = |other_spec: &crate::config::HostSpec, keepalive: Option<u16>| {
+        let name = &other_spec.name;
         let other = &state.hosts[name];
         let (m, n) = if role == Role::Monitor {
             (&spec.name, name)
@@ -297,15 +338,19 @@ fn host_plan(
             public_key: other.public_key,
             preshared_key: pairs.get(&(m, n)).map(|&k| k.clone()),
             allowed_ip: other.wireguard_address,
+            // A peer behind NAT cannot be sent to first: it keeps the
+            // tunnel open itself, and WireGuard learns where it is from
+            // its packets.
             endpoint: other
                 .public_address
-                .map(|a| SocketAddr::new(a, config.wireguard_port.get())),
+                .filter(|_| other_spec.wireguard.inbound)
+                .map(|a| SocketAddr::new(a, config.wireguard_port_of(other_spec).get())),
             persistent_keepalive: keepalive,
         }
     };
     let mut peers: Vec<PeerPlan> = match role {
-        Role::Monitor => config.nodes.iter().map(|n| peer(&n.name, None)).collect(),
-        Role::Node => vec![peer(monitor_name, Some(NODE_KEEPALIVE))],
+        Role::Monitor => config.nodes.iter().map(|n| peer(n, None)).collect(),
+        Role::Node => vec![peer(&config.monitor, Some(NODE_KEEPALIVE))],
     };
     peers.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -317,8 +362,18 @@ fn host_plan(
     exporter_ports.sort();
     exporter_ports.dedup();
 
+    let (mode, listen) = match config.prometheus {
+        MonitorPrometheus::Managed => (PrometheusMode::Managed, PROMETHEUS_LISTEN),
+        MonitorPrometheus::Existing { api } => (
+            PrometheusMode::Existing {
+                job_name: crate::prometheus::existing_job_name(&config.deployment),
+            },
+            api,
+        ),
+    };
     let prometheus = (role == Role::Monitor).then(|| PrometheusPlan {
-        listen: PROMETHEUS_LISTEN,
+        mode,
+        listen,
         scrape_interval: config.scrape_interval,
         targets: config
             .hosts()
@@ -337,7 +392,7 @@ fn host_plan(
             .collect(),
         self_scrape: ScrapeTarget {
             job: ExporterName::new("prometheus").expect("a valid exporter name"),
-            address: PROMETHEUS_LISTEN,
+            address: listen,
             instance: spec.name.clone(),
             region: spec.region.clone(),
             role,
@@ -351,19 +406,37 @@ fn host_plan(
         name: spec.name.clone(),
         role,
         region: spec.region.clone(),
-        public_address: record.public_address,
+        lifecycle: lifecycle(spec.existing().is_some()),
+        public_address: record.public_address.or(match spec.existing() {
+            Some(ExistingHost {
+                address: HostAddress::Ip(ip),
+                ..
+            }) => Some(*ip),
+            _ => None,
+        }),
+        ssh: SshLogin {
+            user: spec
+                .existing()
+                .map(|e| e.ssh_user.clone())
+                .unwrap_or_else(|| SshUser::new("root").expect("a valid user")),
+            port: config.ssh_port_of(spec),
+        },
         interface: InterfacePlan {
-            name: config.interface.clone(),
+            name: config.interface_of(spec).clone(),
             address: record.wireguard_address,
-            listen_port: config.wireguard_port,
+            listen_port: config.wireguard_port_of(spec),
             private_key: record.private_key.clone(),
         },
         peers,
         exporters: host_exporters,
         firewall: FirewallPolicy {
-            ssh_port: config.ssh.port,
-            wireguard_port: config.wireguard_port,
-            interface: config.interface.clone(),
+            scope: match spec.origin {
+                HostOrigin::Created => FirewallScope::WholeHost,
+                HostOrigin::Existing(_) => FirewallScope::ExporterPorts,
+            },
+            ssh_port: config.ssh_port_of(spec),
+            wireguard_port: config.wireguard_port_of(spec),
+            interface: config.interface_of(spec).clone(),
             scraper: monitor_address,
             exporter_ports,
         },
@@ -540,6 +613,7 @@ mod tests {
             .collect();
         assert_eq!(addrs, ["10.0.0.1", "10.0.0.2", "10.0.0.4"]);
         assert!(second.changes.contains(&Change::RemoveHost {
+            lifecycle: Lifecycle::Disposable,
             host: HostName::new("promguard-node-2").unwrap()
         }));
         assert!(second.changes.contains(&Change::RemovePeer {

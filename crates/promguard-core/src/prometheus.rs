@@ -13,12 +13,33 @@ use serde::Serialize;
 use crate::alerts::{ALERTMANAGER_LISTEN, RULES_PATH};
 use crate::config::format_duration;
 use crate::names::ExporterName;
-use crate::plan::{PrometheusPlan, ScrapeTarget};
+use crate::plan::{PrometheusMode, PrometheusPlan, ScrapeTarget};
 
 /// Where the monitor's Prometheus config lives.
 pub const CONFIG_PATH: &str = "/etc/prometheus/prometheus.yml";
 /// Directory of the file_sd targets files (`<job>.json`).
 pub const TARGETS_DIR: &str = "/etc/prometheus/promguard";
+
+/// Directory of the targets files on a monitor whose Prometheus is the
+/// user's own: outside `/etc/prometheus`, which is the user's.
+pub const EXISTING_TARGETS_DIR: &str = "/etc/promguard/targets";
+
+/// The scrape job a user adds to their own Prometheus to scrape
+/// `deployment`'s targets.
+pub fn existing_job_name(deployment: &crate::names::DeploymentName) -> String {
+    format!("promguard-{deployment}")
+}
+
+/// The scrape job, as YAML for the user's `scrape_configs`, that reads the
+/// targets files PromGuard writes on a monitor whose Prometheus is the
+/// user's. Each target carries its own `job` label (`node`, ...).
+pub fn render_existing_job(job_name: &str) -> String {
+    format!(
+        "  - job_name: {}\n    file_sd_configs:\n      - files:\n          - {}\n",
+        yaml_string(job_name),
+        yaml_string(&format!("{EXISTING_TARGETS_DIR}/*.json"))
+    )
+}
 
 /// The file name of `job`'s targets file inside [`TARGETS_DIR`].
 pub fn targets_file_name(job: &ExporterName) -> String {
@@ -114,6 +135,8 @@ struct TargetGroup<'a> {
 
 #[derive(Serialize)]
 struct Labels<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<&'a str>,
     instance: &'a str,
     region: &'a str,
     role: &'a str,
@@ -125,6 +148,7 @@ impl<'a> From<&'a ScrapeTarget> for TargetGroup<'a> {
             // SocketAddr brackets IPv6 addresses, as Prometheus wants.
             targets: [t.address.to_string()],
             labels: Labels {
+                job: None,
                 instance: t.instance.as_str(),
                 region: t.region.as_str(),
                 role: t.role.as_str(),
@@ -145,10 +169,26 @@ pub fn render_targets(plan: &PrometheusPlan) -> Vec<(String, String)> {
                 .filter(|t| &t.job == job)
                 .map(TargetGroup::from)
                 .collect();
+            let (groups, dir): (Vec<TargetGroup<'_>>, &str) = match &plan.mode {
+                PrometheusMode::Managed => (groups, TARGETS_DIR),
+                // One job of the user's reads every file: the job label
+                // comes with each target (Prometheus sets `job` from the
+                // job's name only when the target has none).
+                PrometheusMode::Existing { .. } => (
+                    groups
+                        .into_iter()
+                        .map(|mut g| {
+                            g.labels.job = Some(job.as_str());
+                            g
+                        })
+                        .collect(),
+                    EXISTING_TARGETS_DIR,
+                ),
+            };
             let mut json =
                 serde_json::to_string_pretty(&groups).expect("target groups always serialize");
             json.push('\n');
-            (targets_path(job), json)
+            (format!("{dir}/{}", targets_file_name(job)), json)
         })
         .collect()
 }

@@ -9,7 +9,7 @@
 //! A state from a newer PromGuard or a corrupt one is refused and never
 //! overwritten.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -23,7 +23,7 @@ use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
-use crate::names::{DeploymentName, HostName, Port, Region};
+use crate::names::{DeploymentName, HostName, Port, Region, SshUser};
 use crate::plan::Role;
 use crate::ssh::SshPublicKey;
 
@@ -175,6 +175,110 @@ pub struct HostRecord {
     /// key the state does not know.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_private_key: Option<PrivateKey>,
+    /// True for a host the user ran before PromGuard (the config names its
+    /// address): never destroyed, only left as it was found.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub existing: bool,
+    /// Who PromGuard logs in as on an existing host; `None`: root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_user: Option<SshUser>,
+    /// What PromGuard installed on an existing host, so that leaving it
+    /// removes exactly that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestRecord>,
+}
+
+/// What PromGuard put on a host it did not create, beyond the files of
+/// [`HostRecord::files`]: removing exactly this (and those files) leaves
+/// the host as it was found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestRecord {
+    /// Debian packages PromGuard installed (with the dependencies apt
+    /// pulled in); packages the host had before are not listed.
+    #[serde(default)]
+    pub packages: BTreeSet<String>,
+    /// systemd units PromGuard enabled that were not enabled before.
+    #[serde(default)]
+    pub units: BTreeSet<String>,
+    /// ufw rules PromGuard added, each as the arguments of `ufw` that
+    /// added it (`allow 51820/udp comment promguard`).
+    #[serde(default)]
+    pub ufw_rules: Vec<String>,
+    /// Files and directories PromGuard created, removed when it leaves.
+    #[serde(default)]
+    pub created_paths: BTreeSet<String>,
+    /// Files that existed before PromGuard changed them: each was copied
+    /// aside first and is put back when PromGuard leaves.
+    #[serde(default)]
+    pub saved_paths: BTreeSet<String>,
+}
+
+impl GuestRecord {
+    /// Checks every entry as untrusted input: package and unit names of
+    /// their alphabets, absolute paths without `..`, ufw arguments of a
+    /// plain alphabet.
+    pub fn check(&self) -> Result<(), String> {
+        let short = |t: &str| -> String {
+            match t.char_indices().nth(60) {
+                Some((end, _)) => format!("{}...", &t[..end]),
+                None => t.to_owned(),
+            }
+        };
+        for p in &self.packages {
+            let ok = p.len() <= 100
+                && p.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.:".contains(&b));
+            if !ok {
+                return Err(format!(
+                    "guest.packages: {:?} is not a Debian package name",
+                    short(p)
+                ));
+            }
+        }
+        for u in &self.units {
+            let ok = u.len() <= 200
+                && !u.starts_with('-')
+                && u.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"@-_.:\\".contains(&b))
+                && u.contains('.');
+            if !ok {
+                return Err(format!(
+                    "guest.units: {:?} is not a systemd unit name",
+                    short(u)
+                ));
+            }
+        }
+        for r in &self.ufw_rules {
+            let ok = !r.is_empty()
+                && r.len() <= 300
+                && r.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b" ./:-_".contains(&b));
+            if !ok {
+                return Err(format!(
+                    "guest.ufw_rules: {:?} is not a ufw rule PromGuard writes",
+                    short(r)
+                ));
+            }
+        }
+        for p in self.created_paths.iter().chain(&self.saved_paths) {
+            let ok = p.starts_with('/')
+                && p.len() > 1
+                && p.len() <= 4096
+                && !p.split('/').any(|part| part == ".." || part == ".")
+                && !p.contains("//")
+                && p.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'\\' && b != b'\'' && b != b'"');
+            if !ok {
+                return Err(format!(
+                    "guest paths: {:?} is not an absolute, plain path",
+                    short(p)
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl HostRecord {
@@ -380,6 +484,12 @@ impl State {
                 return Err(format!(
                     "host {name}: previous_private_key is its private_key; a rotation keeps the key it replaced, never the new one"
                 ));
+            }
+            if let Some(guest) = &host.guest {
+                guest.check().map_err(|e| format!("host {name}: {e}"))?;
+                if !host.existing {
+                    return Err(format!("host {name}: a guest record belongs to an existing host only, and this one was created by a provider"));
+                }
             }
             if let Some(other) = seen.insert(host.wireguard_address, name) {
                 return Err(format!(
@@ -756,6 +866,9 @@ mod tests {
                 files: BTreeMap::new(),
                 key_created: None,
                 previous_private_key: None,
+                existing: false,
+                ssh_user: None,
+                guest: None,
             },
         );
         state

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use promguard_core::plan::PrometheusMode;
 use promguard_core::{alerts, nftables, prometheus, Change, HostPlan, Plan, State};
 use sha2::{Digest, Sha256};
 
@@ -73,7 +74,21 @@ pub fn host_files(host: &HostPlan, secrets: Secrets) -> Vec<HostFile> {
         mode: 0o600,
         content: crate::render(host, secrets),
     }];
-    if let Some(p) = &host.prometheus {
+    if let Some(p) = host
+        .prometheus
+        .as_ref()
+        .filter(|p| p.mode != PrometheusMode::Managed)
+    {
+        // The user's own Prometheus: only the targets its scrape job reads.
+        for (path, content) in prometheus::render_targets(p) {
+            files.push(HostFile {
+                kind: HostFileKind::Targets,
+                path,
+                mode: 0o644,
+                content,
+            });
+        }
+    } else if let Some(p) = &host.prometheus {
         files.push(HostFile {
             kind: HostFileKind::Prometheus,
             path: prometheus::CONFIG_PATH.to_owned(),
