@@ -70,7 +70,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     let result = async {
         let plan = planner::plan(&config, None)?;
-        provision::provision(&*provider, &plan, &journal, &login, &Print, &cancel).await?;
+        provision::provision(&*provider, &plan, &journal, Some(&login), &Print, &cancel).await?;
         // Planned again now that the hosts' public addresses are known.
         let plan = planner::plan(&config, Some(&journal.snapshot()))?;
         let mut converged = fleet.converge(&plan).await?;

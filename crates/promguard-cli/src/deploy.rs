@@ -334,7 +334,16 @@ async fn run_up(
     };
     let provider = ctx.provider.as_ref();
     phases.end("plan");
-    match provision::provision(provider, &plan, &journal, &login_key, &*observer, cancel).await {
+    match provision::provision(
+        provider,
+        &plan,
+        &journal,
+        Some(&login_key),
+        &*observer,
+        cancel,
+    )
+    .await
+    {
         Ok(_) => {}
         Err(ProvisionError::Create { source, .. }) => {
             // The run stops here, but the hosts that did come up serve a

@@ -21,7 +21,7 @@
 //! let journal = Journal::new(Arc::new(MemoryStore::default()), State::new(config.deployment.clone()));
 //! let plan = planner::plan(&config, None)?;
 //! let login = SshPublicKey::parse("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJbHkQpvXXXlCrfm9GPh94TOs3h4/BEQKAsLxu2dEiob")?;
-//! let made = provision(&provider, &plan, &journal, &login, &(), &CancellationToken::new()).await?;
+//! let made = provision(&provider, &plan, &journal, Some(&login), &(), &CancellationToken::new()).await?;
 //! println!("created {:?}", made.created);
 //! # Ok(()) }
 //! ```
@@ -36,6 +36,7 @@ pub mod digitalocean;
 #[cfg(feature = "fake-digitalocean")]
 pub mod fake_digitalocean;
 pub mod local;
+pub mod none;
 pub mod provision;
 
 /// Errors of a provider.

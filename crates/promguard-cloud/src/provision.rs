@@ -13,7 +13,8 @@
 use std::future::Future;
 
 use promguard_core::{
-    Event, HostName, Journal, Lifecycle, Observer, Plan, Port, SshPublicKey, State, StateStore,
+    Change, Event, HostName, Journal, Lifecycle, Observer, Plan, Port, SshPublicKey, State,
+    StateStore,
 };
 pub use tokio_util::sync::CancellationToken;
 
@@ -82,6 +83,16 @@ pub enum ProvisionError {
         /// The deployment.
         deployment: promguard_core::DeploymentName,
     },
+    /// Hosts are to be created, but the caller gave no login key.
+    #[error("hosts are to be created but no SSH login key was given")]
+    NoLoginKey,
+    /// An existing host's address is a DNS name the caller did not
+    /// resolve.
+    #[error("existing host {host} has no address to connect to: its DNS name was not resolved")]
+    NoAddress {
+        /// The host.
+        host: HostName,
+    },
     /// The state could not be saved.
     #[error(transparent)]
     State(#[from] promguard_core::state::StateError),
@@ -128,7 +139,9 @@ pub(crate) async fn unless_cancelled<T>(
 }
 
 /// Makes every host of `plan` that `journal`'s state has not recorded as
-/// created, with `login_key` authorized on it. `journal` starts from the
+/// created, with `login_key` authorized on it (it may be `None` when
+/// every host of the plan is one the user runs), and records the plan's
+/// existing hosts. `journal` starts from the
 /// state `plan` was made against; its first save is the plan's keys and
 /// addresses (keeping the records of hosts the plan removes, until they are
 /// destroyed).
@@ -136,20 +149,40 @@ pub async fn provision(
     provider: &dyn CloudProvider,
     plan: &Plan,
     journal: &Journal,
-    login_key: &SshPublicKey,
+    login_key: Option<&SshPublicKey>,
     observer: &dyn Observer,
     cancel: &CancellationToken,
 ) -> Result<Provisioned, ProvisionError> {
     unless_cancelled(journal, cancel, async {
-        provider
-            .preflight()
-            .await
-            .map_err(step(ProvisionStep::Preflight))?;
-        let listed = provider
-            .list_hosts()
-            .await
-            .map_err(step(ProvisionStep::List))?;
         let old = journal.snapshot();
+        if let Some(host) = plan
+            .hosts
+            .iter()
+            .find(|h| h.lifecycle == Lifecycle::Existing && h.public_address.is_none())
+        {
+            return Err(ProvisionError::NoAddress {
+                host: host.name.clone(),
+            });
+        }
+        // A deployment of existing hosts only has nothing to ask a
+        // provider: it may not even be set up (no token).
+        let uses_provider = plan
+            .hosts
+            .iter()
+            .any(|h| h.lifecycle == Lifecycle::Disposable)
+            || old.hosts.values().any(|r| !r.existing);
+        let listed = if uses_provider {
+            provider
+                .preflight()
+                .await
+                .map_err(step(ProvisionStep::Preflight))?;
+            provider
+                .list_hosts()
+                .await
+                .map_err(step(ProvisionStep::List))?
+        } else {
+            Vec::new()
+        };
         let unknown: Vec<HostName> = listed
             .iter()
             .filter(|h| !old.hosts.contains_key(&h.name))
@@ -171,6 +204,7 @@ pub async fn provision(
         journal.update(|state| {
             *state = plan.state_to_record(&old);
             state.date_new_keys(now);
+            record_existing(state, plan);
         })?;
         let recorded = journal.snapshot();
         let adopted: Vec<&Host> = listed
@@ -204,10 +238,12 @@ pub async fn provision(
         if requests.is_empty() {
             // Creating hosts does this; a run that creates none still
             // carries changed ports to the provider's firewall.
-            provider
-                .reconcile_deployment()
-                .await
-                .map_err(step(ProvisionStep::Reconcile))?;
+            if uses_provider {
+                provider
+                    .reconcile_deployment()
+                    .await
+                    .map_err(step(ProvisionStep::Reconcile))?;
+            }
             return Ok(done);
         }
         observer.on_event(&Event::Creating {
@@ -229,6 +265,7 @@ pub async fn provision(
                 }
             })?;
         }
+        let login_key = login_key.ok_or(ProvisionError::NoLoginKey)?;
         provider
             .register_ssh_key(login_key)
             .await
@@ -267,6 +304,26 @@ pub async fn provision(
     .await
 }
 
+/// Records the existing hosts of `plan` as there: no provider makes them.
+/// Their address and login come from the config (the caller resolved DNS
+/// names into [`promguard_core::HostPlan::public_address`]); a pinned SSH
+/// host key is kept.
+fn record_existing(state: &mut State, plan: &Plan) {
+    for host in plan
+        .hosts
+        .iter()
+        .filter(|h| h.lifecycle == Lifecycle::Existing)
+    {
+        if let Some(record) = state.hosts.get_mut(&host.name) {
+            record.created = true;
+            record.existing = true;
+            record.public_address = host.public_address;
+            record.ssh_port = Some(host.ssh.port);
+            record.ssh_user = (host.ssh.user.as_str() != "root").then(|| host.ssh.user.clone());
+        }
+    }
+}
+
 /// Records what the provider reports about `host` in its state record.
 fn record_host(state: &mut State, host: &Host) {
     if let Some(record) = state.hosts.get_mut(&host.name) {
@@ -283,7 +340,9 @@ fn record_host(state: &mut State, host: &Host) {
 
 /// Destroys the hosts `plan` removes (call it after the monitor dropped
 /// their peers) and forgets them and their preshared keys. Existing hosts
-/// ([`Lifecycle::Existing`]) are only forgotten.
+/// (a provider's that states [`Lifecycle::Existing`], or hosts the user
+/// runs) are only forgotten: the caller removes PromGuard from those
+/// first (`promguard_remote::Fleet::leave`).
 pub async fn destroy_removed(
     provider: &dyn CloudProvider,
     plan: &Plan,
@@ -299,9 +358,20 @@ pub async fn destroy_removed(
         observer.on_event(&Event::Destroying {
             hosts: removed.clone(),
         });
-        if provider.capabilities().lifecycle == Lifecycle::Disposable {
+        let disposable: Vec<HostName> = plan
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::RemoveHost {
+                    host,
+                    lifecycle: Lifecycle::Disposable,
+                } => Some(host.clone()),
+                _ => None,
+            })
+            .collect();
+        if provider.capabilities().lifecycle == Lifecycle::Disposable && !disposable.is_empty() {
             provider
-                .destroy_hosts(&removed)
+                .destroy_hosts(&disposable)
                 .await
                 .map_err(step(ProvisionStep::Destroy))?;
         }
@@ -347,6 +417,17 @@ pub async fn destroy_deployment(
             deployment: deployment.clone(),
         });
     }
+    if let Some(mut state) = state
+        .clone()
+        .filter(|s| s.hosts.values().all(|r| r.existing))
+    {
+        // Only hosts the user runs: nothing for a provider to destroy (it
+        // may not even be set up), and nothing is destroyed.
+        state.hosts.clear();
+        state.preshared_keys.clear();
+        store.save(&state)?;
+        return Ok(0);
+    }
     provider
         .preflight()
         .await
@@ -374,7 +455,7 @@ pub async fn destroy_deployment(
     let count = state
         .hosts
         .values()
-        .filter(|h| h.created)
+        .filter(|h| h.created && !h.existing)
         .count()
         .max(listed);
     state.hosts.clear();
@@ -504,7 +585,7 @@ mod tests {
         let plan = planner::plan(&config, None).unwrap();
         let log = EventLog::default();
         let cancel = CancellationToken::new();
-        let made = provision(&provider, &plan, &journal, &login(), &log, &cancel)
+        let made = provision(&provider, &plan, &journal, Some(&login()), &log, &cancel)
             .await
             .unwrap();
         assert_eq!(made.created.len(), plan.hosts.len());
@@ -517,7 +598,7 @@ mod tests {
         // Against the recorded state nothing is created; the provider's
         // other resources are still brought in line.
         let plan = planner::plan(&config, Some(&saved)).unwrap();
-        let again = provision(&provider, &plan, &journal, &login(), &log, &cancel)
+        let again = provision(&provider, &plan, &journal, Some(&login()), &log, &cancel)
             .await
             .unwrap();
         assert_eq!(again, Provisioned::default());
@@ -535,7 +616,7 @@ mod tests {
             &provider,
             &plan,
             &journal,
-            &login(),
+            Some(&login()),
             &(),
             &CancellationToken::new(),
         )
@@ -557,7 +638,7 @@ mod tests {
         let plan = planner::plan(&config, None).unwrap();
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let err = provision(&provider, &plan, &journal, &login(), &(), &cancel)
+        let err = provision(&provider, &plan, &journal, Some(&login()), &(), &cancel)
             .await
             .unwrap_err();
         assert!(matches!(err, ProvisionError::Cancelled), "{err}");
@@ -572,7 +653,7 @@ mod tests {
         let (store, journal) = journal(&config);
         let plan = planner::plan(&config, None).unwrap();
         let cancel = CancellationToken::new();
-        provision(&provider, &plan, &journal, &login(), &(), &cancel)
+        provision(&provider, &plan, &journal, Some(&login()), &(), &cancel)
             .await
             .unwrap();
         config.nodes.pop();
