@@ -42,6 +42,9 @@
 //!   cancellable, monitor first, recording each host in the run's
 //!   journal), [`Fleet::verify`] through the monitor's Prometheus.
 //! - [`host_key`]: replacing an SSH host key a provider injected.
+//! - [`known_hosts`]: the user's `known_hosts`, and whether a host's key
+//!   is trusted ([`decide_host_key`]); [`probe`]: reading a server's host
+//!   key without logging in.
 //! - [`status`]: what `status` reads from each host.
 //! - [`prometheus_api`]: Prometheus' targets API, parsed.
 //! - [`quote`]: shell quoting and the checks on paths and owners.
@@ -49,6 +52,8 @@
 pub mod error;
 pub mod fleet;
 pub mod host_key;
+pub mod known_hosts;
+pub mod probe;
 pub mod prometheus_api;
 pub mod quote;
 pub mod recipe;
@@ -56,6 +61,11 @@ pub mod session;
 pub mod status;
 
 pub use fleet::{Access, CancellationToken, Converged, Fleet, FleetError, HostOutcome, Verified};
+pub use known_hosts::{
+    decide_host_key, KeySource, KnownHosts, KnownHostsError, Lookup, TrustDecision, TrustError,
+    TrustFacts,
+};
+pub use probe::{probe_host_key, probe_host_key_preferring, ProbeError};
 pub use prometheus_api::{FiringAlert, Health, TargetHealth};
 
 pub use recipe::{converge, DesiredFile, DesiredHost, FileKind, Report};

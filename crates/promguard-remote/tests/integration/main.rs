@@ -4,4 +4,5 @@
 
 mod common;
 mod local_host;
+mod probe;
 mod session;
