@@ -302,6 +302,16 @@ async fn run_up(
     options: &UpOptions,
     cancel: &CancellationToken,
 ) -> anyhow::Result<UpReport> {
+    if let Some(host) = ctx.project.config.hosts().find(|h| h.existing().is_some()) {
+        // The plan and the state know existing hosts, but the converge
+        // does not yet trust their host keys only on the user's say-so,
+        // log in through sudo or leave them as it found them: refuse
+        // rather than treat them like hosts PromGuard made.
+        bail!(
+            "host {} has an address (a host you run already); this build of promguard plans existing hosts but cannot converge them yet; remove its address to let the provider create it",
+            host.name
+        );
+    }
     let mut phases = Phases::start();
     let store: Arc<dyn StateStore> = Arc::new(ctx.project.store());
     let old = store.load_for(&ctx.project.config.deployment)?;

@@ -74,35 +74,32 @@ pub fn host_files(host: &HostPlan, secrets: Secrets) -> Vec<HostFile> {
         mode: 0o600,
         content: crate::render(host, secrets),
     }];
+    if let Some(p) = &host.prometheus {
+        // The user's own Prometheus gets only the targets its scrape job
+        // reads.
+        let managed = p.mode == PrometheusMode::Managed;
+        if managed {
+            files.push(HostFile {
+                kind: HostFileKind::Prometheus,
+                path: prometheus::CONFIG_PATH.to_owned(),
+                mode: 0o644,
+                content: prometheus::render_config(p),
+            });
+        }
+        for (path, content) in prometheus::render_targets(p) {
+            files.push(HostFile {
+                kind: HostFileKind::Targets,
+                path,
+                mode: 0o644,
+                content,
+            });
+        }
+    }
     if let Some(p) = host
         .prometheus
         .as_ref()
-        .filter(|p| p.mode != PrometheusMode::Managed)
+        .filter(|p| p.mode == PrometheusMode::Managed)
     {
-        // The user's own Prometheus: only the targets its scrape job reads.
-        for (path, content) in prometheus::render_targets(p) {
-            files.push(HostFile {
-                kind: HostFileKind::Targets,
-                path,
-                mode: 0o644,
-                content,
-            });
-        }
-    } else if let Some(p) = &host.prometheus {
-        files.push(HostFile {
-            kind: HostFileKind::Prometheus,
-            path: prometheus::CONFIG_PATH.to_owned(),
-            mode: 0o644,
-            content: prometheus::render_config(p),
-        });
-        for (path, content) in prometheus::render_targets(p) {
-            files.push(HostFile {
-                kind: HostFileKind::Targets,
-                path,
-                mode: 0o644,
-                content,
-            });
-        }
         files.push(HostFile {
             kind: HostFileKind::Rules,
             path: alerts::RULES_PATH.to_owned(),
