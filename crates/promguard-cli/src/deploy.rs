@@ -20,7 +20,7 @@ use promguard_cloud::provision::{self, ProvisionError, WithoutState};
 use promguard_cloud::CloudProvider;
 use promguard_core::config::ProviderKind;
 use promguard_core::state::Preshared;
-use promguard_core::{Change, HostName, Journal, Plan, SshPublicKey, State, StateStore};
+use promguard_core::{Change, HostName, Journal, Lifecycle, Plan, SshPublicKey, State, StateStore};
 use promguard_remote::fleet::{Access, Fleet};
 use promguard_remote::{CancellationToken, Connection, Health, SshTarget, TargetHealth};
 
@@ -302,16 +302,6 @@ async fn run_up(
     options: &UpOptions,
     cancel: &CancellationToken,
 ) -> anyhow::Result<UpReport> {
-    if let Some(host) = ctx.project.config.hosts().find(|h| h.existing().is_some()) {
-        // The plan and the state know existing hosts, but the converge
-        // does not yet trust their host keys only on the user's say-so,
-        // log in through sudo or leave them as it found them: refuse
-        // rather than treat them like hosts PromGuard made.
-        bail!(
-            "host {} has an address (a host you run already); this build of promguard plans existing hosts but cannot converge them yet; remove its address to let the provider create it",
-            host.name
-        );
-    }
     let mut phases = Phases::start();
     let store: Arc<dyn StateStore> = Arc::new(ctx.project.store());
     let old = store.load_for(&ctx.project.config.deployment)?;
@@ -381,6 +371,12 @@ async fn run_up(
     phases.end("converge");
 
     // Removed hosts go last: the monitor has dropped their peers by now.
+    // PromGuard leaves the user's own hosts (they stay) before the state
+    // forgets them, and destroys the ones it made.
+    let leaving = leaving_hosts(&plan);
+    if !leaving.is_empty() {
+        fleet.leave(&leaving).await?;
+    }
     provision::destroy_removed(provider, &plan, &journal, &*observer, cancel).await?;
     phases.end("destroy");
 
@@ -426,19 +422,67 @@ async fn run_up(
     })
 }
 
-/// `promguard down`: destroys every host of the deployment and forgets
-/// them. Without a state file it refuses unless `without_state` says to
-/// destroy what the provider finds.
-pub async fn down(ctx: &Context, without_state: WithoutState) -> anyhow::Result<usize> {
+/// The hosts of the user's that `plan` removes: PromGuard leaves them.
+fn leaving_hosts(plan: &Plan) -> Vec<HostName> {
+    plan.changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::RemoveHost {
+                host,
+                lifecycle: Lifecycle::Existing,
+            } => Some(host.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What `promguard down` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownReport {
+    /// Hosts PromGuard made, destroyed.
+    pub destroyed: usize,
+    /// Hosts of the user's that PromGuard was removed from; they stay.
+    pub left: Vec<HostName>,
+}
+
+/// `promguard down`: removes PromGuard from every host of the user's
+/// (they stay), then destroys every host it made and forgets them all.
+/// Without a state file it refuses unless `without_state` says to destroy
+/// what the provider finds.
+pub async fn down(
+    ctx: &Context,
+    without_state: WithoutState,
+    cancel: &CancellationToken,
+) -> anyhow::Result<DownReport> {
     let _lock = ctx.project.lock()?;
-    Ok(provision::destroy_deployment(
+    let store: Arc<dyn StateStore> = Arc::new(ctx.project.store());
+    let mut left = Vec::new();
+    if let Some(state) = store.load_for(&ctx.project.config.deployment)? {
+        left = state
+            .hosts
+            .iter()
+            .filter(|(_, r)| r.existing)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !left.is_empty() {
+            let journal = Arc::new(Journal::new(Arc::clone(&store), state));
+            let fleet = Fleet {
+                observer: Arc::new(ctx.progress.clone()),
+                cancel: cancel.clone(),
+                ..Fleet::new(ctx.access(), journal, ctx.provider.capabilities())
+            };
+            fleet.leave(&left).await?;
+        }
+    }
+    let destroyed = provision::destroy_deployment(
         ctx.provider.as_ref(),
         &ctx.project.store(),
         &ctx.project.config.deployment,
         without_state,
         &ctx.progress,
     )
-    .await?)
+    .await?;
+    Ok(DownReport { destroyed, left })
 }
 
 #[cfg(test)]

@@ -84,6 +84,8 @@ pub enum Step {
     Verifying,
     /// Reading the host's state (`status`).
     Reading,
+    /// Removing what PromGuard put on a host it did not create.
+    Leaving,
 }
 
 impl Step {
@@ -96,6 +98,7 @@ impl Step {
             Step::Converging => "converging",
             Step::Verifying => "verifying targets",
             Step::Reading => "reading",
+            Step::Leaving => "removing PromGuard",
         }
     }
 }
@@ -129,6 +132,8 @@ pub enum Outcome {
     Failed,
     /// The host's state was read.
     Read,
+    /// PromGuard was removed from a host it did not create; the host stays.
+    Left,
 }
 
 impl fmt::Display for Outcome {
@@ -136,6 +141,7 @@ impl fmt::Display for Outcome {
         match self {
             Outcome::Unchanged => f.write_str("unchanged"),
             Outcome::Converged { changes } => write!(f, "converged ({changes} change(s))"),
+            Outcome::Left => f.write_str("PromGuard removed (the host stays)"),
             Outcome::HostKeyReplaced => f.write_str("SSH host key replaced"),
             Outcome::HostKeyNotReplaced => f.write_str("SSH host key not replaced"),
             Outcome::Verified => f.write_str("every target is up"),

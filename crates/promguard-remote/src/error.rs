@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use promguard_core::HostName;
+use promguard_core::{HostName, InterfaceName, Port};
 
 /// Why a remote operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +119,39 @@ pub enum RemoteError {
         /// What was wrong with the answer.
         reason: String,
     },
+    /// A guest host already uses the WireGuard interface or port the plan
+    /// gives it.
+    #[error("{host} already has {found}, which PromGuard does not take over; nothing was changed. Give PromGuard another interface and port on this host with the config keys wireguard.interface and wireguard.port of its entry, for example wireguard = {{ interface = \"{}\", port = {} }}", next_interface(interface), port.get().saturating_add(1))]
+    WireguardClash {
+        /// The host.
+        host: HostName,
+        /// The interface the plan gives it.
+        interface: InterfaceName,
+        /// The UDP port the plan gives it.
+        port: Port,
+        /// What is there already.
+        found: String,
+    },
+    /// The login user may not run commands as root without a password.
+    #[error("{host}: user {user} cannot run commands as root without a password ({reason}); PromGuard runs every privileged step through `sudo -n`: grant it with a line `{user} ALL=(ALL) NOPASSWD: ALL` in /etc/sudoers.d/promguard on the host, or log in as root (ssh_user)")]
+    Sudo {
+        /// The host.
+        host: HostName,
+        /// The login user.
+        user: String,
+        /// What sudo said.
+        reason: String,
+    },
+}
+
+/// An interface name after `name` (`wg0` -> `wg1`), for suggestions.
+fn next_interface(name: &InterfaceName) -> String {
+    let text = name.as_str();
+    let digits = text.len() - text.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    match text[text.len() - digits..].parse::<u32>() {
+        Ok(n) if digits > 0 => format!("{}{}", &text[..text.len() - digits], n + 1),
+        _ => format!("{text}1"),
+    }
 }
 
 impl RemoteError {
@@ -134,7 +167,9 @@ impl RemoteError {
             | RemoteError::Timeout { host, .. }
             | RemoteError::InvalidInput { host, .. }
             | RemoteError::MissingProgram { host, .. }
-            | RemoteError::Protocol { host, .. } => host,
+            | RemoteError::Protocol { host, .. }
+            | RemoteError::WireguardClash { host, .. }
+            | RemoteError::Sudo { host, .. } => host,
         }
     }
 }

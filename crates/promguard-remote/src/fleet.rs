@@ -23,10 +23,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use promguard_core::plan::PrometheusMode;
+use promguard_core::state::GuestRecord;
 use promguard_core::state::StateError;
 use promguard_core::{
-    Capabilities, Event, HostKeys, HostName, HostPlan, Journal, Observer, Outcome, Plan, Port,
-    Programs, Role, SshPublicKey, State, Step,
+    Capabilities, Event, HostKeys, HostName, HostPlan, HostRecord, Journal, Lifecycle, Observer,
+    Outcome, Plan, Port, Programs, Role, SshPublicKey, State, Step,
 };
 use promguard_wg::files::{host_files, HostFileKind};
 use promguard_wg::Secrets;
@@ -105,6 +107,18 @@ pub enum FleetError {
         /// Each failed host and why.
         failures: Vec<(HostName, FleetError)>,
     },
+    /// [`Fleet::leave`] was asked to leave a host PromGuard created.
+    #[error("host {host} is not a host of yours that PromGuard is a guest on; it is destroyed with the deployment, not left")]
+    NotExisting {
+        /// The host.
+        host: HostName,
+    },
+    /// PromGuard could not be removed from some hosts.
+    #[error("PromGuard could not be removed from {} host(s) (run the command again to retry; nothing else was changed on them): {}", failures.len(), list(failures))]
+    Leave {
+        /// Each failed host and why.
+        failures: Vec<(HostName, FleetError)>,
+    },
     /// The monitor's Prometheus did not answer as expected.
     #[error("host {host}: {reason}")]
     Prometheus {
@@ -145,6 +159,7 @@ impl FleetError {
             | FleetError::NoAddress { host }
             | FleetError::NotPinned { host }
             | FleetError::UnknownHostKey { host }
+            | FleetError::NotExisting { host }
             | FleetError::Task { host, .. }
             | FleetError::Prometheus { host, .. }
             | FleetError::Status { host, .. } => Some(host),
@@ -192,7 +207,9 @@ pub struct Access {
     pub identity: PathBuf,
     /// The SSH port of hosts whose record names none.
     pub default_port: Port,
-    /// Opens TCP connections to hosts (a provider's `connect`).
+    /// Opens TCP connections to hosts: a provider's `connect` for the
+    /// hosts it made, and a way to reach the user's own hosts (usually a
+    /// plain [`crate::tcp_connector`]) for the others.
     pub connector: Connector,
 }
 
@@ -220,7 +237,10 @@ impl Access {
         Ok(SshTarget {
             host: name.clone(),
             addr: SocketAddr::new(address, port.get()),
-            user: "root".to_owned(),
+            user: record
+                .ssh_user
+                .as_ref()
+                .map_or_else(|| "root".to_owned(), ToString::to_string),
             expected_host_key: record.ssh_host_key.clone(),
             replacement_host_key: record.ssh_host_key_next.clone(),
             identity: self.identity.clone(),
@@ -248,8 +268,35 @@ impl Access {
     }
 }
 
-/// What the recipe converges on `host`: its files, rendered with secrets.
-pub fn desired_host(host: &HostPlan, programs: Programs) -> DesiredHost {
+/// What the capabilities of `record`'s host are: the provider's for the
+/// hosts it made, [`Capabilities::EXISTING`] for the user's own.
+pub fn capabilities_of(provider: Capabilities, record: Option<&HostRecord>) -> Capabilities {
+    if record.is_some_and(|r| r.existing) {
+        Capabilities::EXISTING
+    } else {
+        provider
+    }
+}
+
+/// What the recipe converges on `host` of `plan`: its files, rendered with
+/// secrets, and on a host PromGuard did not create, what being a guest
+/// there takes.
+pub fn desired_host(plan: &Plan, host: &HostPlan, programs: Programs) -> DesiredHost {
+    // The user's own Prometheus is not PromGuard's to run.
+    let managed_prometheus = host
+        .prometheus
+        .as_ref()
+        .filter(|p| p.mode == PrometheusMode::Managed);
+    let guest = (host.lifecycle == Lifecycle::Existing).then(|| recipe::Guest {
+        wireguard_port: host.interface.listen_port,
+        scraper: plan.monitor().interface.address,
+        exporter_ports: host
+            .exporters
+            .iter()
+            .filter_map(|e| Port::new(e.listen.port()).ok())
+            .collect(),
+        comment: promguard_core::prometheus::existing_job_name(&plan.deployment),
+    });
     let node_exporter = host
         .exporters
         .iter()
@@ -276,13 +323,14 @@ pub fn desired_host(host: &HostPlan, programs: Programs) -> DesiredHost {
             })
             .collect(),
         node_exporter_listen: node_exporter.listen,
-        prometheus_listen: host.prometheus.as_ref().map(|p| p.listen),
-        alertmanager_listen: host.prometheus.as_ref().map(|_| {
+        prometheus_listen: managed_prometheus.map(|p| p.listen),
+        alertmanager_listen: managed_prometheus.map(|_| {
             promguard_core::alerts::ALERTMANAGER_LISTEN
                 .parse()
                 .expect("a valid socket address")
         }),
         install_packages: programs == Programs::Packages,
+        guest,
     }
 }
 
@@ -444,14 +492,16 @@ impl Fleet {
                 host: host.name.clone(),
                 step: Step::Waiting,
             });
+            let capabilities = capabilities_of(self.capabilities, state.hosts.get(&host.name));
             jobs.push((
                 self.access.target(&state, &host.name)?,
-                desired_host(host, self.capabilities.programs),
+                desired_host(plan, host, capabilities.programs),
+                capabilities,
             ));
         }
         let semaphore = Arc::new(tokio::sync::Semaphore::new(self.parallel.get()));
         let mut tasks = tokio::task::JoinSet::new();
-        for (index, (target, desired)) in jobs.into_iter().enumerate() {
+        for (index, (target, desired, capabilities)) in jobs.into_iter().enumerate() {
             // Taken in plan order before the task starts, so the monitor
             // really goes first.
             let permit = Arc::clone(&semaphore)
@@ -463,11 +513,11 @@ impl Fleet {
             let rotate = state
                 .hosts
                 .get(&target.host)
-                .is_some_and(|r| r.host_key_needs_replacing(self.capabilities.host_keys));
+                .is_some_and(|r| r.host_key_needs_replacing(capabilities.host_keys));
             let name = target.host.clone();
             let task = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                fleet.converge_one(&target, &desired, rotate, &busy)
+                fleet.converge_one(&target, &desired, capabilities, rotate, &busy)
             });
             tasks.spawn(async move {
                 let result = task.await.unwrap_or_else(|e| {
@@ -521,6 +571,7 @@ impl Fleet {
         &self,
         target: &SshTarget,
         desired: &DesiredHost,
+        capabilities: Capabilities,
         rotate: bool,
         busy: &Arc<AtomicUsize>,
     ) -> Result<(HostOutcome, Connection), FleetError> {
@@ -532,10 +583,17 @@ impl Fleet {
             })
         };
         let result = (|| {
-            if target.expected_host_key.is_none()
-                && self.capabilities.host_keys == HostKeys::Injected
-            {
-                return Err(FleetError::UnknownHostKey { host: host.clone() });
+            if target.expected_host_key.is_none() {
+                match capabilities.host_keys {
+                    HostKeys::Injected => {
+                        return Err(FleetError::UnknownHostKey { host: host.clone() })
+                    }
+                    // The user vouches for the keys of their own hosts
+                    // (config, known_hosts or their yes): never on first
+                    // use here.
+                    HostKeys::Vouched => return Err(FleetError::NotPinned { host: host.clone() }),
+                    _ => {}
+                }
             }
             step(Step::Connecting);
             let connecting = Instant::now();
@@ -566,7 +624,7 @@ impl Fleet {
                     what: what.clone(),
                 });
             }
-            self.record_converged(host, desired, pinned)?;
+            self.record_converged(host, desired, pinned, report.guest.clone())?;
             let outcome = HostOutcome {
                 name: host.clone(),
                 role: desired.role,
@@ -595,6 +653,7 @@ impl Fleet {
         host: &HostName,
         desired: &DesiredHost,
         pinned: Option<SshPublicKey>,
+        guest: Option<GuestRecord>,
     ) -> Result<(), FleetError> {
         let digests: BTreeMap<String, String> = desired
             .files
@@ -606,6 +665,9 @@ impl Fleet {
                 record.files = digests;
                 if let Some(key) = pinned {
                     record.ssh_host_key = Some(key);
+                }
+                if guest.is_some() {
+                    record.guest = guest;
                 }
             }
         })?;
@@ -711,6 +773,113 @@ impl Fleet {
         .await
     }
 
+    /// Removes PromGuard from each of `hosts` (hosts of the state that
+    /// PromGuard did not create), concurrently: the recipe's leave script
+    /// undoes what the host's guest manifest lists, and the record's
+    /// files and guest record are cleared. The hosts themselves stay, and
+    /// stay in the state: forgetting them is the caller's next step
+    /// ([`promguard_cloud`'s `destroy_removed` or `destroy_deployment`]).
+    /// Hosts that are not of the user's are refused; every failure is
+    /// reported.
+    pub async fn leave(&self, hosts: &[HostName]) -> Result<(), FleetError> {
+        let busy = Arc::new(AtomicUsize::new(0));
+        self.unless_cancelled(&busy, async {
+            let state = self.journal.snapshot();
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut failures = Vec::new();
+            for name in hosts {
+                let Some(record) = state.hosts.get(name).filter(|r| r.existing) else {
+                    failures.push((name.clone(), FleetError::NotExisting { host: name.clone() }));
+                    continue;
+                };
+                if record.public_address.is_none() {
+                    // Never reached: nothing of PromGuard's is there.
+                    continue;
+                }
+                let target = match self.access.pinned_target(&state, name) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        failures.push((name.clone(), e));
+                        continue;
+                    }
+                };
+                let fleet = self.clone();
+                let name = name.clone();
+                let busy = Arc::clone(&busy);
+                tasks.spawn_blocking(move || {
+                    let result = fleet.leave_one(&target, &busy);
+                    (name, result)
+                });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok((_, Ok(()))) => {}
+                    Ok((name, Err(e))) => failures.push((name, e)),
+                    Err(e) => failures.push((
+                        HostName::new("unknown").expect("a valid name"),
+                        FleetError::Task {
+                            host: HostName::new("unknown").expect("a valid name"),
+                            message: e.to_string(),
+                        },
+                    )),
+                }
+            }
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                failures.sort_by(|a, b| a.0.cmp(&b.0));
+                Err(FleetError::Leave { failures })
+            }
+        })
+        .await
+    }
+
+    /// One host of [`Fleet::leave`], on a blocking thread.
+    fn leave_one(&self, target: &SshTarget, busy: &Arc<AtomicUsize>) -> Result<(), FleetError> {
+        let host = &target.host;
+        self.event(Event::Step {
+            host: host.clone(),
+            step: Step::Leaving,
+        });
+        let result = (|| {
+            let conn = Connection::connect(target, &self.access.connector, self.connect_options())
+                .map_err(failed(Step::Connecting))?;
+            let output = {
+                let _busy = Busy::start(busy);
+                conn.exec_root_checked(
+                    "removing PromGuard",
+                    recipe::guest::leave_script().as_bytes(),
+                )
+                .map_err(failed(Step::Leaving))?
+            };
+            recipe::guest::parse_leave(&String::from_utf8_lossy(&output.stdout)).map_err(
+                |reason| {
+                    failed(Step::Leaving)(RemoteError::Protocol {
+                        host: host.clone(),
+                        what: "the leave script".into(),
+                        reason,
+                    })
+                },
+            )?;
+            self.journal.update(|state| {
+                if let Some(record) = state.hosts.get_mut(host) {
+                    record.files.clear();
+                    record.guest = None;
+                }
+            })?;
+            Ok(())
+        })();
+        self.event(Event::Finished {
+            host: host.clone(),
+            outcome: if result.is_ok() {
+                Outcome::Left
+            } else {
+                Outcome::Failed
+            },
+        });
+        result
+    }
+
     /// Polls the monitor's Prometheus, on the connection `converged` kept,
     /// until every target of `plan` is up and no removed one is left, for
     /// at most `timeout`. Adds the round trips to the monitor's outcome.
@@ -729,10 +898,17 @@ impl Fleet {
             .prometheus
             .as_ref()
             .expect("the monitor runs Prometheus");
+        // The user's own Prometheus scrapes itself (and more) in jobs of
+        // the user's: only PromGuard's job is PromGuard's to check.
+        let own_scrape = match &prometheus.mode {
+            PrometheusMode::Managed => Some(&prometheus.self_scrape),
+            PrometheusMode::Existing { .. } => None,
+        };
+        let pool = scrape_pool(prometheus);
         let expected: Vec<(String, String)> = prometheus
             .targets
             .iter()
-            .chain(std::iter::once(&prometheus.self_scrape))
+            .chain(own_scrape)
             .map(|t| (t.job.to_string(), format!("http://{}/metrics", t.address)))
             .collect();
         let name = monitor.name.clone();
@@ -743,7 +919,7 @@ impl Fleet {
         let listen = prometheus.listen;
         let poll = tokio::task::spawn_blocking(move || {
             let before = conn.round_trips();
-            let result = poll_targets(&conn, listen, &expected, timeout);
+            let result = poll_targets(&conn, listen, pool.as_deref(), &expected, timeout);
             (result, conn.round_trips() - before)
         });
         let busy = Arc::new(AtomicUsize::new(0));
@@ -768,6 +944,29 @@ impl Fleet {
         });
         result.map(|targets| Verified { targets })
     }
+}
+
+/// The scrape job PromGuard's targets are in on a Prometheus of the
+/// user's; `None` when PromGuard runs the Prometheus (every job is its).
+pub fn scrape_pool(prometheus: &promguard_core::plan::PrometheusPlan) -> Option<String> {
+    match &prometheus.mode {
+        PrometheusMode::Managed => None,
+        PrometheusMode::Existing { job_name } => Some(job_name.clone()),
+    }
+}
+
+/// Reads the monitor's targets, sorted by instance and job; only those of
+/// scrape job `pool` when given (a Prometheus of the user's). Blocking.
+pub fn fetch_targets_of(
+    conn: &Connection,
+    prometheus: SocketAddr,
+    pool: Option<&str>,
+) -> Result<Vec<TargetHealth>, FleetError> {
+    let mut targets = fetch_targets(conn, prometheus)?;
+    if let Some(pool) = pool {
+        targets.retain(|t| t.scrape_pool == pool);
+    }
+    Ok(targets)
 }
 
 /// Reads the monitor's targets, sorted by instance and job. Blocking.
@@ -825,6 +1024,7 @@ fn prometheus_read<T>(
 fn poll_targets(
     conn: &Connection,
     listen: SocketAddr,
+    pool: Option<&str>,
     expected: &[(String, String)],
     timeout: Duration,
 ) -> Result<Vec<TargetHealth>, FleetError> {
@@ -837,7 +1037,7 @@ fn poll_targets(
     let mut last: Result<Vec<TargetHealth>, String>;
     let mut delay = Duration::from_millis(100);
     loop {
-        match fetch_targets(conn, listen) {
+        match fetch_targets_of(conn, listen, pool) {
             Ok(targets) => {
                 let all_up = expected.iter().all(|(job, url)| {
                     targets

@@ -40,6 +40,10 @@ pub struct TargetHealth {
     pub instance: String,
     /// The job (exporter name).
     pub job: String,
+    /// The scrape job of Prometheus' config the target belongs to: the
+    /// job itself on a Prometheus PromGuard manages, the user's
+    /// `promguard-<deployment>` job on a Prometheus of the user's.
+    pub scrape_pool: String,
     /// The URL Prometheus scrapes.
     pub scrape_url: String,
     /// How its last scrape went.
@@ -84,6 +88,8 @@ struct Data {
 #[serde(rename_all = "camelCase")]
 struct ActiveTarget {
     labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    scrape_pool: String,
     scrape_url: String,
     health: Health,
     #[serde(default)]
@@ -103,6 +109,7 @@ pub fn parse_targets(body: &[u8]) -> Result<Vec<TargetHealth>, String> {
         .map(|t| TargetHealth {
             instance: t.labels.get("instance").cloned().unwrap_or_default(),
             job: t.labels.get("job").cloned().unwrap_or_default(),
+            scrape_pool: t.scrape_pool,
             scrape_url: t.scrape_url,
             health: t.health,
             // Prometheus reports "0001-01-01T00:00:00Z" before the first scrape.

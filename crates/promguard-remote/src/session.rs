@@ -143,6 +143,9 @@ pub struct Connection {
     presented_host_key: SshPublicKey,
     options: ConnectOptions,
     round_trips: AtomicU64,
+    /// The login user: other than root, privileged scripts go through
+    /// `sudo -n`.
+    user: String,
 }
 
 impl std::fmt::Debug for Connection {
@@ -294,6 +297,7 @@ impl Connection {
             presented_host_key: presented,
             options: options.clone(),
             round_trips: AtomicU64::new(0),
+            user: target.user.clone(),
         })
     }
 
@@ -428,6 +432,47 @@ impl Connection {
             });
         }
         Ok(())
+    }
+
+    /// The user this connection logged in as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Runs the bash script `script` as root: directly when logged in as
+    /// root, otherwise through `sudo -n` (never a password prompt). A
+    /// refusal by sudo becomes [`RemoteError::Sudo`], saying what to
+    /// grant; any other exit is the script's, for the caller to judge.
+    pub fn exec_root(&self, what: &str, script: &[u8]) -> Result<Output, RemoteError> {
+        if self.user == "root" {
+            return self.exec("bash -s", script);
+        }
+        let output = self.exec("sudo -n -- bash -s", script)?;
+        // sudo's own complaints start with its name; it exits 1.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.exit_code == 1 && stderr.starts_with("sudo: ") {
+            return Err(RemoteError::Sudo {
+                host: self.host.clone(),
+                user: self.user.clone(),
+                reason: format!("{what}: {}", stderr.lines().next().unwrap_or("").trim()),
+            });
+        }
+        Ok(output)
+    }
+
+    /// [`exec_root`](Self::exec_root), with a non-zero exit becoming
+    /// [`RemoteError::CommandFailed`] naming `what`.
+    pub fn exec_root_checked(&self, what: &str, script: &[u8]) -> Result<Output, RemoteError> {
+        let output = self.exec_root(what, script)?;
+        if !output.success() {
+            return Err(RemoteError::CommandFailed {
+                host: self.host.clone(),
+                what: what.to_owned(),
+                exit_code: output.exit_code,
+                stderr_tail: tail(&output.stderr, 2000),
+            });
+        }
+        Ok(output)
     }
 
     /// Like [`exec`](Self::exec), but a non-zero exit becomes

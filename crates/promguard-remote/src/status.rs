@@ -184,7 +184,7 @@ pub fn read_host(
         recipe::facts::facts_script(&host.interface.name, &paths)
     );
     let out = conn
-        .exec_checked("gathering facts", "bash -s", script.as_bytes())
+        .exec_root_checked("gathering facts", script.as_bytes())
         .map_err(remote(Step::Reading))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let (facts_text, wg_text) = text
@@ -318,6 +318,7 @@ mod tests {
             programs: BTreeMap::new(),
             enabled: BTreeMap::new(),
             pending: recipe::PendingApply::Clear,
+            guest: None,
         }
     }
 

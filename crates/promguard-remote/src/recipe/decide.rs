@@ -68,6 +68,10 @@ pub enum Action {
     },
     /// Make Alertmanager reread its config.
     ReloadAlertmanager,
+    /// Add these ufw rules (each the arguments of `ufw`), noted in the
+    /// guest manifest first: the host's ufw is active and would drop
+    /// WireGuard and the scrapes.
+    UfwAllow(Vec<String>),
 }
 
 impl fmt::Display for Action {
@@ -105,6 +109,7 @@ impl fmt::Display for Action {
             Action::StartAlertmanager { restart: false } => f.write_str("start alertmanager"),
             Action::StartAlertmanager { restart: true } => f.write_str("restart alertmanager"),
             Action::ReloadAlertmanager => f.write_str("reload alertmanager"),
+            Action::UfwAllow(rules) => write!(f, "ufw {}", rules.join("; ufw ")),
         }
     }
 }
@@ -158,6 +163,20 @@ impl Touched {
 /// nftables or Prometheus took the file in.
 pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError> {
     let mut decision = Decision::default();
+    let guest = match (&host.guest, &facts.guest) {
+        (None, _) => None,
+        (Some(guest), Some(facts_of_guest)) => {
+            refuse_clash(host, guest, facts, facts_of_guest)?;
+            Some((guest, facts_of_guest))
+        }
+        (Some(_), None) => {
+            return Err(RemoteError::Protocol {
+                host: host.name.clone(),
+                what: "the facts script".into(),
+                reason: "it did not report what a guest host reports".into(),
+            })
+        }
+    };
     let wants_prometheus = host.prometheus_listen.is_some();
     let wants_alertmanager = host.alertmanager_listen.is_some();
 
@@ -238,6 +257,18 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
     if !facts.firewall_loaded || touched.any(FileKind::Firewall) {
         decision.actions.push(Action::LoadFirewall);
     }
+    if let Some((guest, facts_of_guest)) = guest {
+        if facts_of_guest.ufw_active {
+            let missing: Vec<String> = guest
+                .ufw_rules(&host.interface)
+                .into_iter()
+                .filter(|r| !facts_of_guest.manifest.has_ufw(r))
+                .collect();
+            if !missing.is_empty() {
+                decision.actions.push(Action::UfwAllow(missing));
+            }
+        }
+    }
     if facts.systemd {
         let units: Vec<String> = super::facts::boot_units(&host.interface)
             .into_iter()
@@ -309,6 +340,44 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
         }
     }
     Ok(decision)
+}
+
+/// Fails when the host already has a WireGuard interface of the desired
+/// name, a config file for it or something on the desired UDP port that
+/// PromGuard did not put there: a guest never takes over the host's own.
+fn refuse_clash(
+    host: &DesiredHost,
+    guest: &super::Guest,
+    facts: &Facts,
+    facts_of_guest: &super::GuestFacts,
+) -> Result<(), RemoteError> {
+    let config = host.wireguard_config_path();
+    if facts_of_guest.manifest.has_file(&config) {
+        return Ok(());
+    }
+    let interface = &host.interface;
+    let mut found = Vec::new();
+    if facts.interface != InterfaceState::Missing {
+        found.push(format!("a network interface {interface}"));
+    }
+    if facts.files.get(&config).is_some_and(Option::is_some) {
+        found.push(format!("a WireGuard config {config}"));
+    }
+    if facts_of_guest.port_used {
+        found.push(format!(
+            "a program listening on UDP port {}",
+            guest.wireguard_port
+        ));
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(RemoteError::WireguardClash {
+        host: host.name.clone(),
+        interface: interface.clone(),
+        port: guest.wireguard_port,
+        found: found.join(" and "),
+    })
 }
 
 /// Alertmanager's actions, when the host has it.
@@ -424,6 +493,7 @@ mod tests {
                 Default::default()
             },
             pending: PendingApply::Clear,
+            guest: None,
         }
     }
 
@@ -700,5 +770,79 @@ mod tests {
         let decision = decide(&host, &facts).unwrap();
         assert!(decision.actions.is_empty() && decision.files.is_empty());
         assert!(!decision.is_empty());
+    }
+
+    fn guest_node() -> (DesiredHost, Facts) {
+        use promguard_core::Port;
+        let mut host = node();
+        host.guest = Some(super::super::Guest {
+            wireguard_port: Port::new(51820).unwrap(),
+            scraper: "10.0.0.1".parse().unwrap(),
+            exporter_ports: vec![Port::new(9100).unwrap()],
+            comment: "promguard-prod".into(),
+        });
+        let mut facts = converged(&host, true);
+        facts.guest = Some(super::super::GuestFacts {
+            ufw_active: false,
+            port_used: true,
+            manifest: super::super::guest::Manifest {
+                entries: vec![super::super::guest::Entry::Created(
+                    "/etc/wireguard/wg0.conf".into(),
+                )],
+            },
+        });
+        (host, facts)
+    }
+
+    #[test]
+    fn a_guest_never_takes_over_the_hosts_own_wireguard() {
+        let (host, mut facts) = guest_node();
+        // PromGuard's own interface holds the port: converged.
+        assert!(decide(&host, &facts).unwrap().is_empty());
+        // The host's own: refused before anything changes.
+        facts.guest.as_mut().unwrap().manifest = Default::default();
+        let err = decide(&host, &facts).unwrap_err().to_string();
+        for part in [
+            "node-1 already has a network interface wg0",
+            "a WireGuard config /etc/wireguard/wg0.conf",
+            "a program listening on UDP port 51820",
+            "wireguard.interface and wireguard.port",
+            "wireguard = { interface = \"wg1\", port = 51821 }",
+        ] {
+            assert!(err.contains(part), "{part}: {err}");
+        }
+        // Only the port taken.
+        facts.interface = InterfaceState::Missing;
+        facts.files.insert("/etc/wireguard/wg0.conf".into(), None);
+        let err = decide(&host, &facts).unwrap_err().to_string();
+        assert!(
+            err.contains("already has a program listening on UDP port 51820, which"),
+            "{err}"
+        );
+        facts.guest.as_mut().unwrap().port_used = false;
+        assert!(decide(&host, &facts).is_ok());
+    }
+
+    #[test]
+    fn an_active_ufw_gets_the_rules_once() {
+        let (host, mut facts) = guest_node();
+        facts.guest.as_mut().unwrap().ufw_active = true;
+        let decision = decide(&host, &facts).unwrap();
+        assert_eq!(
+            decision.actions,
+            [Action::UfwAllow(vec![
+                "allow 51820/udp comment promguard-prod".into(),
+                "allow in on wg0 from 10.0.0.1 to any port 9100 proto tcp comment promguard-prod"
+                    .into(),
+            ])]
+        );
+        let manifest = &mut facts.guest.as_mut().unwrap().manifest;
+        for rule in host.guest.as_ref().unwrap().ufw_rules(&host.interface) {
+            manifest.entries.push(super::super::guest::Entry::Ufw(rule));
+        }
+        assert!(decide(&host, &facts).unwrap().is_empty());
+        // A guest host that does not report guest facts is an error.
+        facts.guest = None;
+        assert!(decide(&host, &facts).is_err());
     }
 }

@@ -14,8 +14,9 @@ use crate::quote::{check_remote_path, shell_quote};
 /// The first line of the facts output. The number goes up whenever a line
 /// is added or changes meaning, so a parser never misreads another
 /// version's output (2 added the `apply-pending` lines, 3 the `enabled`
-/// lines of systemd hosts).
-pub const FACTS_HEADER: &str = "promguard-facts 5";
+/// lines of systemd hosts, 6 the `guest` lines of hosts PromGuard did not
+/// create).
+pub const FACTS_HEADER: &str = "promguard-facts 6";
 
 /// Programs the recipe runs, with the Debian package providing each.
 pub const PROGRAMS: &[(&str, &str)] = &[
@@ -86,6 +87,21 @@ pub struct Facts {
     /// earlier apply stopped between writing files and finishing their
     /// actions.
     pub pending: PendingApply,
+    /// On a host PromGuard is a guest on ([`facts_script_for_guest`]),
+    /// what only such hosts report; `None` on the others.
+    pub guest: Option<GuestFacts>,
+}
+
+/// What a host PromGuard did not create reports besides the common facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFacts {
+    /// ufw is installed and enabled.
+    pub ufw_active: bool,
+    /// Something holds the WireGuard UDP port (which PromGuard's own
+    /// interface does once it runs).
+    pub port_used: bool,
+    /// The guest manifest: what PromGuard added to the host so far.
+    pub manifest: super::guest::Manifest,
 }
 
 /// The apply marker as the facts script saw it.
@@ -158,7 +174,20 @@ pub enum ProcessState {
 /// which for these 6 KiB cost the host about 2 ms of CPU per run. Nothing
 /// runs before all of it is read, as with a script in a function.
 pub fn facts_script(interface: &InterfaceName, paths: &[String]) -> String {
-    let script = facts_function(interface, paths);
+    read_and_run(facts_function(interface, paths, None))
+}
+
+/// [`facts_script`] for a host PromGuard is a guest on, whose WireGuard
+/// interface is to listen on `port`: it also reports the [`GuestFacts`].
+pub fn facts_script_for_guest(
+    interface: &InterfaceName,
+    paths: &[String],
+    port: promguard_core::Port,
+) -> String {
+    read_and_run(facts_function(interface, paths, Some(port)))
+}
+
+fn read_and_run(script: String) -> String {
     // `read -N` counts characters: in ASCII, whatever the host's locale,
     // they are bytes. Every value in the script is ASCII (paths and
     // interface names are checked), so the fallback is only a safeguard.
@@ -173,7 +202,11 @@ pub fn facts_script(interface: &InterfaceName, paths: &[String]) -> String {
 
 /// The facts function and its call, as bash reads them after the first
 /// line of [`facts_script`].
-fn facts_function(interface: &InterfaceName, paths: &[String]) -> String {
+fn facts_function(
+    interface: &InterfaceName,
+    paths: &[String],
+    guest_port: Option<promguard_core::Port>,
+) -> String {
     let quoted_paths: Vec<String> = paths.iter().map(|p| shell_quote(p)).collect();
     let units: Vec<String> = boot_units(interface)
         .iter()
@@ -186,7 +219,11 @@ fn facts_function(interface: &InterfaceName, paths: &[String]) -> String {
          iface={iface}\nheader={header}\nmarker={marker}\nmarker_lines={marker_lines}\n\
          node_exporter={node_exporter}\nprometheus={prometheus}\nwg_metrics={wg_metrics}\nalertmanager={alertmanager}\n\
          paths={paths}\nprograms={programs}\nunits={units}\n\
+         guest_port={guest_port}\nguest_manifest={guest_manifest}\nguest_lines={guest_lines}\n\
          {FACTS_BODY}}}\nfacts </dev/null\n",
+        guest_port = guest_port.map(|p| p.to_string()).unwrap_or_default(),
+        guest_manifest = shell_quote(super::guest::MANIFEST_PATH),
+        guest_lines = super::guest::MANIFEST_MAX_LINES + 1,
         iface = shell_quote(interface.as_str()),
         header = shell_quote(FACTS_HEADER),
         marker = shell_quote(APPLY_MARKER_PATH),
@@ -236,6 +273,10 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
     let mut marker_present = None;
     let mut marker_lines: Vec<&str> = Vec::new();
     let mut ended = false;
+    let mut guest = false;
+    let mut ufw_active = None;
+    let mut port_used = None;
+    let mut guest_lines: Vec<&str> = Vec::new();
     for line in lines {
         if ended {
             return Err(format!("unexpected line after `end`: {:?}", short(line)));
@@ -346,6 +387,21 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
                 }
                 marker_lines.push(rest);
             }
+            "guest" if rest == "yes" && !guest => guest = true,
+            "ufw" if guest => {
+                ufw_active = Some(yes_no(rest, "active", "inactive").ok_or_else(bad)?)
+            }
+            "udp-port" if guest => port_used = Some(yes_no(rest, "used", "free").ok_or_else(bad)?),
+            "guest-line" if guest && !rest.is_empty() => {
+                if guest_lines.len() > super::guest::MANIFEST_MAX_LINES {
+                    return Err(format!(
+                        "{} has more than {} lines",
+                        super::guest::MANIFEST_PATH,
+                        super::guest::MANIFEST_MAX_LINES
+                    ));
+                }
+                guest_lines.push(rest);
+            }
             _ => return Err(format!("unknown line {:?}", short(line))),
         }
     }
@@ -399,6 +455,15 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
         programs,
         enabled,
         pending,
+        guest: if guest {
+            Some(GuestFacts {
+                ufw_active: ufw_active.ok_or_else(|| missing("`ufw`"))?,
+                port_used: port_used.ok_or_else(|| missing("`udp-port`"))?,
+                manifest: super::guest::Manifest::parse(guest_lines.iter().copied())?,
+            })
+        } else {
+            None
+        },
     })
 }
 
@@ -453,7 +518,7 @@ mod tests {
 
     fn sample() -> String {
         format!(
-            "noise from a login script\npromguard-facts 5\nsystemd no\n\
+            "noise from a login script\npromguard-facts 6\nsystemd no\n\
              file {HASH} /etc/wireguard/wg0.conf\nfile missing /etc/promguard/nftables.conf\n\
              program yes /usr/bin/wg\nprogram yes /usr/bin/wg-quick\nprogram yes /usr/sbin/nft\n\
              program yes /usr/bin/prometheus-node-exporter\nprogram no /usr/bin/prometheus\nprogram no /usr/bin/prometheus-alertmanager\n\
@@ -501,6 +566,7 @@ mod tests {
                 },
                 enabled: {},
                 pending: Clear,
+                guest: None,
             }
         "#]]
         .assert_debug_eq(&facts);
@@ -572,10 +638,10 @@ mod tests {
     fn malformed_output_is_an_error_not_a_panic() {
         let good = sample();
         let cases: Vec<(String, &str)> = vec![
-            (String::new(), "no `promguard-facts 5` header"),
+            (String::new(), "no `promguard-facts 6` header"),
             (
-                good.replace("promguard-facts 5", "promguard-facts 1"),
-                "no `promguard-facts 5` header",
+                good.replace("promguard-facts 6", "promguard-facts 1"),
+                "no `promguard-facts 6` header",
             ),
             (
                 good.replace("apply-pending absent\n", ""),

@@ -25,6 +25,7 @@
 
 pub mod decide;
 pub mod facts;
+pub mod guest;
 pub mod script;
 
 use std::collections::BTreeSet;
@@ -38,7 +39,8 @@ use crate::quote::check_remote_path;
 use crate::session::Connection;
 
 pub use decide::{decide, Action, Decision};
-pub use facts::{parse_facts, Facts, InterfaceState, PendingApply, ProcessState};
+pub use facts::{parse_facts, Facts, GuestFacts, InterfaceState, PendingApply, ProcessState};
+pub use guest::Guest;
 
 /// Everything one host should contain and run. The caller renders the
 /// files; the recipe only installs them and starts what uses them.
@@ -69,6 +71,9 @@ pub struct DesiredHost {
     /// Install missing packages with apt-get (cloud hosts). When false, a
     /// missing program is an error.
     pub install_packages: bool,
+    /// On a host PromGuard did not create, what being a guest there takes
+    /// ([`guest`]); `None` on hosts a provider created.
+    pub guest: Option<Guest>,
 }
 
 impl DesiredHost {
@@ -212,6 +217,9 @@ pub struct Report {
     pub actions: Vec<String>,
     /// SSH round trips used: 1 when nothing changed, 2 otherwise.
     pub round_trips: u64,
+    /// On a guest host, what PromGuard has added to it so far (its guest
+    /// manifest), for the state.
+    pub guest: Option<promguard_core::state::GuestRecord>,
 }
 
 impl Report {
@@ -228,8 +236,13 @@ pub fn converge(conn: &Connection, host: &DesiredHost) -> Result<Report, RemoteE
     let before = conn.round_trips();
     validate(host)?;
     let managed = managed_paths(host);
-    let facts_script = facts::facts_script(&host.interface, &managed);
-    let output = conn.exec_checked("gathering facts", "bash -s", facts_script.as_bytes())?;
+    let facts_script = match &host.guest {
+        Some(guest) => {
+            facts::facts_script_for_guest(&host.interface, &managed, guest.wireguard_port)
+        }
+        None => facts::facts_script(&host.interface, &managed),
+    };
+    let output = conn.exec_root_checked("gathering facts", facts_script.as_bytes())?;
     let facts =
         parse_facts(&String::from_utf8_lossy(&output.stdout), &managed).map_err(|reason| {
             RemoteError::Protocol {
@@ -250,11 +263,25 @@ pub fn converge(conn: &Connection, host: &DesiredHost) -> Result<Report, RemoteE
         changed_files: decision.files.iter().map(|f| f.path.clone()).collect(),
         actions: decision.actions.iter().map(ToString::to_string).collect(),
         round_trips: 0,
+        guest: facts.guest.as_ref().map(|g| g.manifest.to_record()),
     };
     if !decision.is_empty() {
         tracing::info!(host = %host.name, files = ?report.changed_files, actions = ?report.actions, "applying changes");
         let apply = script::apply_script(host, facts.systemd, &decision);
-        let output = conn.exec("bash -s", apply.as_bytes())?;
+        let output = conn.exec_root("the apply script", apply.as_bytes())?;
+        if host.guest.is_some() {
+            // `down` undoes the manifest on the host; the state keeps a
+            // copy so that the user can see what PromGuard added.
+            let manifest = guest::manifest_from_output(&String::from_utf8_lossy(&output.stdout))
+                .map_err(|reason| RemoteError::Protocol {
+                    host: host.name.clone(),
+                    what: "the apply script".into(),
+                    reason,
+                })?;
+            if let Some(m) = manifest {
+                report.guest = Some(m.to_record());
+            }
+        }
         if !output.success() {
             let stdout = String::from_utf8_lossy(&output.stdout);
             let step = stdout
@@ -402,6 +429,7 @@ pub(crate) mod test_support {
             prometheus_listen: None,
             alertmanager_listen: None,
             install_packages: false,
+            guest: None,
         }
     }
 

@@ -251,7 +251,7 @@ pub fn systemd_files(host: &DesiredHost) -> Vec<DesiredFile> {
 }
 
 /// Shell functions every apply script starts with.
-const PRELUDE: &str = include_str!("sh/prelude.sh");
+pub(crate) const PRELUDE: &str = include_str!("sh/prelude.sh");
 
 /// Functions for hosts without systemd: daemons tracked by PID files.
 const SUPERVISOR: &str = include_str!("sh/supervisor.sh");
@@ -293,11 +293,17 @@ pub fn apply_script(host: &DesiredHost, systemd: bool, decision: &Decision) -> S
     {
         s.push_str(APT);
     }
+    let guest = host.guest.is_some();
+    if guest {
+        s.push_str(&super::guest::guest_variables());
+        s.push_str(super::guest::GUEST_SH);
+        s.push_str("step 'note in the guest manifest'\nguest_begin\n");
+    }
 
     // Packages first, so their files exist before ours replace them.
     for action in &decision.actions {
         if let Action::InstallPackages(packages) = action {
-            install_packages(&mut s, packages, systemd);
+            install_packages(&mut s, packages, systemd, guest);
         }
     }
     // The marker goes in before the first file and lists every file whose
@@ -315,15 +321,24 @@ pub fn apply_script(host: &DesiredHost, systemd: bool, decision: &Decision) -> S
             "step {}",
             shell_quote(&format!("mark {APPLY_MARKER_PATH}"))
         );
+        if guest {
+            super::guest::note_files(&mut s, &[APPLY_MARKER_PATH]);
+        }
         write_embedded(&mut s, &marker);
     }
     for file in &decision.files {
         let _ = writeln!(s, "step {}", shell_quote(&format!("write {}", file.path)));
+        if guest {
+            super::guest::note_files(&mut s, &[&file.path]);
+        }
         write_embedded(&mut s, file);
     }
     for action in &decision.actions {
         if !matches!(action, Action::InstallPackages(_)) {
             let _ = writeln!(s, "step {}", shell_quote(&action.to_string()));
+            if guest {
+                guest_notes(&mut s, systemd, action);
+            }
             if systemd {
                 systemd_action(&mut s, host, action);
             } else {
@@ -341,8 +356,43 @@ pub fn apply_script(host: &DesiredHost, systemd: bool, decision: &Decision) -> S
             shell_quote(APPLY_MARKER_PATH)
         );
     }
+    if guest {
+        s.push_str("guest_report\n");
+    }
     s.push_str("echo 'step done'\n}\nmain </dev/null\n");
     s
+}
+
+/// On a guest host, what `action` notes in the manifest before it runs.
+fn guest_notes(s: &mut String, systemd: bool, action: &Action) {
+    match action {
+        Action::WireguardUp(name) | Action::WireguardRecreate(name) if systemd => {
+            super::guest::note_units(s, &[format!("wg-quick@{name}.service")]);
+        }
+        Action::EnableAtBoot(units) if systemd => super::guest::note_units(s, units),
+        Action::StartNodeExporter { .. } if systemd => {
+            super::guest::note_units(s, &[NODE_EXPORTER_UNIT.to_owned()])
+        }
+        Action::StartWgMetrics { .. } if systemd => {
+            super::guest::note_units(s, &[WG_METRICS_UNIT.to_owned()])
+        }
+        Action::StartPrometheus { .. } if systemd => {
+            super::guest::note_units(s, &[PROMETHEUS_UNIT.to_owned()])
+        }
+        Action::StartAlertmanager { .. } if systemd => {
+            super::guest::note_units(s, &[ALERTMANAGER_UNIT.to_owned()])
+        }
+        _ => {}
+    }
+}
+
+/// `guest_ufw` for each rule (its words are typed values: ports,
+/// addresses, interface names, a checked comment).
+fn ufw_allow(s: &mut String, rules: &[String]) {
+    for rule in rules {
+        let words: Vec<String> = rule.split_whitespace().map(shell_quote).collect();
+        let _ = writeln!(s, "guest_ufw {}", words.join(" "));
+    }
 }
 
 /// `write_file` for `file`, its content as base64 in a quoted here-document.
@@ -372,7 +422,7 @@ fn write_embedded(s: &mut String, file: &DesiredFile) {
 /// (node_exporter on every address) before PromGuard's config is in.
 pub(crate) const HELD_UNITS: &[&str] = &[NODE_EXPORTER_UNIT, PROMETHEUS_UNIT, ALERTMANAGER_UNIT];
 
-fn install_packages(s: &mut String, packages: &[String], systemd: bool) {
+fn install_packages(s: &mut String, packages: &[String], systemd: bool, guest: bool) {
     let list: Vec<String> = packages.iter().map(|p| shell_quote(p)).collect();
     let held: Vec<String> = HELD_UNITS.iter().map(|u| shell_quote(u)).collect();
     let _ = writeln!(
@@ -387,7 +437,17 @@ fn install_packages(s: &mut String, packages: &[String], systemd: bool) {
     } else {
         s.push_str("hold_services\n");
     }
+    if guest {
+        let _ = writeln!(
+            s,
+            "guest_dirs {}\nguest_packages_before",
+            shell_quote(APT_LOG_PATH)
+        );
+    }
     let _ = writeln!(s, "apt_install {}", list.join(" "));
+    if guest {
+        s.push_str("guest_packages_after\n");
+    }
     if systemd {
         let _ = writeln!(s, "release_units {}", held.join(" "));
     } else {
@@ -480,6 +540,7 @@ fn plain_action(s: &mut String, host: &DesiredHost, action: &Action) {
         Action::ReloadAlertmanager => {
             let _ = writeln!(s, "signal_daemon {ALERTMANAGER} {ALERTMANAGER_BIN} HUP");
         }
+        Action::UfwAllow(rules) => ufw_allow(s, rules),
     }
 }
 
@@ -562,6 +623,7 @@ fn systemd_action(s: &mut String, host: &DesiredHost, action: &Action) {
                 "systemctl reload {ALERTMANAGER_UNIT} || fail \"cannot reload {ALERTMANAGER_UNIT}\""
             );
         }
+        Action::UfwAllow(rules) => ufw_allow(s, rules),
     }
 }
 
@@ -926,7 +988,7 @@ mod tests {
     fn fresh_node_decision_produces_ordered_script() {
         let host = node();
         let facts = super::super::facts::parse_facts(
-            "promguard-facts 5\nsystemd no\nfile missing /etc/wireguard/wg0.conf\n\
+            "promguard-facts 6\nsystemd no\nfile missing /etc/wireguard/wg0.conf\n\
              file missing /etc/promguard/nftables.conf\n\
              file missing /etc/default/prometheus-node-exporter\n\
              file missing /etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf\n\

@@ -309,6 +309,7 @@ fn converge_a_local_monitor() {
         prometheus_listen: Some("127.0.0.1:9090".parse().unwrap()),
         alertmanager_listen: None,
         install_packages: false,
+        guest: None,
     };
 
     // First run: everything.

@@ -3,7 +3,8 @@
 # lines the parser there reads. facts_script() puts it in a function after
 # setting iface, header, marker, marker_lines, node_exporter, prometheus,
 # wg_metrics, alertmanager and
-# the arrays paths, programs and units (every value quoted).
+# the arrays paths, programs and units (every value quoted), and on hosts
+# PromGuard did not create guest_port, guest_manifest and guest_lines.
 #
 # It runs on every host in every run, so it starts as few processes as it
 # can: bash builtins and files of /proc instead of ss, tr, awk, grep, head
@@ -118,5 +119,35 @@ if [ -e "$marker" ] || [ -L "$marker" ]; then
   fi
 else
   echo 'apply-pending absent'
+fi
+# On a host PromGuard is a guest on: whether ufw is on (as its boot
+# script decides, from ufw.conf), whether something holds the WireGuard
+# UDP port (this namespace's sockets, as `ss -uln` reads them), and the
+# guest manifest.
+if [ -n "$guest_port" ]; then
+  echo 'guest yes'
+  ufw=inactive
+  if [ -x /usr/sbin/ufw ] && [ -r /etc/ufw/ufw.conf ]; then
+    while IFS= read -r l; do
+      case "$l" in ENABLED=yes) ufw=active;; esac
+    done < /etc/ufw/ufw.conf
+  fi
+  echo "ufw $ufw"
+  printf -v hex '%04X' "$guest_port"
+  used=free
+  for t in /proc/net/udp /proc/net/udp6; do
+    [ -r "$t" ] || continue
+    while read -r _ local _; do
+      case "$local" in *:"$hex") used=used; break;; esac
+    done < "$t"
+  done
+  echo "udp-port $used"
+  if [ -f "$guest_manifest" ]; then
+    n=0
+    while [ "$n" -lt "$guest_lines" ] && { IFS= read -r l || [ -n "$l" ]; }; do
+      printf 'guest-line %s\n' "$l"
+      n=$((n + 1))
+    done < "$guest_manifest"
+  fi
 fi
 echo 'end'
