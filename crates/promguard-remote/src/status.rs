@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use promguard_core::{Event, HostName, Observer, Outcome, Plan, Role, State, Step};
 use serde::Serialize;
 
-use crate::fleet::{fetch_alerts, fetch_targets, Access, FleetError};
+use crate::fleet::{fetch_alerts, fetch_targets_of, Access, FleetError};
 use crate::prometheus_api::{FiringAlert, TargetHealth};
 use crate::recipe;
 
@@ -233,7 +233,11 @@ pub fn read_host(
         .collect();
     let (targets, alerts) = match &host.prometheus {
         Some(p) if matches!(facts.prometheus, recipe::ProcessState::Running { .. }) => {
-            match fetch_targets(&conn, p.listen) {
+            let pool = crate::fleet::scrape_pool(p);
+            match fetch_targets_of(&conn, p.listen, pool.as_deref()) {
+                // The alerts of the user's own Prometheus are the user's:
+                // PromGuard's rules are not loaded there.
+                Ok(t) if pool.is_some() => (Some(t), None),
                 Ok(t) => (Some(t), fetch_alerts(&conn, p.listen).ok()),
                 Err(e) => {
                     problems.insert(0, format!("Prometheus does not answer: {e}"));
