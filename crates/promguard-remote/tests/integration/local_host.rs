@@ -213,8 +213,15 @@ fn failed_action_is_retried(conn: &Connection, desired: &mut DesiredHost) {
     assert_eq!(report.round_trips, 1);
 }
 
-#[test]
-fn converge_a_local_monitor() {
+/// One namespace host of a fresh local deployment, and a connection to it.
+struct Lab {
+    _runtime: tokio::runtime::Runtime,
+    _deployment: Deployment,
+    conn: Connection,
+    name: HostName,
+}
+
+fn lab(prefix: &str, host_name: &str, role: Role) -> Lab {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     // Not under /tmp: hosts get a private /tmp and must see the state dir.
     std::fs::create_dir_all("/var/tmp").unwrap();
@@ -222,7 +229,8 @@ fn converge_a_local_monitor() {
         .prefix("promguard-remote-test")
         .tempdir_in("/var/tmp")
         .unwrap();
-    let deployment = DeploymentName::new(&format!("rt{}", std::process::id() % 100_000)).unwrap();
+    let deployment =
+        DeploymentName::new(&format!("{prefix}{}", std::process::id() % 100_000)).unwrap();
     let provider = LocalProvider::new(
         deployment,
         LocalOptions {
@@ -237,7 +245,6 @@ fn converge_a_local_monitor() {
         provider: provider.clone(),
         _dir: dir,
     };
-
     let key_path = deployment._dir.path().join("id_ed25519");
     let status = Command::new("/usr/bin/ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
@@ -251,16 +258,15 @@ fn converge_a_local_monitor() {
     runtime
         .block_on(provider.register_ssh_key(&public))
         .unwrap();
-    let name = HostName::new("monitor").unwrap();
+    let name = HostName::new(host_name).unwrap();
     let hosts = runtime
         .block_on(provider.create_hosts(&[HostRequest {
             name: name.clone(),
-            role: Role::Monitor,
+            role,
             region: Region::new("local").unwrap(),
         }]))
         .unwrap();
     let host = &hosts[0];
-
     let connector: Connector = {
         let provider = provider.clone();
         Arc::new(move |addr| provider.connect(addr))
@@ -270,6 +276,18 @@ fn converge_a_local_monitor() {
         ..SshTarget::new(name.clone(), host.ssh, key_path.clone())
     };
     let conn = Connection::connect(&target, &connector, ConnectOptions::default()).unwrap();
+    Lab {
+        _runtime: runtime,
+        _deployment: deployment,
+        conn,
+        name,
+    }
+}
+
+#[test]
+fn converge_a_local_monitor() {
+    let lab = lab("rt", "monitor", Role::Monitor);
+    let (conn, name) = (&lab.conn, lab.name.clone());
 
     let (private, _) = wg_key();
     let (peer_a, _) = wg_key();
@@ -492,4 +510,107 @@ fn converge_a_local_monitor() {
     assert_eq!(apply_marker(&conn), None);
     assert!(converge(&conn, &desired).unwrap().is_noop());
     std::thread::sleep(Duration::from_millis(10));
+}
+
+/// What a guest must leave as it was: the WireGuard and PromGuard
+/// directories, the nftables ruleset, the links and the processes.
+fn snapshot(conn: &Connection) -> String {
+    let out = conn
+        .exec_checked(
+            "snapshot",
+            "bash -s",
+            b"ls -la /etc/wireguard 2>&1 | grep -v ' \\.\\.\\?$' | awk '{print $1, $NF}'; \
+              ls -la /etc/promguard 2>&1 | grep -v ' \\.\\.\\?$' | awk '{print $1, $NF}'; \
+              nft -s list ruleset; ip -o link | awk '{print $2}'; \
+              ps -eo comm= | grep -v -e '^ps$' -e '^bash$' -e '^sshd$' -e '^awk$' -e '^grep$' | sort\n",
+        )
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_guest_refuses_the_hosts_own_interface_and_leaves_no_trace() {
+    let lab = lab("rg", "db-1", Role::Node);
+    let conn = &lab.conn;
+    let (private, _) = wg_key();
+    let (peer, _) = wg_key();
+    let desired = DesiredHost {
+        name: lab.name.clone(),
+        role: Role::Node,
+        interface: InterfaceName::new("wg7").unwrap(),
+        wireguard_address: "10.0.0.1".parse().unwrap(),
+        files: vec![
+            DesiredFile::new(
+                FileKind::WireguardConfig,
+                "/etc/wireguard/wg7.conf",
+                0o600,
+                wg_conf(&private, &[(&peer, "10.0.0.2")]).replace("51820", "51827"),
+            ),
+            DesiredFile::new(
+                FileKind::Firewall,
+                "/etc/promguard/nftables.conf",
+                0o644,
+                RULESET,
+            ),
+        ],
+        node_exporter_listen: "10.0.0.1:9100".parse().unwrap(),
+        prometheus_listen: None,
+        alertmanager_listen: None,
+        install_packages: false,
+        guest: Some(recipe::Guest {
+            wireguard_port: promguard_core::Port::new(51827).unwrap(),
+            scraper: "10.0.0.2".parse().unwrap(),
+            exporter_ports: vec![promguard_core::Port::new(9100).unwrap()],
+            comment: "promguard-test".into(),
+        }),
+    };
+
+    // The host's own interface of that name: refused, nothing changed.
+    conn.exec_checked("add a link", "ip tuntap add dev wg7 mode tun", b"")
+        .unwrap();
+    let before = snapshot(conn);
+    let err = converge(conn, &desired).unwrap_err().to_string();
+    assert!(
+        err.contains("db-1 already has a network interface wg7")
+            && err.contains("wireguard.interface"),
+        "{err}"
+    );
+    assert_eq!(snapshot(conn), before);
+    conn.exec_checked("delete the link", "ip link delete wg7", b"")
+        .unwrap();
+
+    let before = snapshot(conn);
+    let report = converge(conn, &desired).unwrap();
+    let guest = report.guest.expect("a guest host reports its manifest");
+    assert!(
+        guest.created_paths.contains("/etc/wireguard/wg7.conf")
+            && guest.created_paths.contains("/etc/promguard/nftables.conf"),
+        "{guest:?}"
+    );
+    assert!(converge(conn, &desired).unwrap().is_noop());
+    // Now the interface and port are PromGuard's own: no clash.
+    let out = conn
+        .exec_root_checked("leave", recipe::guest::leave_script().as_bytes())
+        .unwrap();
+    assert_eq!(
+        recipe::guest::parse_leave(&String::from_utf8_lossy(&out.stdout)),
+        Ok(recipe::guest::Left::Done)
+    );
+    // Processes take a moment to exit after their signal.
+    let mut after = snapshot(conn);
+    for _ in 0..50 {
+        if after == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        after = snapshot(conn);
+    }
+    assert_eq!(after, before);
+    let out = conn
+        .exec_root_checked("leave again", recipe::guest::leave_script().as_bytes())
+        .unwrap();
+    assert_eq!(
+        recipe::guest::parse_leave(&String::from_utf8_lossy(&out.stdout)),
+        Ok(recipe::guest::Left::Nothing)
+    );
 }

@@ -36,7 +36,9 @@ if [ "$host" = 1 ] && [ "$sd" = 0 ]; then
   for pidfile in /run/promguard/*.pid; do
     [ -f "$pidfile" ] || continue
     read -r pid < "$pidfile" || pid=
-    case "$pid" in ''|*[!0-9]*) ;; *) kill "$pid" 2>/dev/null || true;; esac
+    # Each daemon leads its own session (setsid): its group goes too,
+    # the collector's sleep included.
+    case "$pid" in ''|*[!0-9]*) ;; *) kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true;; esac
     rm -f -- "$pidfile"
   done
 fi
