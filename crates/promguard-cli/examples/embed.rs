@@ -58,7 +58,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let journal = Arc::new(Journal::new(Arc::new(MemoryStore::default()), empty));
     let dialer = Arc::clone(&provider);
     let access = Access {
-        identity,
+        identity: identity.into(),
         default_port: config.ssh.port,
         connector: Arc::new(move |addr| dialer.connect(addr)),
     };

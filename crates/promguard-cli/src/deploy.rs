@@ -105,7 +105,7 @@ impl Context {
     pub fn access(&self) -> Access {
         let provider = Arc::clone(&self.provider);
         Access {
-            identity: self.identity.clone(),
+            identity: self.identity.clone().into(),
             default_port: self.project.config.ssh.port,
             connector: Arc::new(move |addr: SocketAddr| provider.connect(addr)),
         }

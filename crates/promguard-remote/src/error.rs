@@ -3,7 +3,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use promguard_core::{HostName, InterfaceName, Port};
@@ -43,14 +42,14 @@ pub enum RemoteError {
         reason: String,
     },
     /// Public key authentication was refused.
-    #[error("cannot log in to {host} as {user} with key {}: {source}; check that its public key is in the user's authorized_keys", identity.display())]
+    #[error("cannot log in to {host} as {user} with {identity}: {source}; check that its public key is in the user's authorized_keys")]
     Auth {
         /// The host.
         host: HostName,
         /// The remote user.
         user: String,
         /// The private key file used.
-        identity: PathBuf,
+        identity: crate::session::Identity,
         /// The SSH library's error.
         source: io::Error,
     },

@@ -18,7 +18,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -204,7 +203,7 @@ fn list(failures: &[(HostName, FleetError)]) -> String {
 #[derive(Clone)]
 pub struct Access {
     /// The private key to log in with.
-    pub identity: PathBuf,
+    pub identity: crate::session::Identity,
     /// The SSH port of hosts whose record names none.
     pub default_port: Port,
     /// Opens TCP connections to hosts: a provider's `connect` for the

@@ -10,7 +10,7 @@
 //! use promguard_remote::{tcp_connector, Access, Fleet};
 //!
 //! let access = Access {
-//!     identity: "/root/.ssh/id_ed25519".into(),
+//!     identity: std::path::PathBuf::from("/root/.ssh/id_ed25519").into(),
 //!     default_port: Port::new(22).unwrap(),
 //!     connector: tcp_connector(Duration::from_secs(10)),
 //! };
@@ -74,6 +74,6 @@ pub use error::RemoteError;
 pub use quote::{check_owner, check_remote_path, shell_quote};
 
 pub use session::{
-    for_each_host, serve_forward, tcp_connector, ConnectOptions, Connection, Connector, Output,
-    SshTarget, Tunnel,
+    for_each_host, serve_forward, tcp_connector, ConnectOptions, Connection, Connector, Identity,
+    Output, SshTarget, Tunnel,
 };

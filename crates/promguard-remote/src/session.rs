@@ -62,20 +62,46 @@ pub struct SshTarget {
     /// A second key the host may present instead: the new key of a host
     /// key replacement that was cut off before it was recorded as done.
     pub replacement_host_key: Option<SshPublicKey>,
-    /// The private key file (OpenSSH format, as `ssh-keygen` writes it).
-    pub identity: PathBuf,
+    /// The private key to log in with.
+    pub identity: Identity,
+}
+
+/// Which private key logs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// A private key file (OpenSSH format, as `ssh-keygen` writes it, or
+    /// PEM).
+    File(PathBuf),
+    /// The keys the user's ssh-agent holds (`SSH_AUTH_SOCK`), tried in
+    /// turn: the key never leaves the agent.
+    Agent,
+}
+
+impl From<PathBuf> for Identity {
+    fn from(path: PathBuf) -> Self {
+        Identity::File(path)
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::File(path) => write!(f, "key {}", path.display()),
+            Identity::Agent => f.write_str("the keys of the ssh-agent"),
+        }
+    }
 }
 
 impl SshTarget {
     /// A target logging in as `root` with no pinned host key yet.
-    pub fn new(host: HostName, addr: SocketAddr, identity: PathBuf) -> Self {
+    pub fn new(host: HostName, addr: SocketAddr, identity: impl Into<Identity>) -> Self {
         Self {
             host,
             addr,
             user: "root".to_owned(),
             expected_host_key: None,
             replacement_host_key: None,
-            identity,
+            identity: identity.into(),
         }
     }
 }
@@ -275,11 +301,13 @@ impl Connection {
                 source,
             })
         };
-        if !target.identity.is_file() {
-            return Err(auth_error(io::Error::new(
-                io::ErrorKind::NotFound,
-                "the private key file does not exist",
-            )));
+        if let Identity::File(path) = &target.identity {
+            if !path.is_file() {
+                return Err(auth_error(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the private key file does not exist",
+                )));
+            }
         }
         login(&session, &target.user, &target.identity).map_err(auth_error)?;
         if !session.authenticated() {
@@ -999,7 +1027,11 @@ fn retryable(err: &io::Error) -> bool {
 /// `ssh-keygen` writes) carries its public key in clear, so it is read
 /// from there and handed over with the private key: one parse per login.
 /// Any other format goes to libssh2 as a file, as before.
-fn login(session: &Session, user: &str, identity: &std::path::Path) -> io::Result<()> {
+fn login(session: &Session, user: &str, identity: &Identity) -> io::Result<()> {
+    let identity = match identity {
+        Identity::File(path) => path,
+        Identity::Agent => return login_with_agent(session, user),
+    };
     let text = std::fs::read_to_string(identity).ok();
     let public = text.as_deref().and_then(openssh_public_key);
     match (text.as_deref(), public) {
@@ -1009,6 +1041,35 @@ fn login(session: &Session, user: &str, identity: &std::path::Path) -> io::Resul
         _ => session.userauth_pubkey_file(user, None, identity, None)?,
     }
     Ok(())
+}
+
+/// Public key authentication with each key of the user's ssh-agent in
+/// turn, until the server accepts one.
+fn login_with_agent(session: &Session, user: &str) -> io::Result<()> {
+    let mut agent = session.agent()?;
+    agent.connect().map_err(|e| {
+        io::Error::other(format!(
+            "cannot reach an ssh-agent ({e}); start one and `ssh-add` the key, or set ssh.private_key"
+        ))
+    })?;
+    agent.list_identities()?;
+    let keys = agent.identities()?;
+    if keys.is_empty() {
+        return Err(io::Error::other(
+            "the ssh-agent holds no key; `ssh-add` the key, or set ssh.private_key",
+        ));
+    }
+    for key in &keys {
+        if agent.userauth(user, key).is_ok() {
+            let _ = agent.disconnect();
+            return Ok(());
+        }
+    }
+    let _ = agent.disconnect();
+    Err(io::Error::other(format!(
+        "the server accepted none of the ssh-agent's {} key(s)",
+        keys.len()
+    )))
 }
 
 /// The public key (`<algorithm> <base64>`, as in `authorized_keys`) that an

@@ -37,38 +37,42 @@ pub fn run(
         Some(c) => ssh.env(PROXY_CONFIG, std::path::absolute(c)?),
         None => ssh.env_remove(PROXY_CONFIG),
     };
-    // ssh expands `%` tokens and `${VAR}` in identity file names, and
-    // checks the unexpanded name first: no escaping works for both.
-    let identity = target.identity.to_string_lossy();
-    if identity.contains('%') || identity.contains("${") {
-        anyhow::bail!(
-            "the SSH private key path {identity} contains `%` or `${{`, which ssh would expand; move the config (or set ssh.private_key) to a path without them"
-        );
+    match &target.identity {
+        promguard_remote::Identity::File(path) => {
+            // ssh expands `%` tokens and `${VAR}` in identity file names,
+            // and checks the unexpanded name first: no escaping works for
+            // both.
+            let identity = path.to_string_lossy();
+            if identity.contains('%') || identity.contains("${") {
+                anyhow::bail!(
+                    "the SSH private key path {identity} contains `%` or `${{`, which ssh would expand; move the config (or set ssh.private_key) to a path without them"
+                );
+            }
+            ssh.arg("-i").arg(path).args(["-o", "IdentitiesOnly=yes"]);
+        }
+        // ssh asks the agent itself.
+        promguard_remote::Identity::Agent => {}
     }
-    ssh.arg("-i")
-        .arg(&target.identity)
-        .args([
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "GlobalKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .arg("-o")
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            known_hosts.path().display()
-        ))
-        .arg("-o")
-        .arg(format!("HostKeyAlias={alias}"))
-        .arg("-o")
-        .arg(format!("ProxyCommand={proxy}"))
-        .arg("-p")
-        .arg(target.addr.port().to_string())
-        .arg(format!("root@{}", target.addr.ip()));
+    ssh.args([
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+    ])
+    .arg("-o")
+    .arg(format!(
+        "UserKnownHostsFile={}",
+        known_hosts.path().display()
+    ))
+    .arg("-o")
+    .arg(format!("HostKeyAlias={alias}"))
+    .arg("-o")
+    .arg(format!("ProxyCommand={proxy}"))
+    .arg("-p")
+    .arg(target.addr.port().to_string())
+    .arg(format!("root@{}", target.addr.ip()));
     if !command.is_empty() {
         ssh.arg("--").args(command);
     }

@@ -184,7 +184,7 @@ fn trust_on_first_use_returns_the_presented_key() {
 fn wrong_client_key_is_an_auth_error() {
     let sshd = SshdFixture::new().start();
     let mut target = sshd.fixture.target();
-    target.identity = sshd.fixture.dir.path().join("host_ed25519");
+    target.identity = sshd.fixture.dir.path().join("host_ed25519").into();
     let err = Connection::connect(
         &target,
         &tcp_connector(Duration::from_secs(5)),
