@@ -331,7 +331,7 @@ fn converge_a_local_monitor() {
     };
 
     // First run: everything.
-    let report = converge(&conn, &desired).unwrap();
+    let report = converge(conn, &desired).unwrap();
     assert_eq!(report.changed_files.len(), 5, "{report:?}");
     assert_eq!(
         report.actions,
@@ -378,14 +378,14 @@ fn converge_a_local_monitor() {
     assert!(String::from_utf8_lossy(&routes.stdout).contains("10.0.0.2"));
 
     // Second run: nothing to do, one round trip.
-    let report = converge(&conn, &desired).unwrap();
+    let report = converge(conn, &desired).unwrap();
     assert!(report.is_noop(), "{report:?}");
     assert_eq!(report.round_trips, 1);
 
     // A new peer: syncconf, and a route for it; node_exporter untouched.
     desired.files[0].content =
         wg_conf(&private, &[(&peer_a, "10.0.0.2"), (&peer_b, "10.0.0.3")]).into_bytes();
-    let report = converge(&conn, &desired).unwrap();
+    let report = converge(conn, &desired).unwrap();
     assert_eq!(report.actions, ["wg syncconf wg0"]);
     let routes =
         String::from_utf8(conn.exec("ip route show dev wg0", b"").unwrap().stdout).unwrap();
@@ -395,14 +395,14 @@ fn converge_a_local_monitor() {
 
     // A removed peer loses its route.
     desired.files[0].content = wg_conf(&private, &[(&peer_b, "10.0.0.3")]).into_bytes();
-    converge(&conn, &desired).unwrap();
+    converge(conn, &desired).unwrap();
     let routes =
         String::from_utf8(conn.exec("ip route show dev wg0", b"").unwrap().stdout).unwrap();
     assert!(!routes.contains("10.0.0.2"), "{routes}");
-    assert_eq!(apply_marker(&conn), None);
+    assert_eq!(apply_marker(conn), None);
 
-    interrupted_apply(&conn, &mut desired, &private, &peer_b);
-    failed_action_is_retried(&conn, &mut desired);
+    interrupted_apply(conn, &mut desired, &private, &peer_b);
+    failed_action_is_retried(conn, &mut desired);
 
     // A dead node_exporter is restarted; a changed prometheus.yml reloads.
     conn.exec_checked(
@@ -412,14 +412,14 @@ fn converge_a_local_monitor() {
     )
     .unwrap();
     desired.files[2].content = prometheus_yml("10s").into_bytes();
-    let report = converge(&conn, &desired).unwrap();
+    let report = converge(conn, &desired).unwrap();
     assert_eq!(report.actions, ["start node_exporter", "reload prometheus"]);
-    assert_eq!(converge(&conn, &desired).unwrap().round_trips, 1);
+    assert_eq!(converge(conn, &desired).unwrap().round_trips, 1);
 
     // Only the targets file changed: written, nothing restarted.
     desired.files[3].content =
         br#"[{"targets":["10.0.0.1:9100"],"labels":{"instance":"m"}}]"#.to_vec();
-    let report = converge(&conn, &desired).unwrap();
+    let report = converge(conn, &desired).unwrap();
     assert_eq!(
         report.changed_files,
         ["/etc/prometheus/promguard/node.json"]
@@ -468,7 +468,7 @@ fn converge_a_local_monitor() {
             !state.contains(",UP,") || !state.contains("10.0.0.1/32"),
             "{name}: the breakage left wg0 up with its address: {state}"
         );
-        let report = converge(&conn, &desired).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let report = converge(conn, &desired).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(report.actions, [repair], "{name}");
         let state = conn
             .exec_checked(
@@ -488,27 +488,27 @@ fn converge_a_local_monitor() {
             state.contains("peer: "),
             "{name}: no peer in `wg show`: {state}"
         );
-        let report = converge(&conn, &desired).unwrap();
+        let report = converge(conn, &desired).unwrap();
         assert!(report.is_noop(), "{name}: {report:?}");
     }
 
     // A failing step names the host and the step.
     desired.files[1].content = b"this is not nftables\n".to_vec();
-    let err = converge(&conn, &desired).unwrap_err().to_string();
+    let err = converge(conn, &desired).unwrap_err().to_string();
     assert!(
         err.starts_with("nft -f /etc/promguard/nftables.conf failed on monitor"),
         "{err}"
     );
     // The failed action leaves the marker, so a later run retries it.
     assert_eq!(
-        apply_marker(&conn).as_deref(),
+        apply_marker(conn).as_deref(),
         Some("promguard-apply-pending 1\nfile /etc/promguard/nftables.conf\n")
     );
     desired.files[1].content = RULESET.as_bytes().to_vec();
-    let report = converge(&conn, &desired).unwrap();
+    let report = converge(conn, &desired).unwrap();
     assert_eq!(report.actions, ["nft -f /etc/promguard/nftables.conf"]);
-    assert_eq!(apply_marker(&conn), None);
-    assert!(converge(&conn, &desired).unwrap().is_noop());
+    assert_eq!(apply_marker(conn), None);
+    assert!(converge(conn, &desired).unwrap().is_noop());
     std::thread::sleep(Duration::from_millis(10));
 }
 
