@@ -131,6 +131,13 @@ pub enum RemoteError {
         /// What is there already.
         found: String,
     },
+    /// A monitor host of the user's runs its own Prometheus, and the
+    /// config asks PromGuard to install and manage one.
+    #[error("{host} already has a Prometheus that PromGuard did not install, and PromGuard does not take it over; nothing was changed. To scrape through it, set prometheus = \"existing\" (and prometheus_api, if it does not listen on 127.0.0.1:9090) in [monitor] and add the scrape job `promguard plan` prints to its config")]
+    HostsOwnPrometheus {
+        /// The host.
+        host: HostName,
+    },
     /// The login user may not run commands as root without a password.
     #[error("{host}: user {user} cannot run commands as root without a password ({reason}); PromGuard runs every privileged step through `sudo -n`: grant it with a line `{user} ALL=(ALL) NOPASSWD: ALL` in /etc/sudoers.d/promguard on the host, or log in as root (ssh_user)")]
     Sudo {
@@ -168,7 +175,8 @@ impl RemoteError {
             | RemoteError::MissingProgram { host, .. }
             | RemoteError::Protocol { host, .. }
             | RemoteError::WireguardClash { host, .. }
-            | RemoteError::Sudo { host, .. } => host,
+            | RemoteError::Sudo { host, .. }
+            | RemoteError::HostsOwnPrometheus { host } => host,
         }
     }
 }

@@ -72,7 +72,7 @@ pub fn run(
     .arg(format!("ProxyCommand={proxy}"))
     .arg("-p")
     .arg(target.addr.port().to_string())
-    .arg(format!("root@{}", target.addr.ip()));
+    .arg(format!("{}@{}", target.user, target.addr.ip()));
     if !command.is_empty() {
         ssh.arg("--").args(command);
     }

@@ -163,10 +163,21 @@ impl Touched {
 /// nftables or Prometheus took the file in.
 pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError> {
     let mut decision = Decision::default();
+    let wants_prometheus = host.prometheus_listen.is_some();
+    let wants_alertmanager = host.alertmanager_listen.is_some();
     let guest = match (&host.guest, &facts.guest) {
         (None, _) => None,
         (Some(guest), Some(facts_of_guest)) => {
             refuse_clash(host, guest, facts, facts_of_guest)?;
+            let prometheus_config = promguard_core::prometheus::CONFIG_PATH;
+            let hosts_own_prometheus = facts.programs.get(PROMETHEUS_BIN).copied() == Some(true)
+                && !facts_of_guest.manifest.has_file(prometheus_config)
+                && !super::guest::packages(&facts_of_guest.manifest).contains("prometheus");
+            if wants_prometheus && hosts_own_prometheus {
+                return Err(RemoteError::HostsOwnPrometheus {
+                    host: host.name.clone(),
+                });
+            }
             Some((guest, facts_of_guest))
         }
         (Some(_), None) => {
@@ -177,8 +188,6 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
             })
         }
     };
-    let wants_prometheus = host.prometheus_listen.is_some();
-    let wants_alertmanager = host.alertmanager_listen.is_some();
 
     let mut packages: Vec<String> = Vec::new();
     for (program, package) in PROGRAMS {
@@ -844,5 +853,27 @@ mod tests {
         // A guest host that does not report guest facts is an error.
         facts.guest = None;
         assert!(decide(&host, &facts).is_err());
+    }
+
+    #[test]
+    fn a_guest_never_takes_over_the_hosts_own_prometheus() {
+        let (mut host, mut facts) = guest_node();
+        host.prometheus_listen = Some("127.0.0.1:9090".parse().unwrap());
+        facts.programs.insert(PROMETHEUS_BIN.into(), true);
+        let err = decide(&host, &facts).unwrap_err().to_string();
+        assert!(
+            err.contains("node-1 already has a Prometheus")
+                && err.contains("prometheus = \"existing\""),
+            "{err}"
+        );
+        // One PromGuard installed is its own.
+        facts
+            .guest
+            .as_mut()
+            .unwrap()
+            .manifest
+            .entries
+            .push(super::super::guest::Entry::Package("prometheus".into()));
+        assert!(decide(&host, &facts).is_ok());
     }
 }
