@@ -21,7 +21,7 @@ use promguard_cloud::provision::{self, ProvisionError, WithoutState};
 use promguard_cloud::CloudProvider;
 use promguard_core::config::ProviderKind;
 use promguard_core::state::Preshared;
-use promguard_core::{Change, HostName, Journal, Lifecycle, Plan, SshPublicKey, State, StateStore};
+use promguard_core::{Change, HostName, Journal, Plan, SshPublicKey, State, StateStore};
 use promguard_remote::fleet::{Access, Fleet};
 use promguard_remote::{CancellationToken, Connection, Health, SshTarget, TargetHealth};
 
@@ -355,7 +355,7 @@ async fn run_up(
     if !plan.removed_hosts().is_empty() && !options.yes {
         bail!(
             "this run would {} (no longer in the config); run `promguard plan` to review, then `promguard up --yes`",
-            removals(&plan)
+            crate::trust::removals(&plan)
         );
     }
     let journal = Arc::new(Journal::new(
@@ -457,38 +457,6 @@ async fn run_up(
         targets: verified.targets,
         phases: phases.done,
     })
-}
-
-/// What removing the plan's removed hosts means, for `up`'s refusal: a
-/// host a provider made is destroyed; PromGuard only leaves one the user
-/// runs.
-fn removals(plan: &Plan) -> String {
-    let (left, destroyed): (Vec<_>, Vec<_>) = plan
-        .changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::RemoveHost { host, lifecycle } => Some((host.to_string(), *lifecycle)),
-            _ => None,
-        })
-        .partition(|(_, lifecycle)| *lifecycle == Lifecycle::Existing);
-    let names = |hosts: Vec<(String, Lifecycle)>| {
-        hosts
-            .into_iter()
-            .map(|(host, _)| host)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let (left, destroyed) = (names(left), names(destroyed));
-    let mut parts = Vec::new();
-    if !destroyed.is_empty() {
-        parts.push(format!("destroy {destroyed}"));
-    }
-    if !left.is_empty() {
-        parts.push(format!(
-            "remove PromGuard from existing host(s) {left} (the hosts themselves stay)"
-        ));
-    }
-    parts.join(" and ")
 }
 
 /// `promguard down`: destroys every host of the deployment and forgets

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use promguard_core::plan::PrometheusMode;
-use promguard_core::{Journal, Plan};
+use promguard_core::{Change, Journal, Lifecycle, Plan};
 use promguard_remote::known_hosts::default_known_hosts_path;
 use promguard_remote::{
     pin_host_key, review_host_keys, tcp_connector, CancellationToken, HostKeyCheck, HostKeyReview,
@@ -212,6 +212,38 @@ pub fn scrape_job_note(plan: &Plan) -> Option<String> {
     ))
 }
 
+/// What removing the plan's removed hosts means, for `up`'s refusal: a
+/// host a provider made is destroyed; PromGuard only leaves one the user
+/// runs.
+pub(crate) fn removals(plan: &Plan) -> String {
+    let (left, destroyed): (Vec<_>, Vec<_>) = plan
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::RemoveHost { host, lifecycle } => Some((host.to_string(), *lifecycle)),
+            _ => None,
+        })
+        .partition(|(_, lifecycle)| *lifecycle == Lifecycle::Existing);
+    let names = |hosts: Vec<(String, Lifecycle)>| {
+        hosts
+            .into_iter()
+            .map(|(host, _)| host)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (left, destroyed) = (names(left), names(destroyed));
+    let mut parts = Vec::new();
+    if !destroyed.is_empty() {
+        parts.push(format!("destroy {destroyed}"));
+    }
+    if !left.is_empty() {
+        parts.push(format!(
+            "remove PromGuard from existing host(s) {left} (the hosts themselves stay)"
+        ));
+    }
+    parts.join(" and ")
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -291,6 +323,79 @@ mod tests {
             Existing host db-1 at db.example.com (192.0.2.7:22) presents an SSH host key no config, state or known_hosts knows:
               ssh-ed25519 SHA256:i10WXA+xbir0824xsSukBx8tCN/agTLCLXo5OXsoh3k
             Check it on the host itself (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`). Trust it and pin it in the state?"#]].assert_eq(&question(&refused[0]));
+    }
+
+    #[test]
+    fn up_refuses_to_destroy_only_what_a_provider_made() {
+        let config = |nodes: &str| {
+            promguard_core::config::Config::from_toml(
+                &format!("[monitor]\naddress = \"192.0.2.1\"\n\n{nodes}"),
+                Path::new("promguard.toml"),
+            )
+            .unwrap()
+        };
+        let before = config(
+            "[[nodes.host]]\nname = \"db-1\"\naddress = \"192.0.2.7\"\n\n\
+             [[nodes.host]]\nname = \"web-1\"\nregion = \"tor1\"\n\n\
+             [[nodes.host]]\nname = \"db-2\"\naddress = \"192.0.2.8\"\n",
+        );
+        let mut state = promguard_core::planner::plan(&before, None)
+            .unwrap()
+            .next_state;
+        for (name, record) in &mut state.hosts {
+            record.created = true;
+            record.existing = name.as_str() != "web-1";
+        }
+        let after = config("[[nodes.host]]\nname = \"db-2\"\naddress = \"192.0.2.8\"\n");
+        let plan = promguard_core::planner::plan(&after, Some(&state)).unwrap();
+        expect!["destroy web-1 and remove PromGuard from existing host(s) db-1 (the hosts themselves stay)"].assert_eq(&removals(&plan));
+        state.hosts.retain(|name, _| name.as_str() != "web-1");
+        let plan = promguard_core::planner::plan(&after, Some(&state)).unwrap();
+        expect!["remove PromGuard from existing host(s) db-1 (the hosts themselves stay)"]
+            .assert_eq(&removals(&plan));
+    }
+
+    #[test]
+    fn a_deployment_of_existing_hosts_needs_no_provider_and_no_login_key_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("promguard.toml");
+        std::fs::write(
+            &path,
+            "[deployment]\nprovider = \"digitalocean\"\n\n[monitor]\naddress = \"192.0.2.1\"\n\n\
+             [[nodes.host]]\nname = \"db-1\"\naddress = \"db.example.com\"\n",
+        )
+        .unwrap();
+        // No DigitalOcean token is needed: no provider is asked anything.
+        let ctx = Context::new(crate::project::Project::load(Some(&path)).unwrap(), false).unwrap();
+        assert_eq!(ctx.provider.name(), "none");
+        assert_eq!(ctx.login_public_key().unwrap(), None);
+        assert!(
+            !ctx.project.data_dir().exists(),
+            "no key of PromGuard's made"
+        );
+
+        // A state that still records a host a provider made keeps the
+        // provider, which alone can destroy it.
+        let existing = "[monitor]\naddress = \"192.0.2.1\"\n\n\
+                        [[nodes.host]]\nname = \"db-1\"\naddress = \"192.0.2.7\"\n";
+        std::fs::write(
+            &path,
+            format!("{existing}\n[[nodes.host]]\nname = \"web-1\"\nregion = \"tor1\"\n"),
+        )
+        .unwrap();
+        let project = crate::project::Project::load(Some(&path)).unwrap();
+        let mut state = promguard_core::planner::plan(&project.config, None)
+            .unwrap()
+            .next_state;
+        for (name, record) in &mut state.hosts {
+            record.created = true;
+            record.existing = name.as_str() != "web-1";
+        }
+        promguard_core::StateStore::save(&project.store(), &state).unwrap();
+        std::fs::write(&path, existing).unwrap();
+        let project = crate::project::Project::load(Some(&path)).unwrap();
+        let ctx = Context::new(project, false).unwrap();
+        assert_eq!(ctx.provider.name(), "local");
     }
 
     #[test]
