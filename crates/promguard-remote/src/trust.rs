@@ -229,8 +229,8 @@ pub fn pin_host_key(state: &mut State, host: &HostName, key: &SshPublicKey) {
     }
 }
 
-/// The address `host` of `config` is reached at: its IP address, or the
-/// first address its DNS name resolves to.
+/// An existing host's DNS name that does not resolve
+/// ([`resolve_existing_addresses`]).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot resolve the address {name:?} of existing host {host}; check the name, or give its IP address as address in the config")]
 pub struct ResolveError {
