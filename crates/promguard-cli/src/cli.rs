@@ -72,6 +72,11 @@ pub enum Command {
         /// changes) to FILE.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Pin the SSH host key of each existing host (one with an address
+        /// in the config) seen for the first time, without asking: only
+        /// after checking the fingerprints `up` showed.
+        #[arg(long)]
+        trust_new_host_keys: bool,
     },
     /// Replace WireGuard keys (all hosts, or the named ones) and switch
     /// both ends of every tunnel in one run.

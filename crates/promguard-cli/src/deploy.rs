@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use promguard_cloud::local::{LocalOptions, LocalProvider};
+use promguard_cloud::none::NoProvider;
 use promguard_cloud::provision::{self, ProvisionError, WithoutState};
 use promguard_cloud::CloudProvider;
 use promguard_core::config::ProviderKind;
@@ -40,10 +41,14 @@ pub struct Context {
 }
 
 impl Context {
-    /// Builds the provider the config names and finds (or, for the local
-    /// provider, makes) the login key.
+    /// Builds the provider the config names (none when every host is one
+    /// the user runs) and finds (or, for the local provider, makes) the
+    /// login key.
     pub fn new(project: Project, verbose: bool) -> anyhow::Result<Self> {
         let provider: Arc<dyn CloudProvider> = match project.config.provider {
+            _ if !needs_provider(&project) => {
+                Arc::new(NoProvider::new(project.config.deployment.clone()))
+            }
             ProviderKind::Local => Arc::new(LocalProvider::new(
                 project.config.deployment.clone(),
                 LocalOptions {
@@ -69,9 +74,16 @@ impl Context {
         })
     }
 
-    /// The login key's public half, generating the key pair with
-    /// `ssh-keygen` when it is PromGuard's own and missing.
-    pub fn login_public_key(&self) -> anyhow::Result<SshPublicKey> {
+    /// The login key's public half, for the provider to authorize on the
+    /// hosts it creates, generating the key pair with `ssh-keygen` when it
+    /// is PromGuard's own and missing. `None` when the config creates no
+    /// host: hosts the user runs already accept the user's own key
+    /// (`ssh.private_key`, or the ssh-agent's), so there is nothing to
+    /// register and no key of PromGuard's to make.
+    pub fn login_public_key(&self) -> anyhow::Result<Option<SshPublicKey>> {
+        if !self.project.config.creates_hosts() {
+            return Ok(None);
+        }
         let public =
             crate::cloud_setup::login_public_key_path(&self.project.config, &self.identity);
         if !self.identity.exists() {
@@ -98,7 +110,9 @@ impl Context {
         }
         let text = std::fs::read_to_string(&public)
             .with_context(|| format!("cannot read SSH public key {}", public.display()))?;
-        SshPublicKey::parse(&text).map_err(|e| anyhow!("SSH public key {}: {e}", public.display()))
+        SshPublicKey::parse(&text)
+            .map(Some)
+            .map_err(|e| anyhow!("SSH public key {}: {e}", public.display()))
     }
 
     /// How to log in to the deployment's hosts.
@@ -131,6 +145,21 @@ impl Context {
     }
 }
 
+/// Whether the deployment needs its provider: it creates a host, or the
+/// state records a host that is not one the user runs (a provider made
+/// it, or an interrupted run may have: only the provider can destroy it).
+/// A deployment of existing hosts only needs no cloud token or local
+/// namespaces. A state that cannot be read counts as none here; the run
+/// reports it when it loads the state.
+fn needs_provider(project: &Project) -> bool {
+    project.config.creates_hosts()
+        || project
+            .load_state()
+            .ok()
+            .flatten()
+            .is_some_and(|state| state.hosts.values().any(|record| !record.existing))
+}
+
 fn expand_home(path: &Path) -> PathBuf {
     match path.strip_prefix("~") {
         Ok(rest) => std::env::var_os("HOME")
@@ -156,8 +185,12 @@ pub struct UpOptions {
     /// Bound on waiting for targets.
     pub verify_timeout: Duration,
     /// How long refused, reset or unreachable SSH connections to one host
-    /// are retried before that host counts as unreachable.
+    /// are retried before that host counts as unreachable (also the bound
+    /// on reading an existing host's SSH host key).
     pub connect_timeout: Duration,
+    /// Whether SSH host keys of existing hosts seen for the first time
+    /// are pinned, or the user is asked.
+    pub new_host_keys: crate::trust::NewHostKeys,
 }
 
 /// What `up` did, per host.
@@ -307,13 +340,12 @@ async fn run_up(
     let old = store.load_for(&ctx.project.config.deployment)?;
     let login_key = ctx.login_public_key()?;
     let plan = make_plan(&ctx.project, old.as_ref())?;
+    let plan = crate::trust::resolve_addresses(ctx, plan).await?;
     let changes = plan.changes.clone();
-    let removed = plan.removed_hosts();
-    if !removed.is_empty() && !options.yes {
-        let names: Vec<String> = removed.iter().map(|h| h.to_string()).collect();
+    if !plan.removed_hosts().is_empty() && !options.yes {
         bail!(
-            "this run would destroy {} (no longer in the config); run `promguard plan` to review, then `promguard up --yes`",
-            names.join(", ")
+            "this run would {} (no longer in the config); run `promguard plan` to review, then `promguard up --yes`",
+            crate::trust::removals(&plan)
         );
     }
     let journal = Arc::new(Journal::new(
@@ -338,7 +370,7 @@ async fn run_up(
         provider,
         &plan,
         &journal,
-        Some(&login_key),
+        login_key.as_ref(),
         &*observer,
         cancel,
     )
@@ -362,6 +394,7 @@ async fn run_up(
 
     // Plan again: public addresses are known now, so peers get endpoints.
     let plan = make_plan(&ctx.project, Some(&journal.snapshot()))?;
+    crate::trust::before_converge(ctx, &journal, &plan, options, cancel).await?;
     let mut converged = fleet.converge(&plan).await?;
     let names: Vec<HostName> = converged.hosts.iter().map(|h| h.name.clone()).collect();
     if journal.snapshot().rotation_pending() {
@@ -663,6 +696,7 @@ mod tests {
             parallel: std::num::NonZeroUsize::new(4).unwrap(),
             verify_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_millis(100),
+            new_host_keys: crate::trust::NewHostKeys::Ask,
         };
         let error = up(&ctx, &options, &CancellationToken::new())
             .await

@@ -15,6 +15,7 @@ pub mod crash;
 pub mod deploy;
 pub mod progress;
 pub mod project;
+pub mod trust;
 
 /// Runs one command.
 pub fn run(args: cli::Args) -> anyhow::Result<ExitCode> {

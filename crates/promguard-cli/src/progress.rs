@@ -69,6 +69,15 @@ impl Progress {
         }
     }
 
+    /// Runs `f` with the live lines hidden, so a question `f` asks at the
+    /// terminal is not drawn over.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.multi {
+            Some(m) => m.suspend(f),
+            None => f(),
+        }
+    }
+
     /// A message not tied to one host.
     pub fn note(&self, message: &str) {
         match &self.multi {

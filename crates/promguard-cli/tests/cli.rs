@@ -200,10 +200,18 @@ fn plan_json_contract_and_no_secrets() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let hosts = json["hosts"].as_array().unwrap();
     assert_eq!(hosts.len(), 4);
-    for key in ["name", "role", "region", "wireguard_address", "public_key"] {
+    for key in [
+        "name",
+        "role",
+        "region",
+        "origin",
+        "wireguard_address",
+        "public_key",
+    ] {
         assert!(hosts[0].get(key).is_some(), "missing {key}");
     }
     assert_eq!(hosts[0]["wireguard_address"], "10.0.0.1");
+    assert_eq!(hosts[0]["origin"], "created");
     assert_eq!(json["changes"][0]["kind"], "create_host");
     let state: serde_json::Value = serde_json::from_str(&text).unwrap();
     for (_, host) in state["hosts"].as_object().unwrap() {
@@ -354,4 +362,46 @@ fn a_closed_stdout_ends_printing_commands_quietly() {
         );
         assert!(err.is_empty(), "{args:?}: {err}");
     }
+}
+
+/// `plan` on a deployment that mixes hosts the user runs with created
+/// ones: the ORIGIN column says which is which, and the scrape job for the
+/// user's own Prometheus is shown once.
+#[test]
+fn plan_shows_each_hosts_origin_and_the_scrape_job_for_an_existing_prometheus() {
+    let dir = Dir::new();
+    dir.write(
+        "promguard.toml",
+        "[monitor]\naddress = \"192.0.2.1\"\nprometheus = \"existing\"\n\n\
+         [[nodes.host]]\nname = \"db-1\"\naddress = \"db.example.com\"\n\n\
+         [[nodes.host]]\nname = \"web-1\"\nregion = \"tor1\"\n",
+    );
+    let out = dir.run(&["plan"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let header = text.lines().find(|l| l.starts_with("HOST")).unwrap();
+    assert!(header.contains("ORIGIN"), "{text}");
+    let origin = |host: &str| {
+        let line = text.lines().find(|l| l.starts_with(host)).unwrap();
+        line.split_whitespace().nth(3).unwrap().to_owned()
+    };
+    assert_eq!(origin("promguard-monitor-1"), "existing", "{text}");
+    assert_eq!(origin("db-1"), "existing", "{text}");
+    assert_eq!(origin("web-1"), "created", "{text}");
+    assert_eq!(
+        text.matches("- job_name: \"promguard-promguard\"").count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("/etc/promguard/targets/*.json"), "{text}");
+
+    let out = dir.run(&["plan", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let origins: Vec<&str> = json["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["origin"].as_str().unwrap())
+        .collect();
+    assert_eq!(origins, ["existing", "existing", "created"]);
 }

@@ -45,6 +45,9 @@
 //! - [`known_hosts`]: the user's `known_hosts`, and whether a host's key
 //!   is trusted ([`decide_host_key`]); [`probe`]: reading a server's host
 //!   key without logging in.
+//! - [`trust`]: the keys of existing hosts reviewed before the converge
+//!   logs in ([`review_host_keys`], [`pin_host_key`]), and their DNS
+//!   names resolved ([`resolve_existing_addresses`]).
 //! - [`status`]: what `status` reads from each host.
 //! - [`prometheus_api`]: Prometheus' targets API, parsed.
 //! - [`quote`]: shell quoting and the checks on paths and owners.
@@ -59,6 +62,7 @@ pub mod quote;
 pub mod recipe;
 pub mod session;
 pub mod status;
+pub mod trust;
 
 pub use fleet::{Access, CancellationToken, Converged, Fleet, FleetError, HostOutcome, Verified};
 pub use known_hosts::{
@@ -67,6 +71,10 @@ pub use known_hosts::{
 };
 pub use probe::{probe_host_key, probe_host_key_preferring, ProbeError};
 pub use prometheus_api::{FiringAlert, Health, TargetHealth};
+pub use trust::{
+    pin_host_key, resolve_existing_addresses, review_host_keys, HostKeyCheck, HostKeyReview,
+    HostKeyTrustError, HostKeyVerdict, ResolveError, TrustOptions,
+};
 
 pub use recipe::{converge, DesiredFile, DesiredHost, FileKind, Report};
 

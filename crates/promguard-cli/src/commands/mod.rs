@@ -34,6 +34,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             verify_timeout,
             connect_timeout,
             report,
+            trust_new_host_keys,
         } => up::run(
             config,
             verbose,
@@ -43,6 +44,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 parallel,
                 verify_timeout: Duration::from_secs(verify_timeout),
                 connect_timeout: Duration::from_secs(connect_timeout),
+                new_host_keys: if trust_new_host_keys {
+                    crate::trust::NewHostKeys::Trust
+                } else {
+                    crate::trust::NewHostKeys::Ask
+                },
             },
         ),
         Command::Rotate {
@@ -61,6 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 parallel,
                 verify_timeout: Duration::from_secs(verify_timeout),
                 connect_timeout: Duration::from_secs(connect_timeout),
+                new_host_keys: crate::trust::NewHostKeys::Ask,
             },
         ),
         Command::Status { json, parallel } => status::run(config, json, parallel),

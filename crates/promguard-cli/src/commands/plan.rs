@@ -28,6 +28,8 @@ pub struct PlanHostJson {
     pub role: String,
     /// Region.
     pub region: String,
+    /// `created` (a provider makes it) or `existing` (the user runs it).
+    pub origin: String,
     /// WireGuard address.
     pub wireguard_address: String,
     /// WireGuard public key; `None` while the key is new: each run
@@ -59,6 +61,7 @@ pub fn run(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
                     name: h.name.to_string(),
                     role: h.role.to_string(),
                     region: h.region.to_string(),
+                    origin: table::origin(h.lifecycle).to_owned(),
                     wireguard_address: h.interface.address.to_string(),
                     public_key: saved_key(h),
                 })
@@ -72,9 +75,13 @@ pub fn run(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
         Some(p) => p.display().to_string(),
         None => "built-in default (no promguard.toml)".to_owned(),
     };
+    let provider = match project.config.creates_hosts() {
+        true => format!("on the {} provider", project.config.provider),
+        false => "of existing hosts only (no provider)".to_owned(),
+    };
     println!(
-        "Deployment {} on the {} provider, subnet {} ({source})\n",
-        plan.deployment, project.config.provider, plan.subnet
+        "Deployment {} {provider}, subnet {} ({source})\n",
+        plan.deployment, plan.subnet
     );
     let rows: Vec<Vec<String>> = plan
         .hosts
@@ -84,6 +91,7 @@ pub fn run(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
                 h.name.to_string(),
                 h.role.to_string(),
                 h.region.to_string(),
+                table::origin(h.lifecycle).to_owned(),
                 h.interface.address.to_string(),
                 saved_key(h).unwrap_or_else(|| "(new: made by `up`)".to_owned()),
             ]
@@ -92,7 +100,14 @@ pub fn run(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     print!(
         "{}",
         table::format(
-            &["HOST", "ROLE", "REGION", "WIREGUARD", "PUBLIC KEY"],
+            &[
+                "HOST",
+                "ROLE",
+                "REGION",
+                "ORIGIN",
+                "WIREGUARD",
+                "PUBLIC KEY"
+            ],
             &rows
         )
     );
@@ -124,6 +139,9 @@ pub fn run(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
         for change in &plan.changes {
             println!("  {change}");
         }
+    }
+    if let Some(note) = crate::trust::scrape_job_note(&plan) {
+        println!("\n{note}");
     }
     Ok(ExitCode::SUCCESS)
 }

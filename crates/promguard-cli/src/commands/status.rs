@@ -34,6 +34,8 @@ pub struct HostStatus {
     pub role: String,
     /// Region.
     pub region: String,
+    /// `created` (a provider made it) or `existing` (the user runs it).
+    pub origin: String,
     /// Public address.
     pub public_address: Option<String>,
     /// WireGuard address.
@@ -95,6 +97,11 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
             name: name.to_string(),
             role: record.role.to_string(),
             region: record.region.to_string(),
+            origin: table::origin(match record.existing {
+                true => promguard_core::Lifecycle::Existing,
+                false => promguard_core::Lifecycle::Disposable,
+            })
+            .to_owned(),
             public_address: record.public_address.map(|a| a.to_string()),
             wireguard_address: record.wireguard_address.to_string(),
             key_age_days: record.key_created.map(|t| now.saturating_sub(t) / 86_400),
@@ -150,6 +157,7 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
             .map(|h| {
                 vec![
                     h.name.clone(),
+                    h.origin.clone(),
                     h.key_age_days
                         .map(|d| format!("{d} day(s)"))
                         .unwrap_or_else(|| "unknown".into()),
@@ -157,7 +165,10 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
             })
             .collect();
         println!();
-        print!("{}", table::format(&["HOST", "WIREGUARD KEY AGE"], &keys));
+        print!(
+            "{}",
+            table::format(&["HOST", "ORIGIN", "WIREGUARD KEY AGE"], &keys)
+        );
         let problems: Vec<Vec<String>> = hosts
             .iter()
             .flat_map(|h| h.problems.iter().map(|p| vec![h.name.clone(), p.clone()]))

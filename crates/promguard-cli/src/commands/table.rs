@@ -1,5 +1,16 @@
 //! Plain aligned text tables for terminal output.
 
+use promguard_core::Lifecycle;
+
+/// The ORIGIN column of `plan` and `status`: `created` for a host a
+/// provider made, `existing` for one the user runs.
+pub fn origin(lifecycle: Lifecycle) -> &'static str {
+    match lifecycle {
+        Lifecycle::Existing => "existing",
+        _ => "created",
+    }
+}
+
 /// Formats rows under a header, columns padded to their widest cell.
 pub fn format(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

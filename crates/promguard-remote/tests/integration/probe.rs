@@ -203,3 +203,136 @@ fn probe_errors_name_the_address() {
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
     server.join().unwrap();
 }
+
+/// The trust step of `up` against a real sshd, from the config to the
+/// pinned key: an existing host named by DNS name is new until the user's
+/// known_hosts (hashed by `ssh-keyscan -H`) records its key, and a known_hosts
+/// entry with another key is a hard error naming both fingerprints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_hosts_keys_are_reviewed_from_config_to_pin() {
+    use promguard_cloud::none::NoProvider;
+    use promguard_core::{config::Config, Journal, MemoryStore, State};
+    use promguard_remote::{
+        pin_host_key, resolve_existing_addresses, review_host_keys, HostKeyTrustError,
+        HostKeyVerdict, TrustOptions,
+    };
+
+    let sshd = SshdFixture::new().start();
+    let port = sshd.fixture.port;
+    let other = {
+        let path = sshd.fixture.dir.path().join("other_ed25519");
+        let status = Command::new("/usr/bin/ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        public_key_file(&path.with_extension("pub"))
+    };
+    let config = Config::from_toml(
+        &format!(
+            "[monitor]\naddress = \"127.0.0.1\"\nssh_port = {port}\nhost_key = \"{}\"\n\n\
+             [[nodes.host]]\nname = \"db-1\"\naddress = \"localhost\"\nssh_port = {port}\n",
+            sshd.fixture.host_key
+        ),
+        Path::new("promguard.toml"),
+    )
+    .unwrap();
+    let mut plan = promguard_core::planner::plan(&config, None).unwrap();
+    resolve_existing_addresses(&config, &mut plan)
+        .await
+        .unwrap();
+    let db = HostName::new("db-1").unwrap();
+    let node = plan.hosts.iter_mut().find(|h| h.name == db).unwrap();
+    assert!(node.public_address.unwrap().is_loopback());
+    // The fixture listens on IPv4 only; a resolver may put ::1 first.
+    node.public_address = Some([127, 0, 0, 1].into());
+    let journal = Journal::new(
+        Arc::new(MemoryStore::default()),
+        State::new(config.deployment.clone()),
+    );
+    promguard_cloud::provision::provision(
+        &NoProvider::new(config.deployment.clone()),
+        &plan,
+        &journal,
+        None,
+        &(),
+        &promguard_remote::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+
+    let known_hosts = sshd.fixture.dir.path().join("known_hosts");
+    let options = TrustOptions {
+        known_hosts: Some(known_hosts.clone()),
+        connector: connector(),
+        timeout: TIMEOUT,
+        parallel: std::num::NonZeroUsize::new(4).unwrap(),
+    };
+    let fingerprint = sshd.fixture.host_key.fingerprint();
+
+    // Known nowhere (no known_hosts file at all): new, with its fingerprint.
+    let review = review_host_keys(&config, &journal.snapshot(), &options)
+        .await
+        .unwrap();
+    let new: Vec<_> = review.new_hosts().collect();
+    assert_eq!(new.len(), 1, "{review:?}");
+    assert_eq!(new[0].host, db);
+    assert_eq!(new[0].address, "localhost");
+    assert_eq!(
+        new[0].verdict,
+        HostKeyVerdict::New {
+            key: sshd.fixture.host_key.clone(),
+            fingerprint: fingerprint.clone()
+        }
+    );
+    // The monitor's key is the config's: trusted, not probed.
+    assert_eq!(review.trusted().count(), 1);
+
+    // Recorded by OpenSSH under the name the user gave: trusted.
+    let scan = Command::new("/usr/bin/ssh-keyscan")
+        .args(["-H", "-t", "ed25519", "-p", &port.to_string(), "localhost"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("running ssh-keyscan");
+    assert!(scan.status.success());
+    std::fs::write(&known_hosts, &scan.stdout).unwrap();
+    let review = review_host_keys(&config, &journal.snapshot(), &options)
+        .await
+        .unwrap();
+    assert_eq!(review.new_hosts().count(), 0, "{review:?}");
+    let trusted: Vec<_> = review.trusted().filter(|h| h.host == db).collect();
+    assert_eq!(trusted[0].key(), &sshd.fixture.host_key);
+
+    // Pinned: the converge's connection is verified against it.
+    journal
+        .update(|state| {
+            for check in review.trusted() {
+                pin_host_key(state, &check.host, check.key());
+            }
+        })
+        .unwrap();
+    let state = journal.snapshot();
+    assert_eq!(
+        state.hosts[&db].ssh_host_key,
+        Some(sshd.fixture.host_key.clone())
+    );
+    let review = review_host_keys(&config, &state, &options).await.unwrap();
+    assert!(review.hosts.is_empty(), "{review:?}");
+
+    // known_hosts records another key for the name: a hard error that
+    // names both fingerprints.
+    let mut unpinned = state.clone();
+    unpinned.hosts.get_mut(&db).unwrap().ssh_host_key = None;
+    std::fs::write(&known_hosts, format!("[localhost]:{port} {other}\n")).unwrap();
+    let err = review_host_keys(&config, &unpinned, &options)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HostKeyTrustError::Untrusted(_)), "{err}");
+    assert_eq!(err.host(), Some(&db));
+    let message = err.to_string();
+    assert!(message.contains(&fingerprint), "{message}");
+    assert!(message.contains(&other.fingerprint()), "{message}");
+}
