@@ -23,7 +23,7 @@ use promguard_core::config::ProviderKind;
 use promguard_core::state::Preshared;
 use promguard_core::{Change, HostName, Journal, Lifecycle, Plan, SshPublicKey, State, StateStore};
 use promguard_remote::fleet::{Access, Fleet};
-use promguard_remote::{CancellationToken, Connection, Health, SshTarget, TargetHealth};
+use promguard_remote::{CancellationToken, Connection, Health, Identity, SshTarget, TargetHealth};
 
 use crate::progress::Progress;
 use crate::project::Project;
@@ -34,8 +34,11 @@ pub struct Context {
     pub project: Project,
     /// Where hosts come from.
     pub provider: Arc<dyn CloudProvider>,
-    /// Private key to log in with.
+    /// PromGuard's login key file (the one the provider authorizes).
     pub identity: PathBuf,
+    /// What logs in: that key, or the user's ssh-agent for a deployment
+    /// of hosts the user runs without `ssh.private_key`.
+    pub login: Identity,
     /// Progress display.
     pub progress: Progress,
 }
@@ -66,10 +69,16 @@ impl Context {
             }
             None => project.data_dir().join("id_ed25519"),
         };
+        let login = if project.config.ssh.private_key.is_none() && !project.config.creates_hosts() {
+            Identity::Agent
+        } else {
+            Identity::File(identity.clone())
+        };
         Ok(Self {
             project,
             provider,
             identity,
+            login,
             progress: Progress::new(verbose),
         })
     }
@@ -119,7 +128,7 @@ impl Context {
     pub fn access(&self) -> Access {
         let provider = Arc::clone(&self.provider);
         Access {
-            identity: self.identity.clone().into(),
+            identity: self.login.clone(),
             default_port: self.project.config.ssh.port,
             connector: Arc::new(move |addr: SocketAddr| provider.connect(addr)),
         }
@@ -688,6 +697,7 @@ mod tests {
         let ctx = Context {
             project: Project::load(Some(&config_path)).unwrap(),
             provider: provider.clone(),
+            login: Identity::File(identity.clone()),
             identity,
             progress: Progress::new(false),
         };

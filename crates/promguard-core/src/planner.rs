@@ -407,13 +407,15 @@ fn host_plan(
         role,
         region: spec.region.clone(),
         lifecycle: lifecycle(spec.existing().is_some()),
-        public_address: record.public_address.or(match spec.existing() {
+        // The config says where an existing host is: a changed address
+        // wins over the recorded one (a DNS name is resolved by the caller).
+        public_address: match spec.existing() {
             Some(ExistingHost {
                 address: HostAddress::Ip(ip),
                 ..
             }) => Some(*ip),
-            _ => None,
-        }),
+            _ => record.public_address,
+        },
         ssh: SshLogin {
             user: spec
                 .existing()
