@@ -166,7 +166,12 @@ pub fn run(root: &Path) -> Result<()> {
     with_interrupts_caught(|| {
         let mut lab = Lab::new(&format!("lab{id}"))?;
         let outcome = scenario(&mut lab, &bin, &format!("ex{id}"));
+        let started = Instant::now();
         let teardown = lab.tear_down();
+        eprintln!(
+            "e2e-existing: the lab's teardown took {:.1?}",
+            started.elapsed()
+        );
         match (outcome, teardown) {
             (Ok(()), Ok(())) => {
                 eprintln!(
@@ -303,7 +308,14 @@ fn scenario(lab: &mut Lab, bin: &Path, deployment: &str) -> Result<()> {
         wg.split_whitespace().collect::<Vec<_>>() == ["active", "51820", "51821"],
         "after up, wg-1's WireGuard is not wg0 (its own, active, on 51820) and wg1 (PromGuard's, on 51821): {wg:?}"
     );
-    eprintln!("e2e-existing: 4. up succeeded: every target is up over WireGuard in the user's Prometheus, its own job too; the web server answers; no exporter answers the outsider; wg0 runs as before");
+    // ufw would drop WireGuard's packets that no flow of web-1 started.
+    let ufw = lab.in_host_ok("web-1", "ufw status", &[])?;
+    ensure!(
+        ufw.lines()
+            .any(|l| l.contains(&format!("{USER_WG_PORT}/udp")) && l.contains("ALLOW")),
+        "after up, web-1's ufw does not allow PromGuard's WireGuard port {USER_WG_PORT}/udp:\n{ufw}"
+    );
+    eprintln!("e2e-existing: 4. up succeeded: every target is up over WireGuard in the user's Prometheus, its own job too; the web server answers; no exporter answers the outsider; wg0 runs as before; web-1's ufw lets WireGuard in");
 
     // 4b. A second up changes nothing.
     let converged = lab.fingerprints()?;
@@ -1091,5 +1103,32 @@ impl Promguard {
             started.elapsed()
         );
         Ok(Run { status, text })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_saying_it_keeps_existing_hosts_is_recognised_in_other_words() {
+        for said in [
+            "Existing hosts are not destroyed: web-1, wg-1",
+            "mon-1 (existing): PromGuard's files removed; the host is left running",
+            "Will not destroy 5 existing host(s)",
+        ] {
+            assert!(says_existing_hosts_stay(said), "{said}");
+        }
+        for said in ["Destroying existing hosts", "Destroyed 5 hosts", ""] {
+            assert!(!says_existing_hosts_stay(said), "{said}");
+        }
+    }
+
+    #[test]
+    fn the_users_prometheus_config_has_its_own_job_and_promguards() {
+        let yml = user_prometheus_config("ex1").unwrap();
+        assert!(yml.contains("job_name: self"), "{yml}");
+        assert!(yml.contains("promguard-ex1"), "{yml}");
+        assert!(yml.contains("/etc/promguard/targets/*.json"), "{yml}");
     }
 }
