@@ -358,7 +358,7 @@ fn scenario(lab: &mut Lab, bin: &Path, deployment: &str) -> Result<()> {
     );
     ensure!(
         says_existing_hosts_stay(&out.text),
-        "down does not say that it leaves the existing hosts running:\n{}",
+        "down does not say that it leaves the hosts (all existing) running:\n{}",
         out.text
     );
     lab.check_still_running()?;
@@ -369,24 +369,24 @@ fn scenario(lab: &mut Lab, bin: &Path, deployment: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether `down`'s output says it does not destroy the existing hosts, in
-/// whatever words: a line about existing hosts that says they are not
-/// destroyed (or are kept, left).
+/// Whether `down`'s output says it does not destroy the hosts, in
+/// whatever words: a line that negates destroying them, or says they stay
+/// (are kept, left running).
 fn says_existing_hosts_stay(text: &str) -> bool {
-    text.lines().map(str::to_lowercase).any(|line| {
-        line.contains("existing")
-            && ([
-                "not destroy",
-                "never destroy",
-                "n't destroy",
-                "not be destroyed",
-            ]
-            .iter()
-            .any(|n| line.contains(n))
-                || ["keep", "kept", "left", "leave", "stay"]
-                    .iter()
-                    .any(|n| line.contains(n)))
-    })
+    const SAYINGS: &[&str] = &[
+        "not destroy",
+        "never destroy",
+        "n't destroy",
+        "not be destroyed",
+        "host stays",
+        "hosts stay",
+        "left running",
+        "keeps running",
+        "kept running",
+    ];
+    text.lines()
+        .map(str::to_lowercase)
+        .any(|line| SAYINGS.iter().any(|s| line.contains(s)))
 }
 
 /// Fails with a diff of each host whose snapshot in `after` differs from
@@ -422,7 +422,11 @@ fn diff(old: &str, new: &str) -> Result<String> {
     let (a, b) = (dir.path().join("before"), dir.path().join("after"));
     std::fs::write(&a, old)?;
     std::fs::write(&b, new)?;
-    let out = Command::new("diff").arg("-u").arg(&a).arg(&b).output()?;
+    let out = Command::new("diff")
+        .args(["-u", "--label", "before", "--label", "after"])
+        .arg(&a)
+        .arg(&b)
+        .output()?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -1137,12 +1141,19 @@ mod tests {
     fn down_saying_it_keeps_existing_hosts_is_recognised_in_other_words() {
         for said in [
             "Existing hosts are not destroyed: web-1, wg-1",
+            "removed PromGuard from 5 host(s) you run (mon-1, nat-1); they were not destroyed and are as PromGuard found them.",
             "mon-1 (existing): PromGuard's files removed; the host is left running",
+            "wg-1: PromGuard removed (the host stays)",
             "Will not destroy 5 existing host(s)",
         ] {
             assert!(says_existing_hosts_stay(said), "{said}");
         }
-        for said in ["Destroying existing hosts", "Destroyed 5 hosts", ""] {
+        for said in [
+            "Destroying existing hosts",
+            "Destroyed 5 hosts",
+            "mon-1: destroyed",
+            "",
+        ] {
             assert!(!says_existing_hosts_stay(said), "{said}");
         }
     }
