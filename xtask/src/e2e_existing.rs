@@ -295,9 +295,10 @@ fn scenario(lab: &mut Lab, bin: &Path, deployment: &str) -> Result<()> {
     let out = pg.run(&["up", "--yes"])?;
     ensure!(
         out.status.success(),
-        "up with wg-1 on wg1/51821 failed ({}):\n{}",
+        "up with wg-1 on wg1/51821 failed ({}):\n{}\non mon-1:\n{}",
         out.status,
-        out.text
+        out.text,
+        lab.discovery_log()?
     );
     lab.check_targets(deployment, Duration::from_secs(3 * SCRAPE_SECONDS + 10))?;
     lab.check_web_server("after up")?;
@@ -858,21 +859,29 @@ impl Lab {
             if all_up {
                 return self.check_user_job(within);
             }
-            if Instant::now() >= deadline {
-                // What the user's Prometheus made of the targets files.
-                let seen = self.in_host(
-                    "mon-1",
-                    "ls -l /etc/promguard/targets; journalctl -u prometheus.service --no-pager | grep -i 'discovery\\|file watch' | tail -n 5",
-                    &[],
-                )?;
-                bail!(
-                    "in mon-1's Prometheus, job {job} does not have every lab host up at a WireGuard address (wanted {wanted:?}); its targets (instance: url, health, error): {ours:#?}\non mon-1:\n{}{}",
-                    String::from_utf8_lossy(&seen.stdout),
-                    String::from_utf8_lossy(&seen.stderr)
-                );
-            }
+            ensure!(
+                Instant::now() < deadline,
+                "in mon-1's Prometheus, job {job} does not have every lab host up at a WireGuard address (wanted {wanted:?}); its targets (instance: url, health, error): {ours:#?}\non mon-1:\n{}",
+                self.discovery_log()?
+            );
             std::thread::sleep(Duration::from_secs(1));
         }
+    }
+
+    /// What the user's Prometheus on mon-1 made of PromGuard's targets
+    /// files: the directory, and what its file discovery logged (for
+    /// messages when targets are missing).
+    fn discovery_log(&self) -> Result<String> {
+        let out = self.in_host(
+            "mon-1",
+            "ls -l /etc/promguard/targets; journalctl -u prometheus.service --no-pager | grep -i 'discovery\\|file watch' | tail -n 5",
+            &[],
+        )?;
+        Ok(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 
     /// web-1's web server answers the outsider.
