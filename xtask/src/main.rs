@@ -10,6 +10,10 @@
 //! - `e2e --systemd`: the local scenario on systemd hosts (Debian booted
 //!   with systemd-nspawn, packages from apt), with reboots and cut-off apt
 //!   steps.
+//! - `e2e --existing`: PromGuard on servers a user already runs (systemd
+//!   hosts the test prepares itself: ufw, a WireGuard interface of their
+//!   own, a sudo login, the user's Prometheus, a node behind NAT), left as
+//!   they were found by `down`.
 //! - `e2e --faults`: the fault tests on local hosts (unreachable hosts,
 //!   signals, a lost state file, healing, hostile input, secrets).
 //! - `e2e --attack`: the attacker's-eye suite (port scans over IPv4 and
@@ -37,6 +41,7 @@ mod bench;
 mod deps;
 mod e2e;
 mod e2e_alerts;
+mod e2e_existing;
 mod e2e_fake;
 mod e2e_systemd;
 mod example;
@@ -66,6 +71,10 @@ fn main() -> Result<()> {
                     deps::ensure()?;
                     e2e_systemd::systemd(&root)
                 }
+                ["--existing"] => {
+                    deps::ensure()?;
+                    e2e_existing::run(&root)
+                }
                 ["--faults"] => {
                     deps::ensure()?;
                     faults::run(&root)
@@ -83,7 +92,7 @@ fn main() -> Result<()> {
                     example::run(&root)
                 }
                 [] => e2e_fake::real(&root),
-                other => bail!("unknown e2e arguments {other:?}; use --local, --systemd, --fake, --faults, --attack, --alerts, --example or nothing (real DigitalOcean)"),
+                other => bail!("unknown e2e arguments {other:?}; use --local, --systemd, --existing, --fake, --faults, --attack, --alerts, --example or nothing (real DigitalOcean)"),
             }
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("--systemd") => {
@@ -183,6 +192,7 @@ fn test(root: &Path) -> Result<()> {
     e2e_alerts::run(root)?;
     example::run(root)?;
     e2e_systemd::systemd(root)?;
+    e2e_existing::run(root)?;
     faults::run(root)?;
     e2e_fake::fake(root)?;
     eprintln!("xtask test: everything passed");

@@ -77,6 +77,11 @@ pub struct LocalOptions {
     pub image_cache: PathBuf,
     /// The Debian archive the image and the mirror are built from.
     pub debian_mirror: String,
+    /// Packages systemd hosts' mirror holds besides what the recipe
+    /// installs ([`image::MIRROR_PACKAGES`]): the software that tests
+    /// install on hosts playing servers a user already runs (ufw, say).
+    /// Empty by default.
+    pub extra_mirror_packages: Vec<String>,
 }
 
 impl Default for LocalOptions {
@@ -87,6 +92,7 @@ impl Default for LocalOptions {
             hosts: LocalHostKind::Namespace,
             image_cache: PathBuf::from("/var/cache/promguard/local"),
             debian_mirror: image::DEFAULT_DEBIAN_MIRROR.to_owned(),
+            extra_mirror_packages: Vec::new(),
         }
     }
 }
@@ -521,9 +527,11 @@ impl LocalProvider {
         let mirror = &self.options.debian_mirror;
         let image = image::ensure_base_image(cache, mirror)
             .map_err(|e| self.deployment_error(format!("the systemd hosts' base image: {e}")))?;
-        let packages = image::ensure_mirror(cache, &image, mirror).map_err(|e| {
-            self.deployment_error(format!("the systemd hosts' package mirror: {e}"))
-        })?;
+        let packages =
+            image::ensure_mirror_with(cache, &image, mirror, &self.options.extra_mirror_packages)
+                .map_err(|e| {
+                self.deployment_error(format!("the systemd hosts' package mirror: {e}"))
+            })?;
         Ok(Some(SystemdBoot {
             image,
             mirror: packages,

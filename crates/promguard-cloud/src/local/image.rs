@@ -15,7 +15,9 @@
 //! installs and of their dependencies that the image lacks, downloaded once
 //! from Debian with a private apt configuration (this machine's own apt
 //! state is not touched) and indexed with `dpkg-scanpackages`. The local
-//! provider serves it inside each deployment's hub namespace.
+//! provider serves it inside each deployment's hub namespace. A test that
+//! plays servers which run other software already asks for a mirror with
+//! those extra packages too ([`ensure_mirror_with`]).
 //!
 //! Both are built in a temporary directory next to their final place and
 //! renamed into it when complete, under a lock, so an interrupted build
@@ -287,9 +289,42 @@ pub fn ensure_mirror(
     image: &BaseImage,
     debian_mirror: &str,
 ) -> Result<PackageMirror, String> {
+    ensure_mirror_with(cache, image, debian_mirror, &[])
+}
+
+/// The mirror for `image` with `extra` packages (and their dependencies)
+/// besides [`MIRROR_PACKAGES`]: software a user's server runs already,
+/// for tests that play such servers. Without extras it is the mirror of
+/// [`ensure_mirror`]; with them, a mirror of its own, cached under a name
+/// that lists them and seeded with the plain mirror's files, so only what
+/// the extras add is downloaded.
+pub fn ensure_mirror_with(
+    cache: &Path,
+    image: &BaseImage,
+    debian_mirror: &str,
+    extra: &[String],
+) -> Result<PackageMirror, String> {
+    let plain = build_mirror(cache, image, debian_mirror, &[], None)?;
+    if extra.is_empty() {
+        return Ok(plain);
+    }
+    build_mirror(cache, image, debian_mirror, extra, Some(&plain))
+}
+
+/// Builds (unless cached) the mirror of [`MIRROR_PACKAGES`] plus `extra`,
+/// starting from the `.deb` files of `seed` when given.
+fn build_mirror(
+    cache: &Path,
+    image: &BaseImage,
+    debian_mirror: &str,
+    extra: &[String],
+    seed: Option<&PackageMirror>,
+) -> Result<PackageMirror, String> {
+    let mut packages: Vec<&str> = MIRROR_PACKAGES.to_vec();
+    packages.extend(extra.iter().map(String::as_str));
     let dir = cache.join(format!(
         "mirror-v{MIRROR_VERSION}-image-v{IMAGE_VERSION}-{}",
-        MIRROR_PACKAGES.join("+")
+        packages.join("+")
     ));
     let mirror = PackageMirror {
         dir: dir.join("debs"),
@@ -312,6 +347,18 @@ pub fn ensure_mirror(
     let apt_cache = building.join("apt-cache");
     for d in [&debs.join("partial"), &lists.join("partial"), &apt_cache] {
         fs::create_dir_all(d).map_err(io_err("create", d))?;
+    }
+    if let Some(seed) = seed {
+        // apt downloads no file its archive directory holds already.
+        for entry in fs::read_dir(&seed.dir).map_err(io_err("read", &seed.dir))? {
+            let entry = entry.map_err(io_err("read", &seed.dir))?;
+            if entry.path().extension().is_some_and(|e| e == "deb") {
+                let to = debs.join(entry.file_name());
+                fs::hard_link(entry.path(), &to)
+                    .or_else(|_| fs::copy(entry.path(), &to).map(|_| ()))
+                    .map_err(io_err("copy", &entry.path()))?;
+            }
+        }
     }
     // A private apt configuration: Debian's own archive (as the image
     // was made from, plus its updates), its own lists, and the image's
@@ -347,7 +394,7 @@ pub fn ensure_mirror(
     run_logged("apt-get", &update, None, &building.join("apt-update.log"))?;
     let mut download = args.clone();
     download.extend(["-q", "-y", "--download-only", "install"]);
-    download.extend(MIRROR_PACKAGES);
+    download.extend(&packages);
     run_logged(
         "apt-get",
         &download,
@@ -378,10 +425,10 @@ pub fn ensure_mirror(
         ));
     }
     let indexed = fs::read_to_string(&index).map_err(io_err("read", &index))?;
-    for package in MIRROR_PACKAGES {
+    for package in &packages {
         if !indexed
             .lines()
-            .any(|l| l.strip_prefix("Package: ") == Some(package))
+            .any(|l| l.strip_prefix("Package: ") == Some(*package))
         {
             return Err(format!(
                 "the package mirror in {} lacks {package} after downloading",
