@@ -418,6 +418,7 @@ mod tests {
                 file_sd_configs:
                   - files:
                       - "/etc/promguard/targets/*.json"
+                    refresh_interval: 30s
         "#]].assert_eq(&scrape_job_note(&plan).unwrap());
     }
 }

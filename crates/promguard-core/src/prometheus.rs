@@ -30,12 +30,18 @@ pub fn existing_job_name(deployment: &crate::names::DeploymentName) -> String {
     format!("promguard-{deployment}")
 }
 
+/// How often the user's Prometheus rereads the targets files besides
+/// watching them: a Prometheus started before PromGuard made their
+/// directory cannot watch it, and would otherwise wait its default 5
+/// minutes.
+pub const EXISTING_REFRESH_INTERVAL: &str = "30s";
+
 /// The scrape job, as YAML for the user's `scrape_configs`, that reads the
 /// targets files PromGuard writes on a monitor whose Prometheus is the
 /// user's. Each target carries its own `job` label (`node`, ...).
 pub fn render_existing_job(job_name: &str) -> String {
     format!(
-        "  - job_name: {}\n    file_sd_configs:\n      - files:\n          - {}\n",
+        "  - job_name: {}\n    file_sd_configs:\n      - files:\n          - {}\n        refresh_interval: {EXISTING_REFRESH_INTERVAL}\n",
         yaml_string(job_name),
         yaml_string(&format!("{EXISTING_TARGETS_DIR}/*.json"))
     )

@@ -499,6 +499,7 @@ impl Fleet {
             ));
         }
         let semaphore = Arc::new(tokio::sync::Semaphore::new(self.parallel.get()));
+        let mut checked = self.check_guests(&jobs, &semaphore).await?;
         let mut tasks = tokio::task::JoinSet::new();
         for (index, (target, desired, capabilities)) in jobs.into_iter().enumerate() {
             // Taken in plan order before the task starts, so the monitor
@@ -514,9 +515,10 @@ impl Fleet {
                 .get(&target.host)
                 .is_some_and(|r| r.host_key_needs_replacing(capabilities.host_keys));
             let name = target.host.clone();
+            let conn = checked.remove(&name);
             let task = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                fleet.converge_one(&target, &desired, capabilities, rotate, &busy)
+                fleet.converge_one(&target, &desired, capabilities, rotate, conn, &busy)
             });
             tasks.spawn(async move {
                 let result = task.await.unwrap_or_else(|e| {
@@ -565,13 +567,113 @@ impl Fleet {
         })
     }
 
-    /// One host, on a blocking thread.
+    /// Checks every host PromGuard is a guest on ([`recipe::check`]: its
+    /// facts against its plan) before any host changes, so that a
+    /// WireGuard interface or port one of them already uses stops the run
+    /// with nothing changed anywhere. Returns their connections, for the
+    /// converge to go on with: one more round trip on each such host,
+    /// none on the others.
+    async fn check_guests(
+        &self,
+        jobs: &[(SshTarget, DesiredHost, Capabilities)],
+        semaphore: &Arc<tokio::sync::Semaphore>,
+    ) -> Result<BTreeMap<HostName, Connection>, FleetError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (target, desired, capabilities) in jobs.iter().filter(|j| j.1.guest.is_some()) {
+            let permit = Arc::clone(semaphore)
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let fleet = self.clone();
+            let (target, desired, capabilities) = (target.clone(), desired.clone(), *capabilities);
+            tasks.spawn_blocking(move || {
+                let _permit = permit;
+                let result = fleet.check_one(&target, &desired, capabilities);
+                if result.is_err() {
+                    fleet.event(Event::Finished {
+                        host: target.host.clone(),
+                        outcome: Outcome::Failed,
+                    });
+                }
+                (target.host, result)
+            });
+        }
+        let mut connections = BTreeMap::new();
+        let mut failures = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((name, Ok(conn))) => {
+                    connections.insert(name, conn);
+                }
+                Ok((name, Err(e))) => failures.push((name, e)),
+                Err(e) => failures.push((
+                    HostName::new("unknown").expect("a valid name"),
+                    FleetError::Task {
+                        host: HostName::new("unknown").expect("a valid name"),
+                        message: e.to_string(),
+                    },
+                )),
+            }
+        }
+        if failures.is_empty() {
+            return Ok(connections);
+        }
+        failures.sort_by(|a, b| a.0.cmp(&b.0));
+        Err(FleetError::Converge {
+            failures,
+            total: jobs.len(),
+        })
+    }
+
+    /// Connects to one guest host and checks it. Blocking.
+    fn check_one(
+        &self,
+        target: &SshTarget,
+        desired: &DesiredHost,
+        capabilities: Capabilities,
+    ) -> Result<Connection, FleetError> {
+        let conn = self.connect_verified(target, capabilities)?;
+        recipe::check(&conn, desired).map_err(failed(Step::Converging))?;
+        Ok(conn)
+    }
+
+    /// Connects to `target`, refusing a host whose key the state does not
+    /// pin when the host's capabilities say it must be. Blocking.
+    fn connect_verified(
+        &self,
+        target: &SshTarget,
+        capabilities: Capabilities,
+    ) -> Result<Connection, FleetError> {
+        let host = &target.host;
+        if target.expected_host_key.is_none() {
+            match capabilities.host_keys {
+                HostKeys::Injected => {
+                    return Err(FleetError::UnknownHostKey { host: host.clone() })
+                }
+                // The user vouches for the keys of their own hosts
+                // (config, known_hosts or their yes): never on first use
+                // here.
+                HostKeys::Vouched => return Err(FleetError::NotPinned { host: host.clone() }),
+                _ => {}
+            }
+        }
+        self.event(Event::Step {
+            host: host.clone(),
+            step: Step::Connecting,
+        });
+        Connection::connect(target, &self.access.connector, self.connect_options())
+            .map_err(failed(Step::Connecting))
+    }
+
+    /// One host, on a blocking thread; `checked` is the connection of a
+    /// guest host [`Self::check_guests`] checked.
     fn converge_one(
         &self,
         target: &SshTarget,
         desired: &DesiredHost,
         capabilities: Capabilities,
         rotate: bool,
+        checked: Option<Connection>,
         busy: &Arc<AtomicUsize>,
     ) -> Result<(HostOutcome, Connection), FleetError> {
         let host = &target.host;
@@ -582,22 +684,11 @@ impl Fleet {
             })
         };
         let result = (|| {
-            if target.expected_host_key.is_none() {
-                match capabilities.host_keys {
-                    HostKeys::Injected => {
-                        return Err(FleetError::UnknownHostKey { host: host.clone() })
-                    }
-                    // The user vouches for the keys of their own hosts
-                    // (config, known_hosts or their yes): never on first
-                    // use here.
-                    HostKeys::Vouched => return Err(FleetError::NotPinned { host: host.clone() }),
-                    _ => {}
-                }
-            }
-            step(Step::Connecting);
             let connecting = Instant::now();
-            let conn = Connection::connect(target, &self.access.connector, self.connect_options())
-                .map_err(failed(Step::Connecting))?;
+            let conn = match checked {
+                Some(conn) => conn,
+                None => self.connect_verified(target, capabilities)?,
+            };
             let connect_time = connecting.elapsed();
             let converging = Instant::now();
             if rotate {

@@ -234,6 +234,21 @@ impl Report {
 /// failing step becomes [`RemoteError::CommandFailed`] naming the step.
 pub fn converge(conn: &Connection, host: &DesiredHost) -> Result<Report, RemoteError> {
     let before = conn.round_trips();
+    let (facts, decision) = facts_and_decision(conn, host)?;
+    apply(conn, host, &facts, &decision, before)
+}
+
+/// Reads `host`'s facts over `conn` and decides, changing nothing: one
+/// round trip. Fails as [`converge`] would before it changes anything
+/// (an interface or port a guest host already uses, a missing program).
+pub fn check(conn: &Connection, host: &DesiredHost) -> Result<(), RemoteError> {
+    facts_and_decision(conn, host).map(|_| ())
+}
+
+fn facts_and_decision(
+    conn: &Connection,
+    host: &DesiredHost,
+) -> Result<(Facts, Decision), RemoteError> {
     validate(host)?;
     let managed = managed_paths(host);
     let facts_script = match &host.guest {
@@ -252,6 +267,16 @@ pub fn converge(conn: &Connection, host: &DesiredHost) -> Result<Report, RemoteE
             }
         })?;
     let decision = decide(host, &facts)?;
+    Ok((facts, decision))
+}
+
+fn apply(
+    conn: &Connection,
+    host: &DesiredHost,
+    facts: &Facts,
+    decision: &Decision,
+    before: u64,
+) -> Result<Report, RemoteError> {
     if decision.clear_marker {
         tracing::warn!(
             host = %host.name,
@@ -267,7 +292,7 @@ pub fn converge(conn: &Connection, host: &DesiredHost) -> Result<Report, RemoteE
     };
     if !decision.is_empty() {
         tracing::info!(host = %host.name, files = ?report.changed_files, actions = ?report.actions, "applying changes");
-        let apply = script::apply_script(host, facts.systemd, &decision);
+        let apply = script::apply_script(host, facts.systemd, decision);
         let output = conn.exec_root("the apply script", apply.as_bytes())?;
         if host.guest.is_some() {
             // `down` undoes the manifest on the host; the state keeps a

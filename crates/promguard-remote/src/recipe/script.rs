@@ -440,7 +440,7 @@ fn install_packages(s: &mut String, packages: &[String], systemd: bool, guest: b
     if guest {
         let _ = writeln!(
             s,
-            "guest_dirs {}\nguest_packages_before",
+            "guest_file {}\nguest_packages_before",
             shell_quote(APT_LOG_PATH)
         );
     }
