@@ -29,7 +29,6 @@ use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -95,41 +94,19 @@ const SERVERS: [(&str, Server); 5] = [
 /// lab's mirror must hold them too.
 const LAB_PACKAGES: &[&str] = &["ufw"];
 
-/// Set by Ctrl-C or SIGTERM: the scenario stops and tears the lab down.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: std::ffi::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Turns Ctrl-C and SIGTERM into [`INTERRUPTED`] while `f` runs, so the
+/// Catches Ctrl-C and SIGTERM (`e2e_fake`'s flag) while `f` runs, so the
 /// lab is torn down rather than left running, and restores the default
-/// afterwards (later tests of `cargo xtask test` expect it). The same
-/// idea as `e2e_fake`'s, whose flag is private to it.
+/// afterwards (later tests of `cargo xtask test` expect it).
 fn with_interrupts_caught<T>(f: impl FnOnce() -> T) -> Result<T> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let catch = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe.
-        unsafe { sigaction(signal, &catch) }.context("cannot install a signal handler")?;
-    }
+    crate::e2e_fake::catch_interrupts()?;
     let result = f();
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: restores the default disposition.
-        unsafe { sigaction(signal, &default) }.context("cannot restore a signal handler")?;
-    }
+    crate::e2e_fake::restore_interrupts()?;
     Ok(result)
 }
 
 fn check_interrupted() -> Result<()> {
     ensure!(
-        !INTERRUPTED.load(Ordering::SeqCst),
+        !crate::e2e_fake::interrupted(),
         "interrupted (Ctrl-C); tearing the lab down"
     );
     Ok(())
@@ -1117,7 +1094,7 @@ impl Promguard {
             if let Some(status) = child.try_wait()? {
                 break status;
             }
-            if started.elapsed() > PROMGUARD_TIMEOUT || INTERRUPTED.load(Ordering::SeqCst) {
+            if started.elapsed() > PROMGUARD_TIMEOUT || crate::e2e_fake::interrupted() {
                 // `ip netns exec` became promguard (it execs): this is its PID.
                 let _ = child.kill();
                 let _ = child.wait();

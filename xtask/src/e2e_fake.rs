@@ -53,7 +53,7 @@ extern "C" fn on_signal(_: std::ffi::c_int) {
 /// Turns Ctrl-C and SIGTERM into a flag, so that xtask lives on to run its
 /// cleanup (the `promguard` child still gets the signal and stops; a handler,
 /// unlike an ignored signal, is not inherited across exec).
-fn catch_interrupts() -> Result<()> {
+pub(crate) fn catch_interrupts() -> Result<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let action = SigAction::new(
         SigHandler::Handler(on_signal),
@@ -64,6 +64,18 @@ fn catch_interrupts() -> Result<()> {
         // SAFETY: the handler only stores to an atomic, which is
         // async-signal-safe.
         unsafe { sigaction(signal, &action) }.context("cannot install a signal handler")?;
+    }
+    Ok(())
+}
+
+/// Gives Ctrl-C and SIGTERM their default effect again, for scenarios that
+/// catch them only while they run.
+pub(crate) fn restore_interrupts() -> Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: restores the default disposition.
+        unsafe { sigaction(signal, &default) }.context("cannot restore a signal handler")?;
     }
     Ok(())
 }

@@ -317,9 +317,11 @@ fn files_ending(dir: &Path, extension: &str) -> Result<Vec<PathBuf>> {
 }
 
 /// Every shell file of the tree: `.sh` files under `crates/` (the scripts
-/// hosts run and the snapshots of the generated ones) and `.ci/run`.
+/// hosts run and the snapshots of the generated ones) and `xtask/` (what
+/// the end-to-end tests run on their hosts), and `.ci/run`.
 fn shell_files(root: &Path) -> Result<Vec<PathBuf>> {
     let mut files = files_ending(&root.join("crates"), "sh")?;
+    files.extend(files_ending(&root.join("xtask"), "sh")?);
     files.push(root.join(".ci/run"));
     Ok(files)
 }

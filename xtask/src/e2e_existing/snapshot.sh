@@ -63,7 +63,9 @@ sha256sum /etc/default/* | sort -k 2
 echo "## PromGuard's places"
 for place in /etc/promguard /var/log/promguard /var/lib/prometheus/node-exporter /etc/prometheus; do
   if [ -e "$place" ]; then
-    find "$place" -printf '%p %M %u:%g\n' | sort
+    # The WireGuard collector writes a temporary file and renames it
+    # every 15 s: the moment is not state.
+    find "$place" ! -name '.wireguard.prom.*' -printf '%p %M %u:%g\n' | sort
   else
     echo "no $place"
   fi

@@ -427,22 +427,23 @@ fn install_packages(s: &mut String, packages: &[String], systemd: bool, guest: b
     let held: Vec<String> = HELD_UNITS.iter().map(|u| shell_quote(u)).collect();
     let _ = writeln!(
         s,
-        "step {}\napt_begin {}",
+        "step {}",
         shell_quote(&format!("apt-get install {}", packages.join(" "))),
-        shell_quote(APT_LOG_PATH),
     );
-    // The functions of `sh/apt.sh` say why each step is there.
-    if systemd {
-        let _ = writeln!(s, "hold_units {}", held.join(" "));
-    } else {
-        s.push_str("hold_services\n");
-    }
+    // Before apt_begin makes the log's directory, so that it is noted too.
     if guest {
         let _ = writeln!(
             s,
             "guest_file {}\nguest_packages_before",
             shell_quote(APT_LOG_PATH)
         );
+    }
+    let _ = writeln!(s, "apt_begin {}", shell_quote(APT_LOG_PATH));
+    // The functions of `sh/apt.sh` say why each step is there.
+    if systemd {
+        let _ = writeln!(s, "hold_units {}", held.join(" "));
+    } else {
+        s.push_str("hold_services\n");
     }
     let _ = writeln!(s, "apt_install {}", list.join(" "));
     if guest {
