@@ -221,6 +221,30 @@ fn scenario(lab: &mut Lab, bin: &Path, deployment: &str) -> Result<()> {
         shown.join(", ")
     );
 
+    // 2b. A login user without sudo: up says what to grant, and changes
+    // nothing anywhere.
+    pg.write_config_with(false, &format!("{SUDO_USER}-nosudo"))?;
+    let out = pg.run(&["up", "--yes", "--trust-new-host-keys"])?;
+    ensure!(
+        !out.status.success(),
+        "up succeeded on sudo-1 as a user without sudo:\n{}",
+        out.text
+    );
+    for needle in ["sudo -n", "NOPASSWD", &format!("{SUDO_USER}-nosudo")] {
+        ensure!(
+            out.text.contains(needle),
+            "up's refusal of a user without sudo does not say {needle:?}:\n{}",
+            out.text
+        );
+    }
+    compare_snapshots(
+        &before,
+        &lab.snapshots()?,
+        "after up found no sudo on sudo-1",
+    )?;
+    eprintln!("e2e-existing: 2b. up as a user without sudo said what to grant and changed nothing");
+    pg.write_config(false)?;
+
     // 3. wg-1's own wg0 on 51820: up stops with the keys to change.
     let out = pg.run(&["up", "--yes", "--trust-new-host-keys"])?;
     ensure!(
@@ -250,20 +274,14 @@ fn scenario(lab: &mut Lab, bin: &Path, deployment: &str) -> Result<()> {
         &lab.snapshot_of(&["wg-1"])?,
         "after up refused the WireGuard clash",
     )?;
-    // The issue asks only that the clashing host be left alone; say
-    // whether the others were converged before up stopped.
-    let converged: Vec<String> = before
-        .iter()
-        .zip(lab.snapshots()?)
-        .filter(|((_, old), (_, new))| old != new)
-        .map(|((host, _), _)| host.clone())
-        .collect();
+    // The clash is found before anything changes on any host.
+    compare_snapshots(
+        &before,
+        &lab.snapshots()?,
+        "after up refused the WireGuard clash",
+    )?;
     eprintln!(
-        "e2e-existing: 3. up refused wg-1's wg0 on {USER_WG_PORT}, named the config keys, and left wg-1 as it was (hosts it changed before stopping: {})",
-        match converged.is_empty() {
-            true => "none".to_owned(),
-            false => converged.join(", "),
-        }
+        "e2e-existing: 3. up refused wg-1's wg0 on {USER_WG_PORT}, named the config keys, and changed nothing on any host"
     );
 
     // 4. Another interface and port for wg-1: up succeeds, host keys
@@ -1027,6 +1045,11 @@ impl Promguard {
     /// Writes the config naming all five servers by address; with
     /// `wg1_elsewhere`, wg-1 gets an interface and port of its own.
     fn write_config(&self, wg1_elsewhere: bool) -> Result<()> {
+        self.write_config_with(wg1_elsewhere, SUDO_USER)
+    }
+
+    /// [`Self::write_config`] with `sudo_user` as sudo-1's login user.
+    fn write_config_with(&self, wg1_elsewhere: bool, sudo_user: &str) -> Result<()> {
         let address = |name: &str| -> Result<Ipv4Addr> {
             self.addresses
                 .get(name)
@@ -1045,7 +1068,7 @@ impl Promguard {
              [monitor]\nname = \"mon-1\"\naddress = \"{mon}\"\nprometheus = \"existing\"\nprometheus_api = \"127.0.0.1:9090\"\n\n\
              [[nodes.host]]\nname = \"web-1\"\naddress = \"{web}\"\n\n\
              [[nodes.host]]\nname = \"wg-1\"\naddress = \"{wg}\"\n{wg1}\n\
-             [[nodes.host]]\nname = \"sudo-1\"\naddress = \"{sudo}\"\nssh_user = \"{SUDO_USER}\"\n\n\
+             [[nodes.host]]\nname = \"sudo-1\"\naddress = \"{sudo}\"\nssh_user = \"{sudo_user}\"\n\n\
              [[nodes.host]]\nname = \"nat-1\"\naddress = \"{nat}\"\nwireguard = {{ inbound = false }}\n",
             deployment = self.deployment,
             key = self.key.display(),

@@ -7,7 +7,8 @@
 #   wireguard PORT the host's own WireGuard interface wg0 on UDP PORT, up
 #                  and enabled at boot
 #   sudo USER      USER logs in with root's login key and has passwordless
-#                  sudo; root may not log in over SSH
+#                  sudo, USER-nosudo logs in with it too but has no sudo;
+#                  root may not log in over SSH
 #   monitor YAML   Debian's prometheus, running with YAML as its config
 #   plain          nothing beyond the image
 # Packages come from the lab's mirror, in one apt run.
@@ -77,6 +78,9 @@ sudo)
   echo "$value ALL=(ALL) NOPASSWD:ALL" >"/etc/sudoers.d/90-$value"
   chmod 440 "/etc/sudoers.d/90-$value"
   visudo -qcf "/etc/sudoers.d/90-$value"
+  useradd --create-home --shell /bin/bash "$value-nosudo"
+  install -d -m 700 -o "$value-nosudo" -g "$value-nosudo" "/home/$value-nosudo/.ssh"
+  install -m 600 -o "$value-nosudo" -g "$value-nosudo" /root/.ssh/authorized_keys "/home/$value-nosudo/.ssh/authorized_keys"
   printf '# Root never logs in over SSH here.\nPermitRootLogin no\n' >/etc/ssh/sshd_config.d/10-no-root.conf
   systemctl reload ssh.service
   ;;
