@@ -527,32 +527,19 @@ impl Fleet {
                         message: e.to_string(),
                     })
                 });
-                (index, name, result)
+                (name, result.map(|(outcome, conn)| (index, outcome, conn)))
             });
         }
         let mut done = Vec::new();
         let mut monitor = None;
-        let mut failures = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((index, _, Ok((outcome, conn)))) => {
-                    if outcome.role == Role::Monitor {
-                        monitor = Some(conn);
-                    }
-                    done.push((index, outcome));
-                }
-                Ok((_, name, Err(e))) => failures.push((name, e)),
-                Err(e) => failures.push((
-                    HostName::new("unknown").expect("a valid name"),
-                    FleetError::Task {
-                        host: HostName::new("unknown").expect("a valid name"),
-                        message: e.to_string(),
-                    },
-                )),
+        let (finished, failures) = join_hosts(&mut tasks).await;
+        for (_, (index, outcome, conn)) in finished {
+            if outcome.role == Role::Monitor {
+                monitor = Some(conn);
             }
+            done.push((index, outcome));
         }
         if !failures.is_empty() {
-            failures.sort_by(|a, b| a.0.cmp(&b.0));
             return Err(FleetError::Converge {
                 failures,
                 total: plan.hosts.len(),
@@ -598,27 +585,10 @@ impl Fleet {
                 (target.host, result)
             });
         }
-        let mut connections = BTreeMap::new();
-        let mut failures = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((name, Ok(conn))) => {
-                    connections.insert(name, conn);
-                }
-                Ok((name, Err(e))) => failures.push((name, e)),
-                Err(e) => failures.push((
-                    HostName::new("unknown").expect("a valid name"),
-                    FleetError::Task {
-                        host: HostName::new("unknown").expect("a valid name"),
-                        message: e.to_string(),
-                    },
-                )),
-            }
-        }
+        let (connections, failures) = join_hosts(&mut tasks).await;
         if failures.is_empty() {
-            return Ok(connections);
+            return Ok(connections.into_iter().collect());
         }
-        failures.sort_by(|a, b| a.0.cmp(&b.0));
         Err(FleetError::Converge {
             failures,
             total: jobs.len(),
@@ -840,19 +810,7 @@ impl Fleet {
                     (name, result)
                 });
             }
-            while let Some(joined) = tasks.join_next().await {
-                match joined {
-                    Ok((_, Ok(()))) => {}
-                    Ok((name, Err(e))) => failures.push((name, e)),
-                    Err(e) => failures.push((
-                        HostName::new("unknown").expect("a valid name"),
-                        FleetError::Task {
-                            host: HostName::new("unknown").expect("a valid name"),
-                            message: e.to_string(),
-                        },
-                    )),
-                }
-            }
+            failures.extend(join_hosts(&mut tasks).await.1);
             if failures.is_empty() {
                 Ok(())
             } else {
@@ -901,19 +859,7 @@ impl Fleet {
                     (name, result)
                 });
             }
-            while let Some(joined) = tasks.join_next().await {
-                match joined {
-                    Ok((_, Ok(()))) => {}
-                    Ok((name, Err(e))) => failures.push((name, e)),
-                    Err(e) => failures.push((
-                        HostName::new("unknown").expect("a valid name"),
-                        FleetError::Task {
-                            host: HostName::new("unknown").expect("a valid name"),
-                            message: e.to_string(),
-                        },
-                    )),
-                }
-            }
+            failures.extend(join_hosts(&mut tasks).await.1);
             if failures.is_empty() {
                 Ok(())
             } else {
@@ -1057,6 +1003,34 @@ pub fn fetch_targets_of(
         targets.retain(|t| t.scrape_pool == pool);
     }
     Ok(targets)
+}
+
+/// Waits for every per-host task of `tasks`: what finished, and the
+/// failures sorted by host (a task that panicked counts as a failure of an
+/// `unknown` host, as the runtime does not say whose it was).
+async fn join_hosts<T: 'static>(
+    tasks: &mut tokio::task::JoinSet<(HostName, Result<T, FleetError>)>,
+) -> (Vec<(HostName, T)>, Vec<(HostName, FleetError)>) {
+    let mut finished = Vec::new();
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((name, Ok(value))) => finished.push((name, value)),
+            Ok((name, Err(e))) => failures.push((name, e)),
+            Err(e) => {
+                let host = HostName::new("unknown").expect("a valid name");
+                failures.push((
+                    host.clone(),
+                    FleetError::Task {
+                        host,
+                        message: e.to_string(),
+                    },
+                ));
+            }
+        }
+    }
+    failures.sort_by(|a, b| a.0.cmp(&b.0));
+    (finished, failures)
 }
 
 /// Reads the monitor's targets, sorted by instance and job. Blocking.

@@ -492,6 +492,12 @@ impl Connection {
     /// [`RemoteError::CommandFailed`] naming `what`.
     pub fn exec_root_checked(&self, what: &str, script: &[u8]) -> Result<Output, RemoteError> {
         let output = self.exec_root(what, script)?;
+        self.checked(what, output)
+    }
+
+    /// `output`, or [`RemoteError::CommandFailed`] naming `what` when it
+    /// exited non-zero.
+    fn checked(&self, what: &str, output: Output) -> Result<Output, RemoteError> {
         if !output.success() {
             return Err(RemoteError::CommandFailed {
                 host: self.host.clone(),
@@ -512,15 +518,7 @@ impl Connection {
         stdin: &[u8],
     ) -> Result<Output, RemoteError> {
         let output = self.exec(command, stdin)?;
-        if !output.success() {
-            return Err(RemoteError::CommandFailed {
-                host: self.host.clone(),
-                what: what.to_owned(),
-                exit_code: output.exit_code,
-                stderr_tail: tail(&output.stderr, 2000),
-            });
-        }
-        Ok(output)
+        self.checked(what, output)
     }
 
     /// Writes `content` to `path` atomically: into a temporary file in the
