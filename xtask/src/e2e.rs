@@ -359,6 +359,7 @@ pub fn local(root: &Path) -> Result<()> {
         promguard_cloud::local::LocalOptions::default(),
     );
     let (fresh, noop) = scenario(&d, Some(&provider))?;
+    unmanaged_exporter_not_running(&d)?;
 
     // 7. Down leaves nothing.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -424,6 +425,50 @@ pub(crate) fn check_gone(name: &str, pids: &[u32]) -> Result<()> {
 /// DigitalOcean's droplets are too); without one (a real cloud) the checks
 /// that need an outsider on the hosts' network are left out. Returns the
 /// durations of the fresh and the no-op `up`.
+/// 6c. An exporter of the operator's that is not running: `up` verifies
+/// every other target, then fails at once naming where nothing listens
+/// (not after its verify timeout); without it, `up` succeeds again. The
+/// scenario's last nodes are kept.
+fn unmanaged_exporter_not_running(d: &Deployment) -> Result<()> {
+    let nodes = ["promguard-node-1", "promguard-node-3", "promguard-node-4"];
+    d.write_config(&nodes)?;
+    let config = std::fs::read_to_string(d.config_path())?;
+    let with = config.replacen(
+        "name = \"promguard-node-1\"\n",
+        "name = \"promguard-node-1\"\nexporters = [{ name = \"postgres\", port = 9187 }]\n",
+        1,
+    );
+    ensure!(with != config, "the config names no promguard-node-1");
+    std::fs::write(d.config_path(), with)?;
+    let started = Instant::now();
+    let out = d.promguard(&["up", "--yes"])?;
+    let took = started.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        !out.status.success(),
+        "up succeeded though nothing runs the postgres exporter:\n{text}"
+    );
+    // The fast answer, not the verify timeout's "not every target was up".
+    ensure!(
+        text.contains("every target PromGuard runs is up, but nothing listens on ")
+            && text.contains(
+                ":9187 on promguard-node-1: start the postgres exporter bound to that address"
+            )
+            && !text.contains("not every target was up"),
+        "up did not say at once that nothing listens on node-1's postgres exporter port:\n{text}"
+    );
+    d.write_config(&nodes)?;
+    d.ok(&["up", "--yes"])?;
+    eprintln!(
+        "e2e: 6c. an exporter nobody runs: up verified the rest and said where nothing listens after {took:.2?}; without it, up succeeds"
+    );
+    Ok(())
+}
+
 pub(crate) fn scenario(
     d: &Deployment,
     hosts_on: Option<&promguard_cloud::local::LocalProvider>,

@@ -142,6 +142,14 @@ pub enum FleetError {
         /// What was wrong.
         reason: String,
     },
+    /// Exporters the operator runs are not running (their first scrapes
+    /// were refused, or timed out through a working tunnel); every other
+    /// target is up.
+    #[error("every target PromGuard runs is up, but {}", failures.join("; "))]
+    ExportersDown {
+        /// One sentence per exporter: where nothing listens and what to do.
+        failures: Vec<String>,
+    },
     /// [`Fleet::verify`] was given no connection to the monitor.
     #[error("the monitor's connection was lost")]
     NoMonitorConnection,
@@ -941,6 +949,29 @@ impl Fleet {
             PrometheusMode::Existing { .. } => None,
         };
         let pool = scrape_pool(prometheus);
+        // Exporters PromGuard neither installs nor runs: the operator
+        // starts them, and a refused scrape is reported at once.
+        let unmanaged: Vec<Unmanaged> = plan
+            .hosts
+            .iter()
+            .flat_map(|h| {
+                let managed = h
+                    .exporters
+                    .iter()
+                    .find(|e| e.managed)
+                    .map(|e| format!("http://{}/metrics", e.listen));
+                h.exporters
+                    .iter()
+                    .filter(|e| !e.managed)
+                    .map(move |e| Unmanaged {
+                        job: e.name.to_string(),
+                        url: format!("http://{}/metrics", e.listen),
+                        instance: h.name.to_string(),
+                        listen: e.listen,
+                        managed_url: managed.clone(),
+                    })
+            })
+            .collect();
         let expected: Vec<(String, String)> = prometheus
             .targets
             .iter()
@@ -955,7 +986,14 @@ impl Fleet {
         let listen = prometheus.listen;
         let poll = tokio::task::spawn_blocking(move || {
             let before = conn.round_trips();
-            let result = poll_targets(&conn, listen, pool.as_deref(), &expected, timeout);
+            let result = poll_targets(
+                &conn,
+                listen,
+                pool.as_deref(),
+                &expected,
+                &unmanaged,
+                timeout,
+            );
             (result, conn.round_trips() - before)
         });
         let busy = Arc::new(AtomicUsize::new(0));
@@ -1083,13 +1121,83 @@ fn prometheus_read<T>(
     parse(&body).map_err(failed)
 }
 
+/// The exporters of `unmanaged` whose scrape in `targets` says they are
+/// not running: `(job, url, why)`.
+fn unmanaged_failures(
+    unmanaged: &[Unmanaged],
+    targets: &[TargetHealth],
+) -> Vec<(String, String, String)> {
+    unmanaged
+        .iter()
+        .filter_map(|exporter| {
+            let target = targets
+                .iter()
+                .find(|t| t.job == exporter.job && t.scrape_url == exporter.url)?;
+            let tunnel_up = targets.iter().any(|t| {
+                Some(&t.scrape_url) == exporter.managed_url.as_ref() && t.health == Health::Up
+            });
+            let why = unmanaged_failure(exporter, target, tunnel_up)?;
+            Some((exporter.job.clone(), exporter.url.clone(), why))
+        })
+        .collect()
+}
+
+/// A scrape target of an exporter the operator runs, not PromGuard.
+#[derive(Debug, Clone)]
+struct Unmanaged {
+    job: String,
+    url: String,
+    instance: String,
+    listen: SocketAddr,
+    /// The scrape URL of the exporter PromGuard runs on the same host
+    /// (node_exporter): when it is up, the tunnel works.
+    managed_url: Option<String>,
+}
+
+/// Why `target`, an exporter of the operator's, is not up, when its last
+/// scrape already tells: nothing listens (refused), or nothing answers
+/// although the tunnel to its host works (`tunnel_up`: the host's other
+/// targets are up), so waiting longer would not help. `None` while the
+/// answer may still change by itself.
+fn unmanaged_failure(
+    exporter: &Unmanaged,
+    target: &TargetHealth,
+    tunnel_up: bool,
+) -> Option<String> {
+    if target.health != Health::Down {
+        return None;
+    }
+    let error = target.last_error.as_str();
+    let Unmanaged {
+        job,
+        instance,
+        listen,
+        ..
+    } = exporter;
+    if error.contains("connection refused") {
+        return Some(format!(
+            "nothing listens on {listen} on {instance}: start the {job} exporter bound to that address"
+        ));
+    }
+    let timed_out = error.contains("deadline exceeded") || error.contains("timeout");
+    (timed_out && tunnel_up).then(|| {
+        format!(
+            "the {job} exporter on {instance} does not answer on {listen} within the scrape timeout, though the tunnel to {instance} works: check that it runs and answers on that address"
+        )
+    })
+}
+
 /// Polls until every `(job, url)` of `expected` is up and nothing else is
-/// scraped, or `timeout` passed. Blocking.
+/// scraped, or `timeout` passed; an exporter of `unmanaged` whose scrape
+/// already says it is not running ([`unmanaged_failure`]) is not waited
+/// for: once every other target is up, the poll fails naming it.
+/// Blocking.
 fn poll_targets(
     conn: &Connection,
     listen: SocketAddr,
     pool: Option<&str>,
     expected: &[(String, String)],
+    unmanaged: &[Unmanaged],
     timeout: Duration,
 ) -> Result<Vec<TargetHealth>, FleetError> {
     let is_expected = |t: &TargetHealth| {
@@ -1103,15 +1211,22 @@ fn poll_targets(
     loop {
         match fetch_targets_of(conn, listen, pool) {
             Ok(targets) => {
+                let failures = unmanaged_failures(unmanaged, &targets);
                 let all_up = expected.iter().all(|(job, url)| {
-                    targets
-                        .iter()
-                        .any(|t| &t.job == job && &t.scrape_url == url && t.health == Health::Up)
+                    failures.iter().any(|(j, u, _)| j == job && u == url)
+                        || targets.iter().any(|t| {
+                            &t.job == job && &t.scrape_url == url && t.health == Health::Up
+                        })
                 });
                 // Removed targets must be gone too: Prometheus notices
                 // file_sd changes shortly after they are written.
                 if all_up && targets.iter().all(is_expected) {
-                    return Ok(targets);
+                    if failures.is_empty() {
+                        return Ok(targets);
+                    }
+                    return Err(FleetError::ExportersDown {
+                        failures: failures.into_iter().map(|(_, _, why)| why).collect(),
+                    });
                 }
                 last = Ok(targets);
             }
@@ -1156,4 +1271,81 @@ fn poll_targets(
             .join("; "),
     };
     Err(FleetError::Verify { timeout, detail })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(url: &str, health: Health, error: &str) -> TargetHealth {
+        TargetHealth {
+            instance: "db-1".into(),
+            job: if url.ends_with(":9100/metrics") {
+                "node"
+            } else {
+                "postgres"
+            }
+            .into(),
+            scrape_pool: String::new(),
+            scrape_url: url.into(),
+            health,
+            last_scrape: None,
+            last_error: error.into(),
+        }
+    }
+
+    #[test]
+    fn an_exporter_of_the_operators_that_refuses_is_reported_at_once() {
+        let exporter = Unmanaged {
+            job: "postgres".into(),
+            url: "http://[fd00:10::2]:9187/metrics".into(),
+            instance: "db-1".into(),
+            listen: "[fd00:10::2]:9187".parse().unwrap(),
+            managed_url: Some("http://[fd00:10::2]:9100/metrics".into()),
+        };
+        let refused = target(
+            &exporter.url,
+            Health::Down,
+            "Get \"http://[fd00:10::2]:9187/metrics\": dial tcp [fd00:10::2]:9187: connect: connection refused",
+        );
+        let node_up = target("http://[fd00:10::2]:9100/metrics", Health::Up, "");
+        let node_down = target(
+            "http://[fd00:10::2]:9100/metrics",
+            Health::Down,
+            "context deadline exceeded",
+        );
+        let failures = unmanaged_failures(
+            std::slice::from_ref(&exporter),
+            &[refused, node_down.clone()],
+        );
+        assert_eq!(
+            failures[0].2,
+            "nothing listens on [fd00:10::2]:9187 on db-1: start the postgres exporter bound to that address"
+        );
+        // A timeout says little while the tunnel itself may not be up yet.
+        let timed_out = target(&exporter.url, Health::Down, "context deadline exceeded");
+        assert!(unmanaged_failures(
+            std::slice::from_ref(&exporter),
+            &[timed_out.clone(), node_down]
+        )
+        .is_empty());
+        let failures = unmanaged_failures(
+            std::slice::from_ref(&exporter),
+            &[timed_out, node_up.clone()],
+        );
+        assert!(
+            failures[0]
+                .2
+                .contains("does not answer on [fd00:10::2]:9187"),
+            "{failures:?}"
+        );
+        // Not scraped yet, or up: nothing to say.
+        let unknown = target(&exporter.url, Health::Unknown, "");
+        assert!(
+            unmanaged_failures(std::slice::from_ref(&exporter), &[unknown, node_up.clone()])
+                .is_empty()
+        );
+        let up = target(&exporter.url, Health::Up, "");
+        assert!(unmanaged_failures(&[exporter], &[up, node_up]).is_empty());
+    }
 }
