@@ -321,7 +321,10 @@ fn files_ending(dir: &Path, extension: &str) -> Result<Vec<PathBuf>> {
 /// the end-to-end tests run on their hosts), and `.ci/run`.
 fn shell_files(root: &Path) -> Result<Vec<PathBuf>> {
     let mut files = files_ending(&root.join("crates"), "sh")?;
-    files.extend(files_ending(&root.join("xtask"), "sh")?);
+    let xtask = root.join("xtask");
+    if xtask.is_dir() {
+        files.extend(files_ending(&xtask, "sh")?);
+    }
     files.push(root.join(".ci/run"));
     Ok(files)
 }
