@@ -186,6 +186,11 @@ fn test(root: &Path) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // Doc links are checked too: a public item's docs must not point at
+    // nothing or at a private item.
+    run(cargo()
+        .args(["doc", "--workspace", "--no-deps", "-q"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     run(cargo().args(["test", "--workspace"]))?;
     e2e::local(root)?;
     attack::run(root)?;

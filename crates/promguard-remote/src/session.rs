@@ -526,8 +526,8 @@ impl Connection {
     /// `user` or `user:group`) and is then renamed over `path`. Readers see
     /// the old or the new file, never a partial one.
     ///
-    /// `path` must pass [`check_remote_path`](crate::check_remote_path) and
-    /// `owner` [`check_owner`](crate::check_owner).
+    /// `path` must pass [`crate::check_remote_path`] and
+    /// `owner` [`crate::check_owner`].
     pub fn upload(
         &self,
         path: &str,

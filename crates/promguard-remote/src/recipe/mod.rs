@@ -4,7 +4,7 @@
 //! 1. **Facts** ([`facts`]): one fixed script reports the SHA-256 of every
 //!    managed file, whether systemd runs, the WireGuard interface, the
 //!    firewall table and the daemons.
-//! 2. **Decision** ([`decide`]): pure code compares the facts with the
+//! 2. **Decision** ([`mod@decide`]): pure code compares the facts with the
 //!    [`DesiredHost`] and picks the files to write and the actions to run.
 //!    Nothing to do means the run ends here, after one round trip.
 //! 3. **Apply** ([`script`]): one generated script writes the changed files

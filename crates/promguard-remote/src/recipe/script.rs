@@ -61,7 +61,7 @@ pub const PROMETHEUS_UNIT: &str = "prometheus.service";
 /// stop an install halfway (apt writing to a closed channel).
 pub const APT_LOG_PATH: &str = "/var/log/promguard/apt.log";
 
-/// The WireGuard metrics collector ([`WG_METRICS_SCRIPT`]), on every host.
+/// The WireGuard metrics collector (`sh/wg_metrics.sh`), on every host.
 pub const WG_METRICS_SCRIPT_PATH: &str = "/etc/promguard/wg-metrics.sh";
 /// The collector's unit on systemd hosts.
 pub const WG_METRICS_UNIT_PATH: &str = "/etc/systemd/system/promguard-wg-metrics.service";
