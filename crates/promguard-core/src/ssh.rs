@@ -37,6 +37,28 @@ impl SshPublicKey {
         {
             return Err("SSH public key data is not base64".into());
         }
+        // The blob starts with the key type as an SSH string: data that
+        // does not decode, or names another type, would fingerprint as a
+        // key no server ever presents.
+        // With or without padding, as known_hosts files have it.
+        use base64::engine::{general_purpose, DecodePaddingMode, GeneralPurpose};
+        use base64::Engine as _;
+        const LENIENT: GeneralPurpose = GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            general_purpose::PAD.with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        );
+        let blob = LENIENT
+            .decode(body)
+            .map_err(|_| "SSH public key data is not valid base64".to_owned())?;
+        let named = blob
+            .get(..4)
+            .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
+            .and_then(|n| blob.get(4..4usize.checked_add(n)?));
+        if named != Some(algorithm.as_bytes()) {
+            return Err(format!(
+                "SSH public key data is not that of a {algorithm} key"
+            ));
+        }
         Ok(Self {
             algorithm: algorithm.to_owned(),
             body: body.to_owned(),
@@ -125,6 +147,13 @@ mod tests {
             key
         );
         assert!(SshPublicKey::parse("ssh-dss AAAA").is_err());
+        // Data that does not decode, or names another key type.
+        let err = SshPublicKey::parse("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5A").unwrap_err();
+        assert!(err.contains("not valid base64"), "{err}");
+        let rsa_blob = "AAAAB3NzaC1yc2EAAAADAQAB";
+        let err = SshPublicKey::parse(&format!("ssh-ed25519 {rsa_blob}")).unwrap_err();
+        assert!(err.contains("not that of a ssh-ed25519 key"), "{err}");
+        assert!(SshPublicKey::parse(&format!("ssh-rsa {rsa_blob}")).is_ok());
         assert!(SshPublicKey::parse("ssh-ed25519 $(x)").is_err());
     }
 }

@@ -218,12 +218,27 @@ pub fn host_key_for(user_data: &str, name: &str) -> Option<(String, SshPublicKey
 mod tests {
     use super::*;
 
+    /// An ed25519 public key whose 32 key bytes spell `tag` (padded).
+    fn fake_public_key(tag: &str) -> String {
+        use base64::Engine as _;
+        let mut blob = vec![0, 0, 0, 11];
+        blob.extend_from_slice(b"ssh-ed25519");
+        blob.extend_from_slice(&[0, 0, 0, 32]);
+        let mut key = tag.as_bytes().to_vec();
+        key.resize(32, b'.');
+        blob.extend_from_slice(&key);
+        format!(
+            "ssh-ed25519 {}",
+            base64::engine::general_purpose::STANDARD.encode(blob)
+        )
+    }
+
     fn fake_pair(tag: &str) -> HostKeyPair {
         HostKeyPair {
             private: format!(
                 "-----BEGIN OPENSSH PRIVATE KEY-----\n{tag}\n-----END OPENSSH PRIVATE KEY-----\n"
             ),
-            public: SshPublicKey::parse(&format!("ssh-ed25519 AAAA{tag}")).unwrap(),
+            public: SshPublicKey::parse(&fake_public_key(tag)).unwrap(),
         }
     }
 
