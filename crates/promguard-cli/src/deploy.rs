@@ -415,7 +415,7 @@ async fn run_up(
     // Removed hosts go last: the monitor has dropped their peers by now.
     // PromGuard leaves the user's own hosts (they stay) before the state
     // forgets them, and destroys the ones it made.
-    let leaving = leaving_hosts(&plan);
+    let leaving = plan.removed_hosts_of(Lifecycle::Existing);
     if !leaving.is_empty() {
         fleet.leave(&leaving).await?;
     }
@@ -462,20 +462,6 @@ async fn run_up(
         targets: verified.targets,
         phases: phases.done,
     })
-}
-
-/// The hosts of the user's that `plan` removes: PromGuard leaves them.
-fn leaving_hosts(plan: &Plan) -> Vec<HostName> {
-    plan.changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::RemoveHost {
-                host,
-                lifecycle: Lifecycle::Existing,
-            } => Some(host.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// What `promguard down` did.

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use promguard_core::plan::PrometheusMode;
-use promguard_core::{Change, Journal, Lifecycle, Plan};
+use promguard_core::{Journal, Lifecycle, Plan};
 use promguard_remote::known_hosts::default_known_hosts_path;
 use promguard_remote::{
     pin_host_key, review_host_keys, tcp_connector, CancellationToken, HostKeyCheck, HostKeyReview,
@@ -216,22 +216,14 @@ pub fn scrape_job_note(plan: &Plan) -> Option<String> {
 /// host a provider made is destroyed; PromGuard only leaves one the user
 /// runs.
 pub(crate) fn removals(plan: &Plan) -> String {
-    let (left, destroyed): (Vec<_>, Vec<_>) = plan
-        .changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::RemoveHost { host, lifecycle } => Some((host.to_string(), *lifecycle)),
-            _ => None,
-        })
-        .partition(|(_, lifecycle)| *lifecycle == Lifecycle::Existing);
-    let names = |hosts: Vec<(String, Lifecycle)>| {
-        hosts
-            .into_iter()
-            .map(|(host, _)| host)
+    let names = |lifecycle| {
+        plan.removed_hosts_of(lifecycle)
+            .iter()
+            .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let (left, destroyed) = (names(left), names(destroyed));
+    let (left, destroyed) = (names(Lifecycle::Existing), names(Lifecycle::Disposable));
     let mut parts = Vec::new();
     if !destroyed.is_empty() {
         parts.push(format!("destroy {destroyed}"));

@@ -86,6 +86,18 @@ impl Plan {
             .collect()
     }
 
+    /// The hosts the plan removes whose lifecycle is `lifecycle`: the
+    /// disposable ones are destroyed, the existing ones left.
+    pub fn removed_hosts_of(&self, lifecycle: Lifecycle) -> Vec<HostName> {
+        self.changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::RemoveHost { host, lifecycle: l } if *l == lifecycle => Some(host.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The state to record before anything is created: the plan's next
     /// state, still holding the records (and preshared keys) of created
     /// hosts that are to be removed, until they really are destroyed.
