@@ -522,7 +522,7 @@ fn snapshot(conn: &Connection) -> String {
             b"ls -la /etc/wireguard 2>&1 | grep -v ' \\.\\.\\?$' | awk '{print $1, $NF}'; \
               ls -la /etc/promguard 2>&1 | grep -v ' \\.\\.\\?$' | awk '{print $1, $NF}'; \
               nft -s list ruleset; ip -o link | awk '{print $2}'; \
-              ps -eo comm= | grep -v -e '^ps$' -e '^bash$' -e '^sshd$' -e '^awk$' -e '^grep$' | sort\n",
+              ps -eo comm= | grep -v -e '^ps$' -e '^bash$' -e '^sshd$' -e '^awk$' -e '^grep$' -e '^sort$' | sort\n",
         )
         .unwrap();
     String::from_utf8(out.stdout).unwrap()
