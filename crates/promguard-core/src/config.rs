@@ -101,6 +101,9 @@ pub struct ExporterSpec {
     pub name: ExporterName,
     /// TCP port it listens on, at the host's WireGuard address.
     pub port: Port,
+    /// When PromGuard installs it from a Debian package (`package`):
+    /// how; `None` when the operator runs it.
+    pub managed: Option<crate::exporters::ManagedExporter>,
 }
 
 /// One host the operator asked for.
@@ -921,6 +924,7 @@ impl Checker<'_> {
                 Ok(ExporterSpec {
                     name,
                     port: self.port(&format!("{field}.port"), e.port)?,
+                    managed: None,
                 })
             })
             .collect()

@@ -19,6 +19,7 @@ pub mod alerts;
 pub mod capabilities;
 pub mod config;
 pub mod events;
+pub mod exporters;
 pub mod journal;
 pub mod keys;
 pub mod names;
@@ -35,8 +36,8 @@ pub use journal::{Journal, MemoryStore, StateStore};
 pub use keys::{PresharedKey, PrivateKey, PublicKey};
 pub use names::{DeploymentName, ExporterName, HostName, InterfaceName, Port, Region, SshUser};
 pub use plan::{
-    Change, ExporterPlan, FirewallPolicy, HostPlan, InterfacePlan, PeerPlan, Plan, PrometheusPlan,
-    Role, ScrapeTarget,
+    Change, ExporterKind, ExporterPlan, FirewallPolicy, HostPlan, InterfacePlan, PeerPlan, Plan,
+    ProbeTarget, PrometheusPlan, Role, ScrapeTarget,
 };
 pub use ssh::SshPublicKey;
 pub use state::{HostRecord, State, StateFile, StateLock};

@@ -22,6 +22,11 @@ pub struct NameError {
 }
 
 impl NameError {
+    /// A refusal of `value` (kept to its first 80 characters) as a `what`.
+    pub fn invalid(what: &'static str, value: &str, reason: &'static str) -> Self {
+        Self::new(what, value, reason)
+    }
+
     fn new(what: &'static str, value: &str, reason: &'static str) -> Self {
         let value: String = value.chars().take(80).collect();
         Self {

@@ -218,10 +218,41 @@ pub struct ExporterPlan {
     pub name: ExporterName,
     /// Where it listens: the host's WireGuard address and the exporter port.
     pub listen: SocketAddr,
-    /// True for node_exporter, which PromGuard installs and runs itself;
-    /// extra exporters are run by the operator and only scraped and
-    /// firewalled by PromGuard.
-    pub managed: bool,
+    /// Who installs and runs it.
+    pub kind: ExporterKind,
+}
+
+impl ExporterPlan {
+    /// node_exporter, which the recipe runs on every host.
+    pub fn is_node_exporter(&self) -> bool {
+        matches!(self.kind, ExporterKind::NodeExporter)
+    }
+
+    /// PromGuard installs and runs it (node_exporter or a Debian package).
+    pub fn is_managed(&self) -> bool {
+        !matches!(self.kind, ExporterKind::Unmanaged)
+    }
+
+    /// The Debian package PromGuard installs it from, if any.
+    pub fn packaged(&self) -> Option<&crate::exporters::PackagedExporter> {
+        match &self.kind {
+            ExporterKind::Packaged(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Who installs and runs an exporter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExporterKind {
+    /// node_exporter: the recipe installs and runs it on every host.
+    NodeExporter,
+    /// An exporter from a Debian package (`package` in the config):
+    /// installed, bound to the WireGuard address, ordered after the
+    /// interface and restarted on a change of its settings by the recipe.
+    Packaged(crate::exporters::PackagedExporter),
+    /// The operator runs it; PromGuard only scrapes and firewalls it.
+    Unmanaged,
 }
 
 /// The firewall of one host: exporters open only to the monitor's
@@ -242,6 +273,11 @@ pub struct FirewallPolicy {
     pub scraper: IpAddr,
     /// Exporter TCP ports, sorted and unique.
     pub exporter_ports: Vec<Port>,
+    /// TCP ports a prober on the scraper (a blackbox exporter on the
+    /// monitor) reaches over the tunnel, sorted and unique: accepted from
+    /// the scraper on the WireGuard interface like exporter ports, but
+    /// never closed to anyone else (they are the host's own services).
+    pub probe_ports: Vec<Port>,
 }
 
 /// How much of a host's inbound traffic PromGuard's table decides.
@@ -281,6 +317,8 @@ pub struct PrometheusPlan {
     pub scrape_interval: Duration,
     /// Every scrape target, grouped by job when rendered.
     pub targets: Vec<ScrapeTarget>,
+    /// Endpoints a blackbox exporter probes, grouped by job when rendered.
+    pub probes: Vec<ProbeTarget>,
     /// Prometheus' own metrics at [`Self::listen`], scraped as job
     /// `prometheus` (in `prometheus.yml`, not in a targets file): the rules
     /// about failing rule evaluations and notifications read them.
@@ -344,6 +382,27 @@ pub struct ScrapeTarget {
     /// `region` label.
     pub region: Region,
     /// `role` label.
+    pub role: Role,
+}
+
+/// One endpoint a blackbox exporter probes: Prometheus asks the prober
+/// for `/probe?module=<module>&target=<url>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbeTarget {
+    /// The job: the blackbox exporter's name with `_probe` appended
+    /// (its own metrics are the job of its name).
+    pub job: String,
+    /// Where the blackbox exporter listens.
+    pub prober: SocketAddr,
+    /// The blackbox module.
+    pub module: String,
+    /// What is probed: `http://<WireGuard address>:<port><path>`.
+    pub url: String,
+    /// `instance` label: the probed host's name.
+    pub instance: HostName,
+    /// `region` label of the probed host.
+    pub region: Region,
+    /// `role` label of the probed host.
     pub role: Role,
 }
 

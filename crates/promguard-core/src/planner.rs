@@ -19,8 +19,8 @@ use crate::config::{
 use crate::keys::{PresharedKey, PrivateKey};
 use crate::names::{ExporterName, HostName, Port, SshUser};
 use crate::plan::{
-    Change, ExporterPlan, FirewallPolicy, FirewallScope, HostPlan, InterfacePlan, PeerPlan, Plan,
-    PrometheusMode, PrometheusPlan, Role, ScrapeTarget, SshLogin,
+    Change, ExporterKind, ExporterPlan, FirewallPolicy, FirewallScope, HostPlan, InterfacePlan,
+    PeerPlan, Plan, PrometheusMode, PrometheusPlan, Role, ScrapeTarget, SshLogin,
 };
 use crate::state::{HostRecord, PairKey, State};
 
@@ -390,6 +390,7 @@ fn host_plan(
                     })
             })
             .collect(),
+        probes: Vec::new(),
         self_scrape: ScrapeTarget {
             job: ExporterName::new("prometheus").expect("a valid exporter name"),
             address: listen,
@@ -441,6 +442,7 @@ fn host_plan(
             interface: config.interface_of(spec).clone(),
             scraper: monitor_address,
             exporter_ports,
+            probe_ports: Vec::new(),
         },
         prometheus,
     }
@@ -454,12 +456,15 @@ fn exporters(
     std::iter::once(ExporterPlan {
         name: ExporterName::new("node").expect("valid"),
         listen: SocketAddr::new(address, config.node_exporter_port.get()),
-        managed: true,
+        kind: ExporterKind::NodeExporter,
     })
     .chain(spec.exporters.iter().map(|e| ExporterPlan {
         name: e.name.clone(),
         listen: SocketAddr::new(address, e.port.get()),
-        managed: false,
+        kind: match &e.managed {
+            Some(m) => ExporterKind::Packaged(crate::exporters::packaged(m)),
+            None => ExporterKind::Unmanaged,
+        },
     }))
     .collect()
 }

@@ -307,7 +307,7 @@ pub fn desired_host(plan: &Plan, host: &HostPlan, programs: Programs) -> Desired
     let node_exporter = host
         .exporters
         .iter()
-        .find(|e| e.managed)
+        .find(|e| e.is_node_exporter())
         .expect("every host runs node_exporter");
     DesiredHost {
         name: host.name.clone(),
@@ -958,11 +958,11 @@ impl Fleet {
                 let managed = h
                     .exporters
                     .iter()
-                    .find(|e| e.managed)
+                    .find(|e| e.is_node_exporter())
                     .map(|e| format!("http://{}/metrics", e.listen));
                 h.exporters
                     .iter()
-                    .filter(|e| !e.managed)
+                    .filter(|e| !e.is_managed())
                     .map(move |e| Unmanaged {
                         job: e.name.to_string(),
                         url: format!("http://{}/metrics", e.listen),
