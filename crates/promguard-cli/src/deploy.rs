@@ -57,6 +57,7 @@ impl Context {
                 LocalOptions {
                     ssh_port: project.config.ssh.port,
                     hosts: project.config.local.hosts,
+                    extra_mirror_packages: mirror_packages(&project.config),
                     ..LocalOptions::default()
                 },
             )),
@@ -249,6 +250,21 @@ impl Phases {
         self.done.push((name.to_owned(), now - self.last));
         self.last = now;
     }
+}
+
+/// The packages the local provider's mirror serves besides its own: the
+/// managed exporters' and `[local] mirror_packages`, sorted, so that the
+/// cached mirror is the same for the same set.
+fn mirror_packages(config: &promguard_core::config::Config) -> Vec<String> {
+    let mut packages: Vec<String> = config
+        .hosts()
+        .flat_map(|h| h.exporters.iter())
+        .filter_map(|e| e.managed.as_ref().map(|m| m.package.to_string()))
+        .chain(config.local.mirror_packages.iter().map(|p| p.to_string()))
+        .collect();
+    packages.sort();
+    packages.dedup();
+    packages
 }
 
 /// Plans the project against `state` and adds the file changes on hosts

@@ -294,6 +294,11 @@ impl FromStr for LocalHostKind {
 pub struct LocalConfig {
     /// What kind of host it makes.
     pub hosts: LocalHostKind,
+    /// Debian packages the systemd hosts' apt mirror serves besides what
+    /// PromGuard installs (`mirror_packages`), so that software the
+    /// operator wants on a host (a database, a web server) installs there
+    /// as on a host with a network.
+    pub mirror_packages: Vec<crate::exporters::DebianPackage>,
 }
 
 /// Alerting settings (`[alerts]`): the thresholds of the alert rules
@@ -762,6 +767,8 @@ impl<'de> Deserialize<'de> for OneOrMore {
 #[serde(deny_unknown_fields)]
 struct RawLocal {
     hosts: Option<String>,
+    #[serde(default)]
+    mirror_packages: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1261,6 +1268,18 @@ impl Config {
                     .parse()
                     .map_err(|message: String| c.invalid("local.hosts", message))?,
             },
+            mirror_packages: raw
+                .local
+                .mirror_packages
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    c.name(
+                        &format!("local.mirror_packages[{i}]"),
+                        crate::exporters::DebianPackage::new(p),
+                    )
+                })
+                .collect::<Result<_, _>>()?,
         };
 
         let alerts = Self::alerts(&c, raw.alerts, scrape_interval)?;
