@@ -176,7 +176,9 @@ fn promtool_check(plan: &Plan) -> String {
     fs::create_dir(&targets).unwrap();
     let files = prometheus::render_targets(prom);
     assert_eq!(files.len(), prom.jobs().len());
-    for (path, json) in &files {
+    let probe_files = prometheus::render_probe_targets(prom);
+    assert_eq!(probe_files.len(), prom.probe_jobs().len());
+    for (path, json) in files.iter().chain(&probe_files) {
         let name = Path::new(path).file_name().unwrap();
         fs::write(targets.join(name), json).unwrap();
     }
@@ -209,6 +211,57 @@ fn promtool_accepts_ipv6_config_with_extra_exporters() {
     assert_eq!(plan.monitor().prometheus.as_ref().unwrap().jobs().len(), 3);
     let out = promtool_check(&plan);
     assert!(out.contains("SUCCESS") && !out.contains("WARNING"), "{out}");
+}
+
+/// A blackbox exporter on the monitor probing two nodes of an IPv6
+/// deployment, one of them twice.
+const PROBES: &str = r#"
+[deployment]
+subnet = "fd00:10::/64"
+[monitor]
+exporters = [
+  { name = "blackbox", package = "prometheus-blackbox-exporter", probes = [{ host = "web-1", port = 80 }, { host = "web-1", port = 443, path = "/health?deep=1", module = "http-tls" }, { host = "web-2", port = 8080 }] },
+]
+[[nodes.host]]
+name = "web-1"
+region = "fra1"
+[[nodes.host]]
+name = "web-2"
+region = "sfo2"
+"#;
+
+#[test]
+fn promtool_accepts_a_config_with_probes() {
+    let plan = plan(PROBES);
+    let prom = plan.monitor().prometheus.as_ref().unwrap();
+    assert_eq!(prom.probe_jobs(), ["blackbox_probe"]);
+    let out = promtool_check(&plan);
+    assert!(out.contains("SUCCESS") && !out.contains("WARNING"), "{out}");
+
+    // The probe job's targets file is read: a broken one is refused.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("blackbox_probe.json"),
+        "[{\"targets\": [\"http://x/\"], \"labels\": {\"bad label\": \"x\"}}]\n",
+    )
+    .unwrap();
+    let config_path = dir.path().join("prometheus.yml");
+    fs::write(
+        &config_path,
+        prometheus::render_config_with_targets_dir(prom, dir.path().to_str().unwrap()),
+    )
+    .unwrap();
+    let out = support::output(
+        Command::new("promtool")
+            .arg("check")
+            .arg("config")
+            .arg(&config_path),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("blackbox_probe.json"),
+        "promtool accepted a broken probe targets file: {stderr}"
+    );
 }
 
 #[test]
