@@ -1,9 +1,10 @@
 //! The real tools accept what core renders: `promtool check config` for the
-//! Prometheus config and its targets files, and `nft` for the firewall
-//! ruleset, checked (`nft -c`) and really loaded twice inside a network
-//! namespace made for the test. The ruleset is also tried on real traffic
-//! between namespaces made for the test: a port published with DNAT (the
-//! forward path) and ICMP.
+//! Prometheus config and its targets files (probe jobs included), and `nft`
+//! for the firewall ruleset, checked (`nft -c`) and really loaded twice
+//! inside a network namespace made for the test. The ruleset is also tried
+//! on real traffic between namespaces made for the test: a port published
+//! with DNAT (the forward path), a port a prober on the monitor probes, and
+//! ICMP.
 //!
 //! These tests need root, prometheus (promtool), nftables, iproute2 and
 //! python3. They fail (never skip) when something is missing.
@@ -361,6 +362,21 @@ fn nft_loads_ipv6_ruleset_with_several_exporter_ports() {
 }
 
 #[test]
+fn nft_loads_a_ruleset_with_probed_ports() {
+    let plan = plan(PROBES);
+    let web = &plan.hosts[1];
+    assert_eq!(web.firewall.probe_ports.len(), 2);
+    let listed = nft_check_and_load(&web.firewall);
+    assert!(
+        listed.contains("iifname \"wg0\" ip6 saddr fd00:10::1 tcp dport { 80, 443 } accept"),
+        "{listed}"
+    );
+    // A node probed on one port: a single port is listed without a set.
+    let listed = nft_check_and_load(&plan.hosts[2].firewall);
+    assert!(listed.contains("tcp dport 8080 accept"), "{listed}");
+}
+
+#[test]
 fn nft_rejects_a_broken_ruleset() {
     // Proves `nft -c` really checks what it is given.
     require_program("nft", "nftables");
@@ -641,6 +657,38 @@ fn a_published_container_port_is_closed_to_all_but_the_scraper() {
     assert!(
         !connects(&net.scraper, WG_HOST_V6, 9187),
         "IPv6 on the WireGuard interface reaches the published exporter port"
+    );
+}
+
+#[test]
+fn a_probed_port_is_open_to_the_scraper_only() {
+    // The monitor's blackbox exporter probes the node's port 8080.
+    let plan = plan(&format!(
+        "{PUBLISHED}[monitor]\nexporters = [{{ name = \"blackbox\", package = \"prometheus-blackbox-exporter\", probes = [{{ host = \"promguard-node-1\", port = 8080 }}] }}]\n"
+    ));
+    let node = &plan.hosts[1];
+    assert_eq!(node.firewall.probe_ports.len(), 1);
+    let net = Published::new(node);
+    let _web = Published::listen(&net.host, 8080);
+    let _container = Published::listen(&net.container, 9187);
+    let wg_host = node.interface.address.to_string();
+    assert!(connects_in_time(&net.outsider, HOST_V4, 8080));
+
+    net.load_ruleset(&node.firewall);
+    assert!(connects_in_time(&net.scraper, &wg_host, 8080));
+    for address in [HOST_V4, HOST_V6] {
+        assert!(
+            !connects(&net.outsider, address, 8080),
+            "the outsider reaches the probed port on {address}"
+        );
+        assert!(
+            !connects(&net.outsider, address, 9187),
+            "the outsider reaches the published exporter port on {address}"
+        );
+    }
+    assert!(
+        !connects(&net.scraper, WG_HOST_V6, 8080),
+        "IPv6 on the WireGuard interface reaches the probed port"
     );
 }
 
