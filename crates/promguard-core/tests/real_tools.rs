@@ -6,6 +6,9 @@
 //! with DNAT (the forward path), a port a prober on the monitor probes, and
 //! ICMP.
 //!
+//! A real Prometheus scrapes a fake prober, to show what the probe job's
+//! relabelling asks a blackbox exporter for.
+//!
 //! These tests need root, prometheus (promtool), nftables, iproute2 and
 //! python3. They fail (never skip) when something is missing.
 
@@ -263,6 +266,141 @@ fn promtool_accepts_a_config_with_probes() {
         !out.status.success() && stderr.contains("blackbox_probe.json"),
         "promtool accepted a broken probe targets file: {stderr}"
     );
+}
+
+/// A fake blackbox exporter on `argv[1]` port `argv[2]`: appends the path
+/// and query of every request to the file `argv[3]` and answers with a
+/// successful probe.
+const PROBER_PY: &str = "\
+import http.server, sys
+log = open(sys.argv[3], 'a')
+class Prober(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        log.write(self.path + '\\n')
+        log.flush()
+        body = b'probe_success 1\\n'
+        self.send_response(200)
+        self.send_header('Content-Type', 'text/plain; version=0.0.4')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Prober).serve_forever()
+";
+
+/// Prints the answer of the Prometheus API at `argv[1]` to the query
+/// `argv[2]`.
+const QUERY_PY: &str = "\
+import sys, urllib.parse, urllib.request
+url = sys.argv[1] + '/api/v1/query?query=' + urllib.parse.quote(sys.argv[2])
+print(urllib.request.urlopen(url, timeout=2).read().decode())
+";
+
+#[test]
+fn prometheus_asks_the_prober_for_each_url_and_keeps_the_probes_apart() {
+    // A real Prometheus in a namespace of its own, where the monitor's
+    // WireGuard address is on loopback and a fake blackbox exporter
+    // listens there: the scrapes it gets are what the relabelling made.
+    let prometheus = require_program("prometheus", "prometheus");
+    require_program("python3", "python3");
+    let plan = plan(&PROBES.replace(
+        "subnet = \"fd00:10::/64\"",
+        "subnet = \"10.0.0.0/24\"\n[prometheus]\nscrape_interval = \"1s\"",
+    ));
+    let prom = plan.monitor().prometheus.as_ref().unwrap();
+    let prober = prom.probes[0].prober;
+    let netns = Netns::new();
+    netns.ip("link set lo up");
+    netns.ip(&format!("addr add {}/32 dev lo", prober.ip()));
+
+    let dir = tempfile::tempdir().unwrap();
+    // Only the probe job's targets: no scrape leaves the namespace.
+    for (path, json) in prometheus::render_probe_targets(prom) {
+        let name = Path::new(&path).file_name().unwrap();
+        fs::write(dir.path().join(name), json).unwrap();
+    }
+    let config_path = dir.path().join("prometheus.yml");
+    fs::write(
+        &config_path,
+        prometheus::render_config_with_targets_dir(prom, dir.path().to_str().unwrap()),
+    )
+    .unwrap();
+    let log = dir.path().join("requests.log");
+    let _prober = Process::spawn(
+        netns
+            .command("python3")
+            .arg("-c")
+            .arg(PROBER_PY)
+            .arg(prober.ip().to_string())
+            .arg(prober.port().to_string())
+            .arg(&log),
+    );
+    let _prometheus = Process::spawn(
+        netns
+            .command(prometheus.to_str().unwrap())
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg("--web.listen-address=127.0.0.1:9090")
+            .stderr(Stdio::null()),
+    );
+
+    let mut series = Vec::new();
+    for _ in 0..60 {
+        thread::sleep(Duration::from_millis(500));
+        let out = support::output(
+            netns
+                .command("python3")
+                .arg("-c")
+                .arg(QUERY_PY)
+                .arg("http://127.0.0.1:9090")
+                .arg("probe_success"),
+        );
+        let Ok(answer) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            continue;
+        };
+        series = answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if series.len() == prom.probes.len() {
+            break;
+        }
+    }
+    let mut labels: Vec<String> = series
+        .iter()
+        .map(|s| {
+            let m = &s["metric"];
+            format!(
+                "{} {} {} {} {} {}",
+                m["job"], m["instance"], m["region"], m["role"], m["url"], m["module"]
+            )
+        })
+        .collect();
+    labels.sort();
+    assert_eq!(
+        labels,
+        [
+            "\"blackbox_probe\" \"web-1\" \"fra1\" \"node\" \"http://10.0.0.2:443/health?deep=1\" \"http-tls\"",
+            "\"blackbox_probe\" \"web-1\" \"fra1\" \"node\" \"http://10.0.0.2:80/\" \"http_2xx\"",
+            "\"blackbox_probe\" \"web-2\" \"sfo2\" \"node\" \"http://10.0.0.3:8080/\" \"http_2xx\"",
+        ],
+        "{series:?}"
+    );
+    let requests = fs::read_to_string(&log).unwrap();
+    for wanted in [
+        "/probe?module=http_2xx&target=http%3A%2F%2F10.0.0.2%3A80%2F",
+        "/probe?module=http-tls&target=http%3A%2F%2F10.0.0.2%3A443%2Fhealth%3Fdeep%3D1",
+        "/probe?module=http_2xx&target=http%3A%2F%2F10.0.0.3%3A8080%2F",
+    ] {
+        assert!(
+            requests.lines().any(|l| l == wanted),
+            "no request {wanted}:\n{requests}"
+        );
+    }
 }
 
 #[test]
