@@ -15,6 +15,10 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
+use crate::exporters::{
+    self, check_arg, check_value, DebianPackage, EnvName, ExporterSetting, KnownExporter,
+    ManagedExporter, ProbeSpec, SettingSource, KNOWN_EXPORTERS,
+};
 use crate::names::{
     DeploymentName, ExporterName, HostName, InterfaceName, NameError, Port, Region, SshUser,
 };
@@ -103,7 +107,7 @@ pub struct ExporterSpec {
     pub port: Port,
     /// When PromGuard installs it from a Debian package (`package`):
     /// how; `None` when the operator runs it.
-    pub managed: Option<crate::exporters::ManagedExporter>,
+    pub managed: Option<ManagedExporter>,
 }
 
 /// One host the operator asked for.
@@ -848,7 +852,66 @@ struct RawHost {
 #[serde(deny_unknown_fields)]
 struct RawExporter {
     name: String,
+    port: Option<i64>,
+    package: Option<String>,
+    args: Option<Vec<String>>,
+    env: Option<BTreeMap<String, RawSetting>>,
+    probes: Option<Vec<RawProbe>>,
+}
+
+/// A value of an exporter's `env`: a string, `{ file = "path" }` or
+/// `{ env = "VARIABLE" }`.
+#[derive(Debug)]
+enum RawSetting {
+    Value(String),
+    File(PathBuf),
+    Env(String),
+}
+
+impl<'de> Deserialize<'de> for RawSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawSetting;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, { file = \"path\" } or { env = \"VARIABLE\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSetting, E> {
+                Ok(RawSetting::Value(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawSetting, A::Error> {
+                use serde::de::Error;
+                const KEYS: &[&str] = &["file", "env"];
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(A::Error::custom(
+                        "the table is empty; give { file = \"path\" } or { env = \"VARIABLE\" }",
+                    ));
+                };
+                let setting = match key.as_str() {
+                    "file" => RawSetting::File(map.next_value::<PathBuf>()?),
+                    "env" => RawSetting::Env(map.next_value::<String>()?),
+                    other => return Err(A::Error::unknown_field(other, KEYS)),
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(A::Error::custom("give either `file` or `env`, not both"));
+                }
+                Ok(setting)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    host: String,
     port: i64,
+    path: Option<String>,
+    module: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -906,10 +969,12 @@ impl Checker<'_> {
             .ok_or_else(|| self.invalid(field, format!("port {value} must be between 1 and 65535")))
     }
 
+    /// The exporters of the list at `{field}.exporters`, on `host`.
     fn exporters(
         &self,
         field: &str,
         raw: &[RawExporter],
+        host: ExporterHost,
     ) -> Result<Vec<ExporterSpec>, ConfigError> {
         raw.iter()
             .enumerate()
@@ -928,14 +993,301 @@ impl Checker<'_> {
                         "\"prometheus\" is reserved for the job of Prometheus' own metrics, which the monitor scrapes already",
                     ));
                 }
+                let managed = match &e.package {
+                    Some(package) => Some(self.managed(&field, e, package, host)?),
+                    None => {
+                        for (key, set) in [
+                            ("args", e.args.is_some()),
+                            ("env", e.env.is_some()),
+                            ("probes", e.probes.is_some()),
+                        ] {
+                            if set {
+                                return Err(self.invalid(
+                                    format!("{field}.{key}"),
+                                    "is only for an exporter PromGuard installs: name its Debian package in `package`, or remove the key (an exporter you run yourself is only scraped)",
+                                ));
+                            }
+                        }
+                        None
+                    }
+                };
+                let port = match (e.port, &managed) {
+                    (Some(port), _) => self.port(&format!("{field}.port"), port)?,
+                    (None, Some(m)) => match exporters::known(&m.package) {
+                        Some(k) => Port::new(k.port).expect("known ports are nonzero"),
+                        None => {
+                            return Err(self.invalid(
+                                format!("{field}.port"),
+                                format!(
+                                    "is missing: PromGuard does not know the usual port of {}; give the port it listens on",
+                                    m.package
+                                ),
+                            ))
+                        }
+                    },
+                    (None, None) => {
+                        return Err(self.invalid(
+                            format!("{field}.port"),
+                            "is missing: give the port the exporter listens on (or its Debian package in `package`, for PromGuard to install it)",
+                        ))
+                    }
+                };
                 Ok(ExporterSpec {
                     name,
-                    port: self.port(&format!("{field}.port"), e.port)?,
-                    managed: None,
+                    port,
+                    managed,
                 })
             })
             .collect()
     }
+
+    /// What the exporter at `field` with `package` gets installed with.
+    fn managed(
+        &self,
+        field: &str,
+        raw: &RawExporter,
+        package: &str,
+        host: ExporterHost,
+    ) -> Result<ManagedExporter, ConfigError> {
+        let package = self.name(&format!("{field}.package"), DebianPackage::new(package))?;
+        let args = raw
+            .args
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, arg)| {
+                check_arg(arg)
+                    .map(|()| arg.clone())
+                    .map_err(|m| self.invalid(format!("{field}.args[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // A BTreeMap: the settings come sorted by name.
+        let settings = raw
+            .env
+            .iter()
+            .flatten()
+            .map(|(key, value)| {
+                self.setting(&format!("{field}.env.{}", cut_short(key)), key, value)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let known = exporters::known(&package);
+        if let Some(k) = known {
+            for (variable, message) in k.required {
+                if !settings.iter().any(|s| s.name.as_str() == *variable) {
+                    return Err(self.invalid(format!("{field}.env.{variable}"), *message));
+                }
+            }
+            if let Some((prefixes, message)) = k.needs_one_arg_of {
+                if !args
+                    .iter()
+                    .any(|a| prefixes.iter().any(|p| a.starts_with(p)))
+                {
+                    return Err(self.invalid(format!("{field}.args"), message));
+                }
+            }
+        }
+        let probes = match &raw.probes {
+            None => Vec::new(),
+            Some(probes) => {
+                self.probes_allowed(&format!("{field}.probes"), &package, known, host)?;
+                self.probes(&format!("{field}.probes"), probes)?
+            }
+        };
+        Ok(ManagedExporter {
+            package,
+            args,
+            settings,
+            probes,
+        })
+    }
+
+    /// Refuses `probes` at `field` unless the exporter is a prober on a
+    /// monitor whose Prometheus is PromGuard's.
+    fn probes_allowed(
+        &self,
+        field: &str,
+        package: &DebianPackage,
+        known: Option<&KnownExporter>,
+        host: ExporterHost,
+    ) -> Result<(), ConfigError> {
+        if !known.is_some_and(|k| k.probes) {
+            let probers: Vec<&str> = KNOWN_EXPORTERS
+                .iter()
+                .filter(|k| k.probes)
+                .map(|k| k.package)
+                .collect();
+            return Err(self.invalid(
+                field,
+                format!("{package} does not probe; only {} does", probers.join(", ")),
+            ));
+        }
+        match host {
+            ExporterHost::Node => Err(self.invalid(
+                field,
+                "probes are for the exporter on the monitor, which reaches every host over the tunnel: move this exporter to [monitor] exporters",
+            )),
+            ExporterHost::Monitor(MonitorPrometheus::Existing { .. }) => Err(self.invalid(
+                field,
+                "probes need PromGuard's own Prometheus on the monitor (their scrape job goes into the prometheus.yml it writes); with monitor.prometheus = \"existing\", add a probe job to your own Prometheus' config instead",
+            )),
+            ExporterHost::Monitor(MonitorPrometheus::Managed) => Ok(()),
+        }
+    }
+
+    /// The probes at `field`.
+    fn probes(&self, field: &str, raw: &[RawProbe]) -> Result<Vec<ProbeSpec>, ConfigError> {
+        let mut probes: Vec<ProbeSpec> = Vec::new();
+        for (k, p) in raw.iter().enumerate() {
+            let field = format!("{field}[{k}]");
+            let path = p.path.as_deref().unwrap_or("/");
+            check_probe_path(path).map_err(|m| self.invalid(format!("{field}.path"), m))?;
+            let module = p.module.as_deref().unwrap_or(DEFAULT_PROBE_MODULE);
+            check_probe_module(module).map_err(|m| self.invalid(format!("{field}.module"), m))?;
+            let probe = ProbeSpec {
+                host: self.name(&format!("{field}.host"), HostName::new(&p.host))?,
+                port: self.port(&format!("{field}.port"), p.port)?,
+                path: path.to_owned(),
+                module: module.to_owned(),
+            };
+            if let Some(j) = probes.iter().position(|q| *q == probe) {
+                return Err(self.invalid(
+                    field,
+                    format!(
+                        "probes the same endpoint with the same module as probes[{j}]; remove one"
+                    ),
+                ));
+            }
+            probes.push(probe);
+        }
+        Ok(probes)
+    }
+
+    /// The setting `key` at `field`.
+    fn setting(
+        &self,
+        field: &str,
+        key: &str,
+        raw: &RawSetting,
+    ) -> Result<ExporterSetting, ConfigError> {
+        let name = self.name(field, EnvName::new(key))?;
+        let source = match raw {
+            RawSetting::Value(value) => {
+                check_value(value).map_err(|m| self.invalid(field, m))?;
+                SettingSource::Value(value.clone())
+            }
+            RawSetting::File(path) => {
+                if path.as_os_str().is_empty() {
+                    return Err(self.invalid(format!("{field}.file"), "the path is empty"));
+                }
+                SettingSource::File(path.clone())
+            }
+            RawSetting::Env(variable) => {
+                if !is_env_var_name(variable) {
+                    return Err(self.invalid(
+                        format!("{field}.env"),
+                        format!(
+                            "{:?} is not an environment variable name (letters, digits and '_', not starting with a digit)",
+                            cut_short(variable)
+                        ),
+                    ));
+                }
+                SettingSource::Env(variable.clone())
+            }
+        };
+        Ok(ExporterSetting {
+            name,
+            source,
+            value: None,
+        })
+    }
+
+    /// Refuses a package that two of `exporters` (one host's) name:
+    /// PromGuard runs one unit per package. `field_of` gives the field of
+    /// the exporter at an index.
+    fn unique_packages(
+        &self,
+        exporters: &[ExporterSpec],
+        field_of: impl Fn(usize) -> String,
+    ) -> Result<(), ConfigError> {
+        let mut seen: BTreeMap<&DebianPackage, usize> = BTreeMap::new();
+        for (j, e) in exporters.iter().enumerate() {
+            let Some(m) = &e.managed else { continue };
+            if let Some(first) = seen.insert(&m.package, j) {
+                return Err(self.invalid(
+                    format!("{}.package", field_of(j)),
+                    format!(
+                        "{} is installed for exporter {} already ({}); a host runs one unit per package",
+                        m.package,
+                        exporters[first].name,
+                        field_of(first)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whose exporter list is checked: only the monitor's exporters probe.
+#[derive(Debug, Clone, Copy)]
+enum ExporterHost {
+    /// The monitor, with the Prometheus it runs.
+    Monitor(MonitorPrometheus),
+    /// A node, or every node (`[nodes] exporters`).
+    Node,
+}
+
+/// The blackbox module of a probe that names none (Debian's
+/// `blackbox.yml` has it).
+pub const DEFAULT_PROBE_MODULE: &str = "http_2xx";
+
+/// Why `path` cannot be a probe's path: it goes into the probed URL
+/// unescaped, so it is printable ASCII without spaces, quotes or `#`.
+fn check_probe_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!(
+            "{:?} does not start with '/'; give the path of the URL, such as \"/\" or \"/health\"",
+            cut_short(path)
+        ));
+    }
+    if path.len() > 1024 {
+        return Err("the path is longer than 1024 characters".to_owned());
+    }
+    if let Some(c) = path
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || "\"'#".contains(*c))
+    {
+        return Err(format!(
+            "{:?} has {c:?}: a path is printable ASCII without spaces, quotes or '#' (percent-encode them)",
+            cut_short(path)
+        ));
+    }
+    Ok(())
+}
+
+/// Why `module` cannot be a blackbox module name.
+fn check_probe_module(module: &str) -> Result<(), String> {
+    let ok = !module.is_empty()
+        && module.len() <= 64
+        && module
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not a module name of blackbox.yml (1 to 64 lowercase letters, digits, '_' and '-', such as \"http_2xx\")",
+            cut_short(module)
+        ))
+    }
+}
+
+/// An environment variable name as a shell takes it: letters, digits and
+/// `_`, not starting with a digit, at most 256 characters.
+fn is_env_var_name(name: &str) -> bool {
+    name.len() <= 256
+        && name.starts_with(|ch: char| ch.is_ascii_alphabetic() || ch == '_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 impl Checker<'_> {
@@ -1219,6 +1571,9 @@ impl Config {
                 ))
             }
         };
+        let monitor_exporters =
+            c.exporters("monitor", &m.exporters, ExporterHost::Monitor(prometheus))?;
+        c.unique_packages(&monitor_exporters, |j| format!("monitor.exporters[{j}]"))?;
         let monitor = HostSpec {
             name: c.name(
                 "monitor.name",
@@ -1228,7 +1583,7 @@ impl Config {
                 "monitor.region",
                 Region::new(m.region.as_deref().unwrap_or(default_region)),
             )?,
-            exporters: c.exporters("monitor", &m.exporters)?,
+            exporters: monitor_exporters,
             origin,
             wireguard: host_wireguard,
         };
@@ -1407,10 +1762,7 @@ impl Config {
             }
         }
         if let Some(name) = &raw.password_env {
-            let valid = name.len() <= 256
-                && name.starts_with(|ch: char| ch.is_ascii_alphabetic() || ch == '_')
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !valid {
+            if !is_env_var_name(name) {
                 return Err(c.invalid(
                     "alerts.email.password_env",
                     format!(
@@ -1461,7 +1813,14 @@ impl Config {
     }
 
     fn nodes(c: &Checker<'_>, raw: &RawNodes) -> Result<Vec<HostSpec>, ConfigError> {
-        let shared = c.exporters("nodes", &raw.exporters)?;
+        let shared = c.exporters("nodes", &raw.exporters, ExporterHost::Node)?;
+        // An exporter's field in a node's list of shared ones and its own.
+        let field_of = |host: Option<usize>, j: usize| match host {
+            Some(i) if j >= shared.len() => {
+                format!("nodes.host[{i}].exporters[{}]", j - shared.len())
+            }
+            _ => format!("nodes.exporters[{j}]"),
+        };
         if let Some(hosts) = &raw.host {
             if raw.count.is_some() || raw.regions.is_some() || raw.name_prefix.is_some() {
                 return Err(c.invalid(
@@ -1481,7 +1840,8 @@ impl Config {
                 .map(|(i, h)| {
                     let field = format!("nodes.host[{i}]");
                     let mut exporters = shared.clone();
-                    exporters.extend(c.exporters(&field, &h.exporters)?);
+                    exporters.extend(c.exporters(&field, &h.exporters, ExporterHost::Node)?);
+                    c.unique_packages(&exporters, |j| field_of(Some(i), j))?;
                     let (origin, wireguard) = c.origin(
                         &field,
                         RawOrigin {
@@ -1542,6 +1902,7 @@ impl Config {
                 .map(|(i, r)| c.name(&format!("nodes.regions[{i}]"), Region::new(r)))
                 .collect::<Result<_, _>>()?,
         };
+        c.unique_packages(&shared, |j| field_of(None, j))?;
         let prefix = raw.name_prefix.as_deref().unwrap_or("promguard-node");
         (0..count as usize)
             .map(|i| {
@@ -1613,6 +1974,7 @@ impl Config {
                 }
             }
         }
+        self.check_probes(c)?;
         let needed = self.nodes.len() as u128 + 1;
         let usable = usable_addresses(self.subnet);
         if needed > usable {
@@ -1623,6 +1985,59 @@ impl Config {
                     self.subnet
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Probes reach hosts of the config, on ports that are not an
+    /// exporter's, and their job's name is no exporter's.
+    fn check_probes(&self, c: &Checker<'_>) -> Result<(), ConfigError> {
+        for (j, e) in self.monitor.exporters.iter().enumerate() {
+            let Some(m) = e.managed.as_ref().filter(|m| !m.probes.is_empty()) else {
+                continue;
+            };
+            let job = exporters::probe_job(&e.name);
+            if let Some(host) = self
+                .hosts()
+                .find(|h| h.exporters.iter().any(|x| x.name.as_str() == job))
+            {
+                return Err(c.invalid(
+                    format!("monitor.exporters[{j}].name"),
+                    format!(
+                        "its probes are the Prometheus job {job:?}, which is also the name of an exporter on {}; rename one of them",
+                        host.name
+                    ),
+                ));
+            }
+            for (k, probe) in m.probes.iter().enumerate() {
+                let field = format!("monitor.exporters[{j}].probes[{k}]");
+                let Some(host) = self.hosts().find(|h| h.name == probe.host) else {
+                    return Err(c.invalid(
+                        format!("{field}.host"),
+                        format!(
+                            "no host of the config is called {}; a probe reaches a host of the deployment over the tunnel",
+                            probe.host
+                        ),
+                    ));
+                };
+                let exporter = if probe.port == self.node_exporter_port {
+                    Some("node_exporter")
+                } else {
+                    host.exporters
+                        .iter()
+                        .find(|x| x.port == probe.port)
+                        .map(|x| x.name.as_str())
+                };
+                if let Some(exporter) = exporter {
+                    return Err(c.invalid(
+                        format!("{field}.port"),
+                        format!(
+                            "port {} is exporter {exporter}'s on {}, which Prometheus scrapes already; probe a service of the host's own",
+                            probe.port, host.name
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -1658,6 +2073,10 @@ impl Config {
     /// The commented config `promguard init` writes.
     pub fn template(provider: ProviderKind, nodes: usize) -> String {
         let regions = DEFAULT_REGIONS.map(|r| format!("{r:?}")).join(", ");
+        let known: String = KNOWN_EXPORTERS
+            .iter()
+            .map(|k| format!("#   {} ({})\n", k.package, k.port))
+            .collect();
         format!(
             r#"# PromGuard configuration. Every key is optional; the values shown are the
 # defaults, which reproduce the original deployment: one monitor and three
@@ -1688,20 +2107,39 @@ node_exporter_port = 9100
 [monitor]
 name = "promguard-monitor-1"
 region = "tor1"
+# A blackbox exporter on the monitor probes HTTP endpoints of the hosts over
+# the tunnel (each probed host's firewall lets the monitor in on the port).
+# Probes need PromGuard's own Prometheus; path defaults to "/", module (one
+# of Debian's /etc/prometheus/blackbox.yml) to "http_2xx".
+# exporters = [
+#   {{ name = "blackbox", package = "prometheus-blackbox-exporter", probes = [{{ host = "web-1", port = 80, path = "/", module = "http_2xx" }}] }},
+# ]
 
 [nodes]
 # Either a count spread over regions...
 count = {nodes}
 regions = [{regions}]
 name_prefix = "promguard-node"
-# Extra exporters every node runs (Prometheus scrapes them over the tunnel):
+# Extra exporters every node runs (Prometheus scrapes them over the tunnel).
+# One you run yourself needs its port:
 # exporters = [{{ name = "postgres", port = 9187 }}]
 
 # ...or nodes one by one (remove count/regions/name_prefix above):
 # [[nodes.host]]
 # name = "db-1"
 # region = "lon1"
-# exporters = [{{ name = "postgres", port = 9187 }}]
+# An exporter that names its Debian package PromGuard installs with apt,
+# binds to the WireGuard address and starts after the tunnel. `args` are
+# extra arguments; `env` the variables of /etc/default/<package>, each a
+# string, {{ file = "path" }} (relative to this file's directory) or
+# {{ env = "VARIABLE" }} (of the environment `promguard` runs in): the last
+# two are secrets, never printed. `port` defaults to the usual one of
+{known}# and is needed for any other package of the same shape.
+# exporters = [
+#   {{ name = "postgres", package = "prometheus-postgres-exporter", env = {{ DATA_SOURCE_NAME = {{ file = "pg.dsn" }} }} }},
+#   {{ name = "redis", package = "prometheus-redis-exporter", args = ["--redis.addr=redis://127.0.0.1:6379"], env = {{ REDIS_PASSWORD = {{ env = "REDIS_PW" }} }} }},
+#   {{ name = "mysql", package = "prometheus-mysqld-exporter", port = 9104 }},
+# ]
 
 [ssh]
 port = 22
@@ -2204,6 +2642,266 @@ region = "fra1"
         assert!(err.contains("an address or a list of addresses"), "{err}");
         let err = error("[alerts.email]\nto = \"a@b.c\"\n");
         assert!(err.contains("missing field `from`"), "{err}");
+    }
+
+    /// The managed exporters of the issue: three on a node, and a blackbox
+    /// exporter on the monitor that probes another node.
+    const MANAGED: &str = r#"
+[monitor]
+exporters = [
+  { name = "blackbox", package = "prometheus-blackbox-exporter", probes = [{ host = "web-1", port = 80, path = "/", module = "http_2xx" }, { host = "web-1", port = 8443, path = "/health?full=1" }, { host = "db-1", port = 443, module = "http-tls" }] },
+]
+[[nodes.host]]
+name = "db-1"
+region = "lon1"
+exporters = [
+  { name = "postgres", package = "prometheus-postgres-exporter", env = { DATA_SOURCE_NAME = { file = "pg.dsn" } } },
+  { name = "redis", package = "prometheus-redis-exporter", args = ["--redis.addr=redis://127.0.0.1:6379"], env = { REDIS_USER = "default", REDIS_PASSWORD = { env = "REDIS_PW" } } },
+  { name = "mysql", package = "prometheus-mysqld-exporter", port = 9104 },
+]
+[[nodes.host]]
+name = "web-1"
+region = "lon1"
+exporters = [{ name = "nginx", port = 9113 }]
+"#;
+
+    #[test]
+    fn managed_exporters() {
+        let c = parse(MANAGED).unwrap();
+        let db = &c.nodes[0].exporters;
+        let ports: Vec<u16> = db.iter().map(|e| e.port.get()).collect();
+        assert_eq!(
+            ports,
+            [9187, 9121, 9104],
+            "known packages' ports by default"
+        );
+        let postgres = db[0].managed.as_ref().unwrap();
+        assert_eq!(postgres.package.as_str(), "prometheus-postgres-exporter");
+        assert!(postgres.args.is_empty() && postgres.probes.is_empty());
+        assert_eq!(
+            postgres.settings,
+            [ExporterSetting {
+                name: EnvName::new("DATA_SOURCE_NAME").unwrap(),
+                source: SettingSource::File("pg.dsn".into()),
+                value: None,
+            }],
+            "a file stays relative: the caller resolves it"
+        );
+        let redis = db[1].managed.as_ref().unwrap();
+        assert_eq!(redis.args, ["--redis.addr=redis://127.0.0.1:6379"]);
+        let settings: Vec<(&str, &SettingSource)> = redis
+            .settings
+            .iter()
+            .map(|s| (s.name.as_str(), &s.source))
+            .collect();
+        assert_eq!(
+            settings,
+            [
+                ("REDIS_PASSWORD", &SettingSource::Env("REDIS_PW".into())),
+                ("REDIS_USER", &SettingSource::Value("default".into())),
+            ],
+            "sorted by name"
+        );
+        let mysql = db[2].managed.as_ref().unwrap();
+        assert_eq!(mysql.package.as_str(), "prometheus-mysqld-exporter");
+        assert!(mysql.settings.is_empty());
+        // Today's form is an exporter the operator runs.
+        let nginx = &c.nodes[1].exporters[0];
+        assert_eq!((nginx.port.get(), &nginx.managed), (9113, &None));
+
+        let blackbox = &c.monitor.exporters[0];
+        assert_eq!(blackbox.port.get(), 9115);
+        let probes: Vec<(&str, u16, &str, &str)> = blackbox
+            .managed
+            .as_ref()
+            .unwrap()
+            .probes
+            .iter()
+            .map(|p| {
+                (
+                    p.host.as_str(),
+                    p.port.get(),
+                    p.path.as_str(),
+                    p.module.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            probes,
+            [
+                ("web-1", 80, "/", "http_2xx"),
+                ("web-1", 8443, "/health?full=1", "http_2xx"),
+                ("db-1", 443, "/", "http-tls"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_template_examples_parse() {
+        // The commented exporter lists of the template, uncommented: the
+        // monitor's first, then the one of [[nodes.host]].
+        let template = Config::template(ProviderKind::Local, 3);
+        let mut blocks = Vec::new();
+        let mut lines = template.lines();
+        while let Some(line) = lines.next() {
+            if line == "# exporters = [" {
+                let block: Vec<&str> = std::iter::once(line)
+                    .chain(lines.by_ref().take_while(|l| *l != "# ]"))
+                    .map(|l| l.trim_start_matches("# "))
+                    .collect();
+                blocks.push(format!("{}\n]\n", block.join("\n")));
+            }
+        }
+        assert_eq!(blocks.len(), 2, "{template}");
+        let text = format!(
+            "[monitor]\n{}[[nodes.host]]\nname = \"web-1\"\nregion = \"lon1\"\n[[nodes.host]]\nname = \"db-1\"\nregion = \"lon1\"\n{}",
+            blocks[0], blocks[1]
+        );
+        let c = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(c.monitor.exporters[0].name.as_str(), "blackbox");
+        assert_eq!(c.nodes[1].exporters.len(), 3);
+        for k in KNOWN_EXPORTERS {
+            assert!(template.contains(&format!("#   {} ({})\n", k.package, k.port)));
+        }
+    }
+
+    #[test]
+    fn managed_exporter_errors_name_the_field() {
+        let with = |monitor: &str, node: &str| {
+            format!(
+                "[monitor]\nexporters = [{monitor}]\n[[nodes.host]]\nname = \"db-1\"\nregion = \"lon1\"\nexporters = [{node}]\n"
+            )
+        };
+        const BB: &str = "name = \"blackbox\", package = \"prometheus-blackbox-exporter\"";
+        const PG: &str = "name = \"pg\", package = \"prometheus-postgres-exporter\", env = { DATA_SOURCE_NAME = \"x\" }";
+        let probe = |probe: &str| format!("{{ {BB}, probes = [{probe}] }}");
+        let env = |setting: &str| {
+            format!("{{ name = \"redis\", package = \"prometheus-redis-exporter\", env = {{ {setting} }} }}")
+        };
+        let node = "nodes.host[0].exporters[0]";
+        let probe0 = "monitor.exporters[0].probes[0]";
+        for (monitor, node_exporters, field, wanted) in [
+            // Managed keys without a package.
+            ("", "{ name = \"x\", port = 9200, args = [\"-a\"] }".to_owned(), format!("{node}.args"), "only for an exporter PromGuard installs"),
+            ("", "{ name = \"x\", port = 9200, env = { A = \"b\" } }".to_owned(), format!("{node}.env"), "name its Debian package"),
+            ("{ name = \"x\", port = 9200, probes = [] }", String::new(), "monitor.exporters[0].probes".to_owned(), "only for an exporter PromGuard installs"),
+            // Ports.
+            ("", "{ name = \"x\" }".to_owned(), format!("{node}.port"), "is missing: give the port"),
+            ("", "{ name = \"mysql\", package = \"prometheus-mysqld-exporter\" }".to_owned(), format!("{node}.port"), "does not know the usual port of prometheus-mysqld-exporter"),
+            ("", "{ name = \"x\", package = \"prometheus-redis-exporter\", port = 0 }".to_owned(), format!("{node}.port"), "between 1 and 65535"),
+            // Package and arguments.
+            ("", "{ name = \"x\", package = \"Redis\" }".to_owned(), format!("{node}.package"), "invalid Debian package name"),
+            ("", "{ name = \"x\", package = \"prometheus-redis-exporter\", args = [\"-a\", \"-b c\"] }".to_owned(), format!("{node}.args[1]"), "systemd splits $ARGS"),
+            ("", "{ name = \"x\", package = \"prometheus-redis-exporter\", args = [\"--web.listen-address=:1\"] }".to_owned(), format!("{node}.args[0]"), "sets --web.listen-address itself"),
+            // Settings.
+            ("", env("pw = \"x\""), format!("{node}.env.pw"), "invalid environment variable name"),
+            ("", env("ARGS = \"-x\""), format!("{node}.env.ARGS"), "give them in `args`"),
+            ("", env("A = \"x\\ny\""), format!("{node}.env.A"), "control character"),
+            ("", env("A = \"it's\""), format!("{node}.env.A"), "single quote"),
+            ("", env("A = \"\""), format!("{node}.env.A"), "the value is empty"),
+            ("", env("A = { file = \"\" }"), format!("{node}.env.A.file"), "the path is empty"),
+            ("", env("A = { env = \"1X\" }"), format!("{node}.env.A.env"), "not an environment variable name"),
+            // Rules of known packages.
+            ("", "{ name = \"pg\", package = \"prometheus-postgres-exporter\" }".to_owned(), format!("{node}.env.DATA_SOURCE_NAME"), "the postgres exporter needs the server to connect to"),
+            ("", "{ name = \"procs\", package = \"prometheus-process-exporter\", args = [\"-children\"] }".to_owned(), format!("{node}.args"), "which processes to watch"),
+            ("", format!("{{ {PG} }}, {{ {} }}", PG.replace("\"pg\"", "\"pg2\"")), "nodes.host[0].exporters[1].package".to_owned(), "installed for exporter pg already (nodes.host[0].exporters[0]); a host runs one unit per package"),
+            // Probes.
+            ("{ name = \"r\", package = \"prometheus-redis-exporter\", probes = [] }", String::new(), "monitor.exporters[0].probes".to_owned(), "prometheus-redis-exporter does not probe; only prometheus-blackbox-exporter does"),
+            ("", format!("{{ {BB}, probes = [] }}"), format!("{node}.probes"), "move this exporter to [monitor] exporters"),
+            (&probe("{ host = \"db-1\", port = 80, path = \"health\" }"), String::new(), format!("{probe0}.path"), "does not start with '/'"),
+            (&probe("{ host = \"db-1\", port = 80, path = \"/a b\" }"), String::new(), format!("{probe0}.path"), "has ' '"),
+            (&probe("{ host = \"db-1\", port = 80, path = \"/a#b\" }"), String::new(), format!("{probe0}.path"), "has '#'"),
+            (&probe("{ host = \"db-1\", port = 80, path = \"/a\\\"b\" }"), String::new(), format!("{probe0}.path"), "without spaces, quotes or '#'"),
+            (&probe("{ host = \"db-1\", port = 80, module = \"HTTP\" }"), String::new(), format!("{probe0}.module"), "not a module name"),
+            (&probe("{ host = \"db-1\", port = 80, module = \"\" }"), String::new(), format!("{probe0}.module"), "not a module name"),
+            (&probe("{ host = \"web-9\", port = 80 }"), String::new(), format!("{probe0}.host"), "no host of the config is called web-9"),
+            (&probe("{ host = \"Web 1\", port = 80 }"), String::new(), format!("{probe0}.host"), "invalid host name"),
+            (&probe("{ host = \"db-1\", port = 70000 }"), String::new(), format!("{probe0}.port"), "between 1 and 65535"),
+            (&probe("{ host = \"db-1\", port = 9100 }"), String::new(), format!("{probe0}.port"), "port 9100 is exporter node_exporter's on db-1"),
+            (&probe("{ host = \"db-1\", port = 9187 }"), format!("{{ {PG} }}"), format!("{probe0}.port"), "port 9187 is exporter pg's on db-1"),
+            (&probe("{ host = \"db-1\", port = 80 }, { host = \"db-1\", port = 80, path = \"/\", module = \"http_2xx\" }"), String::new(), "monitor.exporters[0].probes[1]".to_owned(), "the same endpoint with the same module as probes[0]"),
+            (&probe("{ host = \"db-1\", port = 80 }"), "{ name = \"blackbox_probe\", port = 9999 }".to_owned(), "monitor.exporters[0].name".to_owned(), "the Prometheus job \"blackbox_probe\", which is also the name of an exporter on db-1"),
+        ] {
+            let text = with(monitor, &node_exporters);
+            let err = error(&text);
+            assert!(
+                err.contains(&format!("{field}: ")) && err.contains(wanted),
+                "{text}\n{err}"
+            );
+        }
+        // The env values serde refuses, with their line.
+        for (setting, wanted) in [
+            ("A = {}", "the table is empty"),
+            ("A = { file = \"a\", env = \"B\" }", "not both"),
+            (
+                "A = { path = \"a\" }",
+                "unknown field `path`, expected `file` or `env`",
+            ),
+            (
+                "A = 1",
+                "a string, { file = \"path\" } or { env = \"VARIABLE\" }",
+            ),
+        ] {
+            let err = error(&with("", &env(setting)));
+            assert!(
+                err.contains(wanted) && err.contains("line 6"),
+                "{setting}: {err}"
+            );
+        }
+        let err = error(&with(&probe("{ host = \"db-1\" }"), String::new().as_str()));
+        assert!(err.contains("missing field `port`"), "{err}");
+    }
+
+    #[test]
+    fn managed_exporter_errors_of_lists_and_monitors() {
+        // A package of the shared list again in a host's own.
+        let err = error(
+            "[nodes]\nexporters = [{ name = \"redis\", package = \"prometheus-redis-exporter\" }]\n\
+             [[nodes.host]]\nname = \"a\"\nregion = \"lon1\"\n\
+             [[nodes.host]]\nname = \"b\"\nregion = \"lon1\"\n\
+             exporters = [{ name = \"redis2\", package = \"prometheus-redis-exporter\", port = 9999 }]\n",
+        );
+        assert!(
+            err.contains("nodes.host[1].exporters[0].package: ")
+                && err.contains("exporter redis already (nodes.exporters[0])"),
+            "{err}"
+        );
+        let err = error(
+            "[nodes]\nexporters = [{ name = \"a\", package = \"prometheus-redis-exporter\" }, { name = \"b\", package = \"prometheus-redis-exporter\", port = 1 }]\n",
+        );
+        assert!(err.contains("nodes.exporters[1].package: "), "{err}");
+        let err = error(
+            "[monitor]\nexporters = [{ name = \"a\", package = \"prometheus-redis-exporter\" }, { name = \"b\", package = \"prometheus-redis-exporter\", port = 1 }]\n",
+        );
+        assert!(err.contains("monitor.exporters[1].package: "), "{err}");
+        // The same package on two hosts is two units.
+        parse("[nodes]\nexporters = [{ name = \"redis\", package = \"prometheus-redis-exporter\" }]\n")
+            .unwrap();
+        // Shared exporters do not probe.
+        let err = error(
+            "[nodes]\nexporters = [{ name = \"bb\", package = \"prometheus-blackbox-exporter\", probes = [] }]\n",
+        );
+        assert!(err.contains("nodes.exporters[0].probes: "), "{err}");
+        // Probes need PromGuard's own Prometheus; the exporter alone does not.
+        let existing = "[monitor]\naddress = \"192.0.2.1\"\nprometheus = \"existing\"\n";
+        let err = error(&format!(
+            "{existing}exporters = [{{ name = \"bb\", package = \"prometheus-blackbox-exporter\", probes = [{{ host = \"promguard-node-1\", port = 80 }}] }}]\n"
+        ));
+        assert!(
+            err.contains("monitor.exporters[0].probes: ")
+                && err.contains("need PromGuard's own Prometheus"),
+            "{err}"
+        );
+        parse(&format!(
+            "{existing}exporters = [{{ name = \"bb\", package = \"prometheus-blackbox-exporter\" }}]\n"
+        ))
+        .unwrap();
+        // The process exporter with one of its arguments.
+        let c = parse(
+            "[nodes]\nexporters = [{ name = \"procs\", package = \"prometheus-process-exporter\", args = [\"-procnames=sshd,postgres\"] }]\n",
+        )
+        .unwrap();
+        assert_eq!(c.nodes[0].exporters[0].port.get(), 9256);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::names::{HostName, NameError, Port};
+use crate::names::{ExporterName, HostName, NameError, Port};
 
 /// A Debian package name (policy 5.6.1: lowercase letters, digits, `+`,
 /// `-` and `.`, at least two characters, starting with a letter or digit).
@@ -354,6 +354,12 @@ pub fn known(package: &DebianPackage) -> Option<&'static KnownExporter> {
     KNOWN_EXPORTERS
         .iter()
         .find(|k| k.package == package.as_str())
+}
+
+/// The Prometheus job of the probes of the exporter called `prober`: its
+/// name with `_probe` appended (its own metrics are the job of its name).
+pub fn probe_job(prober: &ExporterName) -> String {
+    format!("{prober}_probe")
 }
 
 /// What a host gets for one managed exporter.

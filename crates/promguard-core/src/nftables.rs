@@ -38,6 +38,18 @@
 //! direction, so replies from a container pass and a stranger's connection
 //! open before the load is cut too.
 //!
+//! # Probed ports
+//!
+//! A port a blackbox exporter on the monitor probes
+//! ([`FirewallPolicy::probe_ports`]) is one of the host's own services (a
+//! web server), not an exporter: on a host PromGuard created, `input`
+//! accepts it from the scraper's address on the WireGuard interface like
+//! an exporter port (else the policy would drop the probe), but it is no
+//! part of `published_exporter_ports`, since nothing about it is PromGuard's
+//! to close to others. On a host the user runs, the table says nothing
+//! about it: the host's own firewall decides (the recipe adds a ufw rule
+//! for the probe where ufw is active).
+//!
 //! # ICMP
 //!
 //! Accepted are the types ufw accepts by default (its `before.rules` and
@@ -71,8 +83,8 @@ const SCRAPER_ONLY_CHAIN: &str = "published_exporter_ports";
 ///
 /// Inbound, it accepts replies to our own connections, loopback, the ICMP
 /// and ICMPv6 types of the module doc, SSH and WireGuard from anyone, and
-/// the exporter ports only from the scraper's WireGuard address on the
-/// WireGuard interface; the chain's policy drops everything else.
+/// the exporter and probed ports only from the scraper's WireGuard address
+/// on the WireGuard interface; the chain's policy drops everything else.
 /// Forwarded, it drops connections DNAT'ed from an exporter port unless
 /// they come from the scraper on the WireGuard interface, and nothing
 /// else.
@@ -136,6 +148,18 @@ pub fn render(policy: &FirewallPolicy) -> String {
             policy.interface, policy.scraper,
         );
     }
+    if !policy.probe_ports.is_empty() {
+        // The prober reaches the host's own services; the rest of the
+        // world does not (policy drop), as before.
+        let probed: Vec<String> = policy.probe_ports.iter().map(|p| p.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "\t\tiifname \"{}\" {family} saddr {} tcp dport {{ {} }} accept",
+            policy.interface,
+            policy.scraper,
+            probed.join(", "),
+        );
+    }
     out.push_str("\t}\n");
     if has_exporters {
         out.push_str(
@@ -164,9 +188,9 @@ fn scraper_only_chain(out: &mut String, policy: &FirewallPolicy, family: &str, n
 /// The table of a host PromGuard did not create: both chains accept by
 /// policy and only drop connections to exporter ports that are not from
 /// the scraper on the WireGuard interface, so that the host's own rules
-/// (ufw, its own tables) keep deciding everything else, SSH and the
-/// WireGuard port included. The host's own connections over loopback are
-/// its business too.
+/// (ufw, its own tables) keep deciding everything else, SSH, the
+/// WireGuard port and probed ports included. The host's own connections
+/// over loopback are its business too.
 fn render_guest(
     out: &mut String,
     policy: &FirewallPolicy,
@@ -289,6 +313,72 @@ mod tests {
         let mut policy = policies("")[1].clone();
         policy.exporter_ports.clear();
         assert!(!render(&policy).contains("forward"));
+    }
+
+    /// A blackbox exporter on the monitor probing two ports of the first
+    /// node, which also runs a postgres exporter, and a port of an existing
+    /// node.
+    const PROBES: &str = r#"
+[monitor]
+exporters = [{ name = "blackbox", package = "prometheus-blackbox-exporter", probes = [{ host = "web-1", port = 443 }, { host = "web-1", port = 80 }, { host = "web-1", port = 80, path = "/x" }, { host = "guest-1", port = 8080 }] }]
+[[nodes.host]]
+name = "web-1"
+region = "lon1"
+exporters = [{ name = "postgres", port = 9187 }]
+[[nodes.host]]
+name = "guest-1"
+address = "192.0.2.7"
+"#;
+
+    #[test]
+    fn snapshot_probed_node() {
+        expect_file!["../tests/data/nftables-node-probed.nft"]
+            .assert_eq(&render(&policies(PROBES)[1]));
+    }
+
+    #[test]
+    fn probed_ports_are_accepted_from_the_scraper_and_never_closed_to_others() {
+        let policies = policies(PROBES);
+        let web = &policies[1];
+        assert_eq!(
+            web.probe_ports.iter().map(|p| p.get()).collect::<Vec<_>>(),
+            [80, 443]
+        );
+        let text = render(web);
+        let input = text
+            .split("chain input {")
+            .nth(1)
+            .unwrap()
+            .split("\n\t}")
+            .next()
+            .unwrap();
+        assert!(
+            input.contains("\t\tiifname \"wg0\" ip saddr 10.0.0.1 tcp dport { 9100, 9187 } accept\n\t\tiifname \"wg0\" ip saddr 10.0.0.1 tcp dport { 80, 443 } accept"),
+            "{text}"
+        );
+        // The DNAT checks name the exporter ports only.
+        for line in text.lines().filter(|l| l.contains("proto-dst")) {
+            assert!(line.contains("{ 9100, 9187 }"), "{line}");
+        }
+        // A node that is probed and has no exporter ports still lets the
+        // prober in, and has no forward chain.
+        let mut only_probed = web.clone();
+        only_probed.exporter_ports.clear();
+        let text = render(&only_probed);
+        assert!(text.contains("tcp dport { 80, 443 } accept"), "{text}");
+        assert!(
+            !text.contains("forward") && !text.contains("published_exporter_ports"),
+            "{text}"
+        );
+
+        // On a host the user runs the table leaves probed ports alone.
+        let guest = &policies[2];
+        assert_eq!(guest.scope, FirewallScope::ExporterPorts);
+        assert_eq!(guest.probe_ports, [crate::names::Port::new(8080).unwrap()]);
+        let mut unprobed = guest.clone();
+        unprobed.probe_ports.clear();
+        assert_eq!(render(guest), render(&unprobed));
+        assert!(!render(guest).contains("8080"));
     }
 
     #[test]

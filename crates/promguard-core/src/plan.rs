@@ -368,6 +368,17 @@ impl PrometheusPlan {
         }
         jobs
     }
+
+    /// Probe job names in order of first appearance.
+    pub fn probe_jobs(&self) -> Vec<&str> {
+        let mut jobs: Vec<&str> = Vec::new();
+        for p in &self.probes {
+            if !jobs.contains(&p.job.as_str()) {
+                jobs.push(&p.job);
+            }
+        }
+        jobs
+    }
 }
 
 /// One target in Prometheus' file_sd files (or Prometheus itself).

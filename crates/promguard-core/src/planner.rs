@@ -14,13 +14,15 @@ use ipnetwork::IpNetwork;
 use crate::alerts::AlertRules;
 use crate::capabilities::Lifecycle;
 use crate::config::{
-    usable_addresses, Config, ExistingHost, HostAddress, HostOrigin, MonitorPrometheus,
+    usable_addresses, Config, ExistingHost, ExporterSpec, HostAddress, HostOrigin,
+    MonitorPrometheus,
 };
+use crate::exporters::ProbeSpec;
 use crate::keys::{PresharedKey, PrivateKey};
 use crate::names::{ExporterName, HostName, Port, SshUser};
 use crate::plan::{
     Change, ExporterKind, ExporterPlan, FirewallPolicy, FirewallScope, HostPlan, InterfacePlan,
-    PeerPlan, Plan, PrometheusMode, PrometheusPlan, Role, ScrapeTarget, SshLogin,
+    PeerPlan, Plan, ProbeTarget, PrometheusMode, PrometheusPlan, Role, ScrapeTarget, SshLogin,
 };
 use crate::state::{HostRecord, PairKey, State};
 
@@ -361,6 +363,12 @@ fn host_plan(
         .collect();
     exporter_ports.sort();
     exporter_ports.dedup();
+    let mut probe_ports: Vec<Port> = probes(config)
+        .filter(|(_, p)| p.host == spec.name)
+        .map(|(_, p)| p.port)
+        .collect();
+    probe_ports.sort();
+    probe_ports.dedup();
 
     let (mode, listen) = match config.prometheus {
         MonitorPrometheus::Managed => (PrometheusMode::Managed, PROMETHEUS_LISTEN),
@@ -390,7 +398,28 @@ fn host_plan(
                     })
             })
             .collect(),
-        probes: Vec::new(),
+        probes: probes(config)
+            .filter_map(|(prober, probe)| {
+                // Only a Config built by hand can probe a host it does not
+                // have (from_toml refuses it): such a probe probes nothing.
+                let host = config.hosts().find(|h| h.name == probe.host)?;
+                let r = &state.hosts[&host.name];
+                Some(ProbeTarget {
+                    job: crate::exporters::probe_job(&prober.name),
+                    prober: SocketAddr::new(monitor_address, prober.port.get()),
+                    module: probe.module.clone(),
+                    // SocketAddr brackets an IPv6 address, as a URL wants.
+                    url: format!(
+                        "http://{}{}",
+                        SocketAddr::new(r.wireguard_address, probe.port.get()),
+                        probe.path
+                    ),
+                    instance: host.name.clone(),
+                    region: host.region.clone(),
+                    role: r.role,
+                })
+            })
+            .collect(),
         self_scrape: ScrapeTarget {
             job: ExporterName::new("prometheus").expect("a valid exporter name"),
             address: listen,
@@ -442,10 +471,19 @@ fn host_plan(
             interface: config.interface_of(spec).clone(),
             scraper: monitor_address,
             exporter_ports,
-            probe_ports: Vec::new(),
+            probe_ports,
         },
         prometheus,
     }
+}
+
+/// Every probe of the monitor's exporters, with the exporter that probes.
+fn probes(config: &Config) -> impl Iterator<Item = (&ExporterSpec, &ProbeSpec)> {
+    config.monitor.exporters.iter().flat_map(|e| {
+        e.managed
+            .iter()
+            .flat_map(move |m| m.probes.iter().map(move |p| (e, p)))
+    })
 }
 
 fn exporters(
@@ -696,6 +734,193 @@ mod tests {
             .peers
             .iter()
             .all(|p| p.endpoint.is_some_and(|e| e.port() == 51820)));
+    }
+
+    /// An IPv6 deployment whose monitor probes two nodes' web servers with
+    /// a blackbox exporter, and a node with packaged exporters.
+    const PROBES: &str = r#"
+[deployment]
+subnet = "fd00:10::/64"
+[monitor]
+exporters = [
+  { name = "blackbox", package = "prometheus-blackbox-exporter", probes = [{ host = "web-1", port = 443, path = "/health", module = "http-tls" }, { host = "web-1", port = 80 }, { host = "web-2", port = 80 }, { host = "web-1", port = 80, path = "/x" }] },
+]
+[[nodes.host]]
+name = "db-1"
+region = "lon1"
+exporters = [
+  { name = "postgres", package = "prometheus-postgres-exporter", env = { DATA_SOURCE_NAME = { env = "PG_DSN" } } },
+  { name = "redis", package = "prometheus-redis-exporter", args = ["--redis.addr=redis://127.0.0.1:6379"], env = { REDIS_USER = "default" } },
+  { name = "mysql", port = 9104 },
+]
+[[nodes.host]]
+name = "web-1"
+region = "fra1"
+[[nodes.host]]
+name = "web-2"
+region = "sfo2"
+"#;
+
+    #[test]
+    fn packaged_exporters_get_their_base_args_and_plain_values() {
+        let plan = plan(&config(PROBES), None).unwrap();
+        let db = plan.host(&HostName::new("db-1").unwrap()).unwrap();
+        let kinds: Vec<(&str, &str)> = db
+            .exporters
+            .iter()
+            .map(|e| {
+                let kind = match &e.kind {
+                    ExporterKind::NodeExporter => "node_exporter",
+                    ExporterKind::Packaged(p) => p.package.as_str(),
+                    ExporterKind::Unmanaged => "unmanaged",
+                };
+                (e.name.as_str(), kind)
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("node", "node_exporter"),
+                ("postgres", "prometheus-postgres-exporter"),
+                ("redis", "prometheus-redis-exporter"),
+                ("mysql", "unmanaged"),
+            ]
+        );
+        assert_eq!(db.exporters[1].listen.to_string(), "[fd00:10::2]:9187");
+        let postgres = db.exporters[1].packaged().unwrap();
+        assert!(postgres.has_secrets());
+        assert_eq!(
+            postgres
+                .unresolved()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["DATA_SOURCE_NAME"],
+            "the caller reads secrets"
+        );
+        let redis = db.exporters[2].packaged().unwrap();
+        assert!(!redis.has_secrets() && redis.unresolved().next().is_none());
+        assert_eq!(
+            redis.settings[0].value.as_ref().unwrap().expose(),
+            "default"
+        );
+        let blackbox = plan.monitor().exporters[1].packaged().unwrap();
+        assert_eq!(
+            blackbox.args,
+            ["--config.file=/etc/prometheus/blackbox.yml"]
+        );
+        assert_eq!(
+            plan.monitor().firewall.exporter_ports,
+            [Port::new(9100).unwrap(), Port::new(9115).unwrap()]
+        );
+    }
+
+    #[test]
+    fn probes_become_targets_on_the_monitor_and_ports_on_the_probed_hosts() {
+        let probed = plan(&config(PROBES), None).unwrap();
+        let probes: Vec<(String, String, &str, &str, &str, &str)> = probed
+            .monitor()
+            .prometheus
+            .as_ref()
+            .unwrap()
+            .probes
+            .iter()
+            .map(|p| {
+                (
+                    p.job.clone(),
+                    p.prober.to_string(),
+                    p.url.as_str(),
+                    p.module.as_str(),
+                    p.instance.as_str(),
+                    p.region.as_str(),
+                )
+            })
+            .collect();
+        let prober = "[fd00:10::1]:9115".to_owned();
+        let job = "blackbox_probe".to_owned();
+        assert_eq!(
+            probes,
+            [
+                (
+                    job.clone(),
+                    prober.clone(),
+                    "http://[fd00:10::3]:443/health",
+                    "http-tls",
+                    "web-1",
+                    "fra1"
+                ),
+                (
+                    job.clone(),
+                    prober.clone(),
+                    "http://[fd00:10::3]:80/",
+                    "http_2xx",
+                    "web-1",
+                    "fra1"
+                ),
+                (
+                    job.clone(),
+                    prober.clone(),
+                    "http://[fd00:10::4]:80/",
+                    "http_2xx",
+                    "web-2",
+                    "sfo2"
+                ),
+                (
+                    job.clone(),
+                    prober.clone(),
+                    "http://[fd00:10::3]:80/x",
+                    "http_2xx",
+                    "web-1",
+                    "fra1"
+                ),
+            ]
+        );
+        assert!(probed
+            .monitor()
+            .prometheus
+            .as_ref()
+            .unwrap()
+            .probes
+            .iter()
+            .all(|p| p.role == Role::Node));
+        let ports = |name: &str| -> Vec<u16> {
+            probed
+                .host(&HostName::new(name).unwrap())
+                .unwrap()
+                .firewall
+                .probe_ports
+                .iter()
+                .map(|p| p.get())
+                .collect()
+        };
+        assert_eq!(ports("web-1"), [80, 443], "sorted and unique");
+        assert_eq!(ports("web-2"), [80]);
+        assert!(ports("db-1").is_empty());
+        assert!(probed.monitor().firewall.probe_ports.is_empty());
+        // Probes are no scrape targets, and the IPv4 URL has no brackets.
+        let v4 = plan(
+            &config(&PROBES.replace("subnet = \"fd00:10::/64\"", "subnet = \"10.0.0.0/24\"")),
+            None,
+        )
+        .unwrap();
+        let prom = v4.monitor().prometheus.clone().unwrap();
+        assert_eq!(prom.probes[0].url, "http://10.0.0.3:443/health");
+        assert_eq!(prom.probes[0].prober.to_string(), "10.0.0.1:9115");
+        assert!(prom
+            .targets
+            .iter()
+            .all(|t| t.job.as_str() != "blackbox_probe"));
+        let default = plan(&Config::default(), None).unwrap();
+        assert!(default
+            .monitor()
+            .prometheus
+            .as_ref()
+            .unwrap()
+            .probes
+            .is_empty());
+        assert!(default
+            .hosts
+            .iter()
+            .all(|h| h.firewall.probe_ports.is_empty()));
     }
 
     // Regression: editing ssh.port from 22 to 2222 made `up` load a

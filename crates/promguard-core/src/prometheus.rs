@@ -5,6 +5,15 @@
 //! Targets live in file_sd JSON files rather than in `prometheus.yml`, so a
 //! new node only changes a targets file, which Prometheus rereads by itself
 //! without a restart.
+//!
+//! A blackbox exporter's probes are a job of their own
+//! (`<exporter>_probe`) in the same directory: each target is a URL with
+//! its blackbox module in the `__param_module` label, and the job's
+//! relabelling sends the scrape to the prober's `/probe` with the URL as
+//! its `target` parameter (the multi-target exporter pattern), so the
+//! probed host's labels stay the target's; the URL and the module become
+//! the labels `url` and `module`, which keep apart the series of several
+//! probes of one host.
 
 use std::fmt::Write;
 
@@ -49,6 +58,13 @@ pub fn render_existing_job(job_name: &str) -> String {
 
 /// The file name of `job`'s targets file inside [`TARGETS_DIR`].
 pub fn targets_file_name(job: &ExporterName) -> String {
+    format!("{job}.json")
+}
+
+/// The file name of the probe job `job`'s targets file inside
+/// [`TARGETS_DIR`]: named like an exporter's (the config keeps the probe
+/// jobs' names apart from the exporters').
+pub fn probe_targets_file_name(job: &str) -> String {
     format!("{job}.json")
 }
 
@@ -111,6 +127,28 @@ pub fn render_config_with_paths(
             "  - job_name: {}\n    file_sd_configs:\n      - files:\n          - {}\n",
             yaml_string(job.as_str()),
             yaml_string(&file)
+        );
+    }
+    for job in plan.probe_jobs() {
+        let Some(prober) = plan.probes.iter().find(|p| p.job == job).map(|p| p.prober) else {
+            continue;
+        };
+        let file = format!(
+            "{}/{}",
+            targets_dir.trim_end_matches('/'),
+            probe_targets_file_name(job)
+        );
+        // The targets are URLs: each becomes the `target` parameter, and
+        // the scrape goes to the prober (one per job). The URL and the
+        // module are labels too: the probes of one host share its
+        // `instance`, and their series must differ.
+        let _ = write!(
+            out,
+            "  - job_name: {}\n    metrics_path: {}\n    file_sd_configs:\n      - files:\n          - {}\n    relabel_configs:\n      - source_labels: [__address__]\n        target_label: __param_target\n      - source_labels: [__param_target]\n        target_label: url\n      - source_labels: [__param_module]\n        target_label: module\n      - target_label: __address__\n        replacement: {}\n",
+            yaml_string(job),
+            yaml_string("/probe"),
+            yaml_string(&file),
+            yaml_string(&prober.to_string())
         );
     }
     let own = &plan.self_scrape;
@@ -199,6 +237,60 @@ pub fn render_targets(plan: &PrometheusPlan) -> Vec<(String, String)> {
         .collect()
 }
 
+/// One file_sd target group of a probe job: one URL, with the probed
+/// host's labels and the blackbox module as the `module` parameter.
+#[derive(Serialize)]
+struct ProbeGroup<'a> {
+    targets: [&'a str; 1],
+    labels: ProbeLabels<'a>,
+}
+
+#[derive(Serialize)]
+struct ProbeLabels<'a> {
+    instance: &'a str,
+    region: &'a str,
+    role: &'a str,
+    /// A `__param_` label is a URL parameter of the scrape.
+    #[serde(rename = "__param_module")]
+    module: &'a str,
+}
+
+/// Renders the probe jobs' targets files: `(absolute path, JSON text)` per
+/// job, in the order of [`PrometheusPlan::probe_jobs`]. None for the user's
+/// own Prometheus, whose config PromGuard does not write (the config
+/// refuses probes there).
+pub fn render_probe_targets(plan: &PrometheusPlan) -> Vec<(String, String)> {
+    if plan.mode != PrometheusMode::Managed {
+        return Vec::new();
+    }
+    plan.probe_jobs()
+        .into_iter()
+        .map(|job| {
+            let groups: Vec<ProbeGroup<'_>> = plan
+                .probes
+                .iter()
+                .filter(|p| p.job == job)
+                .map(|p| ProbeGroup {
+                    targets: [p.url.as_str()],
+                    labels: ProbeLabels {
+                        instance: p.instance.as_str(),
+                        region: p.region.as_str(),
+                        role: p.role.as_str(),
+                        module: p.module.as_str(),
+                    },
+                })
+                .collect();
+            let mut json =
+                serde_json::to_string_pretty(&groups).expect("target groups always serialize");
+            json.push('\n');
+            (
+                format!("{TARGETS_DIR}/{}", probe_targets_file_name(job)),
+                json,
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -224,11 +316,31 @@ mod tests {
 
     fn all_files(plan: &PrometheusPlan) -> String {
         let mut out = format!("=== {CONFIG_PATH}\n{}", render_config(plan));
-        for (path, json) in render_targets(plan) {
+        for (path, json) in render_targets(plan)
+            .into_iter()
+            .chain(render_probe_targets(plan))
+        {
             let _ = write!(out, "=== {path}\n{json}");
         }
         out
     }
+
+    /// A blackbox exporter on the monitor of an IPv6 deployment probing
+    /// two nodes, one of them on two ports.
+    const PROBES: &str = r#"
+[deployment]
+subnet = "fd00:10::/64"
+[monitor]
+exporters = [
+  { name = "blackbox", package = "prometheus-blackbox-exporter", probes = [{ host = "web-1", port = 80 }, { host = "web-1", port = 443, path = "/health?deep=1", module = "http-tls" }, { host = "web-2", port = 8080, path = "/status" }] },
+]
+[[nodes.host]]
+name = "web-1"
+region = "fra1"
+[[nodes.host]]
+name = "web-2"
+region = "sfo2"
+"#;
 
     #[test]
     fn snapshot_default() {
@@ -269,6 +381,52 @@ mod tests {
             "three exporters and Prometheus itself"
         );
         assert!(config.contains("scrape_interval: 15s"));
+    }
+
+    #[test]
+    fn snapshot_probes() {
+        expect_file!["../tests/data/prometheus-probes.txt"]
+            .assert_eq(&all_files(&prometheus_plan(PROBES)));
+    }
+
+    #[test]
+    fn probes_are_a_job_of_urls_scraped_at_the_prober() {
+        let plan = prometheus_plan(PROBES);
+        let files = render_probe_targets(&plan);
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].0, "/etc/prometheus/promguard/blackbox_probe.json");
+        let groups: serde_json::Value = serde_json::from_str(&files[0].1).unwrap();
+        assert_eq!(groups.as_array().unwrap().len(), 3);
+        assert_eq!(
+            groups[1]["targets"][0],
+            "http://[fd00:10::2]:443/health?deep=1"
+        );
+        assert_eq!(groups[1]["labels"]["__param_module"], "http-tls");
+        assert_eq!(groups[1]["labels"]["instance"], "web-1");
+        assert_eq!(groups[2]["labels"]["region"], "sfo2");
+        assert_eq!(groups[2]["labels"]["role"], "node");
+        let config = render_config(&plan);
+        let job = config
+            .split("- job_name: \"blackbox_probe\"\n")
+            .nth(1)
+            .expect("a probe job");
+        assert!(
+            job.starts_with(
+                "    metrics_path: \"/probe\"\n    file_sd_configs:\n      - files:\n          - \"/etc/prometheus/promguard/blackbox_probe.json\"\n    relabel_configs:\n      - source_labels: [__address__]\n        target_label: __param_target\n      - source_labels: [__param_target]\n        target_label: url\n      - source_labels: [__param_module]\n        target_label: module\n      - target_label: __address__\n        replacement: \"[fd00:10::1]:9115\"\n"
+            ),
+            "{config}"
+        );
+        // The blackbox exporter's own metrics are a job as any exporter's.
+        assert!(config.contains("- job_name: \"blackbox\"\n    file_sd_configs:"));
+        // The scratch directory of promtool's check holds them too.
+        let moved = render_config_with_targets_dir(&plan, "/tmp/x");
+        assert!(
+            moved.contains("- \"/tmp/x/blackbox_probe.json\""),
+            "{moved}"
+        );
+        // A deployment without probes has no probe job.
+        assert!(render_probe_targets(&prometheus_plan("")).is_empty());
+        assert!(!render_config(&prometheus_plan(EXTRA)).contains("/probe"));
     }
 
     #[test]

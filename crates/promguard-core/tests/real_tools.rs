@@ -1,9 +1,13 @@
 //! The real tools accept what core renders: `promtool check config` for the
-//! Prometheus config and its targets files, and `nft` for the firewall
-//! ruleset, checked (`nft -c`) and really loaded twice inside a network
-//! namespace made for the test. The ruleset is also tried on real traffic
-//! between namespaces made for the test: a port published with DNAT (the
-//! forward path) and ICMP.
+//! Prometheus config and its targets files (probe jobs included), and `nft`
+//! for the firewall ruleset, checked (`nft -c`) and really loaded twice
+//! inside a network namespace made for the test. The ruleset is also tried
+//! on real traffic between namespaces made for the test: a port published
+//! with DNAT (the forward path), a port a prober on the monitor probes, and
+//! ICMP.
+//!
+//! A real Prometheus scrapes a fake prober, to show what the probe job's
+//! relabelling asks a blackbox exporter for.
 //!
 //! These tests need root, prometheus (promtool), nftables, iproute2 and
 //! python3. They fail (never skip) when something is missing.
@@ -176,7 +180,9 @@ fn promtool_check(plan: &Plan) -> String {
     fs::create_dir(&targets).unwrap();
     let files = prometheus::render_targets(prom);
     assert_eq!(files.len(), prom.jobs().len());
-    for (path, json) in &files {
+    let probe_files = prometheus::render_probe_targets(prom);
+    assert_eq!(probe_files.len(), prom.probe_jobs().len());
+    for (path, json) in files.iter().chain(&probe_files) {
         let name = Path::new(path).file_name().unwrap();
         fs::write(targets.join(name), json).unwrap();
     }
@@ -209,6 +215,192 @@ fn promtool_accepts_ipv6_config_with_extra_exporters() {
     assert_eq!(plan.monitor().prometheus.as_ref().unwrap().jobs().len(), 3);
     let out = promtool_check(&plan);
     assert!(out.contains("SUCCESS") && !out.contains("WARNING"), "{out}");
+}
+
+/// A blackbox exporter on the monitor probing two nodes of an IPv6
+/// deployment, one of them twice.
+const PROBES: &str = r#"
+[deployment]
+subnet = "fd00:10::/64"
+[monitor]
+exporters = [
+  { name = "blackbox", package = "prometheus-blackbox-exporter", probes = [{ host = "web-1", port = 80 }, { host = "web-1", port = 443, path = "/health?deep=1", module = "http-tls" }, { host = "web-2", port = 8080 }] },
+]
+[[nodes.host]]
+name = "web-1"
+region = "fra1"
+[[nodes.host]]
+name = "web-2"
+region = "sfo2"
+"#;
+
+#[test]
+fn promtool_accepts_a_config_with_probes() {
+    let plan = plan(PROBES);
+    let prom = plan.monitor().prometheus.as_ref().unwrap();
+    assert_eq!(prom.probe_jobs(), ["blackbox_probe"]);
+    let out = promtool_check(&plan);
+    assert!(out.contains("SUCCESS") && !out.contains("WARNING"), "{out}");
+
+    // The probe job's targets file is read: a broken one is refused.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("blackbox_probe.json"),
+        "[{\"targets\": [\"http://x/\"], \"labels\": {\"bad label\": \"x\"}}]\n",
+    )
+    .unwrap();
+    let config_path = dir.path().join("prometheus.yml");
+    fs::write(
+        &config_path,
+        prometheus::render_config_with_targets_dir(prom, dir.path().to_str().unwrap()),
+    )
+    .unwrap();
+    let out = support::output(
+        Command::new("promtool")
+            .arg("check")
+            .arg("config")
+            .arg(&config_path),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("blackbox_probe.json"),
+        "promtool accepted a broken probe targets file: {stderr}"
+    );
+}
+
+/// A fake blackbox exporter on `argv[1]` port `argv[2]`: appends the path
+/// and query of every request to the file `argv[3]` and answers with a
+/// successful probe.
+const PROBER_PY: &str = "\
+import http.server, sys
+log = open(sys.argv[3], 'a')
+class Prober(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        log.write(self.path + '\\n')
+        log.flush()
+        body = b'probe_success 1\\n'
+        self.send_response(200)
+        self.send_header('Content-Type', 'text/plain; version=0.0.4')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Prober).serve_forever()
+";
+
+/// Prints the answer of the Prometheus API at `argv[1]` to the query
+/// `argv[2]`.
+const QUERY_PY: &str = "\
+import sys, urllib.parse, urllib.request
+url = sys.argv[1] + '/api/v1/query?query=' + urllib.parse.quote(sys.argv[2])
+print(urllib.request.urlopen(url, timeout=2).read().decode())
+";
+
+#[test]
+fn prometheus_asks_the_prober_for_each_url_and_keeps_the_probes_apart() {
+    // A real Prometheus in a namespace of its own, where the monitor's
+    // WireGuard address is on loopback and a fake blackbox exporter
+    // listens there: the scrapes it gets are what the relabelling made.
+    let prometheus = require_program("prometheus", "prometheus");
+    require_program("python3", "python3");
+    let plan = plan(&PROBES.replace(
+        "subnet = \"fd00:10::/64\"",
+        "subnet = \"10.0.0.0/24\"\n[prometheus]\nscrape_interval = \"1s\"",
+    ));
+    let prom = plan.monitor().prometheus.as_ref().unwrap();
+    let prober = prom.probes[0].prober;
+    let netns = Netns::new();
+    netns.ip("link set lo up");
+    netns.ip(&format!("addr add {}/32 dev lo", prober.ip()));
+
+    let dir = tempfile::tempdir().unwrap();
+    // Only the probe job's targets: no scrape leaves the namespace.
+    for (path, json) in prometheus::render_probe_targets(prom) {
+        let name = Path::new(&path).file_name().unwrap();
+        fs::write(dir.path().join(name), json).unwrap();
+    }
+    let config_path = dir.path().join("prometheus.yml");
+    fs::write(
+        &config_path,
+        prometheus::render_config_with_targets_dir(prom, dir.path().to_str().unwrap()),
+    )
+    .unwrap();
+    let log = dir.path().join("requests.log");
+    let _prober = Process::spawn(
+        netns
+            .command("python3")
+            .arg("-c")
+            .arg(PROBER_PY)
+            .arg(prober.ip().to_string())
+            .arg(prober.port().to_string())
+            .arg(&log),
+    );
+    let _prometheus = Process::spawn(
+        netns
+            .command(prometheus.to_str().unwrap())
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg("--web.listen-address=127.0.0.1:9090")
+            .stderr(Stdio::null()),
+    );
+
+    let mut series = Vec::new();
+    for _ in 0..60 {
+        thread::sleep(Duration::from_millis(500));
+        let out = support::output(
+            netns
+                .command("python3")
+                .arg("-c")
+                .arg(QUERY_PY)
+                .arg("http://127.0.0.1:9090")
+                .arg("probe_success"),
+        );
+        let Ok(answer) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            continue;
+        };
+        series = answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if series.len() == prom.probes.len() {
+            break;
+        }
+    }
+    let mut labels: Vec<String> = series
+        .iter()
+        .map(|s| {
+            let m = &s["metric"];
+            format!(
+                "{} {} {} {} {} {}",
+                m["job"], m["instance"], m["region"], m["role"], m["url"], m["module"]
+            )
+        })
+        .collect();
+    labels.sort();
+    assert_eq!(
+        labels,
+        [
+            "\"blackbox_probe\" \"web-1\" \"fra1\" \"node\" \"http://10.0.0.2:443/health?deep=1\" \"http-tls\"",
+            "\"blackbox_probe\" \"web-1\" \"fra1\" \"node\" \"http://10.0.0.2:80/\" \"http_2xx\"",
+            "\"blackbox_probe\" \"web-2\" \"sfo2\" \"node\" \"http://10.0.0.3:8080/\" \"http_2xx\"",
+        ],
+        "{series:?}"
+    );
+    let requests = fs::read_to_string(&log).unwrap();
+    for wanted in [
+        "/probe?module=http_2xx&target=http%3A%2F%2F10.0.0.2%3A80%2F",
+        "/probe?module=http-tls&target=http%3A%2F%2F10.0.0.2%3A443%2Fhealth%3Fdeep%3D1",
+        "/probe?module=http_2xx&target=http%3A%2F%2F10.0.0.3%3A8080%2F",
+    ] {
+        assert!(
+            requests.lines().any(|l| l == wanted),
+            "no request {wanted}:\n{requests}"
+        );
+    }
 }
 
 #[test]
@@ -305,6 +497,21 @@ fn nft_loads_ipv6_ruleset_with_several_exporter_ports() {
         listed.contains("ip6 saddr fd00:10::1 tcp dport { 9100, 9187 } accept"),
         "{listed}"
     );
+}
+
+#[test]
+fn nft_loads_a_ruleset_with_probed_ports() {
+    let plan = plan(PROBES);
+    let web = &plan.hosts[1];
+    assert_eq!(web.firewall.probe_ports.len(), 2);
+    let listed = nft_check_and_load(&web.firewall);
+    assert!(
+        listed.contains("iifname \"wg0\" ip6 saddr fd00:10::1 tcp dport { 80, 443 } accept"),
+        "{listed}"
+    );
+    // A node probed on one port: a single port is listed without a set.
+    let listed = nft_check_and_load(&plan.hosts[2].firewall);
+    assert!(listed.contains("tcp dport 8080 accept"), "{listed}");
 }
 
 #[test]
@@ -588,6 +795,38 @@ fn a_published_container_port_is_closed_to_all_but_the_scraper() {
     assert!(
         !connects(&net.scraper, WG_HOST_V6, 9187),
         "IPv6 on the WireGuard interface reaches the published exporter port"
+    );
+}
+
+#[test]
+fn a_probed_port_is_open_to_the_scraper_only() {
+    // The monitor's blackbox exporter probes the node's port 8080.
+    let plan = plan(&format!(
+        "{PUBLISHED}[monitor]\nexporters = [{{ name = \"blackbox\", package = \"prometheus-blackbox-exporter\", probes = [{{ host = \"promguard-node-1\", port = 8080 }}] }}]\n"
+    ));
+    let node = &plan.hosts[1];
+    assert_eq!(node.firewall.probe_ports.len(), 1);
+    let net = Published::new(node);
+    let _web = Published::listen(&net.host, 8080);
+    let _container = Published::listen(&net.container, 9187);
+    let wg_host = node.interface.address.to_string();
+    assert!(connects_in_time(&net.outsider, HOST_V4, 8080));
+
+    net.load_ruleset(&node.firewall);
+    assert!(connects_in_time(&net.scraper, &wg_host, 8080));
+    for address in [HOST_V4, HOST_V6] {
+        assert!(
+            !connects(&net.outsider, address, 8080),
+            "the outsider reaches the probed port on {address}"
+        );
+        assert!(
+            !connects(&net.outsider, address, 9187),
+            "the outsider reaches the published exporter port on {address}"
+        );
+    }
+    assert!(
+        !connects(&net.scraper, WG_HOST_V6, 8080),
+        "IPv6 on the WireGuard interface reaches the probed port"
     );
 }
 

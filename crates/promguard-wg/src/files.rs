@@ -1,6 +1,7 @@
 //! Every file PromGuard installs on a host, rendered from its plan: the
 //! wg-quick config (this crate), the nftables ruleset and, on the monitor,
-//! Prometheus' config and file_sd targets (core's renderers).
+//! Prometheus' config and file_sd targets, the probe jobs' included
+//! (core's renderers).
 
 use std::fmt;
 
@@ -86,7 +87,12 @@ pub fn host_files(host: &HostPlan, secrets: Secrets) -> Vec<HostFile> {
                 content: prometheus::render_config(p),
             });
         }
-        for (path, content) in prometheus::render_targets(p) {
+        // The probe jobs' targets are file_sd files like the exporters'
+        // (none on the user's own Prometheus, which cannot have probes).
+        let targets = prometheus::render_targets(p)
+            .into_iter()
+            .chain(prometheus::render_probe_targets(p));
+        for (path, content) in targets {
             files.push(HostFile {
                 kind: HostFileKind::Targets,
                 path,
@@ -212,6 +218,76 @@ mod tests {
         let wg = &host_files(node, Secrets::Include)[0];
         assert_eq!(wg.mode, 0o600);
         assert!(!format!("{wg:?}").contains(&node.interface.private_key.expose_base64()));
+    }
+
+    #[test]
+    fn the_monitor_gets_the_probe_jobs_targets() {
+        let config = Config::from_toml(
+            "[monitor]\nexporters = [{ name = \"blackbox\", package = \"prometheus-blackbox-exporter\", probes = [{ host = \"promguard-node-2\", port = 80 }] }]\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let plan = planner::plan(&config, None).unwrap();
+        let targets: Vec<(String, u32)> = host_files(plan.monitor(), Secrets::Redact)
+            .into_iter()
+            .filter(|f| f.kind == HostFileKind::Targets)
+            .map(|f| (f.path, f.mode))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                ("/etc/prometheus/promguard/node.json".to_owned(), 0o644),
+                ("/etc/prometheus/promguard/blackbox.json".to_owned(), 0o644),
+                (
+                    "/etc/prometheus/promguard/blackbox_probe.json".to_owned(),
+                    0o644
+                ),
+            ]
+        );
+        let probes = host_files(plan.monitor(), Secrets::Include)
+            .into_iter()
+            .find(|f| f.path.ends_with("/blackbox_probe.json"))
+            .unwrap();
+        assert!(
+            probes.content.contains("\"http://10.0.0.3:80/\""),
+            "{}",
+            probes.content
+        );
+        // The probed node's firewall lets the monitor in on the port.
+        let probed = &plan.hosts[2];
+        let ruleset = host_files(probed, Secrets::Include)
+            .into_iter()
+            .find(|f| f.kind == HostFileKind::Nftables)
+            .unwrap();
+        assert!(
+            ruleset.content.contains("tcp dport { 80 } accept"),
+            "{}",
+            ruleset.content
+        );
+
+        // A change of the probes changes the targets file.
+        let mut state = plan.next_state.clone();
+        let monitor = config.monitor.name.clone();
+        let record = state.hosts.get_mut(&monitor).unwrap();
+        record.created = true;
+        for f in host_files(plan.monitor(), Secrets::Include) {
+            record.files.insert(f.path.clone(), f.digest());
+        }
+        let moved = Config::from_toml(
+            "[monitor]\nexporters = [{ name = \"blackbox\", package = \"prometheus-blackbox-exporter\", probes = [{ host = \"promguard-node-2\", port = 8080 }] }]\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let mut plan = planner::plan(&moved, Some(&state)).unwrap();
+        let before = plan.changes.len();
+        add_file_changes(&mut plan, &state);
+        assert_eq!(
+            plan.changes[before..],
+            [Change::WriteFile {
+                host: monitor,
+                path: "/etc/prometheus/promguard/blackbox_probe.json".to_owned()
+            }]
+        );
     }
 
     #[test]
