@@ -27,6 +27,7 @@ pub mod nftables;
 pub mod plan;
 pub mod planner;
 pub mod prometheus;
+pub mod shards;
 pub mod ssh;
 pub mod state;
 
