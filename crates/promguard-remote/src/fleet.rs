@@ -70,6 +70,17 @@ pub enum FleetError {
         /// The host.
         host: HostName,
     },
+    /// A managed exporter's setting has no value: the caller did not read
+    /// the file or environment variable the config names.
+    #[error("host {host}: the value of {setting} for exporter {exporter} was not read; the caller reads secret settings (from the file or environment variable the config names) into the plan before converging")]
+    UnresolvedSetting {
+        /// The host.
+        host: HostName,
+        /// The exporter.
+        exporter: promguard_core::ExporterName,
+        /// The variable.
+        setting: promguard_core::exporters::EnvName,
+    },
     /// A step on one host failed.
     #[error("{source}")]
     Remote {
@@ -288,7 +299,11 @@ pub fn capabilities_of(provider: Capabilities, record: Option<&HostRecord>) -> C
 /// What the recipe converges on `host` of `plan`: its files, rendered with
 /// secrets, and on a host PromGuard did not create, what being a guest
 /// there takes.
-pub fn desired_host(plan: &Plan, host: &HostPlan, programs: Programs) -> DesiredHost {
+pub fn desired_host(
+    plan: &Plan,
+    host: &HostPlan,
+    programs: Programs,
+) -> Result<DesiredHost, FleetError> {
     // The user's own Prometheus is not PromGuard's to run.
     let managed_prometheus = host
         .prometheus
@@ -302,14 +317,40 @@ pub fn desired_host(plan: &Plan, host: &HostPlan, programs: Programs) -> Desired
             .iter()
             .filter_map(|e| Port::new(e.listen.port()).ok())
             .collect(),
+        probe_ports: host.firewall.probe_ports.clone(),
         comment: promguard_core::prometheus::existing_job_name(&plan.deployment),
     });
+    let mut exporters = Vec::new();
+    for e in &host.exporters {
+        let Some(packaged) = e.packaged() else {
+            continue;
+        };
+        let mut settings = Vec::new();
+        for setting in &packaged.settings {
+            let value = setting
+                .value
+                .clone()
+                .ok_or_else(|| FleetError::UnresolvedSetting {
+                    host: host.name.clone(),
+                    exporter: e.name.clone(),
+                    setting: setting.name.clone(),
+                })?;
+            settings.push((setting.name.clone(), value));
+        }
+        exporters.push(recipe::ManagedExporter {
+            name: e.name.clone(),
+            package: packaged.package.clone(),
+            listen: e.listen,
+            args: packaged.args.clone(),
+            settings,
+        });
+    }
     let node_exporter = host
         .exporters
         .iter()
         .find(|e| e.is_node_exporter())
         .expect("every host runs node_exporter");
-    DesiredHost {
+    Ok(DesiredHost {
         name: host.name.clone(),
         role: host.role,
         interface: host.interface.name.clone(),
@@ -330,6 +371,7 @@ pub fn desired_host(plan: &Plan, host: &HostPlan, programs: Programs) -> Desired
             })
             .collect(),
         node_exporter_listen: node_exporter.listen,
+        exporters,
         prometheus_listen: managed_prometheus.map(|p| p.listen),
         alertmanager_listen: managed_prometheus.map(|_| {
             promguard_core::alerts::ALERTMANAGER_LISTEN
@@ -338,7 +380,7 @@ pub fn desired_host(plan: &Plan, host: &HostPlan, programs: Programs) -> Desired
         }),
         install_packages: programs == Programs::Packages,
         guest,
-    }
+    })
 }
 
 /// What converging did on one host.
@@ -502,7 +544,7 @@ impl Fleet {
             let capabilities = capabilities_of(self.capabilities, state.hosts.get(&host.name));
             jobs.push((
                 self.access.target(&state, &host.name)?,
-                desired_host(plan, host, capabilities.programs),
+                desired_host(plan, host, capabilities.programs)?,
                 capabilities,
             ));
         }

@@ -318,6 +318,7 @@ mod tests {
             node_exporter: recipe::ProcessState::Running { args: vec![] },
             prometheus: recipe::ProcessState::Running { args: vec![] },
             wg_metrics: recipe::ProcessState::Running { args: vec![] },
+            exporters: Default::default(),
             alertmanager: recipe::ProcessState::Running { args: vec![] },
             programs: BTreeMap::new(),
             enabled: BTreeMap::new(),

@@ -68,6 +68,14 @@ pub enum Action {
     },
     /// Make Alertmanager reread its config.
     ReloadAlertmanager,
+    /// Start the managed exporter of this package, or restart it when
+    /// `restart` (its arguments or settings changed).
+    StartExporter {
+        /// The exporter's package ([`super::ManagedExporter::package`]).
+        package: promguard_core::exporters::DebianPackage,
+        /// It runs already, with other arguments or settings.
+        restart: bool,
+    },
     /// Add these ufw rules (each the arguments of `ufw`), noted in the
     /// guest manifest first: the host's ufw is active and would drop
     /// WireGuard and the scrapes.
@@ -109,6 +117,14 @@ impl fmt::Display for Action {
             Action::StartAlertmanager { restart: false } => f.write_str("start alertmanager"),
             Action::StartAlertmanager { restart: true } => f.write_str("restart alertmanager"),
             Action::ReloadAlertmanager => f.write_str("reload alertmanager"),
+            Action::StartExporter {
+                package,
+                restart: false,
+            } => write!(f, "start {package}"),
+            Action::StartExporter {
+                package,
+                restart: true,
+            } => write!(f, "restart {package}"),
             Action::UfwAllow(rules) => write!(f, "ufw {}", rules.join("; ufw ")),
         }
     }
@@ -209,6 +225,21 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
             }
         }
     }
+    for e in &host.exporters {
+        let binary = e.binary();
+        if !facts.programs.get(&binary).copied().unwrap_or(false) {
+            if !host.install_packages {
+                return Err(RemoteError::MissingProgram {
+                    host: host.name.clone(),
+                    program: binary,
+                    package: e.package.to_string(),
+                });
+            }
+            if !packages.iter().any(|p| p == e.package.as_str()) {
+                packages.push(e.package.to_string());
+            }
+        }
+    }
     if !packages.is_empty() {
         decision.actions.push(Action::InstallPackages(packages));
     }
@@ -217,6 +248,9 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
     all_files.extend(script::common_files());
     if facts.systemd {
         all_files.extend(script::systemd_files(host));
+    }
+    for e in &host.exporters {
+        all_files.extend(e.files(facts.systemd, &host.interface));
     }
     let left_pending = |path: &str| match &facts.pending {
         PendingApply::Clear => false,
@@ -281,6 +315,7 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
     if facts.systemd {
         let units: Vec<String> = super::facts::boot_units(&host.interface)
             .into_iter()
+            .chain(host.exporters.iter().map(|e| e.unit()))
             .filter(|unit| wants_prometheus || unit != script::PROMETHEUS_UNIT)
             .filter(|unit| wants_alertmanager || unit != script::ALERTMANAGER_UNIT)
             .filter(|unit| {
@@ -327,6 +362,7 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
     }
 
     alertmanager_actions(host, facts, &touched, &mut decision);
+    exporter_actions(host, facts, &mut decision);
 
     if let Some(listen) = host.prometheus_listen {
         let flag = [format!("--web.listen-address={listen}")];
@@ -416,6 +452,38 @@ fn alertmanager_actions(
     }
 }
 
+/// The managed exporters' actions: each is started when it does not run
+/// and restarted only when one of its own files changed (its arguments or
+/// settings) or, without systemd, it runs with other arguments.
+fn exporter_actions(host: &DesiredHost, facts: &Facts, decision: &mut Decision) {
+    for e in &host.exporters {
+        let paths = e.paths();
+        let changed = decision.pending_files.iter().any(|p| paths.contains(p));
+        let state = facts
+            .exporters
+            .get(e.daemon())
+            .unwrap_or(&ProcessState::Stopped);
+        let start = match daemon_start(
+            facts.systemd,
+            state,
+            &e.binary(),
+            &e.full_args(),
+            changed,
+        ) {
+            // Without systemd the settings are in the environment, which
+            // the command line does not show.
+            None if changed => Some(true),
+            start => start,
+        };
+        if let Some(restart) = start {
+            decision.actions.push(Action::StartExporter {
+                package: e.package.clone(),
+                restart,
+            });
+        }
+    }
+}
+
 /// Whether a daemon must be started (`Some(false)`) or restarted
 /// (`Some(true)`). Without systemd its command line must be ours (binary
 /// first, with every one of `flags`); with systemd its arguments live in a
@@ -456,6 +524,14 @@ mod tests {
         for f in script::systemd_files(host) {
             files.insert(f.path.clone(), systemd.then(|| f.sha256()));
         }
+        for e in &host.exporters {
+            for path in e.paths() {
+                files.insert(path, None);
+            }
+            for f in e.files(systemd, &host.interface) {
+                files.insert(f.path.clone(), Some(f.sha256()));
+            }
+        }
         let running_with = |args: Vec<String>| ProcessState::Running {
             args: if systemd { vec![] } else { args },
         };
@@ -489,13 +565,24 @@ mod tests {
                 }
                 None => ProcessState::Stopped,
             },
+            exporters: host
+                .exporters
+                .iter()
+                .map(|e| {
+                    let mut args = vec![e.binary()];
+                    args.extend(e.full_args());
+                    (e.daemon().to_owned(), running_with(args))
+                })
+                .collect(),
             programs: PROGRAMS
                 .iter()
                 .map(|(p, _)| (p.to_string(), true))
+                .chain(host.exporters.iter().map(|e| (e.binary(), true)))
                 .collect(),
             enabled: if systemd {
                 super::super::facts::boot_units(&host.interface)
                     .into_iter()
+                    .chain(host.exporters.iter().map(|e| e.unit()))
                     .map(|u| (u, true))
                     .collect()
             } else {
@@ -788,6 +875,7 @@ mod tests {
             wireguard_port: Port::new(51820).unwrap(),
             scraper: "10.0.0.1".parse().unwrap(),
             exporter_ports: vec![Port::new(9100).unwrap()],
+            probe_ports: Vec::new(),
             comment: "promguard-prod".into(),
         });
         let mut facts = converged(&host, true);
@@ -875,5 +963,108 @@ mod tests {
             .entries
             .push(super::super::guest::Entry::Package("prometheus".into()));
         assert!(decide(&host, &facts).is_ok());
+    }
+
+    fn with_postgres(mut host: DesiredHost) -> DesiredHost {
+        host.exporters
+            .push(super::super::exporters::tests::postgres());
+        host
+    }
+
+    /// A new managed exporter on a converged host: installed (with
+    /// packages allowed), its files written, systemd reloaded for the
+    /// drop-in, started; on a host without packages a clear error.
+    #[test]
+    fn a_new_managed_exporter_is_installed_configured_and_started() {
+        let host = with_postgres(node());
+        let mut facts = converged(&node(), true);
+        let binary = "/usr/bin/prometheus-postgres-exporter";
+        let err = {
+            let mut f = facts.clone();
+            f.exporters
+                .insert("prometheus-postgres-exporter".into(), ProcessState::Stopped);
+            f.programs.insert(binary.into(), false);
+            for path in host.exporters[0].paths() {
+                f.files.insert(path, None);
+            }
+            decide(&host, &f).unwrap_err().to_string()
+        };
+        assert!(
+            err.contains("node-1 has no /usr/bin/prometheus-postgres-exporter")
+                && err.contains("prometheus-postgres-exporter"),
+            "{err}"
+        );
+
+        let mut host = host;
+        host.install_packages = true;
+        facts
+            .exporters
+            .insert("prometheus-postgres-exporter".into(), ProcessState::Stopped);
+        facts.programs.insert(binary.into(), false);
+        for path in host.exporters[0].paths() {
+            facts.files.insert(path, None);
+        }
+        facts
+            .enabled
+            .insert("prometheus-postgres-exporter.service".into(), false);
+        let d = decide(&host, &facts).unwrap();
+        let paths: Vec<&str> = d.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/etc/default/prometheus-postgres-exporter",
+                "/etc/systemd/system/prometheus-postgres-exporter.service.d/promguard.conf"
+            ]
+        );
+        assert_eq!(d.files[0].mode, 0o600, "it holds the data source's password");
+        let actions: Vec<String> = d.actions.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            actions,
+            [
+                "apt-get install prometheus-postgres-exporter",
+                "systemctl daemon-reload",
+                "enable prometheus-postgres-exporter.service at boot",
+                "start prometheus-postgres-exporter",
+            ]
+        );
+    }
+
+    /// Converged, nothing happens; a changed setting restarts that
+    /// exporter only, with or without systemd.
+    #[test]
+    fn a_managed_exporter_restarts_only_when_its_settings_change() {
+        for systemd in [true, false] {
+            let host = with_postgres(node());
+            let facts = converged(&host, systemd);
+            assert!(decide(&host, &facts).unwrap().is_empty(), "systemd {systemd}");
+
+            let mut changed = host.clone();
+            changed.exporters[0].settings[0].1 = promguard_core::exporters::SettingValue::new(
+                "postgresql://pg:other@127.0.0.1/postgres".into(),
+                true,
+            )
+            .unwrap();
+            let d = decide(&changed, &facts).unwrap();
+            let actions: Vec<String> = d.actions.iter().map(ToString::to_string).collect();
+            assert_eq!(
+                actions,
+                ["restart prometheus-postgres-exporter"],
+                "systemd {systemd}"
+            );
+            assert_eq!(d.files.len(), 1);
+
+            // Stopped (crashed, or stopped by hand): started again.
+            let mut stopped = facts.clone();
+            stopped
+                .exporters
+                .insert("prometheus-postgres-exporter".into(), ProcessState::Stopped);
+            let actions: Vec<String> = decide(&host, &stopped)
+                .unwrap()
+                .actions
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(actions, ["start prometheus-postgres-exporter"]);
+        }
     }
 }

@@ -15,8 +15,8 @@ use crate::quote::{check_remote_path, shell_quote};
 /// is added or changes meaning, so a parser never misreads another
 /// version's output (2 added the `apply-pending` lines, 3 the `enabled`
 /// lines of systemd hosts, 6 the `guest` lines of hosts PromGuard did not
-/// create).
-pub const FACTS_HEADER: &str = "promguard-facts 6";
+/// create, 7 the `process` and `program` lines of managed exporters).
+pub const FACTS_HEADER: &str = "promguard-facts 7";
 
 /// Programs the recipe runs, with the Debian package providing each.
 pub const PROGRAMS: &[(&str, &str)] = &[
@@ -59,6 +59,15 @@ pub const WG_METRICS: &str = "wg_metrics";
 /// See [`NODE_EXPORTER`].
 pub const ALERTMANAGER: &str = "alertmanager";
 
+/// The recipe's own daemons, with their units on systemd hosts, in the
+/// order the facts report them (managed exporters follow).
+const DAEMONS: &[(&str, &str)] = &[
+    (NODE_EXPORTER, super::script::NODE_EXPORTER_UNIT),
+    (PROMETHEUS, super::script::PROMETHEUS_UNIT),
+    (WG_METRICS, super::script::WG_METRICS_UNIT),
+    (ALERTMANAGER, super::script::ALERTMANAGER_UNIT),
+];
+
 /// A host's state as the facts script saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
@@ -78,7 +87,11 @@ pub struct Facts {
     pub wg_metrics: ProcessState,
     /// Alertmanager.
     pub alertmanager: ProcessState,
-    /// Which of [`PROGRAMS`] are installed.
+    /// Each managed exporter's daemon, by its name
+    /// ([`super::ManagedExporter::daemon`]).
+    pub exporters: BTreeMap<String, ProcessState>,
+    /// Which of [`PROGRAMS`] (and the managed exporters' binaries) are
+    /// installed.
     pub programs: BTreeMap<String, bool>,
     /// On systemd hosts, which of the units PromGuard relies on at boot
     /// ([`boot_units`]) are enabled; empty without systemd.
@@ -174,7 +187,7 @@ pub enum ProcessState {
 /// which for these 6 KiB cost the host about 2 ms of CPU per run. Nothing
 /// runs before all of it is read, as with a script in a function.
 pub fn facts_script(interface: &InterfaceName, paths: &[String]) -> String {
-    read_and_run(facts_function(interface, paths, None))
+    read_and_run(facts_function(interface, paths, None, &[]))
 }
 
 /// [`facts_script`] for a host PromGuard is a guest on, whose WireGuard
@@ -184,7 +197,20 @@ pub fn facts_script_for_guest(
     paths: &[String],
     port: promguard_core::Port,
 ) -> String {
-    read_and_run(facts_function(interface, paths, Some(port)))
+    read_and_run(facts_function(interface, paths, Some(port), &[]))
+}
+
+/// The facts script for `host` (a guest's when it is one), whose managed
+/// files are `paths`: it also reports `host`'s managed exporters (their
+/// programs, daemons and units).
+pub fn facts_script_for(host: &super::DesiredHost, paths: &[String]) -> String {
+    let guest_port = host.guest.as_ref().map(|g| g.wireguard_port);
+    read_and_run(facts_function(
+        &host.interface,
+        paths,
+        guest_port,
+        &host.exporters,
+    ))
 }
 
 fn read_and_run(script: String) -> String {
@@ -206,19 +232,38 @@ fn facts_function(
     interface: &InterfaceName,
     paths: &[String],
     guest_port: Option<promguard_core::Port>,
+    exporters: &[super::ManagedExporter],
 ) -> String {
     let quoted_paths: Vec<String> = paths.iter().map(|p| shell_quote(p)).collect();
     let units: Vec<String> = boot_units(interface)
-        .iter()
-        .map(|u| shell_quote(u))
+        .into_iter()
+        .chain(exporters.iter().map(|e| e.unit()))
+        .map(|u| shell_quote(&u))
         .collect();
-    let programs: Vec<String> = PROGRAMS.iter().map(|(p, _)| shell_quote(p)).collect();
+    let programs: Vec<String> = PROGRAMS
+        .iter()
+        .map(|(p, _)| p.to_string())
+        .chain(exporters.iter().map(|e| e.binary()))
+        .map(|p| shell_quote(&p))
+        .collect();
+    let daemons: Vec<String> = DAEMONS
+        .iter()
+        .map(|(d, _)| d.to_string())
+        .chain(exporters.iter().map(|e| e.daemon().to_owned()))
+        .map(|d| shell_quote(&d))
+        .collect();
+    let daemon_units: Vec<String> = DAEMONS
+        .iter()
+        .map(|(_, u)| u.to_string())
+        .chain(exporters.iter().map(|e| e.unit()))
+        .map(|u| shell_quote(&u))
+        .collect();
     let array = |items: &[String]| format!("({})", items.join(" "));
     format!(
         "facts() {{\n\
          iface={iface}\nheader={header}\nmarker={marker}\nmarker_lines={marker_lines}\n\
-         node_exporter={node_exporter}\nprometheus={prometheus}\nwg_metrics={wg_metrics}\nalertmanager={alertmanager}\n\
          paths={paths}\nprograms={programs}\nunits={units}\n\
+         daemons={daemons}\ndaemon_units={daemon_units}\n\
          guest_port={guest_port}\nguest_manifest={guest_manifest}\nguest_lines={guest_lines}\n\
          {FACTS_BODY}}}\nfacts </dev/null\n",
         guest_port = guest_port.map(|p| p.to_string()).unwrap_or_default(),
@@ -228,13 +273,11 @@ fn facts_function(
         header = shell_quote(FACTS_HEADER),
         marker = shell_quote(APPLY_MARKER_PATH),
         marker_lines = MARKER_LINES_SHOWN,
-        node_exporter = NODE_EXPORTER,
-        prometheus = PROMETHEUS,
-        wg_metrics = WG_METRICS,
-        alertmanager = ALERTMANAGER,
         paths = array(&quoted_paths),
         programs = array(&programs),
         units = array(&units),
+        daemons = array(&daemons),
+        daemon_units = array(&daemon_units),
     )
 }
 
@@ -250,6 +293,18 @@ const MARKER_LINES_SHOWN: usize = APPLY_MARKER_MAX_FILES + 2;
 /// each must be reported exactly once. Lines before the header (noise from
 /// a login script) are skipped; everything after it must be understood.
 pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
+    parse_facts_for(output, paths, &[])
+}
+
+/// [`parse_facts`] for the output of [`facts_script_for`] on a host with
+/// `exporters`: each one's program and daemon must be reported too.
+pub fn parse_facts_for(
+    output: &str,
+    paths: &[String],
+    exporters: &[super::ManagedExporter],
+) -> Result<Facts, String> {
+    let binaries: Vec<String> = exporters.iter().map(|e| e.binary()).collect();
+    let mut exporter_states = BTreeMap::new();
     let mut lines = output.lines().skip_while(|l| *l != FACTS_HEADER);
     if lines.next().is_none() {
         return Err(format!(
@@ -311,7 +366,8 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
             "program" => {
                 let (present, path) = rest.split_once(' ').ok_or_else(bad)?;
                 let present = yes_no(present, "yes", "no").ok_or_else(bad)?;
-                if !PROGRAMS.iter().any(|(p, _)| *p == path) {
+                if !PROGRAMS.iter().any(|(p, _)| *p == path) && !binaries.iter().any(|b| b == path)
+                {
                     return Err(bad());
                 }
                 programs.insert(path.to_owned(), present);
@@ -362,6 +418,12 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
                     PROMETHEUS => &mut prometheus,
                     WG_METRICS => &mut wg_metrics,
                     ALERTMANAGER => &mut alertmanager,
+                    _ if exporters.iter().any(|e| e.daemon() == name) => {
+                        if exporter_states.insert(name.to_owned(), state).is_some() {
+                            return Err(format!("process {name} is reported twice"));
+                        }
+                        continue;
+                    }
                     _ => return Err(bad()),
                 };
                 *slot = Some(state);
@@ -412,7 +474,7 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
     if let Some(path) = paths.iter().find(|p| !files.contains_key(*p)) {
         return Err(format!("the output does not report file {path}"));
     }
-    if programs.len() != PROGRAMS.len() {
+    if programs.len() != PROGRAMS.len() + binaries.len() {
         return Err(missing("`program` line for every program; it"));
     }
     let present = interface.ok_or_else(|| missing("`interface`"))?;
@@ -452,6 +514,15 @@ pub fn parse_facts(output: &str, paths: &[String]) -> Result<Facts, String> {
         prometheus: prometheus.ok_or_else(|| missing("`process prometheus`"))?,
         wg_metrics: wg_metrics.ok_or_else(|| missing("`process wg_metrics`"))?,
         alertmanager: alertmanager.ok_or_else(|| missing("`process alertmanager`"))?,
+        exporters: {
+            if let Some(e) = exporters
+                .iter()
+                .find(|e| !exporter_states.contains_key(e.daemon()))
+            {
+                return Err(missing(&format!("`process {}`", e.daemon())));
+            }
+            exporter_states
+        },
         programs,
         enabled,
         pending,
@@ -518,7 +589,7 @@ mod tests {
 
     fn sample() -> String {
         format!(
-            "noise from a login script\npromguard-facts 6\nsystemd no\n\
+            "noise from a login script\npromguard-facts 7\nsystemd no\n\
              file {HASH} /etc/wireguard/wg0.conf\nfile missing /etc/promguard/nftables.conf\n\
              program yes /usr/bin/wg\nprogram yes /usr/bin/wg-quick\nprogram yes /usr/sbin/nft\n\
              program yes /usr/bin/prometheus-node-exporter\nprogram no /usr/bin/prometheus\nprogram no /usr/bin/prometheus-alertmanager\n\
@@ -556,6 +627,7 @@ mod tests {
                 prometheus: Stopped,
                 wg_metrics: Stopped,
                 alertmanager: Stopped,
+                exporters: {},
                 programs: {
                     "/usr/bin/prometheus": false,
                     "/usr/bin/prometheus-alertmanager": false,
@@ -638,10 +710,10 @@ mod tests {
     fn malformed_output_is_an_error_not_a_panic() {
         let good = sample();
         let cases: Vec<(String, &str)> = vec![
-            (String::new(), "no `promguard-facts 6` header"),
+            (String::new(), "no `promguard-facts 7` header"),
             (
-                good.replace("promguard-facts 6", "promguard-facts 1"),
-                "no `promguard-facts 6` header",
+                good.replace("promguard-facts 7", "promguard-facts 1"),
+                "no `promguard-facts 7` header",
             ),
             (
                 good.replace("apply-pending absent\n", ""),
@@ -870,7 +942,7 @@ mod tests {
         // Only the marker part runs (with the variables it reads): the
         // rest would look at this machine.
         let vars_start = local.find("marker=").unwrap();
-        let vars_end = vars_start + local[vars_start..].find("\nnode_exporter=").unwrap();
+        let vars_end = vars_start + local[vars_start..].find("\npaths=").unwrap();
         let start = local.find("# The apply marker").unwrap();
         let end = local.find("echo 'end'").unwrap();
         let part = &format!("{}\n{}", &local[vars_start..vars_end], &local[start..end]);

@@ -44,6 +44,9 @@ pub struct Guest {
     pub scraper: IpAddr,
     /// The host's exporter ports (TCP, on its WireGuard address).
     pub exporter_ports: Vec<Port>,
+    /// Ports of the host's own services a prober on the monitor reaches
+    /// over the tunnel (TCP, as [`promguard_core::FirewallPolicy::probe_ports`]).
+    pub probe_ports: Vec<Port>,
     /// The comment on PromGuard's ufw rules (`promguard-<deployment>`):
     /// letters, digits and `-` only.
     pub comment: String,
@@ -57,7 +60,7 @@ impl Guest {
             "allow {}/udp comment {}",
             self.wireguard_port, self.comment
         )];
-        for port in &self.exporter_ports {
+        for port in self.exporter_ports.iter().chain(&self.probe_ports) {
             rules.push(format!(
                 "allow in on {interface} from {} to any port {port} proto tcp comment {}",
                 self.scraper, self.comment
@@ -275,6 +278,7 @@ mod tests {
             wireguard_port: Port::new(51821).unwrap(),
             scraper: "10.0.0.1".parse().unwrap(),
             exporter_ports: vec![Port::new(9100).unwrap(), Port::new(9187).unwrap()],
+            probe_ports: Vec::new(),
             comment: "promguard-prod".into(),
         }
     }

@@ -24,6 +24,7 @@
 //! tracked by PID files in `/run/promguard`.
 
 pub mod decide;
+pub mod exporters;
 pub mod facts;
 pub mod guest;
 pub mod script;
@@ -40,6 +41,7 @@ use crate::session::Connection;
 
 pub use decide::{decide, Action, Decision};
 pub use facts::{parse_facts, Facts, GuestFacts, InterfaceState, PendingApply, ProcessState};
+pub use exporters::ManagedExporter;
 pub use guest::Guest;
 
 /// Everything one host should contain and run. The caller renders the
@@ -61,6 +63,8 @@ pub struct DesiredHost {
     pub files: Vec<DesiredFile>,
     /// Where node_exporter listens (the WireGuard address, port 9100).
     pub node_exporter_listen: SocketAddr,
+    /// Exporters installed from Debian packages, besides node_exporter.
+    pub exporters: Vec<ManagedExporter>,
     /// Where Prometheus listens (`127.0.0.1:9090`); `None` on hosts
     /// without Prometheus.
     pub prometheus_listen: Option<SocketAddr>,
@@ -132,6 +136,11 @@ pub enum FileKind {
     WgMetricsUnit,
     /// The recipe's own: Alertmanager's flags (`/etc/default`).
     AlertmanagerDefaults,
+    /// The recipe's own: a managed exporter's environment file (its
+    /// arguments and settings; 0600 when it holds a secret).
+    ExporterEnv,
+    /// The recipe's own: a managed exporter's unit drop-in.
+    ExporterDropIn,
 }
 
 impl FileKind {
@@ -147,6 +156,8 @@ impl FileKind {
                 | FileKind::WgMetricsScript
                 | FileKind::WgMetricsUnit
                 | FileKind::AlertmanagerDefaults
+                | FileKind::ExporterEnv
+                | FileKind::ExporterDropIn
         )
     }
 
@@ -154,7 +165,10 @@ impl FileKind {
     pub fn is_unit_file(self) -> bool {
         matches!(
             self,
-            FileKind::NodeExporterDropIn | FileKind::FirewallUnit | FileKind::WgMetricsUnit
+            FileKind::NodeExporterDropIn
+                | FileKind::FirewallUnit
+                | FileKind::WgMetricsUnit
+                | FileKind::ExporterDropIn
         )
     }
 }
@@ -251,21 +265,18 @@ fn facts_and_decision(
 ) -> Result<(Facts, Decision), RemoteError> {
     validate(host)?;
     let managed = managed_paths(host);
-    let facts_script = match &host.guest {
-        Some(guest) => {
-            facts::facts_script_for_guest(&host.interface, &managed, guest.wireguard_port)
-        }
-        None => facts::facts_script(&host.interface, &managed),
-    };
+    let facts_script = facts::facts_script_for(host, &managed);
     let output = conn.exec_root_checked("gathering facts", facts_script.as_bytes())?;
-    let facts =
-        parse_facts(&String::from_utf8_lossy(&output.stdout), &managed).map_err(|reason| {
-            RemoteError::Protocol {
-                host: host.name.clone(),
-                what: "the facts script".into(),
-                reason,
-            }
-        })?;
+    let facts = facts::parse_facts_for(
+        &String::from_utf8_lossy(&output.stdout),
+        &managed,
+        &host.exporters,
+    )
+    .map_err(|reason| RemoteError::Protocol {
+        host: host.name.clone(),
+        what: "the facts script".into(),
+        reason,
+    })?;
     let decision = decide(host, &facts)?;
     Ok((facts, decision))
 }
@@ -354,7 +365,41 @@ pub fn validate(host: &DesiredHost) -> Result<(), RemoteError> {
         reason,
     };
     let mut seen = BTreeSet::new();
+    let mut packages = BTreeSet::new();
+    for e in &host.exporters {
+        if !packages.insert(&e.package) {
+            return Err(invalid(
+                format!("exporter {}", e.name),
+                format!("package {} is listed twice", e.package),
+            ));
+        }
+        if e.listen.ip() != host.wireguard_address {
+            return Err(invalid(
+                format!("exporter {}", e.name),
+                format!(
+                    "it must listen on the WireGuard address {}, not {}",
+                    host.wireguard_address,
+                    e.listen.ip()
+                ),
+            ));
+        }
+        if let Some(reason) = e
+            .args
+            .iter()
+            .find_map(|a| promguard_core::exporters::check_arg(a).err())
+        {
+            return Err(invalid(format!("exporter {}", e.name), reason));
+        }
+    }
+    let exporter_paths: BTreeSet<String> =
+        host.exporters.iter().flat_map(|e| e.paths()).collect();
     for file in &host.files {
+        if exporter_paths.contains(&file.path) {
+            return Err(invalid(
+                format!("file {}", file.path),
+                "the recipe writes this file itself".into(),
+            ));
+        }
         check_remote_path(&file.path).map_err(|r| invalid(format!("file {:?}", file.path), r))?;
         if file.mode > 0o7777 {
             return Err(invalid(
@@ -422,6 +467,7 @@ pub fn managed_paths(host: &DesiredHost) -> Vec<String> {
         .map(|f| f.path.clone())
         .chain(script::COMMON_PATHS.iter().map(|p| p.to_string()))
         .chain(script::SYSTEMD_PATHS.iter().map(|p| p.to_string()))
+        .chain(host.exporters.iter().flat_map(|e| e.paths()))
         .collect()
 }
 
@@ -451,6 +497,7 @@ pub(crate) mod test_support {
                 ),
             ],
             node_exporter_listen: "10.0.0.2:9100".parse().unwrap(),
+            exporters: Vec::new(),
             prometheus_listen: None,
             alertmanager_listen: None,
             install_packages: false,

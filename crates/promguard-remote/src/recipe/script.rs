@@ -303,7 +303,7 @@ pub fn apply_script(host: &DesiredHost, systemd: bool, decision: &Decision) -> S
     // Packages first, so their files exist before ours replace them.
     for action in &decision.actions {
         if let Action::InstallPackages(packages) = action {
-            install_packages(&mut s, packages, systemd, guest);
+            install_packages(&mut s, host, packages, systemd, guest);
         }
     }
     // The marker goes in before the first file and lists every file whose
@@ -382,6 +382,9 @@ fn guest_notes(s: &mut String, systemd: bool, action: &Action) {
         Action::StartAlertmanager { .. } if systemd => {
             super::guest::note_units(s, &[ALERTMANAGER_UNIT.to_owned()])
         }
+        Action::StartExporter { package, .. } if systemd => {
+            super::guest::note_units(s, &[package.unit()])
+        }
         _ => {}
     }
 }
@@ -422,9 +425,22 @@ fn write_embedded(s: &mut String, file: &DesiredFile) {
 /// (node_exporter on every address) before PromGuard's config is in.
 pub(crate) const HELD_UNITS: &[&str] = &[NODE_EXPORTER_UNIT, PROMETHEUS_UNIT, ALERTMANAGER_UNIT];
 
-fn install_packages(s: &mut String, packages: &[String], systemd: bool, guest: bool) {
+fn install_packages(
+    s: &mut String,
+    host: &DesiredHost,
+    packages: &[String],
+    systemd: bool,
+    guest: bool,
+) {
     let list: Vec<String> = packages.iter().map(|p| shell_quote(p)).collect();
-    let held: Vec<String> = HELD_UNITS.iter().map(|u| shell_quote(u)).collect();
+    // An exporter's package would start it on every address with
+    // Debian's defaults, as node_exporter's would.
+    let held: Vec<String> = HELD_UNITS
+        .iter()
+        .map(|u| u.to_string())
+        .chain(host.exporters.iter().map(|e| e.unit()))
+        .map(|u| shell_quote(&u))
+        .collect();
     let _ = writeln!(
         s,
         "step {}",
@@ -541,8 +557,33 @@ fn plain_action(s: &mut String, host: &DesiredHost, action: &Action) {
         Action::ReloadAlertmanager => {
             let _ = writeln!(s, "signal_daemon {ALERTMANAGER} {ALERTMANAGER_BIN} HUP");
         }
+        Action::StartExporter { package, .. } => {
+            let e = exporter_of(host, package);
+            let args: Vec<String> = e.full_args().iter().map(|a| shell_quote(a)).collect();
+            let _ = writeln!(
+                s,
+                "start_env_daemon {d} {env} {bin} {args}\n\
+                 wait_listening {d} {listen} tail -n 20 {RUN_DIR}/{d}.log",
+                d = shell_quote(e.daemon()),
+                env = shell_quote(&e.plain_env_path()),
+                bin = shell_quote(&e.binary()),
+                args = args.join(" "),
+                listen = shell_quote(&e.listen.to_string()),
+            );
+        }
         Action::UfwAllow(rules) => ufw_allow(s, rules),
     }
+}
+
+/// The managed exporter of `package` on `host`: decide names only those.
+fn exporter_of<'a>(
+    host: &'a DesiredHost,
+    package: &promguard_core::exporters::DebianPackage,
+) -> &'a super::ManagedExporter {
+    host.exporters
+        .iter()
+        .find(|e| &e.package == package)
+        .expect("exporter actions only for the host's own exporters")
 }
 
 /// Commands for one action on a systemd host.
@@ -622,6 +663,18 @@ fn systemd_action(s: &mut String, host: &DesiredHost, action: &Action) {
             let _ = writeln!(
                 s,
                 "systemctl reload {ALERTMANAGER_UNIT} || fail \"cannot reload {ALERTMANAGER_UNIT}\""
+            );
+        }
+        Action::StartExporter { package, .. } => {
+            let e = exporter_of(host, package);
+            let unit_name = e.unit();
+            let unit = shell_quote(&unit_name);
+            let _ = writeln!(
+                s,
+                "systemctl unmask --runtime --quiet {unit}; systemctl enable --quiet {unit} && systemctl restart {unit} || fail \"cannot start {unit_name}\"\n\
+                 wait_listening {d} {listen} journalctl -u {unit} -n 20 --no-pager",
+                d = shell_quote(e.daemon()),
+                listen = shell_quote(&e.listen.to_string()),
             );
         }
         Action::UfwAllow(rules) => ufw_allow(s, rules),
@@ -719,7 +772,10 @@ mod tests {
 
     #[test]
     fn monitor_scripts_are_valid_bash() {
-        let host = monitor();
+        let mut host = monitor();
+        let mut exporter = super::super::exporters::tests::postgres();
+        exporter.listen = "10.0.0.1:9187".parse().unwrap();
+        host.exporters.push(exporter);
         let all = vec![
             Action::InstallPackages(vec!["wireguard-tools".into(), "prometheus".into()]),
             Action::DaemonReload,
@@ -736,11 +792,16 @@ mod tests {
             Action::ReloadAlertmanager,
             Action::StartPrometheus { restart: true },
             Action::ReloadPrometheus,
+            Action::StartExporter {
+                package: host.exporters[0].package.clone(),
+                restart: true,
+            },
         ];
         for systemd in [false, true] {
             let mut files = host.files.clone();
             files.extend(common_files());
             files.extend(systemd_files(&host));
+            files.extend(host.exporters[0].files(systemd, &host.interface));
             let decision = Decision {
                 pending_files: files.iter().map(|f| f.path.clone()).collect(),
                 files,
@@ -989,7 +1050,7 @@ mod tests {
     fn fresh_node_decision_produces_ordered_script() {
         let host = node();
         let facts = super::super::facts::parse_facts(
-            "promguard-facts 6\nsystemd no\nfile missing /etc/wireguard/wg0.conf\n\
+            "promguard-facts 7\nsystemd no\nfile missing /etc/wireguard/wg0.conf\n\
              file missing /etc/promguard/nftables.conf\n\
              file missing /etc/default/prometheus-node-exporter\n\
              file missing /etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf\n\

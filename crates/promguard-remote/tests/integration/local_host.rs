@@ -324,6 +324,7 @@ fn converge_a_local_monitor() {
             ),
         ],
         node_exporter_listen: "10.0.0.1:9100".parse().unwrap(),
+        exporters: Vec::new(),
         prometheus_listen: Some("127.0.0.1:9090".parse().unwrap()),
         alertmanager_listen: None,
         install_packages: false,
@@ -554,6 +555,7 @@ fn a_guest_refuses_the_hosts_own_interface_and_leaves_no_trace() {
             ),
         ],
         node_exporter_listen: "10.0.0.1:9100".parse().unwrap(),
+        exporters: Vec::new(),
         prometheus_listen: None,
         alertmanager_listen: None,
         install_packages: false,
@@ -561,6 +563,7 @@ fn a_guest_refuses_the_hosts_own_interface_and_leaves_no_trace() {
             wireguard_port: promguard_core::Port::new(51827).unwrap(),
             scraper: "10.0.0.2".parse().unwrap(),
             exporter_ports: vec![promguard_core::Port::new(9100).unwrap()],
+            probe_ports: Vec::new(),
             comment: "promguard-test".into(),
         }),
     };

@@ -1,10 +1,11 @@
 # shellcheck shell=bash
 # The facts script's body (src/recipe/facts.rs): reports a host's state as
 # lines the parser there reads. facts_script() puts it in a function after
-# setting iface, header, marker, marker_lines, node_exporter, prometheus,
-# wg_metrics, alertmanager and
-# the arrays paths, programs and units (every value quoted), and on hosts
-# PromGuard did not create guest_port, guest_manifest and guest_lines.
+# setting iface, header, marker, marker_lines and the arrays paths,
+# programs, units, daemons and daemon_units (the daemons' names in facts
+# and PID files, and their units, in the same order; every value quoted),
+# and on hosts PromGuard did not create guest_port, guest_manifest and
+# guest_lines.
 #
 # It runs on every host in every run, so it starts as few processes as it
 # can: bash builtins and files of /proc instead of ss, tr, awk, grep, head
@@ -71,8 +72,8 @@ if nft list table inet promguard >/dev/null 2>&1; then echo 'firewall loaded'; e
 if [ "$sd" = 1 ]; then
   # One `systemctl is-active` for every daemon: a state per unit, in
   # order; running is what `is-active --quiet` accepts.
-  { states=$(systemctl is-active prometheus-node-exporter.service prometheus.service promguard-wg-metrics.service prometheus-alertmanager.service); } 2>/dev/null
-  for name in "$node_exporter" "$prometheus" "$wg_metrics" "$alertmanager"; do
+  { states=$(systemctl is-active "${daemon_units[@]}"); } 2>/dev/null
+  for name in "${daemons[@]}"; do
     state=${states%%$'\n'*}
     case "$states" in *$'\n'*) states=${states#*$'\n'};; *) states=;; esac
     case "$state" in
@@ -81,7 +82,7 @@ if [ "$sd" = 1 ]; then
     esac
   done
 else
-  for name in "$node_exporter" "$prometheus" "$wg_metrics" "$alertmanager"; do
+  for name in "${daemons[@]}"; do
     pid=
     [ -r "/run/promguard/$name.pid" ] && read -r pid < "/run/promguard/$name.pid"
     case "$pid" in ''|*[!0-9]*) echo "process $name stopped"; continue;; esac

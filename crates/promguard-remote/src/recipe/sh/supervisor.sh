@@ -51,3 +51,13 @@ signal_daemon() {
   is_ours "$pid" "$2" || fail "$1 is not running"
   kill "-$3" "$pid" || fail "cannot signal $1"
 }
+# start_env_daemon NAME ENVFILE BINARY ARGS...: start_daemon with the
+# variables of ENVFILE (NAME='value' lines) in its environment. The file
+# is read here, as root, so it can be 0600 (it may hold a password), and
+# in a subshell, so its variables stay out of the rest of the script.
+start_env_daemon() {
+  name=$1 envfile=$2; shift 2
+  [ -r "$envfile" ] || fail "cannot read $envfile"
+  # shellcheck disable=SC1090
+  ( set -a; . "$envfile"; set +a; start_daemon "$name" "$@" ) || fail "cannot start $name"
+}

@@ -99,6 +99,16 @@ signal_daemon() {
   is_ours "$pid" "$2" || fail "$1 is not running"
   kill "-$3" "$pid" || fail "cannot signal $1"
 }
+# start_env_daemon NAME ENVFILE BINARY ARGS...: start_daemon with the
+# variables of ENVFILE (NAME='value' lines) in its environment. The file
+# is read here, as root, so it can be 0600 (it may hold a password), and
+# in a subshell, so its variables stay out of the rest of the script.
+start_env_daemon() {
+  name=$1 envfile=$2; shift 2
+  [ -r "$envfile" ] || fail "cannot read $envfile"
+  # shellcheck disable=SC1090
+  ( set -a; . "$envfile"; set +a; start_daemon "$name" "$@" ) || fail "cannot start $name"
+}
 # shellcheck shell=bash
 # Route upkeep after `wg syncconf`, which adds no routes for new peers.
 # Part of every apply script PromGuard generates (src/recipe/script.rs), inside
@@ -195,7 +205,8 @@ IC9ldGMvc3lzdGVtZC9zeXN0ZW0vcHJvbWV0aGV1cy1ub2RlLWV4cG9ydGVyLnNlcnZpY2UuZC9w
 cm9tZ3VhcmQuY29uZgpmaWxlIC9ldGMvc3lzdGVtZC9zeXN0ZW0vcHJvbWd1YXJkLWZpcmV3YWxs
 LnNlcnZpY2UKZmlsZSAvZXRjL3N5c3RlbWQvc3lzdGVtL3Byb21ndWFyZC13Zy1tZXRyaWNzLnNl
 cnZpY2UKZmlsZSAvZXRjL2RlZmF1bHQvcHJvbWV0aGV1cwpmaWxlIC9ldGMvZGVmYXVsdC9wcm9t
-ZXRoZXVzLWFsZXJ0bWFuYWdlcgo=
+ZXRoZXVzLWFsZXJ0bWFuYWdlcgpmaWxlIC9ldGMvcHJvbWd1YXJkL2V4cG9ydGVycy9wcm9tZXRo
+ZXVzLXBvc3RncmVzLWV4cG9ydGVyLmVudgo=
 PROMGUARD_EOF
 step 'write /etc/wireguard/wg0.conf'
 write_file '/etc/wireguard/wg0.conf' 0600 <<'PROMGUARD_EOF'
@@ -355,6 +366,13 @@ dXMvYWxlcnRtYW5hZ2VyLnltbCAtLXN0b3JhZ2UucGF0aD0vdmFyL2xpYi9wcm9tZXRoZXVzL2Fs
 ZXJ0bWFuYWdlciAtLXdlYi5saXN0ZW4tYWRkcmVzcz0xMjcuMC4wLjE6OTA5MyAtLWNsdXN0ZXIu
 bGlzdGVuLWFkZHJlc3M9Igo=
 PROMGUARD_EOF
+step 'write /etc/promguard/exporters/prometheus-postgres-exporter.env'
+write_file '/etc/promguard/exporters/prometheus-postgres-exporter.env' 0600 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZDogcG9zdGdyZXMgKHByb21ldGhldXMtcG9zdGdyZXMtZXhw
+b3J0ZXIpLCBib3VuZCB0byB0aGUgV2lyZUd1YXJkIGFkZHJlc3MuCkFSR1M9Ii0td2ViLmxpc3Rl
+bi1hZGRyZXNzPTEwLjAuMC4xOjkxODcgLS1sb2cubGV2ZWw9d2FybiIKREFUQV9TT1VSQ0VfTkFN
+RT0ncG9zdGdyZXNxbDovL3BnOmh1bnRlcjJAMTI3LjAuMC4xL3Bvc3RncmVzJwo=
+PROMGUARD_EOF
 step 'systemctl daemon-reload'
 step 'recreate wg0 and wg-quick up wg0'
 ip link delete dev 'wg0' 2>/dev/null
@@ -390,6 +408,9 @@ start_daemon prometheus /usr/bin/prometheus '--config.file=/etc/prometheus/prome
 wait_listening prometheus '127.0.0.1:9090' tail -n 20 /run/promguard/prometheus.log
 step 'reload prometheus'
 signal_daemon prometheus /usr/bin/prometheus HUP
+step 'restart prometheus-postgres-exporter'
+start_env_daemon 'prometheus-postgres-exporter' '/etc/promguard/exporters/prometheus-postgres-exporter.env' '/usr/bin/prometheus-postgres-exporter' '--web.listen-address=10.0.0.1:9187' '--log.level=warn'
+wait_listening 'prometheus-postgres-exporter' '10.0.0.1:9187' tail -n 20 /run/promguard/'prometheus-postgres-exporter'.log
 step 'clear /etc/promguard/apply-pending'
 rm -f -- '/etc/promguard/apply-pending' || fail "cannot remove /etc/promguard/apply-pending"
 echo 'step done'

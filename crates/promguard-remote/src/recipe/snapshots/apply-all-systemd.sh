@@ -128,9 +128,9 @@ apt_install() {
 }
 step 'apt-get install wireguard-tools prometheus'
 apt_begin '/var/log/promguard/apt.log'
-hold_units 'prometheus-node-exporter.service' 'prometheus.service' 'prometheus-alertmanager.service'
+hold_units 'prometheus-node-exporter.service' 'prometheus.service' 'prometheus-alertmanager.service' 'prometheus-postgres-exporter.service'
 apt_install 'wireguard-tools' 'prometheus'
-release_units 'prometheus-node-exporter.service' 'prometheus.service' 'prometheus-alertmanager.service'
+release_units 'prometheus-node-exporter.service' 'prometheus.service' 'prometheus-alertmanager.service' 'prometheus-postgres-exporter.service'
 step 'mark /etc/promguard/apply-pending'
 write_file '/etc/promguard/apply-pending' 0600 <<'PROMGUARD_EOF'
 cHJvbWd1YXJkLWFwcGx5LXBlbmRpbmcgMQpmaWxlIC9ldGMvd2lyZWd1YXJkL3dnMC5jb25mCmZp
@@ -142,7 +142,9 @@ IC9ldGMvc3lzdGVtZC9zeXN0ZW0vcHJvbWV0aGV1cy1ub2RlLWV4cG9ydGVyLnNlcnZpY2UuZC9w
 cm9tZ3VhcmQuY29uZgpmaWxlIC9ldGMvc3lzdGVtZC9zeXN0ZW0vcHJvbWd1YXJkLWZpcmV3YWxs
 LnNlcnZpY2UKZmlsZSAvZXRjL3N5c3RlbWQvc3lzdGVtL3Byb21ndWFyZC13Zy1tZXRyaWNzLnNl
 cnZpY2UKZmlsZSAvZXRjL2RlZmF1bHQvcHJvbWV0aGV1cwpmaWxlIC9ldGMvZGVmYXVsdC9wcm9t
-ZXRoZXVzLWFsZXJ0bWFuYWdlcgo=
+ZXRoZXVzLWFsZXJ0bWFuYWdlcgpmaWxlIC9ldGMvZGVmYXVsdC9wcm9tZXRoZXVzLXBvc3RncmVz
+LWV4cG9ydGVyCmZpbGUgL2V0Yy9zeXN0ZW1kL3N5c3RlbS9wcm9tZXRoZXVzLXBvc3RncmVzLWV4
+cG9ydGVyLnNlcnZpY2UuZC9wcm9tZ3VhcmQuY29uZgo=
 PROMGUARD_EOF
 step 'write /etc/wireguard/wg0.conf'
 write_file '/etc/wireguard/wg0.conf' 0600 <<'PROMGUARD_EOF'
@@ -302,6 +304,20 @@ dXMvYWxlcnRtYW5hZ2VyLnltbCAtLXN0b3JhZ2UucGF0aD0vdmFyL2xpYi9wcm9tZXRoZXVzL2Fs
 ZXJ0bWFuYWdlciAtLXdlYi5saXN0ZW4tYWRkcmVzcz0xMjcuMC4wLjE6OTA5MyAtLWNsdXN0ZXIu
 bGlzdGVuLWFkZHJlc3M9Igo=
 PROMGUARD_EOF
+step 'write /etc/default/prometheus-postgres-exporter'
+write_file '/etc/default/prometheus-postgres-exporter' 0600 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZDogcG9zdGdyZXMgKHByb21ldGhldXMtcG9zdGdyZXMtZXhw
+b3J0ZXIpLCBib3VuZCB0byB0aGUgV2lyZUd1YXJkIGFkZHJlc3MuCkFSR1M9Ii0td2ViLmxpc3Rl
+bi1hZGRyZXNzPTEwLjAuMC4xOjkxODcgLS1sb2cubGV2ZWw9d2FybiIKREFUQV9TT1VSQ0VfTkFN
+RT0ncG9zdGdyZXNxbDovL3BnOmh1bnRlcjJAMTI3LjAuMC4xL3Bvc3RncmVzJwo=
+PROMGUARD_EOF
+step 'write /etc/systemd/system/prometheus-postgres-exporter.service.d/promguard.conf'
+write_file '/etc/systemd/system/prometheus-postgres-exporter.service.d/promguard.conf' 0644 <<'PROMGUARD_EOF'
+IyBNYW5hZ2VkIGJ5IFByb21HdWFyZDogcHJvbWV0aGV1cy1wb3N0Z3Jlcy1leHBvcnRlciBiaW5k
+cyB0byB0aGUgV2lyZUd1YXJkIGFkZHJlc3MuCltVbml0XQpXYW50cz13Zy1xdWlja0B3ZzAuc2Vy
+dmljZQpBZnRlcj13Zy1xdWlja0B3ZzAuc2VydmljZQoKW1NlcnZpY2VdClJlc3RhcnQ9b24tZmFp
+bHVyZQpSZXN0YXJ0U2VjPTIK
+PROMGUARD_EOF
 step 'systemctl daemon-reload'
 systemctl daemon-reload || fail "systemctl daemon-reload failed"
 step 'recreate wg0 and wg-quick up wg0'
@@ -335,6 +351,9 @@ systemctl unmask --runtime --quiet prometheus.service; systemctl enable --quiet 
 wait_listening prometheus '127.0.0.1:9090' journalctl -u prometheus.service -n 20 --no-pager
 step 'reload prometheus'
 systemctl reload prometheus.service || fail "cannot reload prometheus.service"
+step 'restart prometheus-postgres-exporter'
+systemctl unmask --runtime --quiet 'prometheus-postgres-exporter.service'; systemctl enable --quiet 'prometheus-postgres-exporter.service' && systemctl restart 'prometheus-postgres-exporter.service' || fail "cannot start prometheus-postgres-exporter.service"
+wait_listening 'prometheus-postgres-exporter' '10.0.0.1:9187' journalctl -u 'prometheus-postgres-exporter.service' -n 20 --no-pager
 step 'clear /etc/promguard/apply-pending'
 rm -f -- '/etc/promguard/apply-pending' || fail "cannot remove /etc/promguard/apply-pending"
 echo 'step done'

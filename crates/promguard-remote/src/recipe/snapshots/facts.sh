@@ -1,26 +1,25 @@
-IFS= read -r -N 7331 facts_script && eval "$facts_script"
+IFS= read -r -N 7305 facts_script && eval "$facts_script"
 facts() {
 iface='wg0'
-header='promguard-facts 6'
+header='promguard-facts 7'
 marker='/etc/promguard/apply-pending'
 marker_lines=258
-node_exporter=node_exporter
-prometheus=prometheus
-wg_metrics=wg_metrics
-alertmanager=alertmanager
 paths=('/etc/wireguard/wg0.conf' '/etc/promguard/nftables.conf')
 programs=('/usr/bin/wg' '/usr/bin/wg-quick' '/usr/sbin/nft' '/usr/bin/prometheus-node-exporter' '/usr/bin/prometheus' '/usr/bin/prometheus-alertmanager')
 units=('promguard-firewall.service' 'wg-quick@wg0.service' 'prometheus-node-exporter.service' 'promguard-wg-metrics.service' 'prometheus.service' 'prometheus-alertmanager.service')
+daemons=('node_exporter' 'prometheus' 'wg_metrics' 'alertmanager')
+daemon_units=('prometheus-node-exporter.service' 'prometheus.service' 'promguard-wg-metrics.service' 'prometheus-alertmanager.service')
 guest_port=
 guest_manifest='/etc/promguard/guest-manifest'
 guest_lines=513
 # shellcheck shell=bash
 # The facts script's body (src/recipe/facts.rs): reports a host's state as
 # lines the parser there reads. facts_script() puts it in a function after
-# setting iface, header, marker, marker_lines, node_exporter, prometheus,
-# wg_metrics, alertmanager and
-# the arrays paths, programs and units (every value quoted), and on hosts
-# PromGuard did not create guest_port, guest_manifest and guest_lines.
+# setting iface, header, marker, marker_lines and the arrays paths,
+# programs, units, daemons and daemon_units (the daemons' names in facts
+# and PID files, and their units, in the same order; every value quoted),
+# and on hosts PromGuard did not create guest_port, guest_manifest and
+# guest_lines.
 #
 # It runs on every host in every run, so it starts as few processes as it
 # can: bash builtins and files of /proc instead of ss, tr, awk, grep, head
@@ -87,8 +86,8 @@ if nft list table inet promguard >/dev/null 2>&1; then echo 'firewall loaded'; e
 if [ "$sd" = 1 ]; then
   # One `systemctl is-active` for every daemon: a state per unit, in
   # order; running is what `is-active --quiet` accepts.
-  { states=$(systemctl is-active prometheus-node-exporter.service prometheus.service promguard-wg-metrics.service prometheus-alertmanager.service); } 2>/dev/null
-  for name in "$node_exporter" "$prometheus" "$wg_metrics" "$alertmanager"; do
+  { states=$(systemctl is-active "${daemon_units[@]}"); } 2>/dev/null
+  for name in "${daemons[@]}"; do
     state=${states%%$'\n'*}
     case "$states" in *$'\n'*) states=${states#*$'\n'};; *) states=;; esac
     case "$state" in
@@ -97,7 +96,7 @@ if [ "$sd" = 1 ]; then
     esac
   done
 else
-  for name in "$node_exporter" "$prometheus" "$wg_metrics" "$alertmanager"; do
+  for name in "${daemons[@]}"; do
     pid=
     [ -r "/run/promguard/$name.pid" ] && read -r pid < "/run/promguard/$name.pid"
     case "$pid" in ''|*[!0-9]*) echo "process $name stopped"; continue;; esac
