@@ -173,4 +173,7 @@ pub enum RenderWhat {
     Targets,
     /// The nftables ruleset
     Nftables,
+    /// What each exporter PromGuard installs from a Debian package gets
+    /// (its environment file and unit drop-in, secrets redacted)
+    Exporters,
 }

@@ -277,11 +277,50 @@ pub fn make_plan(project: &Project, state: Option<&State>) -> anyhow::Result<Pla
         if let Some(p) = &mut host.prometheus {
             p.smtp_password = password.clone();
         }
+        resolve_exporter_settings(project, host)?;
     }
     if let Some(state) = state {
         promguard_wg::files::add_file_changes(&mut plan, state);
     }
     Ok(plan)
+}
+
+/// Reads the secret settings of `host`'s managed exporters from the files
+/// (relative to the config's directory; one trailing newline is not part
+/// of the value) and environment variables the config names. Never
+/// printed: an error names the source, not the value.
+fn resolve_exporter_settings(
+    project: &Project,
+    host: &mut promguard_core::HostPlan,
+) -> anyhow::Result<()> {
+    use promguard_core::exporters::{SettingSource, SettingValue};
+    for exporter in &mut host.exporters {
+        let name = exporter.name.clone();
+        let promguard_core::ExporterKind::Packaged(packaged) = &mut exporter.kind else {
+            continue;
+        };
+        for setting in &mut packaged.settings {
+            let what = format!("{} of exporter {name} on {}", setting.name, host.name);
+            let text = match &setting.source {
+                SettingSource::Value(_) => continue,
+                SettingSource::Env(var) => std::env::var(var).with_context(|| {
+                    format!("{what} comes from ${var}, which is not set (or not UTF-8); set it")
+                })?,
+                SettingSource::File(file) => {
+                    let path = project.dir.join(file);
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {what} from {}", path.display()))?;
+                    let text = text.strip_suffix('\n').unwrap_or(&text);
+                    text.strip_suffix('\r').unwrap_or(text).to_owned()
+                }
+            };
+            let value = SettingValue::new(text, true).map_err(|reason| {
+                anyhow::anyhow!("{what} ({}) is refused: {reason}", setting.source)
+            })?;
+            setting.value = Some(value);
+        }
+    }
+    Ok(())
 }
 
 /// The SMTP password `alerts.email` names: an environment variable, or a

@@ -1019,6 +1019,12 @@ impl Fleet {
             .iter()
             .chain(own_scrape)
             .map(|t| (t.job.to_string(), format!("http://{}/metrics", t.address)))
+            .chain(
+                prometheus
+                    .probes
+                    .iter()
+                    .map(|p| (p.job.clone(), probe_scrape_url(p))),
+            )
             .collect();
         let name = monitor.name.clone();
         self.event(Event::Step {
@@ -1060,6 +1066,31 @@ impl Fleet {
         });
         result.map(|targets| Verified { targets })
     }
+}
+
+/// The URL Prometheus scrapes for `probe`, as its targets API reports it:
+/// the parameters sorted by name and escaped as Go's
+/// `url.QueryEscape` does (every byte but letters, digits and `-_.~`).
+pub fn probe_scrape_url(probe: &promguard_core::ProbeTarget) -> String {
+    fn escape(text: &str) -> String {
+        let mut out = String::new();
+        for b in text.bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                out.push(b as char);
+            } else if b == b' ' {
+                out.push('+');
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+    format!(
+        "http://{}/probe?module={}&target={}",
+        probe.prober,
+        escape(&probe.module),
+        escape(&probe.url)
+    )
 }
 
 /// The scrape job PromGuard's targets are in on a Prometheus of the
@@ -1318,6 +1349,23 @@ fn poll_targets(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_urls_are_those_prometheus_reports() {
+        let probe = promguard_core::ProbeTarget {
+            job: "blackbox_probe".into(),
+            prober: "10.0.0.1:9115".parse().unwrap(),
+            module: "http_2xx".into(),
+            url: "http://[fd00::3]:80/health?x=1".into(),
+            instance: HostName::new("web-1").unwrap(),
+            region: promguard_core::Region::new("lon1").unwrap(),
+            role: Role::Node,
+        };
+        assert_eq!(
+            probe_scrape_url(&probe),
+            "http://10.0.0.1:9115/probe?module=http_2xx&target=http%3A%2F%2F%5Bfd00%3A%3A3%5D%3A80%2Fhealth%3Fx%3D1"
+        );
+    }
 
     fn target(url: &str, health: Health, error: &str) -> TargetHealth {
         TargetHealth {

@@ -463,13 +463,7 @@ fn exporter_actions(host: &DesiredHost, facts: &Facts, decision: &mut Decision) 
             .exporters
             .get(e.daemon())
             .unwrap_or(&ProcessState::Stopped);
-        let start = match daemon_start(
-            facts.systemd,
-            state,
-            &e.binary(),
-            &e.full_args(),
-            changed,
-        ) {
+        let start = match daemon_start(facts.systemd, state, &e.binary(), &e.full_args(), changed) {
             // Without systemd the settings are in the environment, which
             // the command line does not show.
             None if changed => Some(true),
@@ -1016,7 +1010,10 @@ mod tests {
                 "/etc/systemd/system/prometheus-postgres-exporter.service.d/promguard.conf"
             ]
         );
-        assert_eq!(d.files[0].mode, 0o600, "it holds the data source's password");
+        assert_eq!(
+            d.files[0].mode, 0o600,
+            "it holds the data source's password"
+        );
         let actions: Vec<String> = d.actions.iter().map(ToString::to_string).collect();
         assert_eq!(
             actions,
@@ -1036,7 +1033,10 @@ mod tests {
         for systemd in [true, false] {
             let host = with_postgres(node());
             let facts = converged(&host, systemd);
-            assert!(decide(&host, &facts).unwrap().is_empty(), "systemd {systemd}");
+            assert!(
+                decide(&host, &facts).unwrap().is_empty(),
+                "systemd {systemd}"
+            );
 
             let mut changed = host.clone();
             changed.exporters[0].settings[0].1 = promguard_core::exporters::SettingValue::new(

@@ -144,12 +144,7 @@ impl ManagedExporter {
         }
         let wg_unit = format!("wg-quick@{interface}.service");
         vec![
-            DesiredFile::new(
-                FileKind::ExporterEnv,
-                self.defaults_path(),
-                mode,
-                content,
-            ),
+            DesiredFile::new(FileKind::ExporterEnv, self.defaults_path(), mode, content),
             DesiredFile::new(
                 FileKind::ExporterDropIn,
                 self.dropin_path(),
@@ -242,8 +237,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("env");
         let mut e = postgres();
-        e.settings[0].1 =
-            SettingValue::new("a \"b\" $HOME `id` \\ ; #c".into(), true).unwrap();
+        e.settings[0].1 = SettingValue::new("a \"b\" $HOME `id` \\ ; #c".into(), true).unwrap();
         std::fs::write(&path, e.env_file_content(false)).unwrap();
         let out = std::process::Command::new("sh")
             .args([

@@ -40,8 +40,8 @@ use crate::quote::check_remote_path;
 use crate::session::Connection;
 
 pub use decide::{decide, Action, Decision};
-pub use facts::{parse_facts, Facts, GuestFacts, InterfaceState, PendingApply, ProcessState};
 pub use exporters::ManagedExporter;
+pub use facts::{parse_facts, Facts, GuestFacts, InterfaceState, PendingApply, ProcessState};
 pub use guest::Guest;
 
 /// Everything one host should contain and run. The caller renders the
@@ -391,8 +391,7 @@ pub fn validate(host: &DesiredHost) -> Result<(), RemoteError> {
             return Err(invalid(format!("exporter {}", e.name), reason));
         }
     }
-    let exporter_paths: BTreeSet<String> =
-        host.exporters.iter().flat_map(|e| e.paths()).collect();
+    let exporter_paths: BTreeSet<String> = host.exporters.iter().flat_map(|e| e.paths()).collect();
     for file in &host.files {
         if exporter_paths.contains(&file.path) {
             return Err(invalid(
