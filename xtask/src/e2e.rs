@@ -418,13 +418,6 @@ pub(crate) fn check_gone(name: &str, pids: &[u32]) -> Result<()> {
     Ok(())
 }
 
-/// Steps 1-6 of the scenario: up with a monitor and three nodes, every
-/// target up over WireGuard; outsiders refused; nodes isolated; a no-op
-/// second up; a fourth node; node 2 removed. `hosts_on` is the local
-/// provider whose namespace hosts are the deployment's hosts (the fake
-/// DigitalOcean's droplets are too); without one (a real cloud) the checks
-/// that need an outsider on the hosts' network are left out. Returns the
-/// durations of the fresh and the no-op `up`.
 /// 6c. An exporter of the operator's that is not running: `up` verifies
 /// every other target, then fails at once naming where nothing listens
 /// (not after its verify timeout); without it, `up` succeeds again. The
@@ -469,6 +462,13 @@ fn unmanaged_exporter_not_running(d: &Deployment) -> Result<()> {
     Ok(())
 }
 
+/// Steps 1-6 of the scenario: up with a monitor and three nodes, every
+/// target up over WireGuard; outsiders refused; nodes isolated; a no-op
+/// second up; a fourth node; node 2 removed. `hosts_on` is the local
+/// provider whose namespace hosts are the deployment's hosts (the fake
+/// DigitalOcean's droplets are too); without one (a real cloud) the checks
+/// that need an outsider on the hosts' network are left out. Returns the
+/// durations of the fresh and the no-op `up`.
 pub(crate) fn scenario(
     d: &Deployment,
     hosts_on: Option<&promguard_cloud::local::LocalProvider>,
@@ -654,12 +654,21 @@ pub(crate) fn scenario(
 /// collector (a handshake as a recent Unix time, labelled with the peer's
 /// name), and no WireGuard series holds a private or preshared key.
 fn wireguard_metrics(d: &Deployment, monitor: &str, nodes: &[&str]) -> Result<()> {
-    // Through `promguard tunnel`, as a user would query them.
+    with_tunnel(d, |query| wireguard_metrics_via(d, monitor, nodes, query))
+}
+
+/// Runs `f` with a query function that asks the monitor's Prometheus
+/// through `promguard tunnel`, as a user would query it, and ends the
+/// tunnel afterwards.
+pub(crate) fn with_tunnel<T>(
+    d: &Deployment,
+    f: impl FnOnce(&dyn Fn(&str) -> Result<Value>) -> Result<T>,
+) -> Result<T> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let tunnel = d.start(&["tunnel", "--port", &port.to_string()])?;
-    let result = (|| -> Result<()> {
+    let result = (|| -> Result<T> {
         // It prints its URL on stdout, which `start` closes: wait until
         // the port accepts instead.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -671,7 +680,7 @@ fn wireguard_metrics(d: &Deployment, monitor: &str, nodes: &[&str]) -> Result<()
             std::thread::sleep(Duration::from_millis(100));
         }
         let query = |q: &str| -> Result<Value> { prometheus_query(port, q) };
-        wireguard_metrics_via(d, monitor, nodes, &query)
+        f(&query)
     })();
     tunnel.signal(nix::sys::signal::Signal::SIGINT)?;
     let _ = tunnel.finish(Duration::from_secs(10));

@@ -14,6 +14,10 @@
 //!   hosts the test prepares itself: ufw, a WireGuard interface of their
 //!   own, a sudo login, the user's Prometheus, a node behind NAT), left as
 //!   they were found by `down`.
+//! - `e2e --exporters`: managed exporters (postgres, redis, nginx,
+//!   process, blackbox) on systemd hosts running PostgreSQL, redis and
+//!   nginx: bound to the tunnel, restarted only on change, back after a
+//!   reboot, stopped when dropped.
 //! - `e2e --faults`: the fault tests on local hosts (unreachable hosts,
 //!   signals, a lost state file, healing, hostile input, secrets).
 //! - `e2e --attack`: the attacker's-eye suite (port scans over IPv4 and
@@ -42,6 +46,7 @@ mod deps;
 mod e2e;
 mod e2e_alerts;
 mod e2e_existing;
+mod e2e_exporters;
 mod e2e_fake;
 mod e2e_systemd;
 mod example;
@@ -71,6 +76,10 @@ fn main() -> Result<()> {
                     deps::ensure()?;
                     e2e_systemd::systemd(&root)
                 }
+                ["--exporters"] => {
+                    deps::ensure()?;
+                    e2e_exporters::run(&root)
+                }
                 ["--existing"] => {
                     deps::ensure()?;
                     e2e_existing::run(&root)
@@ -92,7 +101,7 @@ fn main() -> Result<()> {
                     example::run(&root)
                 }
                 [] => e2e_fake::real(&root),
-                other => bail!("unknown e2e arguments {other:?}; use --local, --systemd, --existing, --fake, --faults, --attack, --alerts, --example or nothing (real DigitalOcean)"),
+                other => bail!("unknown e2e arguments {other:?}; use --local, --systemd, --existing, --exporters, --fake, --faults, --attack, --alerts, --example or nothing (real DigitalOcean)"),
             }
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("--systemd") => {
@@ -198,6 +207,7 @@ fn test(root: &Path) -> Result<()> {
     example::run(root)?;
     e2e_systemd::systemd(root)?;
     e2e_existing::run(root)?;
+    e2e_exporters::run(root)?;
     faults::run(root)?;
     e2e_fake::fake(root)?;
     eprintln!("xtask test: everything passed");

@@ -545,8 +545,20 @@ impl LocalProvider {
         underlay: Ipv4Network,
         boot: &SystemdBoot,
     ) -> Result<(), CloudError> {
-        if record.mirror_server.is_some_and(|s| s.is_alive()) {
-            return Ok(());
+        if let Some(server) = record.mirror_server.filter(|s| s.is_alive()) {
+            if record.mirror_dir.as_ref() == Some(&boot.mirror.dir) {
+                return Ok(());
+            }
+            // The config now names other packages (an exporter added to a
+            // running deployment): serve the mirror that has them.
+            server.kill();
+            if !server.wait_gone(STOP_TIMEOUT) {
+                return Err(self.deployment_error(format!(
+                    "the package mirror server (pid {}) did not end within {} s of SIGKILL",
+                    server.pid,
+                    STOP_TIMEOUT.as_secs()
+                )));
+            }
         }
         let log = self
             .state
@@ -560,7 +572,34 @@ impl LocalProvider {
         )
         .map_err(|e| self.deployment_error(e))?;
         record.mirror_server = Some(server);
+        record.mirror_dir = Some(boot.mirror.dir.clone());
         self.save(record)
+    }
+
+    /// [`LocalProvider::reconcile_deployment`]: restarts the mirror server
+    /// of a deployment with systemd hosts on the mirror the options name.
+    fn reconcile_mirror_blocking(&self) -> Result<(), CloudError> {
+        let has_systemd_hosts = |record: &DeploymentRecord| {
+            record.hosts.iter().any(|h| h.kind == HostKind::Systemd)
+        };
+        match self.load()? {
+            Some(record) if has_systemd_hosts(&record) && record.underlay.is_some() => {}
+            _ => return Ok(()),
+        }
+        // Built outside the deployment's lock, as when creating hosts.
+        let Some(boot) = self.systemd_boot()? else {
+            return Ok(());
+        };
+        let _lock = self.lock()?;
+        let Some(mut record) = self.load()? else {
+            return Ok(());
+        };
+        match record.underlay {
+            Some(underlay) if has_systemd_hosts(&record) => {
+                self.ensure_mirror_server(&mut record, underlay, &boot)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Creates `requests`; with `provided`, every host gets that host key
@@ -941,8 +980,13 @@ impl CloudProvider for LocalProvider {
 
     /// Nothing: a local deployment has no resource besides its hosts that
     /// settings could change.
+    /// Serves systemd hosts the mirror of the current config's packages:
+    /// packages named after the hosts were created (a new managed
+    /// exporter) are then installable on them.
     async fn reconcile_deployment(&self) -> Result<(), CloudError> {
-        Ok(())
+        let this = self.clone();
+        self.blocking(move || this.reconcile_mirror_blocking())
+            .await
     }
 
     async fn register_ssh_key(&self, key: &SshPublicKey) -> Result<(), CloudError> {

@@ -41,6 +41,10 @@ pub(crate) struct DeploymentRecord {
     /// The package mirror server in the hub, while systemd hosts need it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror_server: Option<InitProcess>,
+    /// The mirror directory that server serves: a config naming other
+    /// packages needs another mirror, and the server is restarted on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_dir: Option<std::path::PathBuf>,
 }
 
 /// What kind of host an entry is; records written before systemd hosts
@@ -104,6 +108,7 @@ impl DeploymentRecord {
             hosts: Vec::new(),
             outsiders: Vec::new(),
             mirror_server: None,
+            mirror_dir: None,
         }
     }
 
