@@ -311,6 +311,20 @@ pub fn ensure_mirror_with(
     build_mirror(cache, image, debian_mirror, extra, Some(&plain))
 }
 
+/// What names the mirror of `packages` in the cache: the list itself
+/// while it is short, its digest once it would make too long a file name
+/// (a host running several exporters and servers).
+fn mirror_key(packages: &[&str]) -> String {
+    use sha2::Digest as _;
+    let list = packages.join("+");
+    if list.len() <= 120 {
+        return list;
+    }
+    let digest = sha2::Sha256::digest(list.as_bytes());
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256-{hex}")
+}
+
 /// Builds (unless cached) the mirror of [`MIRROR_PACKAGES`] plus `extra`,
 /// starting from the `.deb` files of `seed` when given.
 fn build_mirror(
@@ -324,7 +338,7 @@ fn build_mirror(
     packages.extend(extra.iter().map(String::as_str));
     let dir = cache.join(format!(
         "mirror-v{MIRROR_VERSION}-image-v{IMAGE_VERSION}-{}",
-        packages.join("+")
+        mirror_key(&packages)
     ));
     let mirror = PackageMirror {
         dir: dir.join("debs"),
@@ -448,6 +462,16 @@ fn build_mirror(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_package_list_names_its_mirror_by_digest() {
+        assert_eq!(mirror_key(&["nftables", "prometheus"]), "nftables+prometheus");
+        let many: Vec<String> = (0..20).map(|i| format!("prometheus-exporter-{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let key = mirror_key(&many);
+        assert!(key.starts_with("sha256-") && key.len() == 31, "{key}");
+        assert_ne!(key, mirror_key(&many[1..]));
+    }
 
     #[test]
     fn finishing_removes_what_hosts_must_not_share() {
