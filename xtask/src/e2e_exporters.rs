@@ -241,7 +241,9 @@ pub fn run(root: &Path) -> Result<()> {
         !d.transcript.borrow().contains(&password),
         "promguard printed the postgres password"
     );
-    eprintln!("e2e-exporters: 4. the postgres password is in no output of promguard and not in its state");
+    eprintln!(
+        "e2e-exporters: 4. the postgres password is in no output of promguard and not in its state"
+    );
 
     // 5. Outsiders and other nodes cannot reach an exporter.
     check_closed(&d, &provider, &addresses)?;
@@ -254,10 +256,7 @@ pub fn run(root: &Path) -> Result<()> {
         out.contains("No changes"),
         "a second up reported changes:\n{out}"
     );
-    ensure!(
-        main_pids(&d)? == pids,
-        "a second up restarted an exporter"
-    );
+    ensure!(main_pids(&d)? == pids, "a second up restarted an exporter");
     eprintln!("e2e-exporters: 6. a second up changed nothing and restarted no exporter");
 
     // 7. New redis arguments restart the redis exporter only.
@@ -266,7 +265,9 @@ pub fn run(root: &Path) -> Result<()> {
     d.ok(&["up", "--yes"])?;
     let after = main_pids(&d)?;
     for (unit, pid) in &pids {
-        let now = after.get(unit).with_context(|| format!("{unit} vanished"))?;
+        let now = after
+            .get(unit)
+            .with_context(|| format!("{unit} vanished"))?;
         let redis = unit.starts_with(&format!("{CACHE} prometheus-redis-exporter"));
         ensure!(
             (now != pid) == redis,
@@ -282,7 +283,9 @@ pub fn run(root: &Path) -> Result<()> {
         "the redis exporter runs as {args}"
     );
     check_all_up(&d, &shape)?;
-    eprintln!("e2e-exporters: 7. new redis arguments restarted the redis exporter and nothing else");
+    eprintln!(
+        "e2e-exporters: 7. new redis arguments restarted the redis exporter and nothing else"
+    );
 
     // 8. Every host reboots: the exporters come back on their WireGuard
     // addresses with no PromGuard run.
@@ -484,11 +487,7 @@ fn wireguard_addresses(d: &Deployment) -> Result<BTreeMap<String, IpAddr>> {
 
 /// Each managed exporter of `shape` listens on its host's WireGuard
 /// address and its port, and on nothing else.
-fn check_bound(
-    d: &Deployment,
-    addresses: &BTreeMap<String, IpAddr>,
-    shape: &Shape,
-) -> Result<()> {
+fn check_bound(d: &Deployment, addresses: &BTreeMap<String, IpAddr>, shape: &Shape) -> Result<()> {
     let wanted = expected_targets(shape);
     for m in MANAGED
         .iter()
@@ -570,12 +569,7 @@ fn main_pids(d: &Deployment) -> Result<BTreeMap<String, String>> {
     let mut pids = BTreeMap::new();
     for host in HOSTS {
         let units: Vec<&str> = std::iter::once("prometheus-node-exporter")
-            .chain(
-                MANAGED
-                    .iter()
-                    .filter(|m| m.host == host)
-                    .map(|m| m.package),
-            )
+            .chain(MANAGED.iter().filter(|m| m.host == host).map(|m| m.package))
             .collect();
         let out = d.ssh_ok(
             host,

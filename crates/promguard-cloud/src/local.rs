@@ -579,9 +579,8 @@ impl LocalProvider {
     /// [`LocalProvider::reconcile_deployment`]: restarts the mirror server
     /// of a deployment with systemd hosts on the mirror the options name.
     fn reconcile_mirror_blocking(&self) -> Result<(), CloudError> {
-        let has_systemd_hosts = |record: &DeploymentRecord| {
-            record.hosts.iter().any(|h| h.kind == HostKind::Systemd)
-        };
+        let has_systemd_hosts =
+            |record: &DeploymentRecord| record.hosts.iter().any(|h| h.kind == HostKind::Systemd);
         match self.load()? {
             Some(record) if has_systemd_hosts(&record) && record.underlay.is_some() => {}
             _ => return Ok(()),

@@ -324,6 +324,7 @@ mod tests {
             enabled: BTreeMap::new(),
             pending: recipe::PendingApply::Clear,
             guest: None,
+            exporter_configs: Default::default(),
         }
     }
 

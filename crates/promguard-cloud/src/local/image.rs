@@ -465,8 +465,13 @@ mod tests {
 
     #[test]
     fn a_long_package_list_names_its_mirror_by_digest() {
-        assert_eq!(mirror_key(&["nftables", "prometheus"]), "nftables+prometheus");
-        let many: Vec<String> = (0..20).map(|i| format!("prometheus-exporter-{i}")).collect();
+        assert_eq!(
+            mirror_key(&["nftables", "prometheus"]),
+            "nftables+prometheus"
+        );
+        let many: Vec<String> = (0..20)
+            .map(|i| format!("prometheus-exporter-{i}"))
+            .collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         let key = mirror_key(&many);
         assert!(key.starts_with("sha256-") && key.len() == 31, "{key}");

@@ -76,6 +76,16 @@ pub enum Action {
         /// It runs already, with other arguments or settings.
         restart: bool,
     },
+    /// Stop and disable the exporter of this package, which the config no
+    /// longer names, and remove PromGuard's files for it; `purge` also
+    /// purges the package (PromGuard installed it, on a host it created),
+    /// with its defaults file, which may hold a secret.
+    RetireExporter {
+        /// The exporter's package.
+        package: promguard_core::exporters::DebianPackage,
+        /// Purge the package too.
+        purge: bool,
+    },
     /// Add these ufw rules (each the arguments of `ufw`), noted in the
     /// guest manifest first: the host's ufw is active and would drop
     /// WireGuard and the scrapes.
@@ -125,6 +135,14 @@ impl fmt::Display for Action {
                 package,
                 restart: true,
             } => write!(f, "restart {package}"),
+            Action::RetireExporter {
+                package,
+                purge: false,
+            } => write!(f, "stop {package}, no longer in the config"),
+            Action::RetireExporter {
+                package,
+                purge: true,
+            } => write!(f, "stop and purge {package}, no longer in the config"),
             Action::UfwAllow(rules) => write!(f, "ufw {}", rules.join("; ufw ")),
         }
     }
@@ -363,6 +381,7 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
 
     alertmanager_actions(host, facts, &touched, &mut decision);
     exporter_actions(host, facts, &mut decision);
+    retire_exporters(host, facts, &mut decision);
 
     if let Some(listen) = host.prometheus_listen {
         let flag = [format!("--web.listen-address={listen}")];
@@ -478,6 +497,24 @@ fn exporter_actions(host: &DesiredHost, facts: &Facts, decision: &mut Decision) 
     }
 }
 
+/// Retires each exporter PromGuard set up on a host it created that the
+/// config no longer names. On a host PromGuard is a guest on, the guest
+/// manifest holds what it added and `down` undoes it exactly; a dropped
+/// exporter stays there until then, its port closed by the firewall.
+fn retire_exporters(host: &DesiredHost, facts: &Facts, decision: &mut Decision) {
+    if host.guest.is_some() {
+        return;
+    }
+    for package in &facts.exporter_configs {
+        if !host.exporters.iter().any(|e| &e.package == package) {
+            decision.actions.push(Action::RetireExporter {
+                package: package.clone(),
+                purge: host.install_packages,
+            });
+        }
+    }
+}
+
 /// Whether a daemon must be started (`Some(false)`) or restarted
 /// (`Some(true)`). Without systemd its command line must be ours (binary
 /// first, with every one of `flags`); with systemd its arguments live in a
@@ -584,6 +621,7 @@ mod tests {
             },
             pending: PendingApply::Clear,
             guest: None,
+            exporter_configs: host.exporters.iter().map(|e| e.package.clone()).collect(),
         }
     }
 
@@ -1066,5 +1104,48 @@ mod tests {
                 .collect();
             assert_eq!(actions, ["start prometheus-postgres-exporter"]);
         }
+    }
+
+    /// An exporter PromGuard set up that the config no longer names is
+    /// stopped, and purged where PromGuard installs packages; on a guest
+    /// host it waits for `down`, which undoes the manifest exactly; once
+    /// its files are gone the host is converged again.
+    #[test]
+    fn an_exporter_dropped_from_the_config_is_retired() {
+        for systemd in [true, false] {
+            let facts = converged(&with_postgres(node()), systemd);
+            let mut host = node();
+            for (install, action) in [
+                (
+                    false,
+                    "stop prometheus-postgres-exporter, no longer in the config",
+                ),
+                (
+                    true,
+                    "stop and purge prometheus-postgres-exporter, no longer in the config",
+                ),
+            ] {
+                host.install_packages = install;
+                let actions: Vec<String> = decide(&host, &facts)
+                    .unwrap()
+                    .actions
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                assert_eq!(actions, [action], "systemd {systemd}");
+            }
+            let mut retired = facts.clone();
+            retired.exporter_configs.clear();
+            assert!(decide(&host, &retired).unwrap().is_empty());
+        }
+        let (host, mut facts) = guest_node();
+        facts.exporter_configs.insert(
+            promguard_core::exporters::DebianPackage::new("prometheus-postgres-exporter").unwrap(),
+        );
+        assert!(!decide(&host, &facts)
+            .unwrap()
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::RetireExporter { .. })));
     }
 }

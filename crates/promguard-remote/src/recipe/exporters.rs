@@ -51,6 +51,18 @@ impl std::fmt::Debug for ManagedExporter {
     }
 }
 
+/// The drop-in of the exporter of `package` on a systemd host (the facts
+/// script finds exporters to retire by it).
+pub fn dropin_path(package: &DebianPackage) -> String {
+    format!("/etc/systemd/system/{}.d/promguard.conf", package.unit())
+}
+
+/// The environment file of the exporter of `package` on a host without
+/// systemd (found by the facts script too).
+pub fn plain_env_path(package: &DebianPackage) -> String {
+    format!("{PLAIN_ENV_DIR}/{package}.env")
+}
+
 impl ManagedExporter {
     /// The name of its daemon in facts and PID files: the package's.
     pub fn daemon(&self) -> &str {
@@ -74,12 +86,12 @@ impl ManagedExporter {
 
     /// Its drop-in on a systemd host.
     pub fn dropin_path(&self) -> String {
-        format!("/etc/systemd/system/{}.d/promguard.conf", self.unit())
+        dropin_path(&self.package)
     }
 
     /// Its environment file on a host without systemd.
     pub fn plain_env_path(&self) -> String {
-        format!("{PLAIN_ENV_DIR}/{}.env", self.package)
+        plain_env_path(&self.package)
     }
 
     /// Every path the recipe may write for it, whatever the host's init

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use promguard_core::exporters::DebianPackage;
 use promguard_core::InterfaceName;
 
 use super::script::{APPLY_MARKER_HEADER, APPLY_MARKER_MAX_FILES, APPLY_MARKER_PATH};
@@ -16,7 +17,7 @@ use crate::quote::{check_remote_path, shell_quote};
 /// version's output (2 added the `apply-pending` lines, 3 the `enabled`
 /// lines of systemd hosts, 6 the `guest` lines of hosts PromGuard did not
 /// create, 7 the `process` and `program` lines of managed exporters).
-pub const FACTS_HEADER: &str = "promguard-facts 7";
+pub const FACTS_HEADER: &str = "promguard-facts 8";
 
 /// Programs the recipe runs, with the Debian package providing each.
 pub const PROGRAMS: &[(&str, &str)] = &[
@@ -90,6 +91,10 @@ pub struct Facts {
     /// Each managed exporter's daemon, by its name
     /// ([`super::ManagedExporter::daemon`]).
     pub exporters: BTreeMap<String, ProcessState>,
+    /// The packages of the exporters PromGuard set up on the host (its
+    /// drop-in or environment file is there), wanted or not: one no longer
+    /// in the config is retired.
+    pub exporter_configs: BTreeSet<DebianPackage>,
     /// Which of [`PROGRAMS`] (and the managed exporters' binaries) are
     /// installed.
     pub programs: BTreeMap<String, bool>,
@@ -324,6 +329,7 @@ pub fn parse_facts_for(
     let mut wg_metrics = None;
     let mut alertmanager = None;
     let mut programs = BTreeMap::new();
+    let mut exporter_configs = BTreeSet::new();
     let mut enabled = BTreeMap::new();
     let mut marker_present = None;
     let mut marker_lines: Vec<&str> = Vec::new();
@@ -371,6 +377,15 @@ pub fn parse_facts_for(
                     return Err(bad());
                 }
                 programs.insert(path.to_owned(), present);
+            }
+            "exporter-config" => {
+                // node_exporter's drop-in is the recipe's own; a name that
+                // is no package is a drop-in of the host's own, not ours.
+                if Some(rest) != super::script::NODE_EXPORTER_UNIT.strip_suffix(".service") {
+                    if let Ok(package) = DebianPackage::new(rest) {
+                        exporter_configs.insert(package);
+                    }
+                }
             }
             "enabled" => {
                 let (yes, unit) = rest.split_once(' ').ok_or_else(bad)?;
@@ -523,6 +538,7 @@ pub fn parse_facts_for(
             }
             exporter_states
         },
+        exporter_configs,
         programs,
         enabled,
         pending,
@@ -589,11 +605,13 @@ mod tests {
 
     fn sample() -> String {
         format!(
-            "noise from a login script\npromguard-facts 7\nsystemd no\n\
+            "noise from a login script\npromguard-facts 8\nsystemd no\n\
              file {HASH} /etc/wireguard/wg0.conf\nfile missing /etc/promguard/nftables.conf\n\
              program yes /usr/bin/wg\nprogram yes /usr/bin/wg-quick\nprogram yes /usr/sbin/nft\n\
              program yes /usr/bin/prometheus-node-exporter\nprogram no /usr/bin/prometheus\nprogram no /usr/bin/prometheus-alertmanager\n\
-             socket listening\ninterface present\nlink up\nwg answers\naddress 10.0.0.2/32\naddress fe80::1/64\nfirewall missing\n\
+             socket listening\ninterface present\nlink up\nwg answers\naddress 10.0.0.2/32\naddress fe80::1/64\n\
+             exporter-config prometheus-redis-exporter\nexporter-config prometheus-node-exporter\nexporter-config getty@tty1\n\
+             firewall missing\n\
              process node_exporter running /usr/bin/prometheus-node-exporter --web.listen-address=10.0.0.2:9100 \n\
              process prometheus stopped\nprocess wg_metrics stopped\nprocess alertmanager stopped\napply-pending absent\nend\n"
         )
@@ -628,6 +646,9 @@ mod tests {
                 wg_metrics: Stopped,
                 alertmanager: Stopped,
                 exporters: {},
+                exporter_configs: {
+                    "prometheus-redis-exporter",
+                },
                 programs: {
                     "/usr/bin/prometheus": false,
                     "/usr/bin/prometheus-alertmanager": false,
@@ -710,10 +731,10 @@ mod tests {
     fn malformed_output_is_an_error_not_a_panic() {
         let good = sample();
         let cases: Vec<(String, &str)> = vec![
-            (String::new(), "no `promguard-facts 7` header"),
+            (String::new(), "no `promguard-facts 8` header"),
             (
-                good.replace("promguard-facts 7", "promguard-facts 1"),
-                "no `promguard-facts 7` header",
+                good.replace("promguard-facts 8", "promguard-facts 1"),
+                "no `promguard-facts 8` header",
             ),
             (
                 good.replace("apply-pending absent\n", ""),

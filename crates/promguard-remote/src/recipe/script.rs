@@ -286,11 +286,12 @@ pub fn apply_script(host: &DesiredHost, systemd: bool, decision: &Decision) -> S
         s.push_str(ROUTES);
     }
 
-    if decision
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::InstallPackages(_)))
-    {
+    if decision.actions.iter().any(|a| {
+        matches!(
+            a,
+            Action::InstallPackages(_) | Action::RetireExporter { purge: true, .. }
+        )
+    }) {
         s.push_str(APT);
     }
     let guest = host.guest.is_some();
@@ -571,6 +572,19 @@ fn plain_action(s: &mut String, host: &DesiredHost, action: &Action) {
                 listen = shell_quote(&e.listen.to_string()),
             );
         }
+        Action::RetireExporter { package, purge } => {
+            let env = super::exporters::plain_env_path(package);
+            let _ = writeln!(
+                s,
+                "stop_daemon {d} {bin}\nrm -f -- {env_q} || fail \"cannot remove {env}\"",
+                d = shell_quote(package.as_str()),
+                bin = shell_quote(&package.binary()),
+                env_q = shell_quote(&env),
+            );
+            if *purge {
+                apt_purge(s, package);
+            }
+        }
         Action::UfwAllow(rules) => ufw_allow(s, rules),
     }
 }
@@ -677,8 +691,36 @@ fn systemd_action(s: &mut String, host: &DesiredHost, action: &Action) {
                 listen = shell_quote(&e.listen.to_string()),
             );
         }
+        Action::RetireExporter { package, purge } => {
+            let dropin = super::exporters::dropin_path(package);
+            let dir = dropin.rsplit_once('/').map_or(dropin.as_str(), |(d, _)| d);
+            // The unit may be gone already (purged by hand): nothing to stop.
+            let _ = writeln!(
+                s,
+                "systemctl disable --now --quiet {unit} 2>/dev/null || true\n\
+                 rm -f -- {dropin_q} || fail \"cannot remove {dropin}\"\n\
+                 rmdir -- {dir} 2>/dev/null || true\n\
+                 systemctl daemon-reload || fail \"systemctl daemon-reload failed\"",
+                unit = shell_quote(&package.unit()),
+                dropin_q = shell_quote(&dropin),
+                dir = shell_quote(dir),
+            );
+            if *purge {
+                apt_purge(s, package);
+            }
+        }
         Action::UfwAllow(rules) => ufw_allow(s, rules),
     }
+}
+
+/// Purges `package` (`sh/apt.sh`), its output in the apt log.
+fn apt_purge(s: &mut String, package: &promguard_core::exporters::DebianPackage) {
+    let _ = writeln!(
+        s,
+        "apt_begin {}\napt_purge {}",
+        shell_quote(APT_LOG_PATH),
+        shell_quote(package.as_str())
+    );
 }
 
 /// Deletes a broken interface so that `wg-quick up` can create it anew.
@@ -795,6 +837,11 @@ mod tests {
             Action::StartExporter {
                 package: host.exporters[0].package.clone(),
                 restart: true,
+            },
+            Action::RetireExporter {
+                package: promguard_core::exporters::DebianPackage::new("prometheus-redis-exporter")
+                    .unwrap(),
+                purge: true,
             },
         ];
         for systemd in [false, true] {
@@ -1050,7 +1097,7 @@ mod tests {
     fn fresh_node_decision_produces_ordered_script() {
         let host = node();
         let facts = super::super::facts::parse_facts(
-            "promguard-facts 7\nsystemd no\nfile missing /etc/wireguard/wg0.conf\n\
+            "promguard-facts 8\nsystemd no\nfile missing /etc/wireguard/wg0.conf\n\
              file missing /etc/promguard/nftables.conf\n\
              file missing /etc/default/prometheus-node-exporter\n\
              file missing /etc/systemd/system/prometheus-node-exporter.service.d/promguard.conf\n\

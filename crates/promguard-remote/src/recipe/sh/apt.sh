@@ -45,6 +45,13 @@ release_services() {
   [ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d
   policy=
 }
+# apt_purge PACKAGE: removes a package PromGuard installed for an exporter
+# the config no longer names, with its config files (its defaults file may
+# hold a secret). What apt pulled in for it stays: other software may use
+# it by now.
+apt_purge() {
+  apt-get purge -y -q -o DPkg::Lock::Timeout=300 "$1" >>"$apt_log" 2>&1 || { apt_fail "apt-get purge $1 failed"; exit 1; }
+}
 # apt_install PACKAGE...
 apt_install() {
   # cloud-init may be installing packages of its own on a first boot.

@@ -68,6 +68,17 @@ if { link=$(ip address show dev "$iface"); } 2>/dev/null && [ -n "$link" ]; then
 else
   echo 'interface missing'
 fi
+# The exporters PromGuard set up here so far, by package: its drop-in
+# (systemd) or environment file (without), so that one dropped from the
+# config is found and retired. Globs, no `ls`.
+for f in /etc/systemd/system/*.service.d/promguard.conf /etc/promguard/exporters/*.env; do
+  [ -f "$f" ] || continue
+  case "$f" in
+    /etc/systemd/system/*) p=${f#/etc/systemd/system/}; p=${p%.service.d/promguard.conf};;
+    *) p=${f##*/}; p=${p%.env};;
+  esac
+  echo "exporter-config $p"
+done
 if nft list table inet promguard >/dev/null 2>&1; then echo 'firewall loaded'; else echo 'firewall missing'; fi
 if [ "$sd" = 1 ]; then
   # One `systemctl is-active` for every daemon: a state per unit, in

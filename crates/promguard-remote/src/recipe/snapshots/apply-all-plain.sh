@@ -174,6 +174,13 @@ release_services() {
   [ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d
   policy=
 }
+# apt_purge PACKAGE: removes a package PromGuard installed for an exporter
+# the config no longer names, with its config files (its defaults file may
+# hold a secret). What apt pulled in for it stays: other software may use
+# it by now.
+apt_purge() {
+  apt-get purge -y -q -o DPkg::Lock::Timeout=300 "$1" >>"$apt_log" 2>&1 || { apt_fail "apt-get purge $1 failed"; exit 1; }
+}
 # apt_install PACKAGE...
 apt_install() {
   # cloud-init may be installing packages of its own on a first boot.
@@ -411,6 +418,11 @@ signal_daemon prometheus /usr/bin/prometheus HUP
 step 'restart prometheus-postgres-exporter'
 start_env_daemon 'prometheus-postgres-exporter' '/etc/promguard/exporters/prometheus-postgres-exporter.env' '/usr/bin/prometheus-postgres-exporter' '--web.listen-address=10.0.0.1:9187' '--log.level=warn'
 wait_listening 'prometheus-postgres-exporter' '10.0.0.1:9187' tail -n 20 /run/promguard/'prometheus-postgres-exporter'.log
+step 'stop and purge prometheus-redis-exporter, no longer in the config'
+stop_daemon 'prometheus-redis-exporter' '/usr/bin/prometheus-redis-exporter'
+rm -f -- '/etc/promguard/exporters/prometheus-redis-exporter.env' || fail "cannot remove /etc/promguard/exporters/prometheus-redis-exporter.env"
+apt_begin '/var/log/promguard/apt.log'
+apt_purge 'prometheus-redis-exporter'
 step 'clear /etc/promguard/apply-pending'
 rm -f -- '/etc/promguard/apply-pending' || fail "cannot remove /etc/promguard/apply-pending"
 echo 'step done'

@@ -111,6 +111,13 @@ release_services() {
   [ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d
   policy=
 }
+# apt_purge PACKAGE: removes a package PromGuard installed for an exporter
+# the config no longer names, with its config files (its defaults file may
+# hold a secret). What apt pulled in for it stays: other software may use
+# it by now.
+apt_purge() {
+  apt-get purge -y -q -o DPkg::Lock::Timeout=300 "$1" >>"$apt_log" 2>&1 || { apt_fail "apt-get purge $1 failed"; exit 1; }
+}
 # apt_install PACKAGE...
 apt_install() {
   # cloud-init may be installing packages of its own on a first boot.
@@ -354,6 +361,13 @@ systemctl reload prometheus.service || fail "cannot reload prometheus.service"
 step 'restart prometheus-postgres-exporter'
 systemctl unmask --runtime --quiet 'prometheus-postgres-exporter.service'; systemctl enable --quiet 'prometheus-postgres-exporter.service' && systemctl restart 'prometheus-postgres-exporter.service' || fail "cannot start prometheus-postgres-exporter.service"
 wait_listening 'prometheus-postgres-exporter' '10.0.0.1:9187' journalctl -u 'prometheus-postgres-exporter.service' -n 20 --no-pager
+step 'stop and purge prometheus-redis-exporter, no longer in the config'
+systemctl disable --now --quiet 'prometheus-redis-exporter.service' 2>/dev/null || true
+rm -f -- '/etc/systemd/system/prometheus-redis-exporter.service.d/promguard.conf' || fail "cannot remove /etc/systemd/system/prometheus-redis-exporter.service.d/promguard.conf"
+rmdir -- '/etc/systemd/system/prometheus-redis-exporter.service.d' 2>/dev/null || true
+systemctl daemon-reload || fail "systemctl daemon-reload failed"
+apt_begin '/var/log/promguard/apt.log'
+apt_purge 'prometheus-redis-exporter'
 step 'clear /etc/promguard/apply-pending'
 rm -f -- '/etc/promguard/apply-pending' || fail "cannot remove /etc/promguard/apply-pending"
 echo 'step done'
