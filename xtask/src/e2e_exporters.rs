@@ -314,18 +314,16 @@ pub fn run(root: &Path) -> Result<()> {
     d.ok(&["up", "--yes"])?;
     let left = d.ssh_ok(
         WEB,
-        "systemctl is-active prometheus-process-exporter.service; systemctl is-enabled prometheus-process-exporter.service; ls /etc/systemd/system/prometheus-process-exporter.service.d 2>&1; ss -Hltn 'sport = :9256'",
+        "systemctl is-active prometheus-process-exporter.service; dpkg-query -W -f='${db:Status-Abbrev}\\n' prometheus-process-exporter 2>/dev/null || echo unknown; ls -d /etc/default/prometheus-process-exporter /etc/systemd/system/prometheus-process-exporter.service.d 2>/dev/null; ss -Hltn 'sport = :9256'; true",
     )?;
+    let lines: Vec<&str> = left.lines().map(str::trim).collect();
     ensure!(
-        left.lines().next() == Some("inactive")
-            && left.lines().nth(1) == Some("disabled")
-            && left.contains("No such file")
-            && !left.contains("9256"),
-        "the process exporter dropped from the config still runs or has PromGuard's files on {WEB}:\n{left}"
+        lines.len() == 2 && lines[0] == "inactive" && !lines[1].starts_with("ii"),
+        "the process exporter dropped from the config still runs, is installed or has files on {WEB} (is-active, dpkg status, files, listeners):\n{left}"
     );
     check_all_up(&d, &shape)?;
     check_boot(&d, &provider, WEB, "after an exporter was dropped")?;
-    eprintln!("e2e-exporters: 9. the process exporter dropped from the config was stopped and disabled, its drop-in removed");
+    eprintln!("e2e-exporters: 9. the process exporter dropped from the config was stopped and purged, its drop-in and defaults file gone");
 
     // 10. Down leaves nothing behind.
     let mut pids = Vec::new();
