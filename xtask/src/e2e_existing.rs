@@ -4,7 +4,8 @@
 //! The test first makes those servers itself, outside PromGuard: a "lab"
 //! of systemd hosts on the local provider (a deployment of its own), each
 //! prepared the way users have theirs: `web-1` with ufw active and a web
-//! server on a port of its own, `wg-1` with its own WireGuard interface
+//! server on a port of its own (and, from the config, a process exporter
+//! PromGuard installs and manages), `wg-1` with its own WireGuard interface
 //! `wg0` on 51820, `sudo-1` reached only as a non-root sudo user, `mon-1`
 //! running Debian's Prometheus with its own scrape job (and the one
 //! PromGuard prints for the user to add), and `nat-1`, whose inbound UDP
@@ -92,7 +93,11 @@ const SERVERS: [(&str, Server); 5] = [
 
 /// Packages the lab installs that PromGuard's recipe does not, so the
 /// lab's mirror must hold them too.
-const LAB_PACKAGES: &[&str] = &["ufw"];
+const LAB_PACKAGES: &[&str] = &["ufw", MANAGED_EXPORTER.1];
+
+/// The exporter PromGuard installs and manages on web-1 (name, package,
+/// port), which `down` must remove as exactly as the rest.
+const MANAGED_EXPORTER: (&str, &str, u16) = ("process", "prometheus-process-exporter", 9256);
 
 /// Catches Ctrl-C and SIGTERM (`e2e_fake`'s flag) while `f` runs, so the
 /// lab is torn down rather than left running, and restores the default
@@ -299,11 +304,14 @@ fn scenario(lab: &mut Lab, bin: &Path, deployment: &str) -> Result<()> {
     lab.check_web_server("after up")?;
     let outsider = lab.outsider()?;
     for (name, host) in &lab.hosts {
-        let exporter = SocketAddr::new(host.public_address, 9100);
-        ensure!(
-            !crate::e2e::connect_from(&outsider.netns, exporter)?,
-            "after up, the outsider reached {name}'s exporter at {exporter}"
-        );
+        let managed = (name == "web-1").then_some(MANAGED_EXPORTER.2);
+        for port in std::iter::once(9100).chain(managed) {
+            let exporter = SocketAddr::new(host.public_address, port);
+            ensure!(
+                !crate::e2e::connect_from(&outsider.netns, exporter)?,
+                "after up, the outsider reached {name}'s exporter at {exporter}"
+            );
+        }
     }
     ensure!(
         lab.in_host_ok("wg-1", "wg showconf wg0", &[])? == wg0_before,
@@ -829,27 +837,40 @@ impl Lab {
     /// address, and the user's own job is up too.
     fn check_targets(&self, deployment: &str, within: Duration) -> Result<()> {
         let job = existing_job_name(&DeploymentName::new(deployment)?);
-        let wanted: Vec<&str> = self.hosts.keys().map(String::as_str).collect();
+        // node_exporter on every host, and web-1's managed exporter.
+        let mut wanted: Vec<(String, String)> = self
+            .hosts
+            .keys()
+            .map(|h| (h.clone(), "9100".to_owned()))
+            .chain(std::iter::once((
+                "web-1".to_owned(),
+                MANAGED_EXPORTER.2.to_string(),
+            )))
+            .collect();
+        wanted.sort();
         let deadline = Instant::now() + within;
         loop {
             let targets = self.active_targets()?;
-            let ours: BTreeMap<String, (String, String, String)> = targets
+            let ours: BTreeMap<(String, String), (String, String, String)> = targets
                 .iter()
                 .filter(|t| t["scrapePool"] == job.as_str())
                 .map(|t| {
                     let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                    let url = s(&t["scrapeUrl"]);
+                    let port = url
+                        .rsplit_once(':')
+                        .map(|(_, p)| p.trim_end_matches("/metrics").to_owned())
+                        .unwrap_or_default();
                     (
-                        s(&t["labels"]["instance"]),
-                        (s(&t["scrapeUrl"]), s(&t["health"]), s(&t["lastError"])),
+                        (s(&t["labels"]["instance"]), port),
+                        (url, s(&t["health"]), s(&t["lastError"])),
                     )
                 })
                 .collect();
-            let got: Vec<&str> = ours.keys().map(String::as_str).collect();
+            let got: Vec<(String, String)> = ours.keys().cloned().collect();
             let all_up = got == wanted
                 && ours.values().all(|(url, health, _)| {
-                    health == "up"
-                        && url.starts_with("http://10.0.0.")
-                        && url.ends_with(":9100/metrics")
+                    health == "up" && url.starts_with("http://10.0.0.") && url.ends_with("/metrics")
                 });
             if all_up {
                 return self.check_user_job(within);
@@ -1066,11 +1087,14 @@ impl Promguard {
              [prometheus]\nscrape_interval = \"{SCRAPE_SECONDS}s\"\n\n\
              [ssh]\nprivate_key = \"{key}\"\n\n\
              [monitor]\nname = \"mon-1\"\naddress = \"{mon}\"\nprometheus = \"existing\"\nprometheus_api = \"127.0.0.1:9090\"\n\n\
-             [[nodes.host]]\nname = \"web-1\"\naddress = \"{web}\"\n\n\
+             [[nodes.host]]\nname = \"web-1\"\naddress = \"{web}\"\n\
+             exporters = [{{ name = \"{exporter}\", package = \"{package}\", args = [\"-procnames=sshd\"] }}]\n\n\
              [[nodes.host]]\nname = \"wg-1\"\naddress = \"{wg}\"\n{wg1}\n\
              [[nodes.host]]\nname = \"sudo-1\"\naddress = \"{sudo}\"\nssh_user = \"{sudo_user}\"\n\n\
              [[nodes.host]]\nname = \"nat-1\"\naddress = \"{nat}\"\nwireguard = {{ inbound = false }}\n",
             deployment = self.deployment,
+            exporter = MANAGED_EXPORTER.0,
+            package = MANAGED_EXPORTER.1,
             key = self.key.display(),
             mon = address("mon-1")?,
             web = address("web-1")?,
