@@ -32,7 +32,7 @@ use promguard_core::config::LocalHostKind;
 use promguard_core::HostName;
 
 use crate::e2e::{connect_from, with_tunnel, Deployment};
-use crate::e2e_systemd::{check_boot, reboot_all};
+use crate::e2e_systemd::{check_boot, down_leaves_nothing, reboot_all};
 
 /// The scrape interval: short, so that new targets are scraped soon, and
 /// long enough for Prometheus' start-up after a reboot (see e2e_systemd).
@@ -326,15 +326,7 @@ pub fn run(root: &Path) -> Result<()> {
     eprintln!("e2e-exporters: 9. the process exporter dropped from the config was stopped and purged, its drop-in and defaults file gone");
 
     // 10. Down leaves nothing behind.
-    let mut pids = Vec::new();
-    for host in HOSTS {
-        let host = HostName::new(host)?;
-        pids.extend(provider.host_supervisor_pid(&host));
-        pids.extend(provider.host_init_pid(&host));
-    }
-    ensure!(!pids.is_empty(), "the provider knows no host process");
-    d.ok(&["down", "--yes"])?;
-    crate::e2e::check_gone(&name, &pids)?;
+    down_leaves_nothing(&d, &provider, &HOSTS)?;
     eprintln!("e2e-exporters: 10. down left no namespace, process or directory");
     eprintln!("e2e-exporters: the managed-exporters scenario passed");
     Ok(())

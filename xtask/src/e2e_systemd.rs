@@ -184,15 +184,10 @@ pub fn systemd(root: &Path) -> Result<()> {
     eprintln!("e2e-systemd: 10. a node was removed; nothing failed on the monitor");
 
     // 11. Down leaves nothing behind.
-    let mut pids = Vec::new();
-    for host in std::iter::once(MONITOR).chain(nodes.iter().copied()) {
-        let host = HostName::new(host)?;
-        pids.extend(provider.host_supervisor_pid(&host));
-        pids.extend(provider.host_init_pid(&host));
-    }
-    ensure!(!pids.is_empty(), "the provider knows no host process");
-    d.ok(&["down", "--yes"])?;
-    crate::e2e::check_gone(&name, &pids)?;
+    let hosts: Vec<&str> = std::iter::once(MONITOR)
+        .chain(nodes.iter().copied())
+        .collect();
+    down_leaves_nothing(&d, &provider, &hosts)?;
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     ensure!(
         !mounts.contains(&format!("/local/{name}/")),
@@ -201,6 +196,24 @@ pub fn systemd(root: &Path) -> Result<()> {
     eprintln!("e2e-systemd: 11. down left no namespace, process, mount, overlay or directory");
     eprintln!("e2e-systemd: systemd scenario passed (fresh up {fresh:.2?}, no-op up {noop:.2?})");
     Ok(())
+}
+
+/// Runs `down` and checks that no process of `hosts` (their supervisors
+/// and inits) nor the deployment's namespaces or directory remain.
+pub(crate) fn down_leaves_nothing(
+    d: &Deployment,
+    provider: &LocalProvider,
+    hosts: &[&str],
+) -> Result<()> {
+    let mut pids = Vec::new();
+    for host in hosts {
+        let host = HostName::new(host)?;
+        pids.extend(provider.host_supervisor_pid(&host));
+        pids.extend(provider.host_init_pid(&host));
+    }
+    ensure!(!pids.is_empty(), "the provider knows no host process");
+    d.ok(&["down", "--yes"])?;
+    crate::e2e::check_gone(&d.name, &pids)
 }
 
 /// Reboots every host of `d` at once and waits until each has booted

@@ -551,14 +551,7 @@ impl LocalProvider {
             }
             // The config now names other packages (an exporter added to a
             // running deployment): serve the mirror that has them.
-            server.kill();
-            if !server.wait_gone(STOP_TIMEOUT) {
-                return Err(self.deployment_error(format!(
-                    "the package mirror server (pid {}) did not end within {} s of SIGKILL",
-                    server.pid,
-                    STOP_TIMEOUT.as_secs()
-                )));
-            }
+            self.stop_mirror_server(server)?;
         }
         let log = self
             .state
@@ -574,6 +567,20 @@ impl LocalProvider {
         record.mirror_server = Some(server);
         record.mirror_dir = Some(boot.mirror.dir.clone());
         self.save(record)
+    }
+
+    /// Ends the deployment's package mirror server (by its PID, which the
+    /// record holds) and waits until it is gone.
+    fn stop_mirror_server(&self, server: process::InitProcess) -> Result<(), CloudError> {
+        server.kill();
+        if server.wait_gone(STOP_TIMEOUT) {
+            return Ok(());
+        }
+        Err(self.deployment_error(format!(
+            "the package mirror server (pid {}) did not end within {} s of SIGKILL",
+            server.pid,
+            STOP_TIMEOUT.as_secs()
+        )))
     }
 
     /// [`LocalProvider::reconcile_deployment`]: restarts the mirror server
@@ -826,14 +833,7 @@ impl LocalProvider {
                     .map_err(|e| self.deployment_error(e))?;
             }
             if let Some(server) = record.mirror_server {
-                server.kill();
-                if !server.wait_gone(STOP_TIMEOUT) {
-                    return Err(self.deployment_error(format!(
-                        "the package mirror server (pid {}) did not end within {} s of SIGKILL",
-                        server.pid,
-                        STOP_TIMEOUT.as_secs()
-                    )));
-                }
+                self.stop_mirror_server(server)?;
             }
             if let Some(hub) = &record.hub_netns {
                 net::delete_netns(hub).map_err(|e| self.deployment_error(e))?;
