@@ -112,6 +112,19 @@ fn rules(r: &AlertRules) -> Vec<Rule> {
             ),
         },
         Rule {
+            alert: "PromGuardProbeFailed",
+            // The probe job's `up` only says that the prober answered; the
+            // endpoint's own health is `probe_success`.
+            expr: "probe_success == 0".to_owned(),
+            for_: Some(r.target_down_after),
+            severity: "critical",
+            reason: None,
+            summary: "{{ $labels.instance }}: {{ $labels.url }} fails its {{ $labels.module }} probe".to_owned(),
+            description: format!(
+                "The {{{{ $labels.job }}}} prober has failed to reach {{{{ $labels.url }}}} on {{{{ $labels.instance }}}} over the tunnel with module {{{{ $labels.module }}}} for {down}: the service there is down or answers with an error."
+            ),
+        },
+        Rule {
             alert: "WireGuardHandshakeStale",
             // The value is the age in seconds. A peer that never completed a
             // handshake reports 0, which `WireGuardNeverHandshook` covers.
@@ -367,7 +380,7 @@ password_env = "SMTP_PASSWORD"
             .filter_map(|l| l.strip_prefix("      - alert: "))
             .collect();
         names.dedup();
-        assert_eq!(names.len(), 7, "{names:?}");
+        assert_eq!(names.len(), 8, "{names:?}");
     }
 
     #[test]

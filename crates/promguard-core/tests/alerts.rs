@@ -99,7 +99,7 @@ fn promtool_checks_and_passes_the_rules() {
         text(&out)
     );
     assert!(
-        text(&out).contains("SUCCESS: 8 rules found"),
+        text(&out).contains("SUCCESS: 9 rules found"),
         "{}",
         text(&out)
     );
@@ -243,7 +243,7 @@ fn promtool_checks_prometheus_yml_with_the_rules_it_loads() {
     let out = check();
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("SUCCESS: 8 rules found"),
+        text(&out).contains("SUCCESS: 9 rules found"),
         "{}",
         text(&out)
     );
