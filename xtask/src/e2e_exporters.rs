@@ -20,7 +20,7 @@
 //! with no PromGuard run; an exporter dropped from the config is stopped
 //! and its files removed; `down` leaves nothing behind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -382,19 +382,19 @@ fn serve(d: &Deployment, password: &str) -> Result<()> {
 }
 
 /// The jobs every host is scraped for, by instance, for `shape`.
-fn expected_targets(shape: &Shape) -> BTreeMap<(String, String), ()> {
-    let mut wanted = BTreeMap::new();
+fn expected_targets(shape: &Shape) -> BTreeSet<(String, String)> {
+    let mut wanted = BTreeSet::new();
     for host in HOSTS {
-        wanted.insert(("node".to_owned(), host.to_owned()), ());
+        wanted.insert(("node".to_owned(), host.to_owned()));
     }
     for m in MANAGED
         .iter()
         .filter(|m| shape.exporters && (shape.process || m.job != "process"))
     {
-        wanted.insert((m.job.to_owned(), m.host.to_owned()), ());
+        wanted.insert((m.job.to_owned(), m.host.to_owned()));
     }
     if shape.exporters {
-        wanted.insert(("blackbox_probe".to_owned(), WEB.to_owned()), ());
+        wanted.insert(("blackbox_probe".to_owned(), WEB.to_owned()));
     }
     wanted
 }
@@ -406,7 +406,7 @@ fn check_all_up(d: &Deployment, shape: &Shape) -> Result<()> {
     let targets = status["targets"]
         .as_array()
         .context("status has no targets")?;
-    let mut seen = BTreeMap::new();
+    let mut seen = BTreeSet::new();
     for t in targets.iter().filter(|t| t["job"] != "prometheus") {
         let job = t["job"].as_str().unwrap_or_default();
         let instance = t["instance"].as_str().unwrap_or_default();
@@ -421,14 +421,12 @@ fn check_all_up(d: &Deployment, shape: &Shape) -> Result<()> {
             url.starts_with("http://10.0.0."),
             "target {job} on {instance} is scraped at {url}, not a WireGuard address"
         );
-        seen.insert((job.to_owned(), instance.to_owned()), ());
+        seen.insert((job.to_owned(), instance.to_owned()));
     }
     let wanted = expected_targets(shape);
     ensure!(
         seen == wanted,
-        "the targets are {:?}, expected {:?}",
-        seen.keys().collect::<Vec<_>>(),
-        wanted.keys().collect::<Vec<_>>()
+        "the targets are {seen:?}, expected {wanted:?}"
     );
     Ok(())
 }
@@ -481,7 +479,7 @@ fn check_bound(d: &Deployment, addresses: &BTreeMap<String, IpAddr>, shape: &Sha
     let wanted = expected_targets(shape);
     for m in MANAGED
         .iter()
-        .filter(|m| wanted.contains_key(&(m.job.to_owned(), m.host.to_owned())))
+        .filter(|m| wanted.contains(&(m.job.to_owned(), m.host.to_owned())))
     {
         // Right after boot an exporter may still be starting.
         let deadline = Instant::now() + Duration::from_secs(30);
