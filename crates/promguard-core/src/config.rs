@@ -664,8 +664,17 @@ pub struct Config {
     pub scrape_interval: Duration,
     /// node_exporter port on every host.
     pub node_exporter_port: Port,
-    /// The monitor.
+    /// The monitor; with several, the first replica of the first shard,
+    /// whose exporters every other monitor shares.
     pub monitor: HostSpec,
+    /// The other monitors, shard by shard, replica by replica.
+    pub more_monitors: Vec<HostSpec>,
+    /// How many monitors there are and how they split the nodes.
+    pub topology: crate::topology::MonitorTopology,
+    /// The storage host, if the deployment has one.
+    pub storage: Option<crate::topology::StorageHost>,
+    /// Where the monitors send their samples, if anywhere.
+    pub remote_write: Option<crate::topology::RemoteWriteConfig>,
     /// The nodes, in order.
     pub nodes: Vec<HostSpec>,
     /// SSH settings.
@@ -711,6 +720,29 @@ struct RawConfig {
     local: RawLocal,
     #[serde(default)]
     alerts: RawAlerts,
+    storage: Option<RawStorage>,
+    remote_write: Option<RawRemoteWrite>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    name: Option<String>,
+    region: Option<String>,
+    port: Option<i64>,
+    retention_days: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemoteWrite {
+    url: Option<String>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    bearer_token_file: Option<PathBuf>,
+    bearer_token_env: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -803,6 +835,9 @@ struct RawPrometheus {
 #[serde(deny_unknown_fields)]
 struct RawMonitor {
     name: Option<String>,
+    name_prefix: Option<String>,
+    replicas: Option<i64>,
+    shards: Option<Vec<String>>,
     region: Option<String>,
     #[serde(default)]
     exporters: Vec<RawExporter>,
@@ -1574,11 +1609,10 @@ impl Config {
         let monitor_exporters =
             c.exporters("monitor", &m.exporters, ExporterHost::Monitor(prometheus))?;
         c.unique_packages(&monitor_exporters, |j| format!("monitor.exporters[{j}]"))?;
+        let topology = Self::topology(&c, m)?;
+        let monitor_names = Self::monitor_names(&c, m, &topology, &origin)?;
         let monitor = HostSpec {
-            name: c.name(
-                "monitor.name",
-                HostName::new(m.name.as_deref().unwrap_or("promguard-monitor-1")),
-            )?,
+            name: monitor_names[0].clone(),
             region: c.name(
                 "monitor.region",
                 Region::new(m.region.as_deref().unwrap_or(default_region)),
@@ -1588,7 +1622,28 @@ impl Config {
             wireguard: host_wireguard,
         };
 
+        let more_monitors = monitor_names[1..]
+            .iter()
+            .map(|name| HostSpec {
+                name: name.clone(),
+                ..monitor.clone()
+            })
+            .collect();
+
         let nodes = Self::nodes(&c, &raw.nodes)?;
+        let storage = match &raw.storage {
+            Some(raw) => Some(Self::storage(&c, raw, &monitor.region, scrape_interval)?),
+            None => None,
+        };
+        let remote_write = Self::remote_write(&c, raw.remote_write.as_ref(), storage.is_some())?;
+        if (topology.is_several() || remote_write.is_some())
+            && prometheus != MonitorPrometheus::Managed
+        {
+            return Err(c.invalid(
+                "monitor.prometheus",
+                "several monitors and remote_write need PromGuard's own Prometheus (it writes their prometheus.yml); with your own, configure remote_write there",
+            ));
+        }
 
         let ssh = SshConfig {
             port: c.port("ssh.port", raw.ssh.port.unwrap_or(22))?,
@@ -1650,6 +1705,10 @@ impl Config {
             scrape_interval,
             node_exporter_port,
             monitor,
+            more_monitors,
+            topology,
+            storage,
+            remote_write,
             nodes,
             ssh,
             digitalocean,
@@ -1659,6 +1718,234 @@ impl Config {
         };
         config.check_hosts(&c)?;
         Ok(config)
+    }
+
+    fn topology(
+        c: &Checker<'_>,
+        m: &RawMonitor,
+    ) -> Result<crate::topology::MonitorTopology, ConfigError> {
+        use crate::shards::{ShardId, Shards};
+        use crate::topology::{MonitorTopology, MAX_REPLICAS};
+        let replicas = match m.replicas.unwrap_or(1) {
+            n @ 1..=9 => n as u16,
+            n => {
+                return Err(c.invalid(
+                    "monitor.replicas",
+                    format!("{n} is not a number of monitors per shard from 1 to {MAX_REPLICAS}"),
+                ))
+            }
+        };
+        let shards = match &m.shards {
+            None => None,
+            Some(ids) => {
+                let ids = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| c.name(&format!("monitor.shards[{i}]"), ShardId::new(id)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(Shards::new(ids).map_err(|e| c.invalid("monitor.shards", e.to_string()))?)
+            }
+        };
+        Ok(MonitorTopology { replicas, shards })
+    }
+
+    /// The monitors' names, shard by shard, replica by replica: `name`
+    /// for a single monitor, else derived from `name_prefix`.
+    fn monitor_names(
+        c: &Checker<'_>,
+        m: &RawMonitor,
+        topology: &crate::topology::MonitorTopology,
+        origin: &HostOrigin,
+    ) -> Result<Vec<HostName>, ConfigError> {
+        if !topology.is_several() {
+            if m.name_prefix.is_some() {
+                return Err(c.invalid(
+                    "monitor.name_prefix",
+                    "names several monitors; with one, set monitor.name (or set monitor.replicas or monitor.shards)",
+                ));
+            }
+            return Ok(vec![c.name(
+                "monitor.name",
+                HostName::new(m.name.as_deref().unwrap_or("promguard-monitor-1")),
+            )?]);
+        }
+        if m.name.is_some() {
+            return Err(c.invalid(
+                "monitor.name",
+                "with monitor.replicas or monitor.shards the monitors are named <name_prefix>-<shard>-<replica> (<name_prefix>-<replica> without shards); set monitor.name_prefix instead",
+            ));
+        }
+        if matches!(origin, HostOrigin::Existing(_)) {
+            return Err(c.invalid(
+                "monitor.address",
+                "several monitors are hosts PromGuard creates; an existing monitor is a single one (remove monitor.replicas and monitor.shards)",
+            ));
+        }
+        let prefix = m.name_prefix.as_deref().unwrap_or("promguard-monitor");
+        let shards: Vec<Option<&crate::shards::ShardId>> = match &topology.shards {
+            Some(s) => s.iter().map(Some).collect(),
+            None => vec![None],
+        };
+        let mut names = Vec::new();
+        for shard in shards {
+            for replica in 1..=topology.replicas {
+                names.push(c.name(
+                    "monitor.name_prefix",
+                    HostName::new(&crate::topology::monitor_name(prefix, shard, replica)),
+                )?);
+            }
+        }
+        Ok(names)
+    }
+
+    fn storage(
+        c: &Checker<'_>,
+        raw: &RawStorage,
+        monitor_region: &Region,
+        scrape_interval: Duration,
+    ) -> Result<crate::topology::StorageHost, ConfigError> {
+        use crate::exporters::STORAGE_ENGINE;
+        let name = c.name(
+            "storage.name",
+            HostName::new(raw.name.as_deref().unwrap_or("promguard-storage-1")),
+        )?;
+        let region = match &raw.region {
+            Some(r) => c.name("storage.region", Region::new(r))?,
+            None => monitor_region.clone(),
+        };
+        let port = c.port(
+            "storage.port",
+            raw.port.unwrap_or(i64::from(STORAGE_ENGINE.port)),
+        )?;
+        let retention_days = match raw.retention_days.unwrap_or(30) {
+            d @ 1..=36_500 => d as u32,
+            d => {
+                return Err(c.invalid(
+                    "storage.retention_days",
+                    format!("{d} is not a number of days from 1 to 36500"),
+                ))
+            }
+        };
+        let engine = ExporterSpec {
+            name: ExporterName::new(crate::topology::STORAGE_JOB).expect("a valid exporter name"),
+            port,
+            managed: Some(ManagedExporter {
+                package: DebianPackage::new(STORAGE_ENGINE.package).expect("a valid package name"),
+                // Two replicas write each series twice: one sample per
+                // scrape interval is kept. Queries see data from one
+                // scrape interval ago instead of the default 30 s.
+                args: vec![
+                    format!(
+                        "-dedup.minScrapeInterval={}",
+                        format_duration(scrape_interval)
+                    ),
+                    format!("-retentionPeriod={retention_days}d"),
+                    format!("-search.latencyOffset={}", format_duration(scrape_interval)),
+                ],
+                settings: Vec::new(),
+                probes: Vec::new(),
+            }),
+        };
+        Ok(crate::topology::StorageHost {
+            host: HostSpec::created(name, region, vec![engine]),
+            retention_days,
+        })
+    }
+
+    fn remote_write(
+        c: &Checker<'_>,
+        raw: Option<&RawRemoteWrite>,
+        has_storage: bool,
+    ) -> Result<Option<crate::topology::RemoteWriteConfig>, ConfigError> {
+        use crate::topology::{RemoteWriteAuth, RemoteWriteConfig};
+        let Some(raw) = raw else {
+            return Ok(has_storage.then_some(RemoteWriteConfig {
+                url: None,
+                auth: RemoteWriteAuth::None,
+                ca_file: None,
+            }));
+        };
+        let url = match (&raw.url, has_storage) {
+            (Some(_), true) => {
+                return Err(c.invalid(
+                    "remote_write.url",
+                    "the monitors already write to the [storage] host; remove remote_write.url, or [storage] to write to an engine of your own",
+                ))
+            }
+            (None, false) => {
+                return Err(c.invalid(
+                    "remote_write.url",
+                    "is missing: name the engine's write URL (e.g. \"https://vm.example.com/api/v1/write\"), or add a [storage] host",
+                ))
+            }
+            (Some(u), false) => Some(
+                WebhookUrl::new(u).map_err(|m| c.invalid("remote_write.url", m))?,
+            ),
+            (None, true) => None,
+        };
+        let secret = |file: &Option<PathBuf>, env: &Option<String>, what: &str| match (file, env) {
+            (Some(_), Some(_)) => Err(c.invalid(
+                format!("remote_write.{what}_file"),
+                format!("give the {what} in a file or in an environment variable, not both"),
+            )),
+            (Some(f), None) => Ok(Some(SettingSource::File(f.clone()))),
+            (None, Some(v)) => {
+                c.name(&format!("remote_write.{what}_env"), EnvName::new(v))?;
+                Ok(Some(SettingSource::Env(v.clone())))
+            }
+            (None, None) => Ok(None),
+        };
+        let password = secret(&raw.password_file, &raw.password_env, "password")?;
+        let token = secret(
+            &raw.bearer_token_file,
+            &raw.bearer_token_env,
+            "bearer_token",
+        )?;
+        let auth = match (&raw.username, password, token) {
+            (_, Some(_), Some(_)) => {
+                return Err(c.invalid(
+                    "remote_write.bearer_token_file",
+                    "choose basic authentication (username and password) or a bearer token, not both",
+                ))
+            }
+            (Some(u), Some(p), None) => {
+                if u.is_empty() || u.len() > 256 || u.chars().any(|ch| ch.is_control()) {
+                    return Err(c.invalid(
+                        "remote_write.username",
+                        "is 1 to 256 characters without control characters",
+                    ));
+                }
+                RemoteWriteAuth::Basic {
+                    username: u.clone(),
+                    password: p,
+                }
+            }
+            (None, Some(_), None) => {
+                return Err(c.invalid(
+                    "remote_write.username",
+                    "is missing: basic authentication needs a user name with its password",
+                ))
+            }
+            (Some(_), None, _) => {
+                return Err(c.invalid(
+                    "remote_write.password_file",
+                    "is missing: give the password of remote_write.username in password_file or password_env",
+                ))
+            }
+            (None, None, Some(t)) => RemoteWriteAuth::Bearer { token: t },
+            (None, None, None) => RemoteWriteAuth::None,
+        };
+        if has_storage && (auth != RemoteWriteAuth::None || raw.ca_file.is_some()) {
+            return Err(c.invalid(
+                "remote_write",
+                "the [storage] host is reached over WireGuard, without credentials or TLS; remove them, or [storage] to write to an engine of your own",
+            ));
+        }
+        Ok(Some(RemoteWriteConfig {
+            url,
+            auth,
+            ca_file: raw.ca_file.clone(),
+        }))
     }
 
     fn alerts(
@@ -1922,10 +2209,14 @@ impl Config {
         let mut names = BTreeSet::new();
         for (i, host) in self.hosts().enumerate() {
             if !names.insert(&host.name) {
-                let field = if i == 0 {
+                let monitors = 1 + self.more_monitors.len();
+                let field = if i < monitors {
                     "monitor.name".to_owned()
+                } else if i == monitors && self.storage.is_some() {
+                    "storage.name".to_owned()
                 } else {
-                    format!("nodes[{}].name", i - 1)
+                    let first_node = monitors + usize::from(self.storage.is_some());
+                    format!("nodes[{}].name", i - first_node)
                 };
                 return Err(c.invalid(
                     field,
@@ -1946,7 +2237,7 @@ impl Config {
                     format!("port {} is already used by ssh", self.node_exporter_port),
                 ));
             }
-            if i == 0
+            if i <= self.more_monitors.len()
                 && ports
                     .insert(Port::new(9090).expect("nonzero"), "prometheus")
                     .is_some()
@@ -1975,7 +2266,7 @@ impl Config {
             }
         }
         self.check_probes(c)?;
-        let needed = self.nodes.len() as u128 + 1;
+        let needed = self.hosts().count() as u128;
         let usable = usable_addresses(self.subnet);
         if needed > usable {
             return Err(c.invalid(
@@ -2044,7 +2335,28 @@ impl Config {
 
     /// Every host, monitor first, then nodes in order.
     pub fn hosts(&self) -> impl Iterator<Item = &HostSpec> {
-        std::iter::once(&self.monitor).chain(self.nodes.iter())
+        std::iter::once(&self.monitor)
+            .chain(self.more_monitors.iter())
+            .chain(self.storage.iter().map(|s| &s.host))
+            .chain(self.nodes.iter())
+    }
+
+    /// Every monitor with its shard and replica number, shard by shard.
+    pub fn monitors(&self) -> Vec<crate::topology::MonitorSlot<'_>> {
+        let shards: Vec<Option<&crate::shards::ShardId>> = match &self.topology.shards {
+            Some(s) => s.iter().map(Some).collect(),
+            None => vec![None],
+        };
+        let replicas = usize::from(self.topology.replicas);
+        std::iter::once(&self.monitor)
+            .chain(self.more_monitors.iter())
+            .enumerate()
+            .map(|(i, host)| crate::topology::MonitorSlot {
+                host,
+                shard: shards[i / replicas],
+                replica: (i % replicas) as u16 + 1,
+            })
+            .collect()
     }
 
     /// Whether a provider creates any host: a deployment of existing hosts
@@ -2107,6 +2419,14 @@ node_exporter_port = 9100
 [monitor]
 name = "promguard-monitor-1"
 region = "tor1"
+# Several monitors: `replicas` monitors each scrape the same nodes (high
+# availability); `shards` split the nodes between groups of replicas, by
+# rendezvous hashing of the shard ids (adding a shard moves only the nodes it
+# takes over). They are named <name_prefix>-<shard>-<replica>, or
+# <name_prefix>-<replica> without shards (remove `name` above).
+# replicas = 2
+# shards = ["a", "b"]
+# name_prefix = "promguard-monitor"
 # A blackbox exporter on the monitor probes HTTP endpoints of the hosts over
 # the tunnel (each probed host's firewall lets the monitor in on the port).
 # Probes need PromGuard's own Prometheus; path defaults to "/", module (one
@@ -2140,6 +2460,25 @@ name_prefix = "promguard-node"
 #   {{ name = "redis", package = "prometheus-redis-exporter", args = ["--redis.addr=redis://127.0.0.1:6379"], env = {{ REDIS_PASSWORD = {{ env = "REDIS_PW" }} }} }},
 #   {{ name = "mysql", package = "prometheus-mysqld-exporter", port = 9104 }},
 # ]
+
+# A storage host running VictoriaMetrics (Debian's victoria-metrics), which
+# every monitor remote_writes to over WireGuard; only the monitors reach it.
+# The replicas' copies of a series are deduplicated to one per scrape interval.
+# [storage]
+# name = "promguard-storage-1"
+# port = 8428
+# retention_days = 30
+
+# Or remote_write to an engine of your own (VictoriaMetrics, Mimir, Thanos,
+# Cortex) over TLS. Each monitor adds the labels monitor, replica (and shard).
+# The password or token is read by `promguard` from a file or the environment
+# and stored 0600 on the monitors.
+# [remote_write]
+# url = "https://metrics.example.com/api/v1/write"
+# username = "promguard"
+# password_env = "PROMGUARD_REMOTE_WRITE_PASSWORD"  # or password_file
+# bearer_token_file = "token"                        # instead of basic auth
+# ca_file = "ca.pem"                                 # a private CA's bundle
 
 [ssh]
 port = 22
@@ -2921,5 +3260,110 @@ exporters = [{ name = "nginx", port = 9113 }]
         assert_eq!(parse_duration("s"), None);
         assert_eq!(format_duration(Duration::from_secs(30)), "30s");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn several_monitors_are_named_from_their_prefix() {
+        let c =
+            parse("[monitor]\nshards = [\"a\", \"b\"]\nreplicas = 2\nregion = \"fra1\"\n").unwrap();
+        let names: Vec<String> = c
+            .monitors()
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} {:?} {}",
+                    m.host.name,
+                    m.shard.map(|s| s.as_str()),
+                    m.replica
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "promguard-monitor-a-1 Some(\"a\") 1",
+                "promguard-monitor-a-2 Some(\"a\") 2",
+                "promguard-monitor-b-1 Some(\"b\") 1",
+                "promguard-monitor-b-2 Some(\"b\") 2"
+            ]
+        );
+        assert!(c
+            .monitors()
+            .iter()
+            .all(|m| m.host.region.as_str() == "fra1"));
+        assert_eq!(c.hosts().count(), 7);
+    }
+
+    #[test]
+    fn several_monitors_storage_and_remote_write_refuse_what_cannot_work() {
+        for (text, wanted) in [
+            ("[monitor]\nreplicas = 2\nname = \"m\"\n", "set monitor.name_prefix instead"),
+            ("[monitor]\nreplicas = 0\n", "monitor.replicas"),
+            ("[monitor]\nreplicas = 10\n", "from 1 to 9"),
+            ("[monitor]\nshards = [\"a\", \"a\"]\n", "monitor.shards"),
+            ("[monitor]\nshards = [\"A b\"]\n", "monitor.shards[0]"),
+            ("[monitor]\nname_prefix = \"m\"\n", "monitor.name_prefix"),
+            (
+                "[monitor]\nreplicas = 2\naddress = \"192.0.2.1\"\n",
+                "several monitors are hosts PromGuard creates",
+            ),
+            ("[remote_write]\n", "remote_write.url: is missing"),
+            (
+                "[storage]\n[remote_write]\nurl = \"https://vm.example.com/api/v1/write\"\n",
+                "already write to the [storage] host",
+            ),
+            (
+                "[storage]\n[remote_write]\nbearer_token_env = \"T\"\n",
+                "reached over WireGuard",
+            ),
+            (
+                "[remote_write]\nurl = \"ftp://x/\"\n",
+                "does not start with http",
+            ),
+            (
+                "[remote_write]\nurl = \"https://x/w\"\npassword_env = \"P\"\n",
+                "needs a user name",
+            ),
+            (
+                "[remote_write]\nurl = \"https://x/w\"\nusername = \"u\"\n",
+                "give the password",
+            ),
+            (
+                "[remote_write]\nurl = \"https://x/w\"\nusername = \"u\"\npassword_env = \"P\"\nbearer_token_env = \"T\"\n",
+                "not both",
+            ),
+            (
+                "[remote_write]\nurl = \"https://x/w\"\nbearer_token_env = \"T\"\nbearer_token_file = \"t\"\n",
+                "not both",
+            ),
+            ("[storage]\nretention_days = 0\n", "storage.retention_days"),
+            ("[storage]\nport = 9100\n", "clashes"),
+            ("[storage]\nname = \"promguard-node-1\"\n", "duplicate host name"),
+            ("[deployment]\nsubnet = \"10.0.0.0/30\"\n[monitor]\nreplicas = 2\n", "room for 2"),
+        ] {
+            let err = error(text);
+            assert!(err.contains(wanted), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn remote_write_secrets_come_from_files_or_the_environment() {
+        use crate::topology::RemoteWriteAuth;
+        let c = parse(
+            "[remote_write]\nurl = \"https://vm.example.com/api/v1/write\"\nusername = \"pg\"\npassword_file = \"rw.pw\"\nca_file = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let rw = c.remote_write.unwrap();
+        assert_eq!(
+            rw.auth,
+            RemoteWriteAuth::Basic {
+                username: "pg".into(),
+                password: SettingSource::File("rw.pw".into())
+            }
+        );
+        assert_eq!(rw.ca_file, Some(PathBuf::from("ca.pem")));
+        let c = parse("[storage]\n").unwrap();
+        let rw = c.remote_write.unwrap();
+        assert_eq!((rw.url, rw.auth), (None, RemoteWriteAuth::None));
     }
 }

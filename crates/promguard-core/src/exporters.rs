@@ -229,10 +229,12 @@ pub fn check_arg(arg: &str) -> Result<(), String> {
         ));
     }
     let flag = arg.trim_start_matches('-');
-    if arg.starts_with('-') && flag.starts_with("web.listen-address") {
-        return Err(format!(
-            "{arg:?}: PromGuard sets --web.listen-address itself, to the host's WireGuard address and the exporter's port"
-        ));
+    for own in [WEB_LISTEN_FLAG, STORAGE_ENGINE.listen_flag] {
+        if arg.starts_with('-') && flag.starts_with(own.trim_start_matches('-')) {
+            return Err(format!(
+                "{arg:?}: PromGuard sets {own} itself (the listen address is the host's WireGuard address and the exporter's port)"
+            ));
+        }
     }
     Ok(())
 }
@@ -294,7 +296,18 @@ pub struct KnownExporter {
     pub needs_one_arg_of: Option<(&'static [&'static str], &'static str)>,
     /// It probes other hosts (`probes` is allowed).
     pub probes: bool,
+    /// The flag that sets its listen address (`--web.listen-address` for
+    /// every exporter; servers of other shapes differ).
+    pub listen_flag: &'static str,
+    /// The flag that sets where it keeps its data, for a server that keeps
+    /// any: on a host without systemd the recipe points it into the host's
+    /// own state directory, since the package's default may be shared
+    /// with the machine.
+    pub data_dir_flag: Option<&'static str>,
 }
+
+/// The listen flag every Debian exporter package takes.
+pub const WEB_LISTEN_FLAG: &str = "--web.listen-address";
 
 /// The exporter packages PromGuard is tested with; any other
 /// `prometheus-*-exporter` package of the same shape works through
@@ -310,6 +323,8 @@ pub const KNOWN_EXPORTERS: &[KnownExporter] = &[
         )],
         needs_one_arg_of: None,
         probes: false,
+        listen_flag: WEB_LISTEN_FLAG,
+        data_dir_flag: None,
     },
     KnownExporter {
         package: "prometheus-redis-exporter",
@@ -318,6 +333,8 @@ pub const KNOWN_EXPORTERS: &[KnownExporter] = &[
         required: &[],
         needs_one_arg_of: None,
         probes: false,
+        listen_flag: WEB_LISTEN_FLAG,
+        data_dir_flag: None,
     },
     KnownExporter {
         package: "prometheus-nginx-exporter",
@@ -326,6 +343,8 @@ pub const KNOWN_EXPORTERS: &[KnownExporter] = &[
         required: &[],
         needs_one_arg_of: None,
         probes: false,
+        listen_flag: WEB_LISTEN_FLAG,
+        data_dir_flag: None,
     },
     KnownExporter {
         package: "prometheus-blackbox-exporter",
@@ -334,6 +353,8 @@ pub const KNOWN_EXPORTERS: &[KnownExporter] = &[
         required: &[],
         needs_one_arg_of: None,
         probes: true,
+        listen_flag: WEB_LISTEN_FLAG,
+        data_dir_flag: None,
     },
     KnownExporter {
         package: "prometheus-process-exporter",
@@ -345,6 +366,8 @@ pub const KNOWN_EXPORTERS: &[KnownExporter] = &[
             "the process exporter needs to know which processes to watch: args = [\"-procnames=sshd,postgres\"] or a -config.path=",
         )),
         probes: false,
+        listen_flag: WEB_LISTEN_FLAG,
+        data_dir_flag: None,
     },
 ];
 
@@ -353,8 +376,26 @@ pub const KNOWN_EXPORTERS: &[KnownExporter] = &[
 pub fn known(package: &DebianPackage) -> Option<&'static KnownExporter> {
     KNOWN_EXPORTERS
         .iter()
+        .chain(std::iter::once(&STORAGE_ENGINE))
         .find(|k| k.package == package.as_str())
 }
+
+/// The time-series engine PromGuard installs on a storage host
+/// (`[storage]`): single-node VictoriaMetrics from Debian, which takes
+/// Prometheus' remote_write at `/api/v1/write` and serves the Prometheus
+/// query API and its own metrics on the same port. Its package has the
+/// exporters' shape (`/usr/bin/<package>`, `$ARGS` from
+/// `/etc/default/<package>`) but its own flags.
+pub const STORAGE_ENGINE: KnownExporter = KnownExporter {
+    package: "victoria-metrics",
+    port: 8428,
+    base_args: &[],
+    required: &[],
+    needs_one_arg_of: None,
+    probes: false,
+    listen_flag: "-httpListenAddr",
+    data_dir_flag: Some("-storageDataPath"),
+};
 
 /// The Prometheus job of the probes of the exporter called `prober`: its
 /// name with `_probe` appended (its own metrics are the job of its name).
@@ -372,6 +413,12 @@ pub struct PackagedExporter {
     pub args: Vec<String>,
     /// Its environment file's variables, sorted by name.
     pub settings: Vec<ExporterSetting>,
+    /// The flag that sets its listen address ([`KnownExporter::listen_flag`];
+    /// [`WEB_LISTEN_FLAG`] for a package PromGuard does not know).
+    pub listen_flag: String,
+    /// The flag that sets its data directory, if it keeps data
+    /// ([`KnownExporter::data_dir_flag`]).
+    pub data_dir_flag: Option<String>,
 }
 
 impl PackagedExporter {
@@ -390,9 +437,12 @@ impl PackagedExporter {
 /// What a host gets for `managed`: base arguments first, and the values
 /// written in the config already set (the caller reads the secrets).
 pub fn packaged(managed: &ManagedExporter) -> PackagedExporter {
-    let base = known(&managed.package).map_or(&[][..], |k| k.base_args);
+    let known = known(&managed.package);
+    let base = known.map_or(&[][..], |k| k.base_args);
     PackagedExporter {
         package: managed.package.clone(),
+        listen_flag: known.map_or(WEB_LISTEN_FLAG, |k| k.listen_flag).to_owned(),
+        data_dir_flag: known.and_then(|k| k.data_dir_flag).map(str::to_owned),
         args: base
             .iter()
             .map(|a| a.to_string())

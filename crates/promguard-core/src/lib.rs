@@ -30,6 +30,7 @@ pub mod prometheus;
 pub mod shards;
 pub mod ssh;
 pub mod state;
+pub mod topology;
 
 pub use capabilities::{Capabilities, HostKeys, Lifecycle, Programs};
 pub use events::{Event, Observer, Outcome, Step};

@@ -94,7 +94,12 @@ pub fn render(policy: &FirewallPolicy) -> String {
          # Managed by PromGuard: changes here are overwritten by the next `promguard up`.\n\
          # Replaces only the table inet promguard, atomically; other tables are left alone.\n\n",
     );
-    let (family, nfproto) = match policy.scraper {
+    let (family, nfproto) = match policy
+        .scrapers
+        .first()
+        .copied()
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    {
         IpAddr::V4(_) => ("ip", "ipv4"),
         IpAddr::V6(_) => ("ip6", "ipv6"),
     };
@@ -145,7 +150,8 @@ pub fn render(policy: &FirewallPolicy) -> String {
         let _ = writeln!(
             out,
             "\t\tiifname \"{}\" {family} saddr {} tcp dport {{ {ports} }} accept",
-            policy.interface, policy.scraper,
+            policy.interface,
+            scrapers(policy),
         );
     }
     if !policy.probe_ports.is_empty() {
@@ -156,7 +162,7 @@ pub fn render(policy: &FirewallPolicy) -> String {
             out,
             "\t\tiifname \"{}\" {family} saddr {} tcp dport {{ {} }} accept",
             policy.interface,
-            policy.scraper,
+            scrapers(policy),
             probed.join(", "),
         );
     }
@@ -181,8 +187,20 @@ fn scraper_only_chain(out: &mut String, policy: &FirewallPolicy, family: &str, n
     let _ = writeln!(out, "\n\tchain {SCRAPER_ONLY_CHAIN} {{");
     let _ = writeln!(out, "\t\tiifname != \"{}\" drop", policy.interface);
     let _ = writeln!(out, "\t\tmeta nfproto != {nfproto} drop");
-    let _ = writeln!(out, "\t\t{family} saddr != {} drop", policy.scraper);
+    let _ = writeln!(out, "\t\t{family} saddr != {} drop", scrapers(policy));
     out.push_str("\t}\n");
+}
+
+/// The scrapers' addresses as nft writes them: one address alone, several
+/// as an anonymous set.
+fn scrapers(policy: &FirewallPolicy) -> String {
+    match policy.scrapers.as_slice() {
+        [one] => one.to_string(),
+        many => {
+            let list: Vec<String> = many.iter().map(ToString::to_string).collect();
+            format!("{{ {} }}", list.join(", "))
+        }
+    }
 }
 
 /// The table of a host PromGuard did not create: both chains accept by

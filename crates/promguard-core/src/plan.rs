@@ -25,8 +25,11 @@ use crate::state::State;
 pub enum Role {
     /// Runs Prometheus and peers with every node.
     Monitor,
-    /// Runs exporters and peers only with the monitor.
+    /// Runs exporters and peers only with the monitors of its shard.
     Node,
+    /// Runs the time-series engine the monitors write to, and peers with
+    /// every monitor.
+    Storage,
 }
 
 impl Role {
@@ -35,6 +38,7 @@ impl Role {
         match self {
             Role::Monitor => "monitor",
             Role::Node => "node",
+            Role::Storage => "storage",
         }
     }
 }
@@ -67,12 +71,18 @@ impl Plan {
         self.hosts.iter().find(|h| &h.name == name)
     }
 
-    /// The monitor's plan. Every plan has exactly one monitor.
+    /// The first monitor's plan (with several monitors, the first replica
+    /// of the first shard). Every plan has at least one monitor.
     pub fn monitor(&self) -> &HostPlan {
         self.hosts
             .iter()
             .find(|h| h.role == Role::Monitor)
             .expect("a plan always has a monitor")
+    }
+
+    /// Every monitor's plan, in config order.
+    pub fn monitors(&self) -> impl Iterator<Item = &HostPlan> {
+        self.hosts.iter().filter(|h| h.role == Role::Monitor)
     }
 
     /// Hosts the state has and the config no longer names.
@@ -269,8 +279,10 @@ pub struct FirewallPolicy {
     pub wireguard_port: Port,
     /// The WireGuard interface scrapes arrive on.
     pub interface: InterfaceName,
-    /// The only source address allowed to reach exporter ports.
-    pub scraper: IpAddr,
+    /// The only source addresses allowed to reach exporter ports: the
+    /// monitors that scrape the host (the host itself on a monitor),
+    /// sorted and unique.
+    pub scrapers: Vec<IpAddr>,
     /// Exporter TCP ports, sorted and unique.
     pub exporter_ports: Vec<Port>,
     /// TCP ports a prober on the scraper (a blackbox exporter on the
@@ -327,6 +339,12 @@ pub struct PrometheusPlan {
     pub rules: AlertRules,
     /// Where Alertmanager sends notifications (webhooks, email).
     pub alerts: AlertsConfig,
+    /// Labels this monitor adds to everything it sends (remote_write,
+    /// alerts): `monitor`, `replica` and, with shards, `shard`. Empty for a
+    /// single monitor that writes nowhere, whose config stays as before.
+    pub external_labels: Vec<(String, String)>,
+    /// Where this monitor sends its samples, if anywhere.
+    pub remote_write: Option<RemoteWritePlan>,
     /// The SMTP password of [`AlertsConfig::email`], when it names one: the
     /// planner leaves it `None` (core reads neither files nor the
     /// environment); the caller resolves it and sets it before rendering
@@ -334,26 +352,62 @@ pub struct PrometheusPlan {
     pub smtp_password: Option<SmtpPassword>,
 }
 
-/// An SMTP password: shown as `<redacted>` by `Debug`, and out of reach of
-/// `Display`, so that it is only ever written into Alertmanager's config.
+/// A password or token for a file on the monitor (the SMTP password, the
+/// remote_write credentials): shown as `<redacted>` by `Debug`, and out of
+/// reach of `Display`, so that it is only ever written into the file that
+/// needs it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SmtpPassword(String);
+pub struct Secret(String);
 
-impl SmtpPassword {
+/// The SMTP password of [`AlertsConfig::email`].
+pub type SmtpPassword = Secret;
+
+impl Secret {
     /// Wraps `password`.
     pub fn new(password: String) -> Self {
         Self(password)
     }
 
-    /// The password itself, for the file on the monitor.
+    /// The secret itself, for the file on the monitor.
     pub fn expose(&self) -> &str {
         &self.0
     }
 }
 
-impl fmt::Debug for SmtpPassword {
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SmtpPassword(<redacted>)")
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Prometheus' remote_write on a monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteWritePlan {
+    /// The engine's write URL.
+    pub url: String,
+    /// The basic authentication user, when there is one (its password is
+    /// [`Self::secret`]).
+    pub username: Option<String>,
+    /// The password or bearer token: the planner leaves it `None` (core
+    /// reads neither files nor the environment); the caller resolves
+    /// [`Self::secret_source`] and sets it before rendering.
+    pub secret: Option<Secret>,
+    /// Where the secret comes from, if there is one.
+    pub secret_source: Option<crate::exporters::SettingSource>,
+    /// The CA bundle's file on the caller's machine, if the config names
+    /// one.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The CA bundle's content, set by the caller from [`Self::ca_file`].
+    pub ca: Option<String>,
+    /// Labels dropped before sending: the replica labels, for an engine
+    /// that deduplicates identical series only (the storage host's).
+    pub drop_labels: Vec<String>,
+}
+
+impl RemoteWritePlan {
+    /// The secret is a bearer token rather than a password.
+    pub fn is_bearer(&self) -> bool {
+        self.secret_source.is_some() && self.username.is_none()
     }
 }
 
@@ -462,6 +516,15 @@ pub enum Change {
         /// The removed peer.
         peer: HostName,
     },
+    /// A node changes shard: the monitors of `to` scrape it from now on.
+    MoveNode {
+        /// The node.
+        node: HostName,
+        /// Its shard before.
+        from: crate::shards::ShardId,
+        /// Its shard now.
+        to: crate::shards::ShardId,
+    },
     /// A file on `host` will be written (new or different content).
     WriteFile {
         /// The host.
@@ -498,6 +561,9 @@ impl fmt::Display for Change {
             ),
             Change::AddPeer { host, peer } => write!(f, "~ {host}: add peer {peer}"),
             Change::RemovePeer { host, peer } => write!(f, "~ {host}: remove peer {peer}"),
+            Change::MoveNode { node, from, to } => {
+                write!(f, "~ {node}: moves from shard {from} to shard {to}")
+            }
             Change::WriteFile { host, path } => write!(f, "~ {host}: write {path}"),
         }
     }

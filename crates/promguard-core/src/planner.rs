@@ -22,9 +22,12 @@ use crate::keys::{PresharedKey, PrivateKey};
 use crate::names::{ExporterName, HostName, Port, SshUser};
 use crate::plan::{
     Change, ExporterKind, ExporterPlan, FirewallPolicy, FirewallScope, HostPlan, InterfacePlan,
-    PeerPlan, Plan, ProbeTarget, PrometheusMode, PrometheusPlan, Role, ScrapeTarget, SshLogin,
+    PeerPlan, Plan, ProbeTarget, PrometheusMode, PrometheusPlan, RemoteWritePlan, Role,
+    ScrapeTarget, SshLogin,
 };
+use crate::shards::{ShardId, Shards};
 use crate::state::{HostRecord, PairKey, State};
+use crate::topology::RemoteWriteAuth;
 
 /// Why a plan cannot be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,10 +108,18 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
         });
     }
 
-    let specs: Vec<(Role, &crate::config::HostSpec)> =
-        std::iter::once((Role::Monitor, &config.monitor))
-            .chain(config.nodes.iter().map(|n| (Role::Node, n)))
-            .collect();
+    let specs: Vec<(Role, &crate::config::HostSpec)> = config
+        .monitors()
+        .into_iter()
+        .map(|m| (Role::Monitor, m.host))
+        .chain(config.storage.iter().map(|s| (Role::Storage, &s.host)))
+        .chain(config.nodes.iter().map(|n| (Role::Node, n)))
+        .collect();
+    let shard_of_monitor: HashMap<&HostName, Option<&ShardId>> = config
+        .monitors()
+        .into_iter()
+        .map(|m| (&m.host.name, m.shard))
+        .collect();
     let wanted: BTreeSet<&HostName> = specs.iter().map(|(_, s)| &s.name).collect();
 
     // Existing hosts keep their records; check they still fit.
@@ -197,12 +208,20 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
                 existing: spec.existing().is_some(),
                 ssh_user: None,
                 guest: None,
+                shard: None,
             },
         );
     }
+    for (name, shard) in &shard_of_monitor {
+        if let Some(record) = next.hosts.get_mut(*name) {
+            record.shard = shard.cloned();
+        }
+    }
 
-    // Preshared keys per monitor-node pair.
-    let monitor = &config.monitor.name;
+    let star = Star::of_config(config);
+
+    // Preshared keys per pair of peers: a monitor and a node of its shard,
+    // or a monitor and the storage host.
     if config.preshared_keys {
         // Indexed: a lookup per node in the list would be quadratic.
         let old_pairs: HashMap<(&HostName, &HostName), &PairKey> = old
@@ -210,22 +229,33 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
             .iter()
             .map(|p| ((&p.monitor, &p.node), p))
             .collect();
-        for node in &config.nodes {
-            let kept = old_pairs.get(&(monitor, &node.name)).map(|&p| p.clone());
-            next.preshared_keys.push(kept.unwrap_or_else(|| PairKey {
-                monitor: monitor.clone(),
-                node: node.name.clone(),
-                key: PresharedKey::generate(),
-                created: None,
-                previous: None,
-            }));
+        for (monitor, _) in &star.monitors {
+            for other in star.peers_of(monitor, Role::Monitor) {
+                let kept = old_pairs.get(&(*monitor, other)).map(|&p| p.clone());
+                next.preshared_keys.push(kept.unwrap_or_else(|| PairKey {
+                    monitor: (*monitor).clone(),
+                    node: other.clone(),
+                    key: PresharedKey::generate(),
+                    created: None,
+                    previous: None,
+                }));
+            }
         }
     }
 
     let pairs = pair_index(&next);
+    let by_name: HashMap<&HostName, &crate::config::HostSpec> =
+        specs.iter().map(|(_, s)| (&s.name, *s)).collect();
+    let cx = Context {
+        config,
+        state: &next,
+        pairs: &pairs,
+        star: &star,
+        specs: &by_name,
+    };
     let hosts: Vec<HostPlan> = specs
         .iter()
-        .map(|(role, spec)| host_plan(config, &next, &pairs, *role, spec))
+        .map(|(role, spec)| host_plan(&cx, *role, spec))
         .collect();
 
     let mut changes = Vec::new();
@@ -255,16 +285,31 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
             });
         }
     }
-    // Peer changes on hosts that already exist.
+    // Nodes that change shard, and peer changes on hosts that already
+    // exist.
+    let star_before = Star::of_state(old);
+    if let (Some(before), Some(now)) = (&star_before.shards, &config.topology.shards) {
+        for node in &config.nodes {
+            if !old.hosts.get(&node.name).is_some_and(|r| r.created) {
+                continue;
+            }
+            let (from, to) = (before.assign(&node.name), now.assign(&node.name));
+            if from != to {
+                changes.push(Change::MoveNode {
+                    node: node.name.clone(),
+                    from: from.clone(),
+                    to: to.clone(),
+                });
+            }
+        }
+    }
     for host in &hosts {
         let Some(record) = old.hosts.get(&host.name).filter(|r| r.created) else {
             continue;
         };
-        let before: BTreeSet<&HostName> = old
-            .hosts
-            .iter()
-            .filter(|(name, other)| *name != &host.name && peers_with(record.role, other.role))
-            .map(|(name, _)| name)
+        let before: BTreeSet<&HostName> = star_before
+            .peers_of(&host.name, record.role)
+            .into_iter()
             .collect();
         let after: BTreeSet<&HostName> = host.peers.iter().map(|p| &p.name).collect();
         for peer in after.difference(&before) {
@@ -299,9 +344,124 @@ fn lifecycle(existing: bool) -> Lifecycle {
     }
 }
 
-/// In a star, monitors peer with nodes and nodes with monitors.
-fn peers_with(a: Role, b: Role) -> bool {
-    a != b
+/// Who peers with whom: every monitor with the nodes of its shard and the
+/// storage host; a node with the monitors of its shard; the storage host
+/// with every monitor.
+struct Star<'a> {
+    /// The monitors with their shards.
+    monitors: Vec<(&'a HostName, Option<&'a ShardId>)>,
+    /// The shards, when the nodes are split.
+    shards: Option<Shards>,
+    /// The nodes with their shards.
+    nodes: Vec<(&'a HostName, Option<ShardId>)>,
+    /// Where each node is in [`Self::nodes`]: a lookup per node would be
+    /// quadratic otherwise.
+    node_index: HashMap<&'a HostName, usize>,
+    /// The storage host.
+    storage: Option<&'a HostName>,
+}
+
+impl<'a> Star<'a> {
+    fn of_config(config: &'a Config) -> Self {
+        let shards = config.topology.shards.clone();
+        let nodes = config
+            .nodes
+            .iter()
+            .map(|n| (&n.name, shards.as_ref().map(|s| s.assign(&n.name).clone())))
+            .collect();
+        Self::new(
+            config
+                .monitors()
+                .into_iter()
+                .map(|m| (&m.host.name, m.shard))
+                .collect(),
+            shards,
+            nodes,
+            config.storage.as_ref().map(|s| &s.host.name),
+        )
+    }
+
+    fn new(
+        monitors: Vec<(&'a HostName, Option<&'a ShardId>)>,
+        shards: Option<Shards>,
+        nodes: Vec<(&'a HostName, Option<ShardId>)>,
+        storage: Option<&'a HostName>,
+    ) -> Self {
+        let node_index = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (*n, i))
+            .collect();
+        Self {
+            monitors,
+            shards,
+            nodes,
+            node_index,
+            storage,
+        }
+    }
+
+    /// The star the recorded hosts form: the shards are those the monitors
+    /// record.
+    fn of_state(state: &'a State) -> Self {
+        let recorded: BTreeSet<&ShardId> = state
+            .hosts
+            .values()
+            .filter_map(|r| r.shard.as_ref())
+            .collect();
+        let shards = Shards::new(recorded.into_iter().cloned()).ok();
+        let of_role = |role: Role| state.hosts.iter().filter(move |(_, r)| r.role == role);
+        let nodes = of_role(Role::Node)
+            .map(|(name, _)| (name, shards.as_ref().map(|s| s.assign(name).clone())))
+            .collect();
+        Self::new(
+            of_role(Role::Monitor)
+                .map(|(name, r)| (name, r.shard.as_ref()))
+                .collect(),
+            shards,
+            nodes,
+            of_role(Role::Storage).map(|(name, _)| name).next(),
+        )
+    }
+
+    /// The monitors that scrape a node of `shard`: all of them without
+    /// shards.
+    fn monitors_of_shard<'s>(
+        &'s self,
+        shard: Option<&'s ShardId>,
+    ) -> impl Iterator<Item = &'a HostName> + 's {
+        self.monitors
+            .iter()
+            .filter(move |(_, s)| shard.is_none() || *s == shard)
+            .map(|(name, _)| *name)
+    }
+
+    /// The peers of the host called `name`, whose role is `role`.
+    fn peers_of(&self, name: &HostName, role: Role) -> Vec<&'a HostName> {
+        match role {
+            Role::Monitor => {
+                let shard = self
+                    .monitors
+                    .iter()
+                    .find(|(m, _)| *m == name)
+                    .and_then(|(_, s)| *s);
+                self.nodes
+                    .iter()
+                    .filter(|(_, s)| shard.is_none() || s.as_ref() == shard)
+                    .map(|(n, _)| *n)
+                    .chain(self.storage)
+                    .collect()
+            }
+            Role::Node => {
+                let shard = self
+                    .node_index
+                    .get(name)
+                    .and_then(|&i| self.nodes[i].1.as_ref());
+                self.monitors_of_shard(shard).collect()
+            }
+            Role::Storage => self.monitors.iter().map(|(m, _)| *m).collect(),
+        }
+    }
 }
 
 /// Preshared keys by (monitor, node), so planning stays linear in the
@@ -316,18 +476,26 @@ fn pair_index(state: &State) -> PairIndex<'_> {
         .collect()
 }
 
-fn host_plan(
-    config: &Config,
-    state: &State,
-    pairs: &PairIndex<'_>,
-    role: Role,
-    spec: &crate::config::HostSpec,
-) -> HostPlan {
-    let record = &state.hosts[&spec.name];
-    let monitor_name = &config.monitor.name;
-    let monitor_address = state.hosts[monitor_name].wireguard_address;
+/// What every host's plan is made from.
+struct Context<'a> {
+    config: &'a Config,
+    state: &'a State,
+    pairs: &'a PairIndex<'a>,
+    star: &'a Star<'a>,
+    specs: &'a HashMap<&'a HostName, &'a crate::config::HostSpec>,
+}
 
-    let peer = |other_spec: &crate::config::HostSpec, keepalive: Option<u16>| {
+fn host_plan(cx: &Context<'_>, role: Role, spec: &crate::config::HostSpec) -> HostPlan {
+    let Context {
+        config,
+        state,
+        pairs,
+        star,
+        specs,
+    } = *cx;
+    let record = &state.hosts[&spec.name];
+
+    let peer = |other_spec: &crate::config::HostSpec| {
         let name = &other_spec.name;
         let other = &state.hosts[name];
         let (m, n) = if role == Role::Monitor {
@@ -347,14 +515,25 @@ fn host_plan(
                 .public_address
                 .filter(|_| other_spec.wireguard.inbound)
                 .map(|a| SocketAddr::new(a, config.wireguard_port_of(other_spec).get())),
-            persistent_keepalive: keepalive,
+            // Nodes and the storage host keep their tunnels to the
+            // monitors open so that the monitors can always reach them.
+            persistent_keepalive: (role != Role::Monitor).then_some(NODE_KEEPALIVE),
         }
     };
-    let mut peers: Vec<PeerPlan> = match role {
-        Role::Monitor => config.nodes.iter().map(|n| peer(n, None)).collect(),
-        Role::Node => vec![peer(&config.monitor, Some(NODE_KEEPALIVE))],
-    };
+    let peer_names = star.peers_of(&spec.name, role);
+    let mut peers: Vec<PeerPlan> = peer_names.iter().map(|n| peer(specs[n])).collect();
     peers.sort_by(|a, b| a.name.cmp(&b.name));
+    let monitor_address = record.wireguard_address;
+    let mut scrapers: Vec<IpAddr> = match role {
+        Role::Monitor => vec![record.wireguard_address],
+        Role::Node | Role::Storage => peers.iter().map(|p| p.allowed_ip).collect(),
+    };
+    scrapers.sort();
+    scrapers.dedup();
+    // What a monitor scrapes: itself and its peers.
+    let scraped: HashSet<&HostName> = std::iter::once(&spec.name)
+        .chain(peer_names.iter().copied())
+        .collect();
 
     let host_exporters = exporters(config, record.wireguard_address, spec);
     let mut exporter_ports: Vec<Port> = host_exporters
@@ -379,12 +558,63 @@ fn host_plan(
             api,
         ),
     };
+    let slot = config
+        .monitors()
+        .into_iter()
+        .find(|m| m.host.name == spec.name);
+    let external_labels = match slot {
+        Some(slot) if config.topology.is_several() || config.remote_write.is_some() => {
+            let mut labels = vec![
+                ("monitor".to_owned(), spec.name.to_string()),
+                ("replica".to_owned(), slot.replica.to_string()),
+            ];
+            if let Some(shard) = slot.shard {
+                labels.push(("shard".to_owned(), shard.to_string()));
+            }
+            labels
+        }
+        _ => Vec::new(),
+    };
+    let remote_write = config.remote_write.as_ref().map(|rw| {
+        let storage = config
+            .storage
+            .as_ref()
+            .filter(|_| rw.url.is_none())
+            .map(|s| {
+                let address = state.hosts[&s.host.name].wireguard_address;
+                let port = s.host.exporters[0].port.get();
+                crate::topology::storage_write_url(SocketAddr::new(address, port))
+            });
+        RemoteWritePlan {
+            url: match (&rw.url, storage.clone()) {
+                (Some(url), _) => url.as_str().to_owned(),
+                (None, Some(url)) => url,
+                (None, None) => unreachable!("the config names a URL or a storage host"),
+            },
+            username: match &rw.auth {
+                RemoteWriteAuth::Basic { username, .. } => Some(username.clone()),
+                _ => None,
+            },
+            secret: None,
+            secret_source: rw.auth.secret_source().cloned(),
+            ca_file: rw.ca_file.clone(),
+            ca: None,
+            // The storage engine keeps one of identical series' samples
+            // per interval: the replicas' series must be identical.
+            drop_labels: if storage.is_some() {
+                vec!["monitor".to_owned(), "replica".to_owned()]
+            } else {
+                Vec::new()
+            },
+        }
+    });
     let prometheus = (role == Role::Monitor).then(|| PrometheusPlan {
         mode,
         listen,
         scrape_interval: config.scrape_interval,
         targets: config
             .hosts()
+            .filter(|h| scraped.contains(&h.name))
             .flat_map(|h| {
                 let r = &state.hosts[&h.name];
                 exporters(config, r.wireguard_address, h)
@@ -399,6 +629,7 @@ fn host_plan(
             })
             .collect(),
         probes: probes(config)
+            .filter(|(_, probe)| scraped.contains(&probe.host))
             .filter_map(|(prober, probe)| {
                 // Only a Config built by hand can probe a host it does not
                 // have (from_toml refuses it): such a probe probes nothing.
@@ -429,6 +660,8 @@ fn host_plan(
         },
         rules: AlertRules::from_config(&config.alerts),
         alerts: config.alerts.clone(),
+        external_labels,
+        remote_write,
         smtp_password: None,
     });
 
@@ -469,7 +702,7 @@ fn host_plan(
             ssh_port: config.ssh_port_of(spec),
             wireguard_port: config.wireguard_port_of(spec),
             interface: config.interface_of(spec).clone(),
-            scraper: monitor_address,
+            scrapers,
             exporter_ports,
             probe_ports,
         },
@@ -592,7 +825,7 @@ mod tests {
             assert_eq!(node.peers[0].name, monitor.name);
             assert_eq!(node.peers[0].allowed_ips().to_string(), "10.0.0.1/32");
             assert_eq!(node.peers[0].persistent_keepalive, Some(NODE_KEEPALIVE));
-            assert_eq!(node.firewall.scraper, monitor.interface.address);
+            assert_eq!(node.firewall.scrapers, [monitor.interface.address]);
         }
         for p in &monitor.peers {
             assert_eq!(p.allowed_ips().prefix(), 32);
@@ -944,5 +1177,216 @@ region = "sfo2"
             record.created = false;
         }
         assert!(plan(&moved, Some(&state)).is_ok());
+    }
+
+    fn names<'a>(peers: impl IntoIterator<Item = &'a PeerPlan>) -> Vec<String> {
+        peers.into_iter().map(|p| p.name.to_string()).collect()
+    }
+
+    #[test]
+    fn replicas_each_scrape_every_node_and_write_to_the_storage_host() {
+        let plan = plan(
+            &config("[prometheus]\nscrape_interval = \"5s\"\n[monitor]\nreplicas = 2\n[storage]\n"),
+            None,
+        )
+        .unwrap();
+        let roles: Vec<(String, Role, String)> = plan
+            .hosts
+            .iter()
+            .map(|h| (h.name.to_string(), h.role, h.interface.address.to_string()))
+            .collect();
+        assert_eq!(
+            roles[..3],
+            [
+                (
+                    "promguard-monitor-1".into(),
+                    Role::Monitor,
+                    "10.0.0.1".into()
+                ),
+                (
+                    "promguard-monitor-2".into(),
+                    Role::Monitor,
+                    "10.0.0.2".into()
+                ),
+                (
+                    "promguard-storage-1".into(),
+                    Role::Storage,
+                    "10.0.0.3".into()
+                ),
+            ]
+        );
+        let monitors: Vec<IpAddr> = plan.monitors().map(|m| m.interface.address).collect();
+        for node in plan.hosts.iter().filter(|h| h.role == Role::Node) {
+            assert_eq!(
+                names(&node.peers),
+                ["promguard-monitor-1", "promguard-monitor-2"]
+            );
+            assert_eq!(node.firewall.scrapers, monitors);
+            assert!(node.peers.iter().all(|p| p.preshared_key.is_some()));
+        }
+        let storage = plan.hosts.iter().find(|h| h.role == Role::Storage).unwrap();
+        assert_eq!(
+            names(&storage.peers),
+            ["promguard-monitor-1", "promguard-monitor-2"]
+        );
+        assert_eq!(storage.firewall.scrapers, monitors);
+        assert_eq!(
+            storage.firewall.exporter_ports,
+            [Port::new(8428).unwrap(), Port::new(9100).unwrap()]
+        );
+        let engine = storage.exporters[1].packaged().unwrap();
+        assert_eq!(engine.listen_flag, "-httpListenAddr");
+        assert!(engine
+            .args
+            .contains(&"-dedup.minScrapeInterval=5s".to_owned()));
+        for (i, monitor) in plan.monitors().enumerate() {
+            // Every node and the storage host, never the other monitor.
+            assert_eq!(monitor.peers.len(), 4);
+            assert!(monitor
+                .peers
+                .iter()
+                .all(|p| !p.name.as_str().contains("monitor")));
+            assert_eq!(monitor.firewall.scrapers, [monitor.interface.address]);
+            let prom = monitor.prometheus.as_ref().unwrap();
+            let instances: BTreeSet<&str> =
+                prom.targets.iter().map(|t| t.instance.as_str()).collect();
+            assert_eq!(
+                instances.len(),
+                5,
+                "itself, the storage host and three nodes"
+            );
+            assert!(instances.contains(monitor.name.as_str()));
+            assert_eq!(
+                prom.external_labels,
+                [
+                    ("monitor".to_owned(), monitor.name.to_string()),
+                    ("replica".to_owned(), (i + 1).to_string())
+                ]
+            );
+            let rw = prom.remote_write.as_ref().unwrap();
+            assert_eq!(rw.url, "http://10.0.0.3:8428/api/v1/write");
+            assert_eq!(rw.drop_labels, ["monitor", "replica"]);
+            assert!(rw.secret_source.is_none());
+        }
+        // A single monitor keeps its config as it was: no labels, no writes.
+        let single = super::plan(&Config::default(), None).unwrap();
+        let prom = single.monitor().prometheus.as_ref().unwrap();
+        assert!(prom.external_labels.is_empty() && prom.remote_write.is_none());
+    }
+
+    #[test]
+    fn a_replica_added_later_keeps_every_address_and_key() {
+        let one = config("");
+        let before = applied(&plan(&one, None).unwrap());
+        let two = plan(&config("[monitor]\nreplicas = 2\n"), Some(&before)).unwrap();
+        for (name, record) in &before.hosts {
+            let now = &two.next_state.hosts[name];
+            assert_eq!(now.wireguard_address, record.wireguard_address);
+            assert_eq!(now.public_key, record.public_key);
+        }
+        let new = two
+            .host(&HostName::new("promguard-monitor-2").unwrap())
+            .unwrap();
+        assert_eq!(new.interface.address.to_string(), "10.0.0.5");
+        assert!(two.changes.contains(&Change::CreateHost {
+            host: new.name.clone(),
+            role: Role::Monitor,
+            region: new.region.clone(),
+        }));
+        for node in ["promguard-node-1", "promguard-node-2", "promguard-node-3"] {
+            assert!(two.changes.contains(&Change::AddPeer {
+                host: HostName::new(node).unwrap(),
+                peer: new.name.clone(),
+            }));
+        }
+    }
+
+    fn sharded(shards: &[&str], nodes: usize) -> Config {
+        let list: Vec<String> = shards.iter().map(|s| format!("{s:?}")).collect();
+        config(&format!(
+            "[deployment]\nsubnet = \"10.0.0.0/16\"\npreshared_keys = false\n[monitor]\nshards = [{}]\n[nodes]\ncount = {nodes}\n",
+            list.join(", ")
+        ))
+    }
+
+    fn moves(plan: &Plan) -> Vec<(&HostName, &ShardId, &ShardId)> {
+        plan.changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::MoveNode { node, from, to } => Some((node, from, to)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_fourth_shard_takes_a_quarter_of_the_nodes_and_nothing_moves_between_the_others() {
+        let three = plan(&sharded(&["a", "b", "c"], 10_000), None).unwrap();
+        let state = applied(&three);
+        let four = plan(&sharded(&["a", "b", "c", "d"], 10_000), Some(&state)).unwrap();
+        let moved = moves(&four);
+        let fraction = moved.len() as f64 / 10_000.0;
+        assert!((0.22..=0.28).contains(&fraction), "{fraction}");
+        assert!(moved.iter().all(|(_, _, to)| to.as_str() == "d"));
+        // Every moved node now peers with the new shard's monitor only.
+        for (node, _, _) in &moved {
+            let host = four.host(node).unwrap();
+            assert_eq!(names(&host.peers), ["promguard-monitor-d-1"]);
+        }
+        // Removing a shard moves only its own nodes.
+        let two = plan(&sharded(&["a", "c", "d"], 10_000), Some(&applied(&four))).unwrap();
+        let moved = moves(&two);
+        assert!(!moved.is_empty());
+        assert!(moved.iter().all(|(_, from, _)| from.as_str() == "b"));
+        assert_eq!(
+            two.removed_hosts(),
+            [HostName::new("promguard-monitor-b-1").unwrap()]
+        );
+    }
+
+    #[test]
+    fn every_node_peers_with_exactly_the_monitors_of_its_shard() {
+        let config = config(
+            "[monitor]\nshards = [\"eu\", \"us\"]\nreplicas = 2\n[nodes]\ncount = 20\n[storage]\n",
+        );
+        let plan = plan(&config, None).unwrap();
+        let shards = config.topology.shards.as_ref().unwrap();
+        let mut scraped: BTreeMap<String, usize> = BTreeMap::new();
+        for node in plan.hosts.iter().filter(|h| h.role == Role::Node) {
+            let shard = shards.assign(&node.name);
+            assert_eq!(
+                names(&node.peers),
+                [
+                    format!("promguard-monitor-{shard}-1"),
+                    format!("promguard-monitor-{shard}-2")
+                ]
+            );
+            let addresses: Vec<IpAddr> = node.peers.iter().map(|p| p.allowed_ip).collect();
+            assert_eq!(node.firewall.scrapers, addresses);
+        }
+        for monitor in plan.monitors() {
+            let prom = monitor.prometheus.as_ref().unwrap();
+            for t in prom.targets.iter().filter(|t| t.role == Role::Node) {
+                *scraped.entry(t.instance.to_string()).or_default() += 1;
+            }
+            let shard = monitor.name.as_str().split('-').nth(2).unwrap();
+            assert!(prom
+                .external_labels
+                .contains(&("shard".to_owned(), shard.to_owned())));
+            assert_eq!(
+                monitor.peers.len(),
+                prom.targets
+                    .iter()
+                    .filter(|t| t.job.as_str() == "node")
+                    .count()
+                    - 1,
+                "a monitor peers with what it scrapes"
+            );
+        }
+        // Each node job target: by the two replicas of its shard only.
+        assert_eq!(scraped.len(), 20);
+        assert!(scraped.values().all(|&n| n == 2), "{scraped:?}");
+        let storage = plan.hosts.iter().find(|h| h.role == Role::Storage).unwrap();
+        assert_eq!(storage.peers.len(), 4);
     }
 }

@@ -22,7 +22,8 @@ use serde::Serialize;
 use crate::alerts::{ALERTMANAGER_LISTEN, RULES_PATH};
 use crate::config::format_duration;
 use crate::names::ExporterName;
-use crate::plan::{PrometheusMode, PrometheusPlan, ScrapeTarget};
+use crate::plan::{PrometheusMode, PrometheusPlan, RemoteWritePlan, ScrapeTarget};
+use crate::topology::{REMOTE_WRITE_CA_FILE, REMOTE_WRITE_SECRET_FILE};
 
 /// Where the monitor's Prometheus config lives.
 pub const CONFIG_PATH: &str = "/etc/prometheus/prometheus.yml";
@@ -105,14 +106,24 @@ pub fn render_config_with_paths(
     // Writing to a String cannot fail; the results are ignored on purpose.
     let _ = write!(
         out,
-        "global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n\n"
+        "global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n"
     );
+    if !plan.external_labels.is_empty() {
+        out.push_str("  external_labels:\n");
+        for (name, value) in &plan.external_labels {
+            let _ = writeln!(out, "    {name}: {}", yaml_string(value));
+        }
+    }
+    out.push('\n');
     let _ = write!(
         out,
         "rule_files:\n  - {}\n\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets:\n            - {}\n\n",
         yaml_string(rules_path),
         yaml_string(ALERTMANAGER_LISTEN)
     );
+    if let Some(rw) = &plan.remote_write {
+        render_remote_write(&mut out, rw, targets_dir);
+    }
     out.push_str("scrape_configs:\n");
     for job in plan.jobs() {
         let file = format!(
@@ -162,6 +173,47 @@ pub fn render_config_with_paths(
         yaml_string(own.role.as_str())
     );
     out
+}
+
+/// The `remote_write` section: the secret and the CA bundle are files
+/// next to the targets files, never in `prometheus.yml` itself.
+fn render_remote_write(out: &mut String, rw: &RemoteWritePlan, targets_dir: &str) {
+    let dir = targets_dir.trim_end_matches('/');
+    let _ = write!(out, "remote_write:\n  - url: {}\n", yaml_string(&rw.url));
+    let secret = format!("{dir}/{REMOTE_WRITE_SECRET_FILE}");
+    match (&rw.username, &rw.secret_source) {
+        (Some(user), Some(_)) => {
+            let _ = write!(
+                out,
+                "    basic_auth:\n      username: {}\n      password_file: {}\n",
+                yaml_string(user),
+                yaml_string(&secret)
+            );
+        }
+        (None, Some(_)) => {
+            let _ = write!(
+                out,
+                "    authorization:\n      type: Bearer\n      credentials_file: {}\n",
+                yaml_string(&secret)
+            );
+        }
+        _ => {}
+    }
+    if rw.ca_file.is_some() {
+        let _ = write!(
+            out,
+            "    tls_config:\n      ca_file: {}\n",
+            yaml_string(&format!("{dir}/{REMOTE_WRITE_CA_FILE}"))
+        );
+    }
+    if !rw.drop_labels.is_empty() {
+        let _ = write!(
+            out,
+            "    write_relabel_configs:\n      - action: labeldrop\n        regex: {}\n",
+            yaml_string(&rw.drop_labels.join("|"))
+        );
+    }
+    out.push('\n');
 }
 
 /// Quotes `text` as a YAML double-quoted scalar.

@@ -186,6 +186,11 @@ pub struct HostRecord {
     /// removes exactly that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest: Option<GuestRecord>,
+    /// The shard a monitor scrapes, when the monitors are sharded: the
+    /// next plan compares the shards recorded with the configured ones to
+    /// say which nodes move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::shards::ShardId>,
 }
 
 /// What PromGuard put on a host it did not create, beyond the files of
@@ -869,6 +874,7 @@ mod tests {
                 existing: false,
                 ssh_user: None,
                 guest: None,
+                shard: None,
             },
         );
         state

@@ -21,7 +21,7 @@ use std::thread;
 use std::time::Duration;
 
 use promguard_core::config::Config;
-use promguard_core::{nftables, planner, prometheus, FirewallPolicy, HostPlan, Plan};
+use promguard_core::{nftables, planner, prometheus, FirewallPolicy, HostPlan, Plan, Role};
 
 /// Helpers that run real programs; same shape as promguard-wg's.
 mod support {
@@ -173,8 +173,14 @@ const IPV6_EXTRA: &str = "[deployment]\nsubnet = \"fd00:10::/64\"\n\
 /// Writes the plan's Prometheus files into a scratch directory and runs
 /// `promtool check config` on them.
 fn promtool_check(plan: &Plan) -> String {
+    promtool_check_monitor(plan.monitor())
+}
+
+/// [`promtool_check`] for `monitor`, with the remote_write secret and CA
+/// files it names (promtool checks that they exist).
+fn promtool_check_monitor(monitor: &HostPlan) -> String {
     require_program("promtool", "prometheus");
-    let prom = plan.monitor().prometheus.as_ref().unwrap();
+    let prom = monitor.prometheus.as_ref().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let targets = dir.path().join("targets");
     fs::create_dir(&targets).unwrap();
@@ -185,6 +191,18 @@ fn promtool_check(plan: &Plan) -> String {
     for (path, json) in files.iter().chain(&probe_files) {
         let name = Path::new(path).file_name().unwrap();
         fs::write(targets.join(name), json).unwrap();
+    }
+    if prom.remote_write.is_some() {
+        fs::write(
+            targets.join(promguard_core::topology::REMOTE_WRITE_SECRET_FILE),
+            "s3cret",
+        )
+        .unwrap();
+        fs::write(
+            targets.join(promguard_core::topology::REMOTE_WRITE_CA_FILE),
+            "",
+        )
+        .unwrap();
     }
     let config_path = dir.path().join("prometheus.yml");
     let config =
@@ -514,6 +532,50 @@ fn nft_loads_a_ruleset_with_probed_ports() {
     assert!(listed.contains("tcp dport 8080 accept"), "{listed}");
 }
 
+/// Two replica monitors writing to a storage host.
+const REPLICAS: &str =
+    "[prometheus]\nscrape_interval = \"5s\"\n[monitor]\nreplicas = 2\n[storage]\n";
+
+#[test]
+fn nft_lets_every_monitor_of_a_node_in_and_nobody_else() {
+    let plan = plan(REPLICAS);
+    let node = plan.hosts.iter().find(|h| h.role == Role::Node).unwrap();
+    let listed = nft_check_and_load(&node.firewall);
+    assert!(
+        listed.contains("iifname \"wg0\" ip saddr { 10.0.0.1, 10.0.0.2 } tcp dport 9100 accept"),
+        "{listed}"
+    );
+    let storage = plan.hosts.iter().find(|h| h.role == Role::Storage).unwrap();
+    let listed = nft_check_and_load(&storage.firewall);
+    assert!(
+        listed.contains("ip saddr { 10.0.0.1, 10.0.0.2 } tcp dport { 8428, 9100 } accept"),
+        "{listed}"
+    );
+}
+
+#[test]
+fn promtool_accepts_replicas_writing_to_storage_and_to_an_engine_with_credentials() {
+    let plan = plan(REPLICAS);
+    for monitor in plan.monitors() {
+        let out = promtool_check_monitor(monitor);
+        assert!(out.contains("SUCCESS") && !out.contains("WARNING"), "{out}");
+    }
+    let plan = self::plan(
+        "[monitor]\nshards = [\"a\", \"b\"]\n\
+         [remote_write]\nurl = \"https://vm.example.com/api/v1/write\"\nusername = \"pg\"\npassword_env = \"RW_PASSWORD\"\nca_file = \"ca.pem\"\n",
+    );
+    assert_eq!(plan.monitors().count(), 2);
+    for monitor in plan.monitors() {
+        let out = promtool_check_monitor(monitor);
+        assert!(out.contains("SUCCESS") && !out.contains("WARNING"), "{out}");
+    }
+    let plan = self::plan(
+        "[remote_write]\nurl = \"https://vm.example.com/api/v1/write\"\nbearer_token_file = \"token\"\n",
+    );
+    let out = promtool_check_monitor(plan.monitor());
+    assert!(out.contains("SUCCESS") && !out.contains("WARNING"), "{out}");
+}
+
 #[test]
 fn nft_rejects_a_broken_ruleset() {
     // Proves `nft -c` really checks what it is given.
@@ -669,7 +731,7 @@ impl Published {
         net.container.ip("addr add 10.88.0.2/24 dev eth0");
         net.container.ip("addr add 2001:db8:2::2/64 dev eth0 nodad");
 
-        let (wg_host, wg_scraper) = (node.interface.address, node.firewall.scraper);
+        let (wg_host, wg_scraper) = (node.interface.address, node.firewall.scrapers[0]);
         assert!(wg_host.is_ipv4() && wg_scraper.is_ipv4());
         veth(
             &net.host,
