@@ -36,6 +36,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "its httpd serves that mirror in the hub namespace, and the attack suite's container; its ping",
     ),
     ("nmap", "the attack suite's port scans"),
+    (
+        "victoria-metrics",
+        "the storage host's engine on local namespace hosts (e2e --monitors)",
+    ),
     ("shellcheck", "checks the shell scripts that run on hosts"),
     ("libssh2-1-dev", "the ssh2 crate links libssh2"),
     ("libssl-dev", "libssh2's crypto"),

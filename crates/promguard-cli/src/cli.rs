@@ -107,12 +107,21 @@ pub enum Command {
     },
     /// Forward a local port to the monitor's Prometheus until Ctrl-C.
     Tunnel {
-        /// Local port (on 127.0.0.1); 9090, or 9093 with --alertmanager.
+        /// Local port (on 127.0.0.1); 9090, 9093 with --alertmanager, 8428
+        /// with --storage.
         #[arg(long)]
         port: Option<u16>,
         /// Forward to the monitor's Alertmanager instead of Prometheus.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "storage")]
         alertmanager: bool,
+        /// Forward to the storage host's VictoriaMetrics (its Prometheus
+        /// query API and UI at /vmui) instead.
+        #[arg(long, conflicts_with = "monitor")]
+        storage: bool,
+        /// The monitor to reach, when there are several (the first by
+        /// default).
+        #[arg(long, value_name = "NAME")]
+        monitor: Option<String>,
     },
     /// Open a shell or run a command on a host, host key verified.
     Ssh {

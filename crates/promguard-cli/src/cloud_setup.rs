@@ -99,7 +99,7 @@ fn digitalocean_with(
         ["DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN"].map(|name| std::env::var(name).ok()),
     )?;
     let mut builder = DigitalOceanProvider::builder_from_config(config, token);
-    for role in [Role::Monitor, Role::Node] {
+    for role in [Role::Monitor, Role::Node, Role::Storage] {
         builder = builder.first_boot(
             role,
             FirstBoot {

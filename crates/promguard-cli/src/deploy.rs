@@ -225,8 +225,10 @@ pub struct UpReport {
     pub changes: Vec<Change>,
     /// Per host.
     pub hosts: Vec<UpHost>,
-    /// Every target of the monitor.
+    /// Every target of every monitor.
     pub targets: Vec<TargetHealth>,
+    /// Each monitor's targets, in plan order.
+    pub by_monitor: Vec<(HostName, Vec<TargetHealth>)>,
     /// Wall time of each phase (plan, create, converge, destroy, verify).
     pub phases: Vec<(String, Duration)>,
 }
@@ -273,9 +275,14 @@ pub fn make_plan(project: &Project, state: Option<&State>) -> anyhow::Result<Pla
     let mut plan = promguard_core::planner::plan(&project.config, state)?;
     // Before the file digests are compared: Alertmanager's config holds it.
     let password = smtp_password(project)?;
+    let remote_write = remote_write_secrets(project)?;
     for host in &mut plan.hosts {
         if let Some(p) = &mut host.prometheus {
             p.smtp_password = password.clone();
+            if let Some(rw) = &mut p.remote_write {
+                rw.secret = remote_write.0.clone();
+                rw.ca = remote_write.1.clone();
+            }
         }
         resolve_exporter_settings(project, host)?;
     }
@@ -321,6 +328,57 @@ fn resolve_exporter_settings(
         }
     }
     Ok(())
+}
+
+/// The remote_write password or token and CA bundle the config names
+/// (files relative to the config's directory; one trailing newline is not
+/// part of a secret). Never printed: an error names the source.
+fn remote_write_secrets(
+    project: &Project,
+) -> anyhow::Result<(Option<promguard_core::plan::Secret>, Option<String>)> {
+    use promguard_core::exporters::SettingSource;
+    let Some(rw) = &project.config.remote_write else {
+        return Ok((None, None));
+    };
+    let secret = match rw.auth.secret_source() {
+        None => None,
+        Some(SettingSource::Value(_)) => {
+            anyhow::bail!("the remote_write secret must come from a file or the environment")
+        }
+        Some(SettingSource::Env(var)) => Some(std::env::var(var).with_context(|| {
+            format!("the remote_write secret comes from ${var}, which is not set (or not UTF-8); set it")
+        })?),
+        Some(SettingSource::File(file)) => {
+            let path = project.dir.join(file);
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("cannot read the remote_write secret from {}", path.display())
+            })?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            Some(text.strip_suffix('\r').unwrap_or(text).to_owned())
+        }
+    };
+    if let Some(secret) = &secret {
+        anyhow::ensure!(
+            !secret.is_empty() && !secret.contains(['\n', '\r', '\0']),
+            "the remote_write secret is empty or spans several lines"
+        );
+    }
+    let ca = match &rw.ca_file {
+        None => None,
+        Some(file) => {
+            let path = project.dir.join(file);
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("cannot read the remote_write CA bundle {} (remote_write.ca_file)", path.display())
+            })?;
+            anyhow::ensure!(
+                text.contains("-----BEGIN CERTIFICATE-----"),
+                "{} (remote_write.ca_file) holds no PEM certificate",
+                path.display()
+            );
+            Some(text)
+        }
+    };
+    Ok((secret.map(promguard_core::plan::Secret::new), ca))
 }
 
 /// The SMTP password `alerts.email` names: an environment variable, or a
@@ -515,6 +573,7 @@ async fn run_up(
         changes,
         hosts,
         targets: verified.targets,
+        by_monitor: verified.by_monitor,
         phases: phases.done,
     })
 }

@@ -559,6 +559,8 @@ impl DigitalOceanProvider {
             Some(Role::Monitor)
         } else if d.tags.iter().any(|t| t == "promguard:node") {
             Some(Role::Node)
+        } else if d.tags.iter().any(|t| t == "promguard:storage") {
+            Some(Role::Storage)
         } else {
             None
         };

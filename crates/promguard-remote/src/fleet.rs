@@ -81,6 +81,15 @@ pub enum FleetError {
         /// The variable.
         setting: promguard_core::exporters::EnvName,
     },
+    /// The remote_write secret or CA bundle of a monitor has not been
+    /// read.
+    #[error("host {host}: the remote_write {what} was not read; the caller reads it (from the file or environment variable the config names) into the plan before converging")]
+    UnresolvedRemoteWrite {
+        /// The monitor.
+        host: HostName,
+        /// `secret` or `CA bundle`.
+        what: &'static str,
+    },
     /// A step on one host failed.
     #[error("{source}")]
     Remote {
@@ -311,7 +320,7 @@ pub fn desired_host(
         .filter(|p| p.mode == PrometheusMode::Managed);
     let guest = (host.lifecycle == Lifecycle::Existing).then(|| recipe::Guest {
         wireguard_port: host.interface.listen_port,
-        scraper: plan.monitor().interface.address,
+        scrapers: host.firewall.scrapers.clone(),
         exporter_ports: host
             .exporters
             .iter()
@@ -320,6 +329,21 @@ pub fn desired_host(
         probe_ports: host.firewall.probe_ports.clone(),
         comment: promguard_core::prometheus::existing_job_name(&plan.deployment),
     });
+    if let Some(rw) = host.prometheus.as_ref().and_then(|p| p.remote_write.as_ref()) {
+        let missing = if rw.secret_source.is_some() && rw.secret.is_none() {
+            Some("secret")
+        } else if rw.ca_file.is_some() && rw.ca.is_none() {
+            Some("CA bundle")
+        } else {
+            None
+        };
+        if let Some(what) = missing {
+            return Err(FleetError::UnresolvedRemoteWrite {
+                host: host.name.clone(),
+                what,
+            });
+        }
+    }
     let mut exporters = Vec::new();
     for e in &host.exporters {
         let Some(packaged) = e.packaged() else {
@@ -343,6 +367,8 @@ pub fn desired_host(
             listen: e.listen,
             args: packaged.args.clone(),
             settings,
+            listen_flag: packaged.listen_flag.clone(),
+            data_dir_flag: packaged.data_dir_flag.clone(),
         });
     }
     let node_exporter = host
@@ -366,6 +392,9 @@ pub fn desired_host(
                     HostFileKind::PeerNames => FileKind::Other,
                     HostFileKind::Rules => FileKind::PrometheusRules,
                     HostFileKind::Alertmanager => FileKind::AlertmanagerConfig,
+                    HostFileKind::RemoteWriteSecret | HostFileKind::RemoteWriteCa => {
+                        FileKind::PrometheusCredentials
+                    }
                 };
                 DesiredFile::new(kind, f.path, f.mode, f.content.into_bytes())
             })
@@ -405,16 +434,19 @@ pub struct HostOutcome {
 pub struct Converged {
     /// Every host, in plan order.
     pub hosts: Vec<HostOutcome>,
-    /// The monitor's connection, kept for verification so that every host
-    /// sees exactly one SSH connection per run.
-    monitor: Option<Connection>,
+    /// The monitors' connections, kept for verification so that every
+    /// host sees exactly one SSH connection per run.
+    monitors: BTreeMap<HostName, Connection>,
 }
 
 /// The result of [`Fleet::verify`].
 #[derive(Debug, Clone)]
 pub struct Verified {
-    /// Every target of the monitor, sorted by instance and job.
+    /// Every target of every monitor, sorted by instance and job (a node
+    /// that several monitors scrape is listed once per monitor).
     pub targets: Vec<TargetHealth>,
+    /// Each monitor's targets, in plan order.
+    pub by_monitor: Vec<(HostName, Vec<TargetHealth>)>,
 }
 
 /// Counts one host as running its recipe while it lives.
@@ -581,11 +613,11 @@ impl Fleet {
             });
         }
         let mut done = Vec::new();
-        let mut monitor = None;
+        let mut monitors = BTreeMap::new();
         let (finished, failures) = join_hosts(&mut tasks).await;
         for (_, (index, outcome, conn)) in finished {
             if outcome.role == Role::Monitor {
-                monitor = Some(conn);
+                monitors.insert(outcome.name.clone(), conn);
             }
             done.push((index, outcome));
         }
@@ -600,7 +632,7 @@ impl Fleet {
         done.sort_by_key(|(_, h)| position(&h.name));
         Ok(Converged {
             hosts: done.into_iter().map(|(_, h)| h).collect(),
-            monitor,
+            monitors,
         })
     }
 
@@ -966,20 +998,115 @@ impl Fleet {
         result
     }
 
-    /// Polls the monitor's Prometheus, on the connection `converged` kept,
-    /// until every target of `plan` is up and no removed one is left, for
-    /// at most `timeout`. Adds the round trips to the monitor's outcome.
+    /// Polls every monitor's Prometheus, on the connections `converged`
+    /// kept, all at once, until every target of each is up and no removed
+    /// one is left, for at most `timeout`. Adds the round trips to the
+    /// monitors' outcomes.
     pub async fn verify(
         &self,
         plan: &Plan,
         converged: &mut Converged,
         timeout: Duration,
     ) -> Result<Verified, FleetError> {
-        let conn = converged
-            .monitor
-            .take()
-            .ok_or(FleetError::NoMonitorConnection)?;
-        let monitor = plan.monitor();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut order = Vec::new();
+        for monitor in plan.monitors() {
+            let conn = converged
+                .monitors
+                .remove(&monitor.name)
+                .ok_or(FleetError::NoMonitorConnection)?;
+            let poll = MonitorPoll::of(plan, monitor);
+            let name = monitor.name.clone();
+            order.push(name.clone());
+            self.event(Event::Step {
+                host: name.clone(),
+                step: Step::Verifying,
+            });
+            let task = tokio::task::spawn_blocking(move || {
+                let before = conn.round_trips();
+                let result = poll.run(&conn, timeout);
+                (result, conn.round_trips() - before)
+            });
+            tasks.spawn(async move {
+                let joined = task.await.unwrap_or_else(|e| {
+                    (
+                        Err(FleetError::Task {
+                            host: name.clone(),
+                            message: e.to_string(),
+                        }),
+                        0,
+                    )
+                });
+                (name, joined)
+            });
+        }
+        let busy = Arc::new(AtomicUsize::new(0));
+        let mut results = self
+            .unless_cancelled(&busy, async {
+                let mut results = BTreeMap::new();
+                while let Some(joined) = tasks.join_next().await {
+                    if let Ok((name, result)) = joined {
+                        results.insert(name, result);
+                    }
+                }
+                Ok(results)
+            })
+            .await?;
+        let mut by_monitor = Vec::new();
+        let mut first_error = None;
+        for name in order {
+            let (result, round_trips) = results.remove(&name).unwrap_or_else(|| {
+                (
+                    Err(FleetError::Task {
+                        host: name.clone(),
+                        message: "the verification task was lost".into(),
+                    }),
+                    0,
+                )
+            });
+            if let Some(h) = converged.hosts.iter_mut().find(|h| h.name == name) {
+                h.round_trips += round_trips;
+            }
+            self.event(Event::Finished {
+                host: name.clone(),
+                outcome: if result.is_ok() {
+                    Outcome::Verified
+                } else {
+                    Outcome::VerificationFailed
+                },
+            });
+            match result {
+                Ok(targets) => by_monitor.push((name, targets)),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let mut targets: Vec<TargetHealth> = by_monitor
+            .iter()
+            .flat_map(|(_, t)| t.iter().cloned())
+            .collect();
+        targets.sort_by(|a, b| (&a.instance, &a.job).cmp(&(&b.instance, &b.job)));
+        Ok(Verified {
+            targets,
+            by_monitor,
+        })
+    }
+}
+
+/// What verifying one monitor polls for.
+struct MonitorPoll {
+    listen: SocketAddr,
+    pool: Option<String>,
+    expected: Vec<(String, String)>,
+    unmanaged: Vec<Unmanaged>,
+}
+
+impl MonitorPoll {
+    fn of(plan: &Plan, monitor: &HostPlan) -> Self {
         let prometheus = monitor
             .prometheus
             .as_ref()
@@ -990,12 +1117,18 @@ impl Fleet {
             PrometheusMode::Managed => Some(&prometheus.self_scrape),
             PrometheusMode::Existing { .. } => None,
         };
-        let pool = scrape_pool(prometheus);
         // Exporters PromGuard neither installs nor runs: the operator
-        // starts them, and a refused scrape is reported at once.
-        let unmanaged: Vec<Unmanaged> = plan
+        // starts them, and a refused scrape is reported at once. Only the
+        // hosts this monitor scrapes count.
+        let scraped: std::collections::BTreeSet<&str> = prometheus
+            .targets
+            .iter()
+            .map(|t| t.instance.as_str())
+            .collect();
+        let unmanaged = plan
             .hosts
             .iter()
+            .filter(|h| scraped.contains(h.name.as_str()))
             .flat_map(|h| {
                 let managed = h
                     .exporters
@@ -1014,7 +1147,7 @@ impl Fleet {
                     })
             })
             .collect();
-        let expected: Vec<(String, String)> = prometheus
+        let expected = prometheus
             .targets
             .iter()
             .chain(own_scrape)
@@ -1026,45 +1159,24 @@ impl Fleet {
                     .map(|p| (p.job.clone(), probe_scrape_url(p))),
             )
             .collect();
-        let name = monitor.name.clone();
-        self.event(Event::Step {
-            host: name.clone(),
-            step: Step::Verifying,
-        });
-        let listen = prometheus.listen;
-        let poll = tokio::task::spawn_blocking(move || {
-            let before = conn.round_trips();
-            let result = poll_targets(
-                &conn,
-                listen,
-                pool.as_deref(),
-                &expected,
-                &unmanaged,
-                timeout,
-            );
-            (result, conn.round_trips() - before)
-        });
-        let busy = Arc::new(AtomicUsize::new(0));
-        let (result, round_trips) = self
-            .unless_cancelled(&busy, async {
-                poll.await.map_err(|e| FleetError::Task {
-                    host: name.clone(),
-                    message: e.to_string(),
-                })
-            })
-            .await?;
-        if let Some(h) = converged.hosts.iter_mut().find(|h| h.name == name) {
-            h.round_trips += round_trips;
+        Self {
+            listen: prometheus.listen,
+            pool: scrape_pool(prometheus),
+            expected,
+            unmanaged,
         }
-        self.event(Event::Finished {
-            host: name.clone(),
-            outcome: if result.is_ok() {
-                Outcome::Verified
-            } else {
-                Outcome::VerificationFailed
-            },
-        });
-        result.map(|targets| Verified { targets })
+    }
+
+    /// Blocking.
+    fn run(&self, conn: &Connection, timeout: Duration) -> Result<Vec<TargetHealth>, FleetError> {
+        poll_targets(
+            conn,
+            self.listen,
+            self.pool.as_deref(),
+            &self.expected,
+            &self.unmanaged,
+            timeout,
+        )
     }
 }
 
@@ -1157,6 +1269,20 @@ pub fn fetch_targets(
     )?;
     targets.sort_by(|a, b| (&a.instance, &a.job).cmp(&(&b.instance, &b.job)));
     Ok(targets)
+}
+
+/// A monitor's remote_write queue, read from Prometheus over `conn`;
+/// `None` when it writes nowhere.
+pub fn fetch_remote_write(
+    conn: &Connection,
+    prometheus: SocketAddr,
+) -> Result<Option<prometheus_api::RemoteWriteQueue>, FleetError> {
+    prometheus_read(
+        conn,
+        prometheus,
+        prometheus_api::REMOTE_WRITE_PATH,
+        prometheus_api::parse_remote_write,
+    )
 }
 
 /// The monitor's firing alerts, read from Prometheus over `conn`.

@@ -70,7 +70,7 @@ pub use known_hosts::{
     TrustFacts,
 };
 pub use probe::{probe_host_key, probe_host_key_preferring, ProbeError};
-pub use prometheus_api::{FiringAlert, Health, TargetHealth};
+pub use prometheus_api::{FiringAlert, Health, RemoteWriteQueue, TargetHealth};
 pub use trust::{
     pin_host_key, resolve_existing_addresses, review_host_keys, HostKeyCheck, HostKeyReview,
     HostKeyTrustError, HostKeyVerdict, ResolveError, TrustOptions,

@@ -119,6 +119,64 @@ pub fn parse_targets(body: &[u8]) -> Result<Vec<TargetHealth>, String> {
         .collect())
 }
 
+/// The instant query, URL-encoded, that reads a monitor's remote_write
+/// queue: samples waiting to be sent, and samples given up on.
+pub const REMOTE_WRITE_PATH: &str = "/api/v1/query?query=%7B__name__%3D~%22prometheus_remote_storage_samples_pending%7Cprometheus_remote_storage_samples_failed_total%22%7D";
+
+/// A monitor's remote_write queue, summed over its queues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct RemoteWriteQueue {
+    /// Samples read from the WAL and not sent yet.
+    pub samples_pending: f64,
+    /// Samples that failed to send and were dropped, since Prometheus
+    /// started.
+    pub samples_failed: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VectorData {
+    result_type: String,
+    result: Vec<VectorSample>,
+}
+
+#[derive(Deserialize)]
+struct VectorSample {
+    metric: std::collections::BTreeMap<String, String>,
+    value: (f64, String),
+}
+
+/// Parses the answer to [`REMOTE_WRITE_PATH`]; `None` when Prometheus has
+/// no remote_write queue.
+pub fn parse_remote_write(body: &[u8]) -> Result<Option<RemoteWriteQueue>, String> {
+    let data: VectorData = parse_data(body)?;
+    if data.result_type != "vector" {
+        return Err(format!(
+            "Prometheus answered a {:?} to an instant query, not a vector",
+            data.result_type.chars().take(20).collect::<String>()
+        ));
+    }
+    if data.result.is_empty() {
+        return Ok(None);
+    }
+    let mut queue = RemoteWriteQueue::default();
+    for sample in data.result {
+        let value: f64 = sample
+            .value
+            .1
+            .parse()
+            .map_err(|_| "Prometheus answered a sample that is no number".to_owned())?;
+        match sample.metric.get("__name__").map(String::as_str) {
+            Some("prometheus_remote_storage_samples_pending") => queue.samples_pending += value,
+            Some("prometheus_remote_storage_samples_failed_total") => {
+                queue.samples_failed += value
+            }
+            _ => return Err("Prometheus answered a series that was not asked for".to_owned()),
+        }
+    }
+    Ok(Some(queue))
+}
+
 /// The path of the alerts API.
 pub const ALERTS_PATH: &str = "/api/v1/alerts";
 
@@ -257,5 +315,26 @@ mod tests {
                 format!("\"{word}\"")
             );
         }
+    }
+
+    #[test]
+    fn the_remote_write_queue_is_summed_over_queues_and_checked() {
+        let body = br#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"__name__":"prometheus_remote_storage_samples_pending","remote_name":"a"},"value":[1.5,"12"]},
+            {"metric":{"__name__":"prometheus_remote_storage_samples_pending","remote_name":"b"},"value":[1.5,"3"]},
+            {"metric":{"__name__":"prometheus_remote_storage_samples_failed_total"},"value":[1.5,"7"]}]}}"#;
+        assert_eq!(
+            parse_remote_write(body).unwrap(),
+            Some(RemoteWriteQueue {
+                samples_pending: 15.0,
+                samples_failed: 7.0
+            })
+        );
+        let none = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert_eq!(parse_remote_write(none).unwrap(), None);
+        let odd = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"up"},"value":[1,"1"]}]}}"#;
+        assert!(parse_remote_write(odd).is_err());
+        let nan = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"prometheus_remote_storage_samples_pending"},"value":[1,"x"]}]}}"#;
+        assert!(parse_remote_write(nan).is_err());
     }
 }

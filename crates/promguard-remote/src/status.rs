@@ -25,6 +25,9 @@ pub struct HostHealth {
     /// The monitor's firing alerts, when this is the monitor and Prometheus
     /// answered.
     pub alerts: Option<Vec<FiringAlert>>,
+    /// The monitor's remote_write queue, when it writes somewhere and
+    /// Prometheus answered.
+    pub remote_write: Option<crate::prometheus_api::RemoteWriteQueue>,
     /// The services PromGuard manages on the host and whether each runs.
     pub services: Vec<ServiceStatus>,
     /// What differs from what the last `up` left: stopped services,
@@ -199,6 +202,7 @@ pub fn read_host(
             peers: Vec::new(),
             targets: None,
             alerts: None,
+            remote_write: None,
             services,
             problems,
         });
@@ -247,10 +251,23 @@ pub fn read_host(
         }
         _ => (None, None),
     };
+    let remote_write = match &host.prometheus {
+        Some(p) if p.remote_write.is_some() && targets.is_some() => {
+            match crate::fleet::fetch_remote_write(&conn, p.listen) {
+                Ok(queue) => queue,
+                Err(e) => {
+                    problems.push(format!("the remote_write queue cannot be read: {e}"));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     Ok(HostHealth {
         peers,
         targets,
         alerts,
+        remote_write,
         services,
         problems,
     })

@@ -6,7 +6,7 @@
 use std::fmt;
 
 use promguard_core::plan::PrometheusMode;
-use promguard_core::{alerts, nftables, prometheus, Change, HostPlan, Plan, State};
+use promguard_core::{alerts, nftables, prometheus, topology, Change, HostPlan, Plan, State};
 use sha2::{Digest, Sha256};
 
 use crate::Secrets;
@@ -26,6 +26,10 @@ pub enum HostFileKind {
     Rules,
     /// Alertmanager's config (may hold the SMTP password).
     Alertmanager,
+    /// The remote_write password or bearer token (0600).
+    RemoteWriteSecret,
+    /// The CA bundle that signs the remote_write engine's certificate.
+    RemoteWriteCa,
     /// Peers' public keys and host names, for the WireGuard metrics
     /// collector's `peer` label ([`PEER_NAMES_PATH`]).
     PeerNames,
@@ -116,6 +120,36 @@ pub fn host_files(host: &HostPlan, secrets: Secrets) -> Vec<HostFile> {
             Secrets::Include => p.smtp_password.as_ref().map(|s| s.expose().to_owned()),
             Secrets::Redact => p.smtp_password.as_ref().map(|_| crate::REDACTED.to_owned()),
         };
+        if let Some(rw) = &p.remote_write {
+            if rw.secret_source.is_some() {
+                let content = match secrets {
+                    Secrets::Include => rw
+                        .secret
+                        .as_ref()
+                        .map(|s| s.expose().to_owned())
+                        .unwrap_or_default(),
+                    Secrets::Redact => crate::REDACTED.to_owned(),
+                };
+                files.push(HostFile {
+                    kind: HostFileKind::RemoteWriteSecret,
+                    path: format!(
+                        "{}/{}",
+                        prometheus::TARGETS_DIR,
+                        topology::REMOTE_WRITE_SECRET_FILE
+                    ),
+                    mode: 0o600,
+                    content,
+                });
+            }
+            if rw.ca_file.is_some() {
+                files.push(HostFile {
+                    kind: HostFileKind::RemoteWriteCa,
+                    path: format!("{}/{}", prometheus::TARGETS_DIR, topology::REMOTE_WRITE_CA_FILE),
+                    mode: 0o644,
+                    content: rw.ca.clone().unwrap_or_default(),
+                });
+            }
+        }
         files.push(HostFile {
             kind: HostFileKind::Alertmanager,
             path: alerts::ALERTMANAGER_CONFIG_PATH.to_owned(),

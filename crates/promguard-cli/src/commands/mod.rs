@@ -71,13 +71,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             },
         ),
         Command::Status { json, parallel } => status::run(config, json, parallel),
-        Command::Tunnel { port, alertmanager } => {
-            let target = if alertmanager {
+        Command::Tunnel {
+            port,
+            alertmanager,
+            storage,
+            monitor,
+        } => {
+            let target = if storage {
+                tunnel::Target::Storage
+            } else if alertmanager {
                 tunnel::Target::Alertmanager
             } else {
                 tunnel::Target::Prometheus
             };
-            tunnel::run(config, verbose, target, port)
+            tunnel::run(config, verbose, target, monitor.as_deref(), port)
         }
         Command::Ssh { host, command } => ssh::run(config, args.config.as_deref(), &host, &command),
         Command::Proxy { host } => ssh::proxy(config, &host),

@@ -35,6 +35,17 @@ pub struct PlanHostJson {
     /// WireGuard public key; `None` while the key is new: each run
     /// generates new keys until `up` saves them in the state.
     pub public_key: Option<String>,
+    /// The monitors whose Prometheus scrapes the host (a monitor scrapes
+    /// itself).
+    pub scraped_by: Vec<String>,
+}
+
+/// The monitors that scrape `host`: its peers, or itself on a monitor.
+fn scraped_by(host: &promguard_core::HostPlan) -> Vec<String> {
+    match host.role {
+        promguard_core::Role::Monitor => vec![host.name.to_string()],
+        _ => host.peers.iter().map(|p| p.name.to_string()).collect(),
+    }
 }
 
 /// Runs `promguard plan`.
@@ -64,6 +75,7 @@ pub fn run(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
                     origin: table::origin(h.lifecycle).to_owned(),
                     wireguard_address: h.interface.address.to_string(),
                     public_key: saved_key(h),
+                    scraped_by: scraped_by(h),
                 })
                 .collect(),
             changes: plan.changes.clone(),
@@ -83,34 +95,31 @@ pub fn run(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
         "Deployment {} {provider}, subnet {} ({source})\n",
         plan.deployment, plan.subnet
     );
+    // Which monitor scrapes which node matters only with several.
+    let several = plan.monitors().count() > 1;
     let rows: Vec<Vec<String>> = plan
         .hosts
         .iter()
         .map(|h| {
-            vec![
+            let mut row = vec![
                 h.name.to_string(),
                 h.role.to_string(),
                 h.region.to_string(),
                 table::origin(h.lifecycle).to_owned(),
                 h.interface.address.to_string(),
                 saved_key(h).unwrap_or_else(|| "(new: made by `up`)".to_owned()),
-            ]
+            ];
+            if several {
+                row.push(scraped_by(h).join(", "));
+            }
+            row
         })
         .collect();
-    print!(
-        "{}",
-        table::format(
-            &[
-                "HOST",
-                "ROLE",
-                "REGION",
-                "ORIGIN",
-                "WIREGUARD",
-                "PUBLIC KEY"
-            ],
-            &rows
-        )
-    );
+    let mut headers = vec!["HOST", "ROLE", "REGION", "ORIGIN", "WIREGUARD", "PUBLIC KEY"];
+    if several {
+        headers.push("SCRAPED BY");
+    }
+    print!("{}", table::format(&headers, &rows));
     println!();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use promguard_core::Role;
 use promguard_remote::status::{self, PeerStatus, ServiceStatus};
-use promguard_remote::{FiringAlert, Health, TargetHealth};
+use promguard_remote::{FiringAlert, Health, RemoteWriteQueue, TargetHealth};
 use serde::Serialize;
 
 use crate::commands::{runtime, table};
@@ -19,10 +19,24 @@ use crate::project::Project;
 pub struct StatusJson {
     /// Every host in the state.
     pub hosts: Vec<HostStatus>,
-    /// Every target of the monitor's Prometheus.
+    /// Every target of every monitor's Prometheus (a target several
+    /// monitors scrape is listed once per monitor).
     pub targets: Vec<TargetHealth>,
-    /// The alerts firing in the monitor's Prometheus.
+    /// The alerts firing in the monitors' Prometheus, each once.
     pub alerts: Vec<FiringAlert>,
+    /// Each monitor: its targets and its remote_write queue.
+    pub monitors: Vec<MonitorStatus>,
+}
+
+/// One monitor.
+#[derive(Debug, Serialize)]
+pub struct MonitorStatus {
+    /// Host name.
+    pub name: String,
+    /// Its Prometheus' targets (empty when it did not answer).
+    pub targets: Vec<TargetHealth>,
+    /// Its remote_write queue, when it writes somewhere and answered.
+    pub remote_write: Option<RemoteWriteQueue>,
 }
 
 /// One host.
@@ -73,17 +87,25 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
         .unwrap_or(0);
     let mut hosts = Vec::new();
     let mut targets = Vec::new();
-    let mut alerts = Vec::new();
+    let mut alerts: Vec<FiringAlert> = Vec::new();
+    let mut monitors = Vec::new();
     let mut failed = false;
     for (name, result) in results {
         let record = &state.hosts[&name];
         let (peers, services, problems, error) = match result {
             Ok(report) => {
+                if record.role == Role::Monitor {
+                    monitors.push(MonitorStatus {
+                        name: name.to_string(),
+                        targets: report.targets.clone().unwrap_or_default(),
+                        remote_write: report.remote_write,
+                    });
+                }
                 if let Some(t) = report.targets {
-                    targets = t;
+                    targets.extend(t);
                 }
                 if let Some(a) = report.alerts {
-                    alerts = a;
+                    alerts.extend(a);
                 }
                 failed |= !report.problems.is_empty();
                 (report.peers, report.services, report.problems, None)
@@ -112,6 +134,11 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
         });
     }
     hosts.sort_by_key(|h| (h.role != Role::Monitor.as_str(), h.name.clone()));
+    targets.sort_by(|a, b| (&a.instance, &a.job).cmp(&(&b.instance, &b.job)));
+    // Replicas fire the same alerts.
+    alerts.sort_by(|a, b| (&a.name, &a.instance).cmp(&(&b.name, &b.instance)));
+    alerts.dedup_by(|a, b| a.name == b.name && a.instance == b.instance);
+    monitors.sort_by(|a, b| a.name.cmp(&b.name));
     let down = targets.iter().any(|t| t.health != Health::Up);
     if json {
         println!(
@@ -119,7 +146,8 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
             serde_json::to_string_pretty(&StatusJson {
                 hosts,
                 targets,
-                alerts
+                alerts,
+                monitors,
             })?
         );
     } else {
@@ -177,34 +205,40 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
             println!();
             print!("{}", table::format(&["HOST", "PROBLEM"], &problems));
         }
-        println!();
-        let rows: Vec<Vec<String>> = targets
+        let several = monitors.len() > 1;
+        let sections: Vec<(Option<&str>, &[TargetHealth])> = if several {
+            monitors
+                .iter()
+                .map(|m| (Some(m.name.as_str()), m.targets.as_slice()))
+                .collect()
+        } else {
+            vec![(None, targets.as_slice())]
+        };
+        for (monitor, targets) in sections {
+            println!();
+            if let Some(monitor) = monitor {
+                println!("Targets of {monitor}:");
+            }
+            print_targets(targets);
+        }
+        let queues: Vec<Vec<String>> = monitors
             .iter()
-            .map(|t| {
-                vec![
-                    t.instance.clone(),
-                    t.job.clone(),
-                    t.scrape_url.clone(),
-                    t.health.to_string(),
-                    t.last_scrape.clone().unwrap_or_else(|| "never".into()),
-                    t.last_error.clone(),
-                ]
+            .filter_map(|m| {
+                let q = m.remote_write?;
+                Some(vec![
+                    m.name.clone(),
+                    format!("{}", q.samples_pending),
+                    format!("{}", q.samples_failed),
+                ])
             })
             .collect();
-        print!(
-            "{}",
-            table::format(
-                &[
-                    "INSTANCE",
-                    "JOB",
-                    "SCRAPE URL",
-                    "HEALTH",
-                    "LAST SCRAPE",
-                    "ERROR"
-                ],
-                &rows
-            )
-        );
+        if !queues.is_empty() {
+            println!();
+            print!(
+                "{}",
+                table::format(&["MONITOR", "REMOTE WRITE PENDING", "FAILED SAMPLES"], &queues)
+            );
+        }
         if !alerts.is_empty() {
             let rows: Vec<Vec<String>> = alerts
                 .iter()
@@ -233,4 +267,35 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Prints the targets table.
+fn print_targets(targets: &[TargetHealth]) {
+    let rows: Vec<Vec<String>> = targets
+        .iter()
+        .map(|t| {
+            vec![
+                t.instance.clone(),
+                t.job.clone(),
+                t.scrape_url.clone(),
+                t.health.to_string(),
+                t.last_scrape.clone().unwrap_or_else(|| "never".into()),
+                t.last_error.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::format(
+            &[
+                "INSTANCE",
+                "JOB",
+                "SCRAPE URL",
+                "HEALTH",
+                "LAST SCRAPE",
+                "ERROR"
+            ],
+            &rows
+        )
+    );
 }

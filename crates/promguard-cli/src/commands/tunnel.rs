@@ -1,5 +1,5 @@
-//! `promguard tunnel`: a local port forwarded to the monitor's Prometheus
-//! (or its Alertmanager).
+//! `promguard tunnel`: a local port forwarded to a monitor's Prometheus
+//! (or its Alertmanager), or to the storage host's VictoriaMetrics.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -11,33 +11,55 @@ use crate::commands::runtime;
 use crate::deploy::{make_plan, Context};
 use crate::project::Project;
 
-/// What the tunnel reaches on the monitor.
+/// What the tunnel reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// Prometheus (local port 9090 by default).
+    /// A monitor's Prometheus (local port 9090 by default).
     Prometheus,
-    /// Alertmanager (local port 9093 by default).
+    /// A monitor's Alertmanager (local port 9093 by default).
     Alertmanager,
+    /// The storage host's VictoriaMetrics (local port 8428 by default).
+    Storage,
 }
 
 pub fn run(
     config: Option<&Path>,
     verbose: bool,
     target: Target,
+    monitor: Option<&str>,
     port: Option<u16>,
 ) -> anyhow::Result<ExitCode> {
     let project = Project::load(config)?;
     let state = project.existing_state()?;
     let ctx = Context::new(project, verbose)?;
     let plan = make_plan(&ctx.project, Some(&state))?;
-    let monitor = plan.monitor();
-    let prometheus = monitor
-        .prometheus
-        .as_ref()
-        .expect("the monitor runs Prometheus")
-        .listen;
+    let host = match (target, monitor) {
+        (Target::Storage, _) => plan
+            .hosts
+            .iter()
+            .find(|h| h.role == promguard_core::Role::Storage)
+            .context("the deployment has no storage host; add [storage] to the config")?,
+        (_, None) => plan.monitor(),
+        (_, Some(name)) => plan
+            .monitors()
+            .find(|m| m.name.as_str() == name)
+            .with_context(|| {
+                let names: Vec<&str> = plan.monitors().map(|m| m.name.as_str()).collect();
+                format!(
+                    "{name:?} is not a monitor of the deployment; its monitors are {}",
+                    names.join(", ")
+                )
+            })?,
+    };
     let (remote, what, port) = match target {
-        Target::Prometheus => (prometheus, "Prometheus", port.unwrap_or(9090)),
+        Target::Prometheus => (
+            host.prometheus
+                .as_ref()
+                .expect("a monitor runs Prometheus")
+                .listen,
+            "Prometheus",
+            port.unwrap_or(9090),
+        ),
         Target::Alertmanager => (
             promguard_core::alerts::ALERTMANAGER_LISTEN
                 .parse()
@@ -45,7 +67,16 @@ pub fn run(
             "Alertmanager",
             port.unwrap_or(9093),
         ),
+        Target::Storage => {
+            let engine = host
+                .exporters
+                .iter()
+                .find(|e| e.packaged().is_some())
+                .expect("the storage host runs its engine");
+            (engine.listen, "VictoriaMetrics", port.unwrap_or(8428))
+        }
     };
+    let monitor = host;
     let conn = ctx.connect(&state, &monitor.name)?;
     let local = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let name = monitor.name.clone();

@@ -192,22 +192,28 @@ fn print(report: &deploy::UpReport, report_path: Option<&Path>) -> anyhow::Resul
             &rows
         )
     );
-    println!("\nPrometheus targets (scraped over WireGuard):");
-    let rows: Vec<Vec<String>> = report
-        .targets
-        .iter()
-        .map(|t| {
-            vec![
-                t.instance.clone(),
-                t.job.clone(),
-                t.scrape_url.clone(),
-                t.health.to_string(),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table::format(&["INSTANCE", "JOB", "SCRAPE URL", "HEALTH"], &rows)
-    );
+    let several = report.by_monitor.len() > 1;
+    for (monitor, targets) in &report.by_monitor {
+        if several {
+            println!("\nPrometheus targets of {monitor} (scraped over WireGuard):");
+        } else {
+            println!("\nPrometheus targets (scraped over WireGuard):");
+        }
+        let rows: Vec<Vec<String>> = targets
+            .iter()
+            .map(|t| {
+                vec![
+                    t.instance.clone(),
+                    t.job.clone(),
+                    t.scrape_url.clone(),
+                    t.health.to_string(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table::format(&["INSTANCE", "JOB", "SCRAPE URL", "HEALTH"], &rows)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -395,7 +395,8 @@ pub fn decide(host: &DesiredHost, facts: &Facts) -> Result<Decision, RemoteError
         ) {
             Some(restart) => decision.actions.push(Action::StartPrometheus { restart }),
             None if touched.any(FileKind::PrometheusConfig)
-                || touched.any(FileKind::PrometheusRules) =>
+                || touched.any(FileKind::PrometheusRules)
+                || touched.any(FileKind::PrometheusCredentials) =>
             {
                 decision.actions.push(Action::ReloadPrometheus)
             }
@@ -482,7 +483,13 @@ fn exporter_actions(host: &DesiredHost, facts: &Facts, decision: &mut Decision) 
             .exporters
             .get(e.daemon())
             .unwrap_or(&ProcessState::Stopped);
-        let start = match daemon_start(facts.systemd, state, &e.binary(), &e.full_args(), changed) {
+        let start = match daemon_start(
+            facts.systemd,
+            state,
+            &e.binary(),
+            &e.args_for(facts.systemd),
+            changed,
+        ) {
             // Without systemd the settings are in the environment, which
             // the command line does not show.
             None if changed => Some(true),
@@ -601,7 +608,7 @@ mod tests {
                 .iter()
                 .map(|e| {
                     let mut args = vec![e.binary()];
-                    args.extend(e.full_args());
+                    args.extend(e.args_for(systemd));
                     (e.daemon().to_owned(), running_with(args))
                 })
                 .collect(),
@@ -905,7 +912,7 @@ mod tests {
         let mut host = node();
         host.guest = Some(super::super::Guest {
             wireguard_port: Port::new(51820).unwrap(),
-            scraper: "10.0.0.1".parse().unwrap(),
+            scrapers: vec!["10.0.0.1".parse().unwrap()],
             exporter_ports: vec![Port::new(9100).unwrap()],
             probe_ports: Vec::new(),
             comment: "promguard-prod".into(),

@@ -36,7 +36,17 @@ pub struct ManagedExporter {
     pub args: Vec<String>,
     /// Its environment variables, with their values.
     pub settings: Vec<(EnvName, SettingValue)>,
+    /// The flag that sets its listen address (`--web.listen-address`).
+    pub listen_flag: String,
+    /// The flag that sets its data directory, for a server that keeps
+    /// data ([`promguard_core::exporters::KnownExporter::data_dir_flag`]).
+    pub data_dir_flag: Option<String>,
 }
+
+/// Where a server keeps its data on a host without systemd: in the
+/// host's own `/var/lib/prometheus` (the package's directory may be the
+/// machine's).
+pub const PLAIN_DATA_ROOT: &str = "/var/lib/prometheus";
 
 // Values may be secrets; SettingValue's Debug redacts them.
 impl std::fmt::Debug for ManagedExporter {
@@ -47,6 +57,8 @@ impl std::fmt::Debug for ManagedExporter {
             .field("listen", &self.listen)
             .field("args", &self.args)
             .field("settings", &self.settings)
+            .field("listen_flag", &self.listen_flag)
+            .field("data_dir_flag", &self.data_dir_flag)
             .finish()
     }
 }
@@ -104,9 +116,32 @@ impl ManagedExporter {
         ]
     }
 
-    /// Its whole command line's arguments: the listen address first.
+    /// Its whole command line's arguments on a systemd host: the listen
+    /// address first, then its data directory (the package's own), then
+    /// the rest.
     pub fn full_args(&self) -> Vec<String> {
-        std::iter::once(format!("--web.listen-address={}", self.listen))
+        self.args_for(true)
+    }
+
+    /// Its data directory: the package's under systemd, else one in
+    /// [`PLAIN_DATA_ROOT`].
+    pub fn data_dir(&self, systemd: bool) -> String {
+        if systemd {
+            format!("/var/lib/{}", self.package)
+        } else {
+            format!("{PLAIN_DATA_ROOT}/{}", self.package)
+        }
+    }
+
+    /// Its whole command line's arguments on a host with or without
+    /// systemd.
+    pub fn args_for(&self, systemd: bool) -> Vec<String> {
+        std::iter::once(format!("{}={}", self.listen_flag, self.listen))
+            .chain(
+                self.data_dir_flag
+                    .iter()
+                    .map(|flag| format!("{flag}={}", self.data_dir(systemd))),
+            )
             .chain(self.args.iter().cloned())
             .collect()
     }
@@ -188,6 +223,8 @@ pub(crate) mod tests {
                 SettingValue::new("postgresql://pg:hunter2@127.0.0.1/postgres".into(), true)
                     .unwrap(),
             )],
+            listen_flag: "--web.listen-address".into(),
+            data_dir_flag: None,
         }
     }
 

@@ -39,9 +39,10 @@ pub struct Guest {
     /// The UDP port WireGuard listens on: it must be free on the host
     /// (unless PromGuard's own interface has it), and ufw must let it in.
     pub wireguard_port: Port,
-    /// The monitor's WireGuard address: the only source ufw lets in to
-    /// the exporter ports on the WireGuard interface.
-    pub scraper: IpAddr,
+    /// The WireGuard addresses of the monitors that scrape the host: the
+    /// only sources ufw lets in to the exporter ports on the WireGuard
+    /// interface.
+    pub scrapers: Vec<IpAddr>,
     /// The host's exporter ports (TCP, on its WireGuard address).
     pub exporter_ports: Vec<Port>,
     /// Ports of the host's own services a prober on the monitor reaches
@@ -61,10 +62,12 @@ impl Guest {
             self.wireguard_port, self.comment
         )];
         for port in self.exporter_ports.iter().chain(&self.probe_ports) {
-            rules.push(format!(
-                "allow in on {interface} from {} to any port {port} proto tcp comment {}",
-                self.scraper, self.comment
-            ));
+            for scraper in &self.scrapers {
+                rules.push(format!(
+                    "allow in on {interface} from {scraper} to any port {port} proto tcp comment {}",
+                    self.comment
+                ));
+            }
         }
         rules
     }
@@ -276,7 +279,7 @@ mod tests {
     fn guest() -> Guest {
         Guest {
             wireguard_port: Port::new(51821).unwrap(),
-            scraper: "10.0.0.1".parse().unwrap(),
+            scrapers: vec!["10.0.0.1".parse().unwrap()],
             exporter_ports: vec![Port::new(9100).unwrap(), Port::new(9187).unwrap()],
             probe_ports: Vec::new(),
             comment: "promguard-prod".into(),

@@ -119,6 +119,11 @@ pub enum FileKind {
     /// (it may hold an SMTP password: written 0600, owned by the
     /// daemons' user): an Alertmanager reload.
     AlertmanagerConfig,
+    /// A file `prometheus.yml` names that may hold a secret (the
+    /// remote_write password or token, its CA bundle): written owned by
+    /// the daemons' user so that Prometheus can read it at 0600; a
+    /// Prometheus reload.
+    PrometheusCredentials,
     /// Anything else: written, nothing to run.
     Other,
     /// The recipe's own: node_exporter's flags (`/etc/default`).

@@ -400,11 +400,14 @@ fn ufw_allow(s: &mut String, rules: &[String]) {
 }
 
 /// `write_file` for `file`, its content as base64 in a quoted here-document.
-/// Alertmanager's config may hold a password: 0600, and owned by the
-/// daemons' user so that Alertmanager can read it.
+/// Alertmanager's config and Prometheus' credentials may hold a password:
+/// 0600, and owned by the daemons' user so that the daemon can read them.
 fn write_embedded(s: &mut String, file: &DesiredFile) {
     let path = shell_quote(&file.path);
-    let owner = if file.kind == FileKind::AlertmanagerConfig {
+    let owner = if matches!(
+        file.kind,
+        FileKind::AlertmanagerConfig | FileKind::PrometheusCredentials
+    ) {
         format!(" {DAEMON_USER}")
     } else {
         String::new()
@@ -560,7 +563,14 @@ fn plain_action(s: &mut String, host: &DesiredHost, action: &Action) {
         }
         Action::StartExporter { package, .. } => {
             let e = exporter_of(host, package);
-            let args: Vec<String> = e.full_args().iter().map(|a| shell_quote(a)).collect();
+            let args: Vec<String> = e.args_for(false).iter().map(|a| shell_quote(a)).collect();
+            if e.data_dir_flag.is_some() {
+                let dir = shell_quote(&e.data_dir(false));
+                let _ = writeln!(
+                    s,
+                    "mkdir -p {dir}\nif id {DAEMON_USER} >/dev/null 2>&1; then chown {DAEMON_USER}:{DAEMON_USER} {dir}; fi"
+                );
+            }
             let _ = writeln!(
                 s,
                 "start_env_daemon {d} {env} {bin} {args}\n\

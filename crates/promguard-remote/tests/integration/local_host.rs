@@ -561,7 +561,7 @@ fn a_guest_refuses_the_hosts_own_interface_and_leaves_no_trace() {
         install_packages: false,
         guest: Some(recipe::Guest {
             wireguard_port: promguard_core::Port::new(51827).unwrap(),
-            scraper: "10.0.0.2".parse().unwrap(),
+            scrapers: vec!["10.0.0.2".parse().unwrap()],
             exporter_ports: vec![promguard_core::Port::new(9100).unwrap()],
             probe_ports: Vec::new(),
             comment: "promguard-test".into(),
