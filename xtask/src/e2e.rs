@@ -664,10 +664,26 @@ pub(crate) fn with_tunnel<T>(
     d: &Deployment,
     f: impl FnOnce(&dyn Fn(&str) -> Result<Value>) -> Result<T>,
 ) -> Result<T> {
+    with_tunnel_to(d, &[], |port| {
+        let query = |q: &str| -> Result<Value> { prometheus_query(port, q) };
+        f(&query)
+    })
+}
+
+/// Runs `f` with the local port of `promguard tunnel <args>` (`--monitor
+/// NAME`, `--storage`) once it listens, and ends the tunnel afterwards.
+pub(crate) fn with_tunnel_to<T>(
+    d: &Deployment,
+    args: &[&str],
+    f: impl FnOnce(u16) -> Result<T>,
+) -> Result<T> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let tunnel = d.start(&["tunnel", "--port", &port.to_string()])?;
+    let port_text = port.to_string();
+    let mut all = vec!["tunnel", "--port", &port_text];
+    all.extend_from_slice(args);
+    let tunnel = d.start(&all)?;
     let result = (|| -> Result<T> {
         // It prints its URL on stdout, which `start` closes: wait until
         // the port accepts instead.
@@ -679,40 +695,49 @@ pub(crate) fn with_tunnel<T>(
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        let query = |q: &str| -> Result<Value> { prometheus_query(port, q) };
-        f(&query)
+        f(port)
     })();
     tunnel.signal(nix::sys::signal::Signal::SIGINT)?;
     let _ = tunnel.finish(Duration::from_secs(10));
     result
 }
 
-/// `GET /api/v1/query?query=q` on 127.0.0.1:`port` (HTTP/1.0, so the
-/// answer ends with the connection).
-fn prometheus_query(port: u16, q: &str) -> Result<Value> {
-    use std::io::{Read, Write};
-    let encoded: String = q
-        .bytes()
+/// `GET /api/v1/query?query=q` on 127.0.0.1:`port`.
+pub(crate) fn prometheus_query(port: u16, q: &str) -> Result<Value> {
+    let body = http_get(port, &format!("/api/v1/query?query={}", url_encode(q)))?;
+    serde_json::from_str(&body).with_context(|| format!("Prometheus' answer to {q}: {body}"))
+}
+
+/// `text` escaped for a URL's query.
+pub(crate) fn url_encode(text: &str) -> String {
+    text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
                 (b as char).to_string()
             }
             _ => format!("%{b:02X}"),
         })
-        .collect();
+        .collect()
+}
+
+/// The body of `GET path` on 127.0.0.1:`port` (HTTP/1.0, so the answer
+/// ends with the connection); fails unless the status is 200.
+pub(crate) fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET /api/v1/query?query={encoded} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
-    )?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let body = response
+    let (head, body) = response
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
         .with_context(|| format!("no HTTP body in {response:?}"))?;
-    serde_json::from_str(body).with_context(|| format!("Prometheus' answer to {q}: {body}"))
+    ensure!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "GET {path} answered {}: {body}",
+        head.lines().next().unwrap_or_default()
+    );
+    Ok(body.to_owned())
 }
 
 fn wireguard_metrics_via(

@@ -2,8 +2,8 @@
 //! workspace:
 //!
 //! - `test`: installs the Debian packages the tests need when missing, then
-//!   runs everything CI checks (fmt, clippy, all tests, the local
-//!   end-to-end scenario).
+//!   runs everything CI checks (fmt, clippy, all tests, every end-to-end
+//!   scenario below but the real-DigitalOcean one and the fuzzing).
 //! - `demo`: installs what is missing, builds, brings up a monitor and three
 //!   nodes on the local provider and prints the targets.
 //! - `e2e --local`: the local end-to-end scenario on its own.
@@ -18,6 +18,9 @@
 //!   process, blackbox) on systemd hosts running PostgreSQL, redis and
 //!   nginx: bound to the tunnel, restarted only on change, back after a
 //!   reboot, stopped when dropped.
+//! - `e2e --monitors`: two replica monitors writing to VictoriaMetrics on
+//!   a storage host (deduplicated, no gap while one is stopped), and shards
+//!   that move only the nodes the plan says.
 //! - `e2e --faults`: the fault tests on local hosts (unreachable hosts,
 //!   signals, a lost state file, healing, hostile input, secrets).
 //! - `e2e --attack`: the attacker's-eye suite (port scans over IPv4 and
@@ -48,6 +51,7 @@ mod e2e_alerts;
 mod e2e_existing;
 mod e2e_exporters;
 mod e2e_fake;
+mod e2e_monitors;
 mod e2e_systemd;
 mod example;
 mod faults;
@@ -76,6 +80,10 @@ fn main() -> Result<()> {
                     deps::ensure()?;
                     e2e_systemd::systemd(&root)
                 }
+                ["--monitors"] => {
+                    deps::ensure()?;
+                    e2e_monitors::run(&root)
+                }
                 ["--exporters"] => {
                     deps::ensure()?;
                     e2e_exporters::run(&root)
@@ -101,7 +109,7 @@ fn main() -> Result<()> {
                     example::run(&root)
                 }
                 [] => e2e_fake::real(&root),
-                other => bail!("unknown e2e arguments {other:?}; use --local, --systemd, --existing, --exporters, --fake, --faults, --attack, --alerts, --example or nothing (real DigitalOcean)"),
+                other => bail!("unknown e2e arguments {other:?}; use --local, --systemd, --existing, --exporters, --monitors, --fake, --faults, --attack, --alerts, --example or nothing (real DigitalOcean)"),
             }
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("--systemd") => {
@@ -200,18 +208,44 @@ fn test(root: &Path) -> Result<()> {
     run(cargo()
         .args(["doc", "--workspace", "--no-deps", "-q"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
-    run(cargo().args(["test", "--workspace"]))?;
-    e2e::local(root)?;
-    attack::run(root)?;
-    e2e_alerts::run(root)?;
-    example::run(root)?;
-    e2e_systemd::systemd(root)?;
-    e2e_existing::run(root)?;
-    e2e_exporters::run(root)?;
-    faults::run(root)?;
-    e2e_fake::fake(root)?;
+    // The monitors scenario waits most of its time (a minute of one
+    // replica stopped, VictoriaMetrics' latency) on namespace hosts: it
+    // runs beside the workspace's tests, whose time is the compiler's, and
+    // always finishes (and tears down) before the result counts.
+    run(cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
+    let monitors = {
+        let bin = target_dir(root).join("debug/promguard");
+        std::thread::spawn(move || timed("e2e --monitors", || e2e_monitors::run_with(&bin)))
+    };
+    let tests = run(cargo().args(["test", "--workspace"]));
+    let monitors = monitors
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("e2e --monitors panicked")));
+    tests?;
+    monitors?;
+    timed("e2e --local", || e2e::local(root))?;
+    timed("e2e --attack", || attack::run(root))?;
+    timed("e2e --alerts", || e2e_alerts::run(root))?;
+    timed("e2e --example", || example::run(root))?;
+    timed("e2e --systemd", || e2e_systemd::systemd(root))?;
+    timed("e2e --existing", || e2e_existing::run(root))?;
+    timed("e2e --exporters", || e2e_exporters::run(root))?;
+    timed("e2e --faults", || faults::run(root))?;
+    timed("e2e --fake", || e2e_fake::fake(root))?;
     eprintln!("xtask test: everything passed");
     Ok(())
+}
+
+/// Runs `f`, printing how long it took: CI's time limit is the sum.
+fn timed(what: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let started = std::time::Instant::now();
+    let result = f();
+    eprintln!(
+        "xtask test: {what} {} after {:.0?}",
+        if result.is_ok() { "passed" } else { "failed" },
+        started.elapsed()
+    );
+    result
 }
 
 fn demo(root: &Path) -> Result<()> {

@@ -368,7 +368,10 @@ fn remote_write_secrets(
         Some(file) => {
             let path = project.dir.join(file);
             let text = std::fs::read_to_string(&path).with_context(|| {
-                format!("cannot read the remote_write CA bundle {} (remote_write.ca_file)", path.display())
+                format!(
+                    "cannot read the remote_write CA bundle {} (remote_write.ca_file)",
+                    path.display()
+                )
             })?;
             anyhow::ensure!(
                 text.contains("-----BEGIN CERTIFICATE-----"),

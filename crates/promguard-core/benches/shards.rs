@@ -1,13 +1,17 @@
 //! Rendezvous hashing of 10,000 nodes onto shards of monitors: the time to
 //! assign them, the time to diff an added shard, and (printed once, before
-//! the timings) the fraction of nodes that an added shard moves.
+//! the timings) the fraction of nodes that an added shard moves; then the
+//! planner itself at 10,000 nodes: replanning a deployment of three shards
+//! (two replicas each, a storage host) for a fourth, as `promguard plan`
+//! does, with the nodes its `MoveNode` changes list.
 
 // criterion_group! generates an undocumented public function.
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use promguard_core::config::Config;
 use promguard_core::shards::{assign_all, Assignment, ShardId, Shards};
-use promguard_core::HostName;
+use promguard_core::{planner, Change, HostName, State};
 
 const NODES: usize = 10_000;
 
@@ -61,5 +65,55 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// A config of `shards` shards of two replicas, a storage host and 10,000
+/// nodes.
+fn sharded_config(shards: &[&str]) -> Config {
+    let list: Vec<String> = shards.iter().map(|s| format!("{s:?}")).collect();
+    let text = format!(
+        "[deployment]\nsubnet = \"10.0.0.0/16\"\n[monitor]\nreplicas = 2\nshards = [{}]\n[storage]\n[nodes]\ncount = {NODES}\n",
+        list.join(", ")
+    );
+    Config::from_toml(&text, std::path::Path::new("bench.toml")).expect("a valid config")
+}
+
+fn bench_planner(c: &mut Criterion) {
+    let three = sharded_config(&["a", "b", "c"]);
+    let four = sharded_config(&["a", "b", "c", "d"]);
+    let mut state: State = planner::plan(&three, None).expect("plans").next_state;
+    for record in state.hosts.values_mut() {
+        record.created = true;
+    }
+    let plan = planner::plan(&four, Some(&state)).expect("plans");
+    let moved = plan
+        .changes
+        .iter()
+        .filter(|c| matches!(c, Change::MoveNode { .. }))
+        .count();
+    let peers: Vec<usize> = plan.monitors().map(|m| m.peers.len()).collect();
+    eprintln!(
+        "planner, 3 -> 4 shards of 2 replicas, {NODES} nodes: {moved} nodes move ({:.2} %); peers per monitor {peers:?}",
+        100.0 * moved as f64 / NODES as f64
+    );
+    let mut group = c.benchmark_group("planner-10k-nodes");
+    group.sample_size(10);
+    group.bench_function("replan 3 shards x 2 replicas for a 4th", |b| {
+        b.iter(|| {
+            planner::plan(&four, Some(&state))
+                .expect("plans")
+                .changes
+                .len()
+        })
+    });
+    group.bench_function("replan 3 shards x 2 replicas unchanged", |b| {
+        b.iter(|| {
+            planner::plan(&three, Some(&state))
+                .expect("plans")
+                .changes
+                .len()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_planner);
 criterion_main!(benches);

@@ -329,7 +329,11 @@ pub fn desired_host(
         probe_ports: host.firewall.probe_ports.clone(),
         comment: promguard_core::prometheus::existing_job_name(&plan.deployment),
     });
-    if let Some(rw) = host.prometheus.as_ref().and_then(|p| p.remote_write.as_ref()) {
+    if let Some(rw) = host
+        .prometheus
+        .as_ref()
+        .and_then(|p| p.remote_write.as_ref())
+    {
         let missing = if rw.secret_source.is_some() && rw.secret.is_none() {
             Some("secret")
         } else if rw.ca_file.is_some() && rw.ca.is_none() {

@@ -168,9 +168,7 @@ pub fn parse_remote_write(body: &[u8]) -> Result<Option<RemoteWriteQueue>, Strin
             .map_err(|_| "Prometheus answered a sample that is no number".to_owned())?;
         match sample.metric.get("__name__").map(String::as_str) {
             Some("prometheus_remote_storage_samples_pending") => queue.samples_pending += value,
-            Some("prometheus_remote_storage_samples_failed_total") => {
-                queue.samples_failed += value
-            }
+            Some("prometheus_remote_storage_samples_failed_total") => queue.samples_failed += value,
             _ => return Err("Prometheus answered a series that was not asked for".to_owned()),
         }
     }

@@ -144,7 +144,11 @@ pub fn host_files(host: &HostPlan, secrets: Secrets) -> Vec<HostFile> {
             if rw.ca_file.is_some() {
                 files.push(HostFile {
                     kind: HostFileKind::RemoteWriteCa,
-                    path: format!("{}/{}", prometheus::TARGETS_DIR, topology::REMOTE_WRITE_CA_FILE),
+                    path: format!(
+                        "{}/{}",
+                        prometheus::TARGETS_DIR,
+                        topology::REMOTE_WRITE_CA_FILE
+                    ),
                     mode: 0o644,
                     content: rw.ca.clone().unwrap_or_default(),
                 });

@@ -115,7 +115,14 @@ pub fn run(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
             row
         })
         .collect();
-    let mut headers = vec!["HOST", "ROLE", "REGION", "ORIGIN", "WIREGUARD", "PUBLIC KEY"];
+    let mut headers = vec![
+        "HOST",
+        "ROLE",
+        "REGION",
+        "ORIGIN",
+        "WIREGUARD",
+        "PUBLIC KEY",
+    ];
     if several {
         headers.push("SCRAPED BY");
     }

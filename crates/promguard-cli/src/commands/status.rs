@@ -236,7 +236,10 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
             println!();
             print!(
                 "{}",
-                table::format(&["MONITOR", "REMOTE WRITE PENDING", "FAILED SAMPLES"], &queues)
+                table::format(
+                    &["MONITOR", "REMOTE WRITE PENDING", "FAILED SAMPLES"],
+                    &queues
+                )
             );
         }
         if !alerts.is_empty() {
