@@ -112,6 +112,24 @@ fn bench_planner(c: &mut Criterion) {
                 .len()
         })
     });
+    // The same nodes behind one monitor, for comparison.
+    let single = Config::from_toml(
+        &format!("[deployment]\nsubnet = \"10.0.0.0/16\"\n[nodes]\ncount = {NODES}\n"),
+        std::path::Path::new("bench.toml"),
+    )
+    .expect("a valid config");
+    let mut single_state: State = planner::plan(&single, None).expect("plans").next_state;
+    for record in single_state.hosts.values_mut() {
+        record.created = true;
+    }
+    group.bench_function("replan one monitor unchanged", |b| {
+        b.iter(|| {
+            planner::plan(&single, Some(&single_state))
+                .expect("plans")
+                .changes
+                .len()
+        })
+    });
     group.finish();
 }
 
