@@ -678,6 +678,55 @@ mod tests {
         let err = make_plan(&project, None).unwrap_err().to_string();
         assert!(err.contains("PROMGUARD_TEST_NO_SUCH_VAR"), "{err}");
     }
+
+    #[test]
+    fn the_remote_write_secret_and_ca_are_read_beside_the_config_and_the_secret_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("promguard.toml");
+        std::fs::write(
+            &path,
+            "[monitor]\nreplicas = 2\n[remote_write]\nurl = \"https://vm.example.com/api/v1/write\"\n\
+             username = \"pg\"\npassword_file = \"rw.pw\"\nca_file = \"ca.pem\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("rw.pw"), "wr1te-s3cret\n").unwrap();
+        std::fs::write(
+            dir.path().join("ca.pem"),
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let project = Project::load(Some(&path)).unwrap();
+        let plan = make_plan(&project, None).unwrap();
+        assert!(!format!("{plan:?}").contains("wr1te-s3cret"));
+        assert_eq!(plan.monitors().count(), 2);
+        for monitor in plan.monitors() {
+            let secret_path = format!(
+                "{}/{}",
+                promguard_core::prometheus::TARGETS_DIR,
+                promguard_core::topology::REMOTE_WRITE_SECRET_FILE
+            );
+            let files = promguard_wg::files::host_files(monitor, promguard_wg::Secrets::Include);
+            let secret = files.iter().find(|f| f.path == secret_path).unwrap();
+            assert_eq!((secret.content.as_str(), secret.mode), ("wr1te-s3cret", 0o600));
+            let config = files
+                .iter()
+                .find(|f| f.path == promguard_core::prometheus::CONFIG_PATH)
+                .unwrap();
+            assert!(!config.content.contains("wr1te-s3cret"));
+            assert!(config.content.contains(&format!("password_file: \"{secret_path}\"")));
+            assert!(config.content.contains("replica: \""));
+            assert!(files.iter().any(|f| f.content.contains("BEGIN CERTIFICATE")));
+            let shown = promguard_wg::files::host_files(monitor, promguard_wg::Secrets::Redact);
+            assert!(shown.iter().all(|f| !f.content.contains("wr1te-s3cret")));
+        }
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate").unwrap();
+        let err = make_plan(&project, None).unwrap_err().to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
+        std::fs::remove_file(dir.path().join("rw.pw")).unwrap();
+        let err = format!("{:#}", make_plan(&project, None).unwrap_err());
+        assert!(err.contains("rw.pw"), "{err}");
+    }
+
     use promguard_core::config::{Config, ProviderKind};
     use std::net::{IpAddr, Ipv4Addr};
     use std::sync::Mutex;
