@@ -707,15 +707,22 @@ mod tests {
             );
             let files = promguard_wg::files::host_files(monitor, promguard_wg::Secrets::Include);
             let secret = files.iter().find(|f| f.path == secret_path).unwrap();
-            assert_eq!((secret.content.as_str(), secret.mode), ("wr1te-s3cret", 0o600));
+            assert_eq!(
+                (secret.content.as_str(), secret.mode),
+                ("wr1te-s3cret", 0o600)
+            );
             let config = files
                 .iter()
                 .find(|f| f.path == promguard_core::prometheus::CONFIG_PATH)
                 .unwrap();
             assert!(!config.content.contains("wr1te-s3cret"));
-            assert!(config.content.contains(&format!("password_file: \"{secret_path}\"")));
+            assert!(config
+                .content
+                .contains(&format!("password_file: \"{secret_path}\"")));
             assert!(config.content.contains("replica: \""));
-            assert!(files.iter().any(|f| f.content.contains("BEGIN CERTIFICATE")));
+            assert!(files
+                .iter()
+                .any(|f| f.content.contains("BEGIN CERTIFICATE")));
             let shown = promguard_wg::files::host_files(monitor, promguard_wg::Secrets::Redact);
             assert!(shown.iter().all(|f| !f.content.contains("wr1te-s3cret")));
         }
