@@ -9,13 +9,18 @@ use std::process::Command;
 use anyhow::{ensure, Context, Result};
 use promguard_cloud::CloudProvider;
 
-/// Runs the example and checks its output and what it left.
+/// Builds and runs the example and checks its output and what it left.
 pub fn run(root: &Path) -> Result<()> {
-    let output = Command::new(crate::cargo_path())
-        .current_dir(root)
-        .args(["run", "-q", "-p", "promguard-cli", "--example", "embed"])
+    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli", "--example", "embed"]))?;
+    run_built(&crate::target_dir(root).join("debug/examples/embed"))
+}
+
+/// [`run`] with the example already built at `example` (`cargo xtask
+/// test` runs it while cargo builds and runs the tests).
+pub fn run_built(example: &Path) -> Result<()> {
+    let output = Command::new(example)
         .output()
-        .context("cannot run cargo")?;
+        .with_context(|| format!("cannot run {}", example.display()))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let said = || format!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     ensure!(output.status.success(), "the example failed:\n{}", said());
