@@ -219,7 +219,10 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
             if let Some(monitor) = monitor {
                 println!("Targets of {monitor}:");
             }
-            print_targets(targets);
+            print!(
+                "{}",
+                table::targets(targets, table::TargetColumns::LastScrape)
+            );
         }
         let queues: Vec<Vec<String>> = monitors
             .iter()
@@ -270,35 +273,4 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Prints the targets table.
-fn print_targets(targets: &[TargetHealth]) {
-    let rows: Vec<Vec<String>> = targets
-        .iter()
-        .map(|t| {
-            vec![
-                t.instance.clone(),
-                t.job.clone(),
-                t.scrape_url.clone(),
-                t.health.to_string(),
-                t.last_scrape.clone().unwrap_or_else(|| "never".into()),
-                t.last_error.clone(),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table::format(
-            &[
-                "INSTANCE",
-                "JOB",
-                "SCRAPE URL",
-                "HEALTH",
-                "LAST SCRAPE",
-                "ERROR"
-            ],
-            &rows
-        )
-    );
 }

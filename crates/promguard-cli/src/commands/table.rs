@@ -1,6 +1,41 @@
 //! Plain aligned text tables for terminal output.
 
 use promguard_core::Lifecycle;
+use promguard_remote::TargetHealth;
+
+/// Which columns a targets table has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetColumns {
+    /// Instance, job, scrape URL and health (`up`).
+    Health,
+    /// Those, the last scrape's time and its error (`status`).
+    LastScrape,
+}
+
+/// The targets table.
+pub fn targets(targets: &[TargetHealth], columns: TargetColumns) -> String {
+    let rows: Vec<Vec<String>> = targets
+        .iter()
+        .map(|t| {
+            let mut row = vec![
+                t.instance.clone(),
+                t.job.clone(),
+                t.scrape_url.clone(),
+                t.health.to_string(),
+            ];
+            if columns == TargetColumns::LastScrape {
+                row.push(t.last_scrape.clone().unwrap_or_else(|| "never".into()));
+                row.push(t.last_error.clone());
+            }
+            row
+        })
+        .collect();
+    let mut header = vec!["INSTANCE", "JOB", "SCRAPE URL", "HEALTH"];
+    if columns == TargetColumns::LastScrape {
+        header.extend(["LAST SCRAPE", "ERROR"]);
+    }
+    format(&header, &rows)
+}
 
 /// The ORIGIN column of `plan` and `status`: `created` for a host a
 /// provider made, `existing` for one the user runs.

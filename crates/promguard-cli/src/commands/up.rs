@@ -199,21 +199,7 @@ fn print(report: &deploy::UpReport, report_path: Option<&Path>) -> anyhow::Resul
         } else {
             println!("\nPrometheus targets (scraped over WireGuard):");
         }
-        let rows: Vec<Vec<String>> = targets
-            .iter()
-            .map(|t| {
-                vec![
-                    t.instance.clone(),
-                    t.job.clone(),
-                    t.scrape_url.clone(),
-                    t.health.to_string(),
-                ]
-            })
-            .collect();
-        print!(
-            "{}",
-            table::format(&["INSTANCE", "JOB", "SCRAPE URL", "HEALTH"], &rows)
-        );
+        print!("{}", table::targets(targets, table::TargetColumns::Health));
     }
     Ok(ExitCode::SUCCESS)
 }
