@@ -208,36 +208,42 @@ fn test(root: &Path) -> Result<()> {
     run(cargo()
         .args(["doc", "--workspace", "--no-deps", "-q"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
-    // The monitors scenario and the embedding example wait most of their
-    // time (a minute of one replica stopped, Prometheus' first scrapes) on
-    // namespace hosts: they run beside the workspace's tests, whose time
-    // is the compiler's, and always finish (and tear down) before the
-    // result counts.
     // Two builds: an example brings in the dev-dependencies, whose
     // features make a build of its own, and every later `cargo build -p
     // promguard-cli` of the scenarios must find the plain one done.
     run(cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
     run(cargo().args(["build", "-q", "-p", "promguard-cli", "--example", "embed"]))?;
+    // The monitors scenario, the embedding example, the alerts scenario and
+    // the attack suite wait most of their time (a minute of one replica
+    // stopped, Prometheus' first scrapes, alerts' thresholds, connect
+    // timeouts) on namespace hosts: in two threads, they run beside the
+    // workspace's tests, whose time is the compiler's, and always finish
+    // (and tear down) before the result counts.
     let monitors = {
         let bin = target_dir(root).join("debug/promguard");
         std::thread::spawn(move || timed("e2e --monitors", || e2e_monitors::run_with(&bin)))
     };
     let example = {
-        let bin = target_dir(root).join("debug/examples/embed");
-        std::thread::spawn(move || timed("e2e --example", || example::run_built(&bin)))
+        let example = target_dir(root).join("debug/examples/embed");
+        let bin = target_dir(root).join("debug/promguard");
+        std::thread::spawn(move || {
+            timed("e2e --example", || example::run_built(&example))?;
+            timed("e2e --alerts", || e2e_alerts::run_with(&bin))?;
+            timed("e2e --attack", || attack::run_with(&bin))
+        })
     };
     let tests = run(cargo().args(["test", "--workspace"]));
     let panicked = |what: &str| Err(anyhow::anyhow!("{what} panicked"));
     let monitors = monitors
         .join()
         .unwrap_or_else(|_| panicked("e2e --monitors"));
-    let example = example.join().unwrap_or_else(|_| panicked("e2e --example"));
+    let example = example
+        .join()
+        .unwrap_or_else(|_| panicked("e2e --example, --alerts or --attack"));
     tests?;
     monitors?;
     example?;
     timed("e2e --local", || e2e::local(root))?;
-    timed("e2e --attack", || attack::run(root))?;
-    timed("e2e --alerts", || e2e_alerts::run(root))?;
     timed("e2e --systemd", || e2e_systemd::systemd(root))?;
     timed("e2e --existing", || e2e_existing::run(root))?;
     timed("e2e --exporters", || e2e_exporters::run(root))?;
