@@ -313,13 +313,7 @@ fn resolve_exporter_settings(
                 SettingSource::Env(var) => std::env::var(var).with_context(|| {
                     format!("{what} comes from ${var}, which is not set (or not UTF-8); set it")
                 })?,
-                SettingSource::File(file) => {
-                    let path = project.dir.join(file);
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("cannot read {what} from {}", path.display()))?;
-                    let text = text.strip_suffix('\n').unwrap_or(&text);
-                    text.strip_suffix('\r').unwrap_or(text).to_owned()
-                }
+                SettingSource::File(file) => read_secret_file(project, file, &what)?,
             };
             let value = SettingValue::new(text, true).map_err(|reason| {
                 anyhow::anyhow!("{what} ({}) is refused: {reason}", setting.source)
@@ -328,6 +322,21 @@ fn resolve_exporter_settings(
         }
     }
     Ok(())
+}
+
+/// The secret in `file` (relative to the config's directory): its text
+/// without one trailing newline. `what` names it in the error, which never
+/// holds the secret.
+fn read_secret_file(
+    project: &Project,
+    file: &std::path::Path,
+    what: &str,
+) -> anyhow::Result<String> {
+    let path = project.dir.join(file);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {what} from {}", path.display()))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_owned())
 }
 
 /// The remote_write password or token and CA bundle the config names
@@ -348,14 +357,11 @@ fn remote_write_secrets(
         Some(SettingSource::Env(var)) => Some(std::env::var(var).with_context(|| {
             format!("the remote_write secret comes from ${var}, which is not set (or not UTF-8); set it")
         })?),
-        Some(SettingSource::File(file)) => {
-            let path = project.dir.join(file);
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!("cannot read the remote_write secret from {}", path.display())
-            })?;
-            let text = text.strip_suffix('\n').unwrap_or(&text);
-            Some(text.strip_suffix('\r').unwrap_or(text).to_owned())
-        }
+        Some(SettingSource::File(file)) => Some(read_secret_file(
+            project,
+            file,
+            "the remote_write secret",
+        )?),
     };
     if let Some(secret) = &secret {
         anyhow::ensure!(
@@ -396,15 +402,11 @@ fn smtp_password(project: &Project) -> anyhow::Result<Option<promguard_core::pla
             format!("alerts.email.password_env names {var}, which is not set (or not UTF-8); set it to the SMTP password")
         })?
     } else if let Some(file) = &email.password_file {
-        let path = project.dir.join(file);
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "cannot read the SMTP password from {} (alerts.email.password_file)",
-                path.display()
-            )
-        })?;
-        let text = text.strip_suffix('\n').unwrap_or(&text);
-        text.strip_suffix('\r').unwrap_or(text).to_owned()
+        read_secret_file(
+            project,
+            file,
+            "the SMTP password (alerts.email.password_file)",
+        )?
     } else {
         return Ok(None);
     };

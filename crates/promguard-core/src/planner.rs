@@ -27,7 +27,7 @@ use crate::plan::{
 };
 use crate::shards::{ShardId, Shards};
 use crate::state::{HostRecord, PairKey, State};
-use crate::topology::RemoteWriteAuth;
+use crate::topology::{MonitorSlot, RemoteWriteAuth};
 
 /// Why a plan cannot be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,17 +108,17 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
         });
     }
 
+    let slots: HashMap<&HostName, MonitorSlot<'_>> = config
+        .monitors()
+        .into_iter()
+        .map(|m| (&m.host.name, m))
+        .collect();
     let specs: Vec<(Role, &crate::config::HostSpec)> = config
         .monitors()
         .into_iter()
         .map(|m| (Role::Monitor, m.host))
         .chain(config.storage.iter().map(|s| (Role::Storage, &s.host)))
         .chain(config.nodes.iter().map(|n| (Role::Node, n)))
-        .collect();
-    let shard_of_monitor: HashMap<&HostName, Option<&ShardId>> = config
-        .monitors()
-        .into_iter()
-        .map(|m| (&m.host.name, m.shard))
         .collect();
     let wanted: BTreeSet<&HostName> = specs.iter().map(|(_, s)| &s.name).collect();
 
@@ -212,9 +212,9 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
             },
         );
     }
-    for (name, shard) in &shard_of_monitor {
+    for (name, slot) in &slots {
         if let Some(record) = next.hosts.get_mut(*name) {
-            record.shard = shard.cloned();
+            record.shard = slot.shard.cloned();
         }
     }
 
@@ -252,6 +252,7 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
         pairs: &pairs,
         star: &star,
         specs: &by_name,
+        slots: &slots,
     };
     let hosts: Vec<HostPlan> = specs
         .iter()
@@ -483,6 +484,8 @@ struct Context<'a> {
     pairs: &'a PairIndex<'a>,
     star: &'a Star<'a>,
     specs: &'a HashMap<&'a HostName, &'a crate::config::HostSpec>,
+    /// Each monitor's shard and replica number.
+    slots: &'a HashMap<&'a HostName, MonitorSlot<'a>>,
 }
 
 fn host_plan(cx: &Context<'_>, role: Role, spec: &crate::config::HostSpec) -> HostPlan {
@@ -492,6 +495,7 @@ fn host_plan(cx: &Context<'_>, role: Role, spec: &crate::config::HostSpec) -> Ho
         pairs,
         star,
         specs,
+        slots,
     } = *cx;
     let record = &state.hosts[&spec.name];
 
@@ -558,10 +562,7 @@ fn host_plan(cx: &Context<'_>, role: Role, spec: &crate::config::HostSpec) -> Ho
             api,
         ),
     };
-    let slot = config
-        .monitors()
-        .into_iter()
-        .find(|m| m.host.name == spec.name);
+    let slot = slots.get(&spec.name);
     let external_labels = match slot {
         Some(slot) if config.topology.is_several() || config.remote_write.is_some() => {
             let mut labels = vec![
