@@ -59,6 +59,7 @@ mod fuzz;
 mod tidy;
 
 fn main() -> Result<()> {
+    STARTED.get_or_init(std::time::Instant::now);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = project_root();
     std::env::set_current_dir(&root)?;
@@ -192,27 +193,33 @@ fn cargo() -> Command {
 }
 
 fn test(root: &Path) -> Result<()> {
-    deps::ensure()?;
+    timed("deps", deps::ensure)?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     tidy::run(root)?;
-    run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    timed("clippy", || {
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
     // Doc links are checked too: a public item's docs must not point at
     // nothing or at a private item.
-    run(cargo()
-        .args(["doc", "--workspace", "--no-deps", "-q"])
-        .env("RUSTDOCFLAGS", "-D warnings"))?;
+    timed("doc", || {
+        run(cargo()
+            .args(["doc", "--workspace", "--no-deps", "-q"])
+            .env("RUSTDOCFLAGS", "-D warnings"))
+    })?;
     // Two builds: an example brings in the dev-dependencies, whose
     // features make a build of its own, and every later `cargo build -p
     // promguard-cli` of the scenarios must find the plain one done.
-    run(cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
-    run(cargo().args(["build", "-q", "-p", "promguard-cli", "--example", "embed"]))?;
+    timed("build", || {
+        run(cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
+        run(cargo().args(["build", "-q", "-p", "promguard-cli", "--example", "embed"]))
+    })?;
     // The monitors scenario, the embedding example, the alerts scenario and
     // the attack suite wait most of their time (a minute of one replica
     // stopped, Prometheus' first scrapes, alerts' thresholds, connect
@@ -232,7 +239,7 @@ fn test(root: &Path) -> Result<()> {
             timed("e2e --attack", || attack::run_with(&bin))
         })
     };
-    let tests = run(cargo().args(["test", "--workspace"]));
+    let tests = timed("cargo test", || run(cargo().args(["test", "--workspace"])));
     let panicked = |what: &str| Err(anyhow::anyhow!("{what} panicked"));
     let monitors = monitors
         .join()
@@ -253,17 +260,22 @@ fn test(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f`, printing how long it took: CI's time limit is the sum.
+/// Runs `f`, printing how long it took and when it ended since xtask
+/// started: CI's time limit is the sum.
 fn timed(what: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     let started = std::time::Instant::now();
     let result = f();
     eprintln!(
-        "xtask test: {what} {} after {:.0?}",
+        "xtask test: {what} {} after {:.0?} (at {:.0?})",
         if result.is_ok() { "passed" } else { "failed" },
-        started.elapsed()
+        started.elapsed(),
+        STARTED.get_or_init(std::time::Instant::now).elapsed()
     );
     result
 }
+
+/// When xtask started, for [`timed`]'s running total.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 fn demo(root: &Path) -> Result<()> {
     deps::ensure()?;
