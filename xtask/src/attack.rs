@@ -197,14 +197,7 @@ fn v6_of(v4: Ipv4Addr) -> Ipv6Addr {
 
 /// Runs the suite.
 pub fn run(root: &Path) -> Result<()> {
-    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
-    run_with(&crate::target_dir(root).join("debug/promguard"))
-}
-
-/// [`run`] with the CLI already built at `bin` (`cargo xtask test` runs it
-/// while cargo builds and runs the tests).
-pub fn run_with(bin: &Path) -> Result<()> {
-    let bin = bin.to_path_buf();
+    let bin = crate::cli(root)?;
     let name = format!("atk{}", std::process::id() % 100000);
     let mut d = Deployment::local(bin, name.clone())?;
     // Made up per run, so that finding it in the output means a leak.

@@ -3,7 +3,7 @@
 //! It reports; it never fails on a time.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -914,8 +914,7 @@ fn systemd_section(rows: &[SystemdRow]) -> String {
 /// `cargo xtask bench --systemd`: only the systemd row, replacing its
 /// section of docs/benchmarks.md.
 pub fn run_systemd(root: &Path) -> Result<()> {
-    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
-    let bin: PathBuf = crate::target_dir(root).join("debug/promguard");
+    let bin = crate::cli(root)?;
     let row = bench_systemd(&bin, 3)?;
     let section = systemd_section(std::slice::from_ref(&row));
     println!("{section}");
@@ -934,8 +933,7 @@ pub fn run_systemd(root: &Path) -> Result<()> {
 
 /// Runs the benchmark for `sizes` and writes docs/benchmarks.md.
 pub fn run(root: &Path, sizes: &[usize]) -> Result<()> {
-    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
-    let bin: PathBuf = crate::target_dir(root).join("debug/promguard");
+    let bin = crate::cli(root)?;
     let mut results: Vec<Size> = Vec::new();
     let mut failed: Vec<Failed> = Vec::new();
     for &n in sizes {

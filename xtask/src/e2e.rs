@@ -350,8 +350,7 @@ pub(crate) fn connect_from(netns: &str, addr: SocketAddr) -> Result<bool> {
 
 /// Runs the scenario.
 pub fn local(root: &Path) -> Result<()> {
-    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
-    let bin = crate::target_dir(root).join("debug/promguard");
+    let bin = crate::cli(root)?;
     let name = format!("e2e{}", std::process::id() % 100000);
     let d = Deployment::local(bin, name.clone())?;
     let provider = promguard_cloud::local::LocalProvider::new(

@@ -122,14 +122,7 @@ fn start_receiver(netns: &str) -> Result<Receiver> {
 
 /// Runs the test.
 pub fn run(root: &Path) -> Result<()> {
-    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
-    run_with(&crate::target_dir(root).join("debug/promguard"))
-}
-
-/// [`run`] with the CLI already built at `bin` (`cargo xtask test` runs it
-/// while cargo builds and runs the tests).
-pub fn run_with(bin: &Path) -> Result<()> {
-    let bin = bin.to_path_buf();
+    let bin = crate::cli(root)?;
     let name = format!("al{}", std::process::id() % 100000);
     let d = Deployment::local(bin, name.clone())?;
     let provider = LocalProvider::new(DeploymentName::new(&name)?, LocalOptions::default());

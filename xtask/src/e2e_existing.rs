@@ -142,8 +142,7 @@ pub fn run(root: &Path) -> Result<()> {
         },
     ])
     .context("e2e --existing cannot run")?;
-    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
-    let bin = crate::target_dir(root).join("debug/promguard");
+    let bin = crate::cli(root)?;
     let id = std::process::id() % 100000;
     with_interrupts_caught(|| {
         let mut lab = Lab::new(&format!("lab{id}"))?;

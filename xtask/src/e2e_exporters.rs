@@ -159,8 +159,7 @@ pub fn run(root: &Path) -> Result<()> {
         nix::unistd::geteuid().is_root(),
         "e2e --exporters needs root: it makes network namespaces and boots systemd hosts"
     );
-    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
-    let bin = crate::target_dir(root).join("debug/promguard");
+    let bin = crate::cli(root)?;
     let name = format!("mx{}", std::process::id() % 100000);
     let d = Deployment::local(bin, name.clone())?;
     let provider = LocalProvider::new(

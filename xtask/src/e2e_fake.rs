@@ -22,7 +22,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,10 @@ use promguard_core::{DeploymentName, HostName, Region, Role, SshPublicKey};
 use crate::e2e::{check_targets, scenario, Deployment};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// How many running scenarios catch interrupts: `cargo xtask test` runs
+/// several at once, and the first to finish must not restore the default
+/// for the others.
+static CATCHING: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether Ctrl-C (or SIGTERM) arrived; runs stop and clean up then.
 pub(crate) fn interrupted() -> bool {
@@ -55,6 +59,7 @@ extern "C" fn on_signal(_: std::ffi::c_int) {
 /// unlike an ignored signal, is not inherited across exec).
 pub(crate) fn catch_interrupts() -> Result<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    CATCHING.fetch_add(1, Ordering::SeqCst);
     let action = SigAction::new(
         SigHandler::Handler(on_signal),
         SaFlags::SA_RESTART,
@@ -69,9 +74,13 @@ pub(crate) fn catch_interrupts() -> Result<()> {
 }
 
 /// Gives Ctrl-C and SIGTERM their default effect again, for scenarios that
-/// catch them only while they run.
+/// catch them only while they run, once no other running scenario catches
+/// them.
 pub(crate) fn restore_interrupts() -> Result<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    if CATCHING.fetch_sub(1, Ordering::SeqCst) > 1 {
+        return Ok(());
+    }
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for signal in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: restores the default disposition.
@@ -207,11 +216,6 @@ impl Drop for Hosts {
     }
 }
 
-fn build(root: &Path) -> Result<std::path::PathBuf> {
-    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
-    Ok(crate::target_dir(root).join("debug/promguard"))
-}
-
 fn login_key(path: &Path) -> Result<()> {
     let status = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "promguard-e2e", "-f"])
@@ -237,7 +241,7 @@ fn eventually(seconds: u64, what: &str, mut check: impl FnMut() -> Result<bool>)
 /// `cargo xtask e2e --fake`.
 pub fn fake(root: &Path) -> Result<()> {
     catch_interrupts()?;
-    let bin = build(root)?;
+    let bin = crate::cli(root)?;
     let id = std::process::id() % 100_000;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -790,7 +794,7 @@ pub fn real(root: &Path) -> Result<()> {
         );
     }
     catch_interrupts()?;
-    let bin = build(root)?;
+    let bin = crate::cli(root)?;
     let name = format!("e2e{}", std::process::id() % 100_000);
     let _cleanup = TagCleanup {
         deployment: DeploymentName::new(&name)?,

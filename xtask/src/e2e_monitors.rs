@@ -44,18 +44,12 @@ const MONITORS: [&str; 2] = ["promguard-monitor-1", "promguard-monitor-2"];
 const STORAGE: &str = "promguard-storage-1";
 const NODES: [&str; 3] = ["promguard-node-1", "promguard-node-2", "promguard-node-3"];
 
-/// Builds the CLI and runs both scenarios.
+/// Runs both scenarios.
 pub fn run(root: &Path) -> Result<()> {
-    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
-    run_with(&crate::target_dir(root).join("debug/promguard"))
-}
-
-/// Runs both scenarios with the CLI at `bin`, already built (`cargo xtask
-/// test` runs them while cargo builds and runs the tests).
-pub fn run_with(bin: &Path) -> Result<()> {
+    let bin = crate::cli(root)?;
     let started = Instant::now();
-    replicas(bin)?;
-    shards(bin)?;
+    replicas(&bin)?;
+    shards(&bin)?;
     eprintln!("e2e --monitors: passed in {:.0?}", started.elapsed());
     Ok(())
 }

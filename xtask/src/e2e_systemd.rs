@@ -31,8 +31,7 @@ const MONITOR: &str = "promguard-monitor-1";
 
 /// Runs the scenario.
 pub fn systemd(root: &Path) -> Result<()> {
-    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
-    let bin = crate::target_dir(root).join("debug/promguard");
+    let bin = crate::cli(root)?;
     let name = format!("sd{}", std::process::id() % 100000);
     let mut d = Deployment::local(bin, name.clone())?;
     d.scrape_interval = format!("{SCRAPE_SECONDS}s");

@@ -11,14 +11,8 @@ use promguard_cloud::CloudProvider;
 
 /// Builds and runs the example and checks its output and what it left.
 pub fn run(root: &Path) -> Result<()> {
-    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli", "--example", "embed"]))?;
-    run_built(&crate::target_dir(root).join("debug/examples/embed"))
-}
-
-/// [`run`] with the example already built at `example` (`cargo xtask
-/// test` runs it while cargo builds and runs the tests).
-pub fn run_built(example: &Path) -> Result<()> {
-    let output = Command::new(example)
+    let example = crate::example(root)?;
+    let output = Command::new(&example)
         .output()
         .with_context(|| format!("cannot run {}", example.display()))?;
     let stdout = String::from_utf8_lossy(&output.stdout);

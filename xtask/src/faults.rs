@@ -35,8 +35,7 @@ type FaultTest = fn(&Path) -> Result<()>;
 
 /// Runs every fault test.
 pub fn run(root: &Path) -> Result<()> {
-    crate::run(crate::cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
-    let bin = crate::target_dir(root).join("debug/promguard");
+    let bin = crate::cli(root)?;
     let started = Instant::now();
     let tests: [(&str, FaultTest); 4] = [
         ("unreachable hosts", unreachable_hosts),

@@ -164,6 +164,35 @@ fn target_dir(root: &Path) -> PathBuf {
         .unwrap_or_else(|| root.join("target"))
 }
 
+/// What `cargo xtask test` built once for all its scenarios.
+#[derive(Debug)]
+struct Prebuilt {
+    cli: PathBuf,
+    example: PathBuf,
+}
+
+/// Set by `test`; a scenario run on its own builds what it needs.
+static PREBUILT: std::sync::OnceLock<Prebuilt> = std::sync::OnceLock::new();
+
+/// The `promguard` binary a scenario runs: the one `test` built, or else
+/// a fresh `cargo build -p promguard-cli`.
+fn cli(root: &Path) -> Result<PathBuf> {
+    if let Some(prebuilt) = PREBUILT.get() {
+        return Ok(prebuilt.cli.clone());
+    }
+    run(cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
+    Ok(target_dir(root).join("debug/promguard"))
+}
+
+/// The embedding example's binary, as [`cli`] finds the CLI's.
+fn example(root: &Path) -> Result<PathBuf> {
+    if let Some(prebuilt) = PREBUILT.get() {
+        return Ok(prebuilt.example.clone());
+    }
+    run(cargo().args(["build", "-q", "-p", "promguard-cli", "--example", "embed"]))?;
+    Ok(target_dir(root).join("debug/examples/embed"))
+}
+
 /// Runs a command, failing with its command line when it does not succeed.
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {}", describe(cmd));
@@ -213,51 +242,107 @@ fn test(root: &Path) -> Result<()> {
             .args(["doc", "--workspace", "--no-deps", "-q"])
             .env("RUSTDOCFLAGS", "-D warnings"))
     })?;
-    // Two builds: an example brings in the dev-dependencies, whose
-    // features make a build of its own, and every later `cargo build -p
-    // promguard-cli` of the scenarios must find the plain one done.
+    // One build for every scenario and the tests. With `--workspace` the
+    // CLI and the example get the features the tests' dev-dependencies add
+    // to shared crates, so `cargo test` compiles only its test targets on
+    // top; a `-p promguard-cli` build would compile most dependencies again.
     timed("build", || {
-        run(cargo().args(["build", "-q", "-p", "promguard-cli"]))?;
-        run(cargo().args(["build", "-q", "-p", "promguard-cli", "--example", "embed"]))
+        run(cargo().args([
+            "build",
+            "-q",
+            "--workspace",
+            "--bin",
+            "promguard",
+            "--example",
+            "embed",
+        ]))
     })?;
+    let debug = target_dir(root).join("debug");
+    PREBUILT
+        .set(Prebuilt {
+            cli: debug.join("promguard"),
+            example: debug.join("examples/embed"),
+        })
+        .expect("test runs once");
     // The monitors scenario, the embedding example, the alerts scenario and
     // the attack suite wait most of their time (a minute of one replica
     // stopped, Prometheus' first scrapes, alerts' thresholds, connect
     // timeouts) on namespace hosts: in two threads, they run beside the
     // workspace's tests, whose time is the compiler's, and always finish
     // (and tear down) before the result counts.
-    let monitors = {
-        let bin = target_dir(root).join("debug/promguard");
-        std::thread::spawn(move || timed("e2e --monitors", || e2e_monitors::run_with(&bin)))
-    };
-    let example = {
-        let example = target_dir(root).join("debug/examples/embed");
-        let bin = target_dir(root).join("debug/promguard");
-        std::thread::spawn(move || {
-            timed("e2e --example", || example::run_built(&example))?;
-            timed("e2e --alerts", || e2e_alerts::run_with(&bin))?;
-            timed("e2e --attack", || attack::run_with(&bin))
-        })
-    };
-    let tests = timed("cargo test", || run(cargo().args(["test", "--workspace"])));
-    let panicked = |what: &str| Err(anyhow::anyhow!("{what} panicked"));
-    let monitors = monitors
-        .join()
-        .unwrap_or_else(|_| panicked("e2e --monitors"));
-    let example = example
-        .join()
-        .unwrap_or_else(|_| panicked("e2e --example, --alerts or --attack"));
+    let tests = in_lanes(
+        root,
+        &[
+            &[("e2e --monitors", e2e_monitors::run)],
+            &[
+                ("e2e --example", example::run),
+                ("e2e --alerts", e2e_alerts::run),
+                ("e2e --attack", attack::run),
+            ],
+        ],
+        || timed("cargo test", || run(cargo().args(["test", "--workspace"]))),
+    );
     tests?;
-    monitors?;
-    example?;
-    timed("e2e --local", || e2e::local(root))?;
-    timed("e2e --systemd", || e2e_systemd::systemd(root))?;
-    timed("e2e --existing", || e2e_existing::run(root))?;
-    timed("e2e --exporters", || e2e_exporters::run(root))?;
-    timed("e2e --faults", || faults::run(root))?;
-    timed("e2e --fake", || e2e_fake::fake(root))?;
+    // The rest wait most of their time too (boots, apt, reboots,
+    // Prometheus' start-up, timeouts): with one of them running, this
+    // machine's two cores are three-quarters idle, so two lanes run at
+    // once, each scenario on hosts and names of its own.
+    in_lanes(
+        root,
+        &[
+            &[
+                ("e2e --fake", e2e_fake::fake),
+                ("e2e --existing", e2e_existing::run),
+                ("e2e --local", e2e::local),
+            ],
+            &[
+                ("e2e --systemd", e2e_systemd::systemd),
+                ("e2e --exporters", e2e_exporters::run),
+                ("e2e --faults", faults::run),
+            ],
+        ],
+        || Ok(()),
+    )?;
     eprintln!("xtask test: everything passed");
     Ok(())
+}
+
+/// A scenario of `cargo xtask test`, by the name it prints.
+type Scenario = (&'static str, fn(&Path) -> Result<()>);
+
+/// Runs each lane's scenarios in order, in a thread per lane, beside
+/// `beside` on this thread. A lane stops at its first failure; every lane
+/// finishes (and its scenarios tear down) before the result counts, which
+/// names every failure.
+fn in_lanes(root: &Path, lanes: &[&[Scenario]], beside: impl FnOnce() -> Result<()>) -> Result<()> {
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = lanes
+            .iter()
+            .map(|lane| {
+                scope.spawn(move || {
+                    lane.iter()
+                        .try_for_each(|(what, scenario)| timed(what, || scenario(root)))
+                })
+            })
+            .collect();
+        let mut results = vec![beside()];
+        for (handle, lane) in handles.into_iter().zip(lanes) {
+            results.push(handle.join().unwrap_or_else(|_| {
+                let names: Vec<&str> = lane.iter().map(|(what, _)| *what).collect();
+                Err(anyhow::anyhow!("a lane of {} panicked", names.join(", ")))
+            }));
+        }
+        results
+    });
+    let failures: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
+    match failures.as_slice() {
+        [] => Ok(()),
+        [one] => bail!("{one}"),
+        many => bail!("{} failures:\n{}", many.len(), many.join("\n")),
+    }
 }
 
 /// Runs `f`, printing how long it took and when it ended since xtask
