@@ -30,10 +30,10 @@ const MONITOR: &str = "promguard-monitor-1";
 const N1: &str = "promguard-node-1";
 const N2: &str = "promguard-node-2";
 /// The receiver's port on the underlay.
-const RECEIVER_PORT: u16 = 8080;
+pub(crate) const RECEIVER_PORT: u16 = 8080;
 
 /// The receiver's web server, ended by PID when dropped.
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
     _dir: tempfile::TempDir,
     log: PathBuf,
@@ -47,12 +47,25 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
+    /// Every notification received so far, as Alertmanager sent it, with
+    /// `receivedAt` (Unix seconds) added.
+    pub(crate) fn notifications(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let (at, body) = l.split_once(' ')?;
+                let mut n = serde_json::from_str::<Value>(body).ok()?;
+                n["receivedAt"] = Value::String(at.to_owned());
+                Some(n)
+            })
+            .collect()
+    }
+
     /// Every alert of every notification received so far: (notification
     /// status of the alert, its labels).
     fn alerts(&self) -> Vec<(String, Value)> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        self.notifications()
+            .iter()
             .flat_map(|n| n["alerts"].as_array().cloned().unwrap_or_default())
             .map(|a| {
                 (
@@ -65,7 +78,13 @@ impl Receiver {
 
     /// Waits until the receiver got an alert `name` in `status` whose
     /// labels name `node` (as `instance` or `peer`).
-    fn wait_for(&self, status: &str, name: &str, node: &str, timeout: Duration) -> Result<()> {
+    pub(crate) fn wait_for(
+        &self,
+        status: &str,
+        name: &str,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let found = self.alerts().iter().any(|(s, labels)| {
@@ -88,7 +107,7 @@ impl Receiver {
 }
 
 /// Starts the receiver in `netns`.
-fn start_receiver(netns: &str) -> Result<Receiver> {
+pub(crate) fn start_receiver(netns: &str) -> Result<Receiver> {
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("hooks.log");
     let cgi = dir.path().join("cgi-bin");
@@ -97,7 +116,7 @@ fn start_receiver(netns: &str) -> Result<Receiver> {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\n# One request body per line.\nbody=$(head -c \"${{CONTENT_LENGTH:-0}}\")\nprintf '%s\\n' \"$body\" >> '{}'\nprintf 'Content-Type: text/plain\\r\\n\\r\\nok\\n'\n",
+            "#!/bin/sh\n# One request body per line, after the time it came.\nbody=$(head -c \"${{CONTENT_LENGTH:-0}}\")\nprintf '%s %s\\n' \"$(date +%s.%N)\" \"$body\" >> '{}'\nprintf 'Content-Type: text/plain\\r\\n\\r\\nok\\n'\n",
             log.display()
         ),
     )?;

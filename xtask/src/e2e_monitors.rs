@@ -10,8 +10,12 @@
 //! on one monitor for a minute leaves no gap in any node's series (the
 //! other replica kept writing); `up` brings it back; a node cannot reach
 //! the storage host, and an outsider reaches no monitor, exporter or
-//! storage port; a second `up` changes nothing; `status` shows each
-//! monitor's remote_write queue.
+//! storage port, nor Alertmanager's API and gossip ports, which only the
+//! other replica reaches. The replicas' Alertmanagers form one cluster:
+//! when a node's WireGuard dies, both replicas fire the same alert, and
+//! the webhook (busybox httpd on an outsider) gets it firing once, and
+//! resolved after `up`, without the replica labels. A second `up` changes nothing;
+//! `status` shows each monitor's remote_write queue.
 //!
 //! **Shards.** Two shards of one monitor each and six nodes: each node is
 //! up in exactly its shard's monitor and in no other; adding a third shard
@@ -31,6 +35,7 @@ use promguard_core::{DeploymentName, HostName};
 use serde_json::Value;
 
 use crate::e2e::{check_gone, connect_from, http_get, url_encode, with_tunnel_to, Deployment};
+use crate::e2e_alerts::{start_receiver, Receiver, RECEIVER_PORT};
 
 /// The scrape interval, and so VictoriaMetrics' deduplication interval.
 const SCRAPE_SECONDS: u64 = 5;
@@ -89,6 +94,25 @@ fn replicas(bin: &Path) -> Result<()> {
         "mon",
         "[monitor]\nreplicas = 2\nregion = \"tor1\"\n\n[storage]\n\n[nodes]\ncount = 3\n",
     )?;
+    // The webhook first: its address goes into the config.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let outsider = runtime.block_on(provider.create_outsider(&HostName::new("receiver")?))?;
+    let receiver = start_receiver(&outsider.netns)?;
+    let mut text = std::fs::read_to_string(d.config_path())?;
+    text.push_str(&format!(
+        "\n[alerts]\ntarget_down_after = \"10s\"\ngroup_wait = \"2s\"\ngroup_interval = \"5s\"\n\
+         webhooks = [\"http://{}:{RECEIVER_PORT}/cgi-bin/hook\"]\n",
+        outsider.address
+    ));
+    std::fs::write(d.config_path(), text)?;
+    let result = replicas_scenario(&d, &provider, &receiver);
+    drop(receiver);
+    result
+}
+
+fn replicas_scenario(d: &Deployment, provider: &LocalProvider, receiver: &Receiver) -> Result<()> {
     d.ok(&["up", "--yes"])?;
     let status = d.status()?;
     for monitor in MONITORS {
@@ -104,7 +128,7 @@ fn replicas(bin: &Path) -> Result<()> {
         .chain([&STORAGE])
         .copied()
         .collect();
-    with_tunnel_to(&d, &["--storage"], |port| {
+    with_tunnel_to(d, &["--storage"], |port| {
         let series = wait_for_series(port, &everyone)?;
         eprintln!(
             "e2e --monitors: 2. VictoriaMetrics holds one `up` series per host and exporter ({series}), without replica labels"
@@ -130,7 +154,7 @@ fn replicas(bin: &Path) -> Result<()> {
     let restarted_at = unix_ms();
     let status = d.status()?;
     check_monitor_targets(&status, MONITORS[0], &everyone_of(MONITORS[0]))?;
-    with_tunnel_to(&d, &["--storage"], |port| {
+    with_tunnel_to(d, &["--storage"], |port| {
         // What the surviving replica wrote is queryable once the engine's
         // latency offset (one scrape interval) has passed.
         std::thread::sleep(Duration::from_secs(2 * SCRAPE_SECONDS));
@@ -154,8 +178,11 @@ fn replicas(bin: &Path) -> Result<()> {
         MONITORS[0]
     );
 
-    firewall_checks(&d, &provider)?;
-    eprintln!("e2e --monitors: 4. no node reaches the storage host; no outsider reaches a monitor, an exporter or the storage port");
+    firewall_checks(d, provider)?;
+    eprintln!("e2e --monitors: 4. no node reaches the storage host; no outsider reaches a monitor, an exporter, the storage port or Alertmanager, which the other replica reaches");
+
+    alerts_once(d, receiver)?;
+    eprintln!("e2e --monitors: 5. both replicas fired {} down; the clustered Alertmanagers notified it firing once, then resolved", NODES[0]);
 
     let out = d.ok(&["up", "--yes"])?;
     ensure!(
@@ -176,9 +203,9 @@ fn replicas(bin: &Path) -> Result<()> {
             "status shows no remote_write queue of {monitor}: {queue}"
         );
     }
-    eprintln!("e2e --monitors: 5. a second up changes nothing; status shows each monitor's remote_write queue");
-    down(&d, &provider)?;
-    eprintln!("e2e --monitors: 6. down left nothing");
+    eprintln!("e2e --monitors: 6. a second up changes nothing; status shows each monitor's remote_write queue");
+    down(d, provider)?;
+    eprintln!("e2e --monitors: 7. down left nothing");
     Ok(())
 }
 
@@ -368,6 +395,30 @@ fn firewall_checks(d: &Deployment, provider: &LocalProvider) -> Result<()> {
             );
         }
     }
+    // Alertmanager's API and gossip: the other replica reaches them over
+    // the tunnel (so the refusals below mean something), a node does not.
+    let tcp_from = |host: &str, ip: IpAddr, port: u16| -> Result<bool> {
+        let out = d.ssh(
+            host,
+            &format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{port}'"),
+        )?;
+        Ok(out.status.success())
+    };
+    let first = address(MONITORS[0], "wireguard_address")?;
+    for port in [9093, 9094] {
+        ensure!(
+            tcp_from(MONITORS[1], first, port)?,
+            "{} cannot reach {}'s Alertmanager at {first}:{port}",
+            MONITORS[1],
+            MONITORS[0]
+        );
+        ensure!(
+            !tcp_from(NODES[0], first, port)?,
+            "{} reached {}'s Alertmanager at {first}:{port}",
+            NODES[0],
+            MONITORS[0]
+        );
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -375,13 +426,133 @@ fn firewall_checks(d: &Deployment, provider: &LocalProvider) -> Result<()> {
     for host in MONITORS.iter().chain([&STORAGE]) {
         for which in ["public_address", "wireguard_address"] {
             let ip = address(host, which)?;
-            for port in [9090, 9100, 8428] {
+            for port in [9090, 9100, 8428, 9093, 9094] {
                 ensure!(
                     !connect_from(&outsider.netns, SocketAddr::new(ip, port))?,
                     "the outsider reached {host} at {ip}:{port}"
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// Both replicas' Alertmanagers are in one ready cluster of two; node 1's
+/// WireGuard dies, so both replicas fire its target-down alert; the
+/// webhook gets it firing once (the second Alertmanager waits its peer
+/// timeout, 15 s, then finds the first one's notification in the log they
+/// share; unclustered, each would send it), and after `up` resolved,
+/// without the replica labels. Only the firing is checked for
+/// duplicates: while the replicas disagree, for the seconds between
+/// their evaluations, a late resend of the firing alert from one can
+/// make the cluster notify the change twice (`docs/alerts.md`).
+fn alerts_once(d: &Deployment, receiver: &Receiver) -> Result<()> {
+    for monitor in MONITORS {
+        let status = alertmanager_status(d, monitor)?;
+        let peers = status["cluster"]["peers"].as_array().map_or(0, Vec::len);
+        ensure!(
+            status["cluster"]["status"] == "ready" && peers == MONITORS.len(),
+            "{monitor}'s Alertmanager is not in a ready cluster of {}: {}",
+            MONITORS.len(),
+            status["cluster"]
+        );
+    }
+    let node = NODES[0];
+    d.ssh_ok(node, "kill $(pgrep -x wireguard-go)")?;
+    receiver.wait_for(
+        "firing",
+        "PromGuardTargetDown",
+        node,
+        Duration::from_secs(90),
+    )?;
+    std::thread::sleep(Duration::from_secs(30));
+    check_no_duplicates(receiver).map_err(|e| with_alertmanager_logs(d, e))?;
+    d.ok(&["up", "--yes"])?;
+    receiver.wait_for(
+        "resolved",
+        "PromGuardTargetDown",
+        node,
+        Duration::from_secs(120),
+    )?;
+    let notifications = receiver.notifications();
+    let down: Vec<&Value> = notifications
+        .iter()
+        .flat_map(|n| n["alerts"].as_array().into_iter().flatten())
+        .filter(|a| a["labels"]["alertname"] == "PromGuardTargetDown")
+        .collect();
+    ensure!(!down.is_empty(), "the webhook got no target-down alert");
+    for alert in down {
+        let labels = &alert["labels"];
+        ensure!(
+            labels.get("replica").is_none() && labels.get("monitor").is_none(),
+            "an alert reached the webhook with a replica label: {labels}"
+        );
+    }
+    Ok(())
+}
+
+/// `error`, with the end of every replica's Alertmanager log.
+fn with_alertmanager_logs(d: &Deployment, error: anyhow::Error) -> anyhow::Error {
+    let mut logs = String::new();
+    for monitor in MONITORS {
+        let tail = d
+            .ssh_ok(monitor, "tail -n 30 /run/promguard/alertmanager.log")
+            .unwrap_or_else(|e| format!("cannot read it: {e:#}"));
+        logs.push_str(&format!("\n{monitor}'s Alertmanager:\n{tail}"));
+    }
+    error.context(logs)
+}
+
+/// Alertmanager's `/api/v2/status` on `monitor`, read over SSH.
+fn alertmanager_status(d: &Deployment, monitor: &str) -> Result<Value> {
+    let answer = d.ssh_ok(
+        monitor,
+        "exec 3<>/dev/tcp/127.0.0.1/9093 && printf 'GET /api/v2/status HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && cat <&3",
+    )?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .with_context(|| format!("{monitor}'s Alertmanager answered {answer:?}"))?;
+    serde_json::from_str(body)
+        .with_context(|| format!("{monitor}'s Alertmanager status is not JSON: {body}"))
+}
+
+/// No two notifications the webhook got are the same: the same group with
+/// the same alerts in the same states, as two Alertmanagers that do not
+/// share their log send.
+fn check_no_duplicates(receiver: &Receiver) -> Result<()> {
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in receiver.notifications() {
+        let mut alerts: Vec<String> = n["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|a| format!("{} {}", a["status"], a["labels"]))
+            .collect();
+        alerts.sort();
+        let key = format!("{} {} {alerts:?}", n["groupKey"], n["status"]);
+        seen.entry(key)
+            .or_default()
+            .push(format!("{} from {}", n["receivedAt"], n["externalURL"]));
+    }
+    if let Some((key, times)) = seen.iter().find(|(_, times)| times.len() > 1) {
+        let all: Vec<String> = receiver
+            .notifications()
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} {} from {}: {}",
+                    n["receivedAt"], n["status"], n["externalURL"], n["groupKey"]
+                )
+            })
+            .collect();
+        bail!(
+            "the webhook got the same notification {} times ({}): {key}; all it got:\n{}",
+            times.len(),
+            times.join(", "),
+            all.join("\n")
+        );
     }
     Ok(())
 }
@@ -403,7 +574,7 @@ fn shards(bin: &Path) -> Result<()> {
         .collect();
     d.ok(&["up", "--yes"])?;
     let before = shard_of_each(&d, &nodes, &["a", "b"])?;
-    eprintln!("e2e --monitors: 7. two shards: each node is up in exactly its shard's monitor ({before:?})");
+    eprintln!("e2e --monitors: 8. two shards: each node is up in exactly its shard's monitor ({before:?})");
 
     // The third shard: the plan says which nodes move.
     let text = std::fs::read_to_string(d.config_path())?;
@@ -462,11 +633,11 @@ fn shards(bin: &Path) -> Result<()> {
         );
     }
     eprintln!(
-        "e2e --monitors: 8. a third shard took exactly the nodes the plan listed ({:?})",
+        "e2e --monitors: 9. a third shard took exactly the nodes the plan listed ({:?})",
         planned.keys().collect::<Vec<_>>()
     );
     down(&d, &provider)?;
-    eprintln!("e2e --monitors: 9. down left nothing");
+    eprintln!("e2e --monitors: 10. down left nothing");
     Ok(())
 }
 

@@ -19,6 +19,12 @@ use crate::prometheus::yaml_string;
 pub const RULES_PATH: &str = "/etc/prometheus/promguard-rules/promguard.rules.yml";
 /// Where Alertmanager listens on the monitor: loopback only.
 pub const ALERTMANAGER_LISTEN: &str = "127.0.0.1:9093";
+/// The port of Alertmanager's API, which the other replicas' Prometheus
+/// servers send their alerts to over WireGuard.
+pub const ALERTMANAGER_API_PORT: u16 = 9093;
+/// The port replicas' Alertmanagers gossip on (TCP and UDP), over
+/// WireGuard: Alertmanager's default.
+pub const ALERTMANAGER_CLUSTER_PORT: u16 = 9094;
 /// Where Alertmanager's config lives on the monitor (Debian's path). It may
 /// hold the SMTP password, so it is written with mode 0600.
 pub const ALERTMANAGER_CONFIG_PATH: &str = "/etc/prometheus/alertmanager.yml";

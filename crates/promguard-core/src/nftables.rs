@@ -50,6 +50,17 @@
 //! about it: the host's own firewall decides (the recipe adds a ufw rule
 //! for the probe where ufw is active).
 //!
+//! # Alertmanager's cluster
+//!
+//! A monitor with replicas accepts Alertmanager's API
+//! ([`ALERTMANAGER_API_PORT`], TCP) and gossip
+//! ([`ALERTMANAGER_CLUSTER_PORT`], TCP and UDP) from the other replicas'
+//! WireGuard addresses ([`FirewallPolicy::gossip_peers`]) on the
+//! WireGuard interface, and from nobody else: Alertmanager listens on
+//! every address there (its WireGuard address may not exist yet when it
+//! starts at boot), so the policy drop is what keeps both ports closed
+//! to the world.
+//!
 //! # ICMP
 //!
 //! Accepted are the types ufw accepts by default (its `before.rules` and
@@ -68,6 +79,7 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use crate::alerts::{ALERTMANAGER_API_PORT, ALERTMANAGER_CLUSTER_PORT};
 use crate::plan::{FirewallPolicy, FirewallScope};
 
 /// Where the ruleset is installed on a host.
@@ -84,7 +96,9 @@ const SCRAPER_ONLY_CHAIN: &str = "published_exporter_ports";
 /// Inbound, it accepts replies to our own connections, loopback, the ICMP
 /// and ICMPv6 types of the module doc, SSH and WireGuard from anyone, and
 /// the exporter and probed ports only from the scraper's WireGuard address
-/// on the WireGuard interface; the chain's policy drops everything else.
+/// on the WireGuard interface, Alertmanager's API and gossip ports only from
+/// the other replicas there (on a monitor with replicas); the chain's policy
+/// drops everything else.
 /// Forwarded, it drops connections DNAT'ed from an exporter port unless
 /// they come from the scraper on the WireGuard interface, and nothing
 /// else.
@@ -166,6 +180,22 @@ pub fn render(policy: &FirewallPolicy) -> String {
             probed.join(", "),
         );
     }
+    if !policy.gossip_peers.is_empty() {
+        // The other replicas: their Prometheus servers send alerts to the
+        // API, their Alertmanagers gossip (memberlist speaks TCP and UDP
+        // on one port).
+        let peers = address_set(&policy.gossip_peers);
+        let _ = writeln!(
+            out,
+            "\t\tiifname \"{}\" {family} saddr {peers} tcp dport {{ {ALERTMANAGER_API_PORT}, {ALERTMANAGER_CLUSTER_PORT} }} accept",
+            policy.interface,
+        );
+        let _ = writeln!(
+            out,
+            "\t\tiifname \"{}\" {family} saddr {peers} udp dport {ALERTMANAGER_CLUSTER_PORT} accept",
+            policy.interface,
+        );
+    }
     out.push_str("\t}\n");
     if has_exporters {
         out.push_str(
@@ -194,7 +224,12 @@ fn scraper_only_chain(out: &mut String, policy: &FirewallPolicy, family: &str, n
 /// The scrapers' addresses as nft writes them: one address alone, several
 /// as an anonymous set.
 fn scrapers(policy: &FirewallPolicy) -> String {
-    match policy.scrapers.as_slice() {
+    address_set(&policy.scrapers)
+}
+
+/// Addresses as nft writes them: one alone, several as an anonymous set.
+fn address_set(addresses: &[IpAddr]) -> String {
+    match addresses {
         [one] => one.to_string(),
         many => {
             let list: Vec<String> = many.iter().map(ToString::to_string).collect();

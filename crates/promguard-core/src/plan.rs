@@ -23,7 +23,9 @@ use crate::state::State;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// Runs Prometheus and peers with every node.
+    /// Runs Prometheus and peers with the nodes of its shard (every node
+    /// without shards), the storage host and the other replicas of its
+    /// shard (whose Alertmanagers its own gossips with).
     Monitor,
     /// Runs exporters and peers only with the monitors of its shard.
     Node,
@@ -290,6 +292,15 @@ pub struct FirewallPolicy {
     /// the scraper on the WireGuard interface like exporter ports, but
     /// never closed to anyone else (they are the host's own services).
     pub probe_ports: Vec<Port>,
+    /// The other replicas of a monitor, sorted and unique: their
+    /// Alertmanagers gossip with this one on
+    /// [`crate::alerts::ALERTMANAGER_CLUSTER_PORT`] (TCP and UDP), and
+    /// their Prometheus servers send alerts to its API
+    /// ([`crate::alerts::ALERTMANAGER_API_PORT`], TCP), over the WireGuard
+    /// interface. Empty on every other host. Only a host
+    /// PromGuard created can be such a monitor, so only
+    /// [`FirewallScope::WholeHost`] renders it.
+    pub gossip_peers: Vec<IpAddr>,
 }
 
 /// How much of a host's inbound traffic PromGuard's table decides.
@@ -345,6 +356,10 @@ pub struct PrometheusPlan {
     pub external_labels: Vec<(String, String)>,
     /// Where this monitor sends its samples, if anywhere.
     pub remote_write: Option<RemoteWritePlan>,
+    /// The Alertmanager cluster of this monitor and the other replicas of
+    /// its shard, so that an alert both replicas send is notified once;
+    /// `None` for a monitor without replicas.
+    pub alertmanager_cluster: Option<AlertmanagerCluster>,
     /// The SMTP password of [`AlertsConfig::email`], when it names one: the
     /// planner leaves it `None` (core reads neither files nor the
     /// environment); the caller resolves it and sets it before rendering
@@ -378,6 +393,29 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
     }
+}
+
+/// The Alertmanagers of a shard's replicas as one cluster: they gossip,
+/// sharing silences and the log of notifications sent, so that only one
+/// of them notifies an alert every replica fires; and every replica's
+/// Prometheus sends its alerts to all of them, so that they all know the
+/// same alerts (one that only knew its own Prometheus' view would notify
+/// again what another one resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertmanagerCluster {
+    /// What this Alertmanager tells the others to reach it at: its
+    /// WireGuard address and [`crate::alerts::ALERTMANAGER_CLUSTER_PORT`].
+    pub advertise: SocketAddr,
+    /// The other replicas' Alertmanagers' gossip, sorted.
+    pub peers: Vec<SocketAddr>,
+    /// The other replicas' Alertmanagers' APIs (WireGuard address and
+    /// [`crate::alerts::ALERTMANAGER_API_PORT`]), sorted: this monitor's
+    /// Prometheus sends to them besides its own.
+    pub apis: Vec<SocketAddr>,
+    /// Labels Prometheus drops from the alerts it sends (the replica's
+    /// external labels), so that the replicas' copies of an alert are
+    /// identical and the cluster sees one alert.
+    pub drop_labels: Vec<String>,
 }
 
 /// Prometheus' remote_write on a monitor.

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnetwork::IpNetwork;
 
-use crate::alerts::AlertRules;
+use crate::alerts::{AlertRules, ALERTMANAGER_API_PORT, ALERTMANAGER_CLUSTER_PORT};
 use crate::capabilities::Lifecycle;
 use crate::config::{
     usable_addresses, Config, ExistingHost, ExporterSpec, HostAddress, HostOrigin,
@@ -21,9 +21,9 @@ use crate::exporters::ProbeSpec;
 use crate::keys::{PresharedKey, PrivateKey};
 use crate::names::{ExporterName, HostName, Port, SshUser};
 use crate::plan::{
-    Change, ExporterKind, ExporterPlan, FirewallPolicy, FirewallScope, HostPlan, InterfacePlan,
-    PeerPlan, Plan, ProbeTarget, PrometheusMode, PrometheusPlan, RemoteWritePlan, Role,
-    ScrapeTarget, SshLogin,
+    AlertmanagerCluster, Change, ExporterKind, ExporterPlan, FirewallPolicy, FirewallScope,
+    HostPlan, InterfacePlan, PeerPlan, Plan, ProbeTarget, PrometheusMode, PrometheusPlan,
+    RemoteWritePlan, Role, ScrapeTarget, SshLogin,
 };
 use crate::shards::{ShardId, Shards};
 use crate::state::{HostRecord, PairKey, State};
@@ -221,7 +221,8 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
     let star = Star::of_config(config);
 
     // Preshared keys per pair of peers: a monitor and a node of its shard,
-    // or a monitor and the storage host.
+    // a monitor and the storage host, or two replicas (recorded once, the
+    // name that sorts first as `monitor`).
     if config.preshared_keys {
         // Indexed: a lookup per node in the list would be quadratic.
         let old_pairs: HashMap<(&HostName, &HostName), &PairKey> = old
@@ -231,6 +232,9 @@ pub fn plan(config: &Config, state: Option<&State>) -> Result<Plan, PlanError> {
             .collect();
         for (monitor, _) in &star.monitors {
             for other in star.peers_of(monitor, Role::Monitor) {
+                if *other < **monitor && star.is_monitor(other) {
+                    continue;
+                }
                 let kept = old_pairs.get(&(*monitor, other)).map(|&p| p.clone());
                 next.preshared_keys.push(kept.unwrap_or_else(|| PairKey {
                     monitor: (*monitor).clone(),
@@ -437,6 +441,25 @@ impl<'a> Star<'a> {
             .map(|(name, _)| *name)
     }
 
+    /// The other replicas of the monitor `name` of `shard`: the monitors
+    /// of the same shard (every other monitor without shards), whose
+    /// Alertmanagers form one cluster.
+    fn replicas_of<'s>(
+        &'s self,
+        name: &'s HostName,
+        shard: Option<&'s ShardId>,
+    ) -> impl Iterator<Item = &'a HostName> + 's {
+        self.monitors
+            .iter()
+            .filter(move |(m, s)| *m != name && *s == shard)
+            .map(|(m, _)| *m)
+    }
+
+    /// Whether `name` is one of the monitors.
+    fn is_monitor(&self, name: &HostName) -> bool {
+        self.monitors.iter().any(|(m, _)| *m == name)
+    }
+
     /// The peers of the host called `name`, whose role is `role`.
     fn peers_of(&self, name: &HostName, role: Role) -> Vec<&'a HostName> {
         match role {
@@ -451,6 +474,7 @@ impl<'a> Star<'a> {
                     .filter(|(_, s)| shard.is_none() || s.as_ref() == shard)
                     .map(|(n, _)| *n)
                     .chain(self.storage)
+                    .chain(self.replicas_of(name, shard))
                     .collect()
             }
             Role::Node => {
@@ -502,10 +526,10 @@ fn host_plan(cx: &Context<'_>, role: Role, spec: &crate::config::HostSpec) -> Ho
     let peer = |other_spec: &crate::config::HostSpec| {
         let name = &other_spec.name;
         let other = &state.hosts[name];
-        let (m, n) = if role == Role::Monitor {
-            (&spec.name, name)
-        } else {
-            (name, &spec.name)
+        let (m, n) = match (role, other.role) {
+            (Role::Monitor, Role::Monitor) => (name.min(&spec.name), name.max(&spec.name)),
+            (Role::Monitor, _) => (&spec.name, name),
+            _ => (name, &spec.name),
         };
         PeerPlan {
             name: name.clone(),
@@ -534,9 +558,23 @@ fn host_plan(cx: &Context<'_>, role: Role, spec: &crate::config::HostSpec) -> Ho
     };
     scrapers.sort();
     scrapers.dedup();
-    // What a monitor scrapes: itself and its peers.
+    // A monitor's other replicas: peers for Alertmanager's gossip, not
+    // scraped (each replica watches the same nodes, not the others).
+    let replicas: Vec<&HostName> = match role {
+        Role::Monitor => star
+            .replicas_of(&spec.name, slots.get(&spec.name).and_then(|s| s.shard))
+            .collect(),
+        Role::Node | Role::Storage => Vec::new(),
+    };
+    let mut gossip_peers: Vec<IpAddr> = replicas
+        .iter()
+        .map(|r| state.hosts[*r].wireguard_address)
+        .collect();
+    gossip_peers.sort();
+    gossip_peers.dedup();
+    // What a monitor scrapes: itself and its peers but the replicas.
     let scraped: HashSet<&HostName> = std::iter::once(&spec.name)
-        .chain(peer_names.iter().copied())
+        .chain(peer_names.iter().copied().filter(|p| !replicas.contains(p)))
         .collect();
 
     let host_exporters = exporters(config, record.wireguard_address, spec);
@@ -609,6 +647,22 @@ fn host_plan(cx: &Context<'_>, role: Role, spec: &crate::config::HostSpec) -> Ho
             },
         }
     });
+    let alertmanager_cluster =
+        (mode == PrometheusMode::Managed && !gossip_peers.is_empty()).then(|| {
+            AlertmanagerCluster {
+                advertise: SocketAddr::new(record.wireguard_address, ALERTMANAGER_CLUSTER_PORT),
+                peers: gossip_peers
+                    .iter()
+                    .map(|&a| SocketAddr::new(a, ALERTMANAGER_CLUSTER_PORT))
+                    .collect(),
+                apis: gossip_peers
+                    .iter()
+                    .map(|&a| SocketAddr::new(a, ALERTMANAGER_API_PORT))
+                    .collect(),
+                // What tells the replicas apart; `shard` is the same for all.
+                drop_labels: vec!["monitor".to_owned(), "replica".to_owned()],
+            }
+        });
     let prometheus = (role == Role::Monitor).then(|| PrometheusPlan {
         mode,
         listen,
@@ -663,6 +717,7 @@ fn host_plan(cx: &Context<'_>, role: Role, spec: &crate::config::HostSpec) -> Ho
         alerts: config.alerts.clone(),
         external_labels,
         remote_write,
+        alertmanager_cluster,
         smtp_password: None,
     });
 
@@ -706,6 +761,7 @@ fn host_plan(cx: &Context<'_>, role: Role, spec: &crate::config::HostSpec) -> Ho
             scrapers,
             exporter_ports,
             probe_ports,
+            gossip_peers,
         },
         prometheus,
     }
@@ -1241,14 +1297,40 @@ region = "sfo2"
             .args
             .contains(&"-dedup.minScrapeInterval=5s".to_owned()));
         for (i, monitor) in plan.monitors().enumerate() {
-            // Every node and the storage host, never the other monitor.
-            assert_eq!(monitor.peers.len(), 4);
-            assert!(monitor
+            // Every node, the storage host and the other replica, which it
+            // gossips with but does not scrape.
+            let other = &plan.monitors().nth(1 - i).unwrap();
+            assert_eq!(monitor.peers.len(), 5);
+            let replicas: Vec<&PeerPlan> = monitor
                 .peers
                 .iter()
-                .all(|p| !p.name.as_str().contains("monitor")));
+                .filter(|p| p.name.as_str().contains("monitor"))
+                .collect();
+            assert_eq!(names(replicas.iter().copied()), [other.name.as_str()]);
+            assert_eq!(replicas[0].persistent_keepalive, None);
             assert_eq!(monitor.firewall.scrapers, [monitor.interface.address]);
+            assert_eq!(monitor.firewall.gossip_peers, [other.interface.address]);
             let prom = monitor.prometheus.as_ref().unwrap();
+            let cluster = prom.alertmanager_cluster.as_ref().unwrap();
+            assert_eq!(
+                cluster.advertise,
+                SocketAddr::new(monitor.interface.address, ALERTMANAGER_CLUSTER_PORT)
+            );
+            assert_eq!(
+                cluster.peers,
+                [SocketAddr::new(
+                    other.interface.address,
+                    ALERTMANAGER_CLUSTER_PORT
+                )]
+            );
+            assert_eq!(
+                cluster.apis,
+                [SocketAddr::new(
+                    other.interface.address,
+                    ALERTMANAGER_API_PORT
+                )]
+            );
+            assert_eq!(cluster.drop_labels, ["monitor", "replica"]);
             let instances: BTreeSet<&str> =
                 prom.targets.iter().map(|t| t.instance.as_str()).collect();
             assert_eq!(
@@ -1269,10 +1351,79 @@ region = "sfo2"
             assert_eq!(rw.drop_labels, ["monitor", "replica"]);
             assert!(rw.secret_source.is_none());
         }
-        // A single monitor keeps its config as it was: no labels, no writes.
+        // The replicas share one preshared key, recorded once.
+        let [m1, m2] = [0, 1].map(|i| plan.monitors().nth(i).unwrap());
+        let key = |from: &HostPlan, to: &HostPlan| {
+            from.peers
+                .iter()
+                .find(|p| p.name == to.name)
+                .and_then(|p| p.preshared_key.clone())
+                .unwrap()
+        };
+        assert!(key(m1, m2) == key(m2, m1));
+        let recorded: Vec<&PairKey> = plan
+            .next_state
+            .preshared_keys
+            .iter()
+            .filter(|p| p.node.as_str().contains("monitor"))
+            .collect();
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(
+            (recorded[0].monitor.as_str(), recorded[0].node.as_str()),
+            ("promguard-monitor-1", "promguard-monitor-2")
+        );
+        // A single monitor keeps its config as it was: no labels, no writes,
+        // no cluster, no gossip port.
         let single = super::plan(&Config::default(), None).unwrap();
         let prom = single.monitor().prometheus.as_ref().unwrap();
         assert!(prom.external_labels.is_empty() && prom.remote_write.is_none());
+        assert!(prom.alertmanager_cluster.is_none());
+        assert!(single.monitor().firewall.gossip_peers.is_empty());
+    }
+
+    fn plan_of(text: &str) -> Plan {
+        plan(&config(text), None).unwrap()
+    }
+
+    #[test]
+    fn replicas_gossip_within_their_shard_only() {
+        let plan = plan(
+            &config("[monitor]\nreplicas = 2\nshards = [\"a\", \"b\"]\n[nodes]\ncount = 6\n"),
+            None,
+        )
+        .unwrap();
+        for monitor in plan.monitors() {
+            let sibling = monitor
+                .name
+                .as_str()
+                .trim_end_matches(|c: char| c.is_ascii_digit())
+                .to_owned();
+            let replicas: Vec<&str> = monitor
+                .peers
+                .iter()
+                .map(|p| p.name.as_str())
+                .filter(|p| p.contains("monitor"))
+                .collect();
+            assert_eq!(replicas.len(), 1, "{}: {replicas:?}", monitor.name);
+            assert!(replicas[0].starts_with(&sibling) && replicas[0] != monitor.name.as_str());
+            let prom = monitor.prometheus.as_ref().unwrap();
+            assert_eq!(prom.alertmanager_cluster.as_ref().unwrap().peers.len(), 1);
+            assert!(prom
+                .targets
+                .iter()
+                .all(|t| !t.instance.as_str().contains("monitor") || t.instance == monitor.name));
+        }
+        // One shard of one monitor each: nobody to gossip with.
+        let plan = plan_of("[monitor]\nshards = [\"a\", \"b\"]\n");
+        for monitor in plan.monitors() {
+            assert!(monitor.firewall.gossip_peers.is_empty());
+            assert!(monitor
+                .prometheus
+                .as_ref()
+                .unwrap()
+                .alertmanager_cluster
+                .is_none());
+        }
     }
 
     #[test]
@@ -1300,6 +1451,11 @@ region = "sfo2"
                 peer: new.name.clone(),
             }));
         }
+        // The first monitor now gossips with the new one.
+        assert!(two.changes.contains(&Change::AddPeer {
+            host: HostName::new("promguard-monitor-1").unwrap(),
+            peer: new.name.clone(),
+        }));
     }
 
     fn sharded(shards: &[&str], nodes: usize) -> Config {
@@ -1379,9 +1535,8 @@ region = "sfo2"
                 prom.targets
                     .iter()
                     .filter(|t| t.job.as_str() == "node")
-                    .count()
-                    - 1,
-                "a monitor peers with what it scrapes"
+                    .count(),
+                "a monitor peers with what it scrapes but itself, and with its other replica"
             );
         }
         // Each node job target: by the two replicas of its shard only.

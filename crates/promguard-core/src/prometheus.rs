@@ -117,10 +117,28 @@ pub fn render_config_with_paths(
     out.push('\n');
     let _ = write!(
         out,
-        "rule_files:\n  - {}\n\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets:\n            - {}\n\n",
-        yaml_string(rules_path),
+        "rule_files:\n  - {}\n\nalerting:\n",
+        yaml_string(rules_path)
+    );
+    if let Some(cluster) = &plan.alertmanager_cluster {
+        // External labels are added to alerts before this relabelling.
+        let _ = write!(
+            out,
+            "  alert_relabel_configs:\n    - action: labeldrop\n      regex: {}\n",
+            yaml_string(&cluster.drop_labels.join("|"))
+        );
+    }
+    let _ = write!(
+        out,
+        "  alertmanagers:\n    - static_configs:\n        - targets:\n            - {}\n",
         yaml_string(ALERTMANAGER_LISTEN)
     );
+    // Every replica's Alertmanager gets every alert, as Prometheus' docs
+    // ask of a cluster (never one of them only).
+    for api in plan.alertmanager_cluster.iter().flat_map(|c| &c.apis) {
+        let _ = writeln!(out, "            - {}", yaml_string(&api.to_string()));
+    }
+    out.push('\n');
     if let Some(rw) = &plan.remote_write {
         render_remote_write(&mut out, rw, targets_dir);
     }

@@ -317,13 +317,15 @@ pub enum Preshared {
     Rotate,
 }
 
-/// The preshared key of one monitor-node pair.
+/// The preshared key of one pair of peers: a monitor and a node or the
+/// storage host, or two replicas of one shard (recorded once, the name
+/// that sorts first as [`Self::monitor`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PairKey {
-    /// The monitor.
+    /// The monitor (of two replicas, the one whose name sorts first).
     pub monitor: HostName,
-    /// The node.
+    /// The node or the storage host (of two replicas, the other one).
     pub node: HostName,
     /// Their shared key.
     pub key: PresharedKey,

@@ -551,6 +551,21 @@ fn nft_lets_every_monitor_of_a_node_in_and_nobody_else() {
         listed.contains("ip saddr { 10.0.0.1, 10.0.0.2 } tcp dport { 8428, 9100 } accept"),
         "{listed}"
     );
+    // Each replica lets the other one's Alertmanager gossip in, and only
+    // over WireGuard.
+    for (monitor, other) in [("10.0.0.1", "10.0.0.2"), ("10.0.0.2", "10.0.0.1")] {
+        let host = plan
+            .monitors()
+            .find(|m| m.interface.address.to_string() == monitor)
+            .unwrap();
+        let listed = nft_check_and_load(&host.firewall);
+        for rule in [
+            format!("iifname \"wg0\" ip saddr {other} tcp dport {{ 9093, 9094 }} accept"),
+            format!("iifname \"wg0\" ip saddr {other} udp dport 9094 accept"),
+        ] {
+            assert!(listed.contains(&rule), "{rule} is not in {listed}");
+        }
+    }
 }
 
 #[test]

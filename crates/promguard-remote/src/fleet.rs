@@ -411,6 +411,7 @@ pub fn desired_host(
                 .parse()
                 .expect("a valid socket address")
         }),
+        alertmanager_cluster: managed_prometheus.and_then(|p| p.alertmanager_cluster.clone()),
         install_packages: programs == Programs::Packages,
         guest,
     })

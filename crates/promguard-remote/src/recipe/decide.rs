@@ -455,7 +455,7 @@ fn alertmanager_actions(
     let Some(listen) = host.alertmanager_listen else {
         return;
     };
-    let flags = script::alertmanager_args(listen);
+    let flags = script::alertmanager_args(listen, host.alertmanager_cluster.as_ref());
     let defaults_changed = facts.systemd && touched.any(FileKind::AlertmanagerDefaults);
     match daemon_start(
         facts.systemd,
@@ -598,7 +598,10 @@ mod tests {
             alertmanager: match host.alertmanager_listen {
                 Some(listen) => {
                     let mut args = vec![script::ALERTMANAGER_BIN.to_owned()];
-                    args.extend(script::alertmanager_args(listen));
+                    args.extend(script::alertmanager_args(
+                        listen,
+                        host.alertmanager_cluster.as_ref(),
+                    ));
                     running_with(args)
                 }
                 None => ProcessState::Stopped,
@@ -1110,6 +1113,44 @@ mod tests {
                 .map(ToString::to_string)
                 .collect();
             assert_eq!(actions, ["start prometheus-postgres-exporter"]);
+        }
+    }
+
+    /// A second replica makes the first one's Alertmanager gossip: it
+    /// restarts with the cluster flags (a reload rereads only its config),
+    /// and once it runs them nothing more happens.
+    #[test]
+    fn alertmanager_restarts_to_join_the_replicas_cluster() {
+        for systemd in [true, false] {
+            let host = monitor();
+            let facts = converged(&host, systemd);
+            assert!(decide(&host, &facts).unwrap().is_empty());
+
+            let mut clustered = host.clone();
+            clustered.alertmanager_cluster = Some(promguard_core::plan::AlertmanagerCluster {
+                advertise: "10.0.0.1:9094".parse().unwrap(),
+                peers: vec!["10.0.0.2:9094".parse().unwrap()],
+                apis: vec!["10.0.0.2:9093".parse().unwrap()],
+                drop_labels: vec!["monitor".into(), "replica".into()],
+            });
+            let d = decide(&clustered, &facts).unwrap();
+            let actions: Vec<String> = d.actions.iter().map(ToString::to_string).collect();
+            assert_eq!(actions, ["restart alertmanager"], "systemd {systemd}");
+            let flags = script::alertmanager_args(
+                "127.0.0.1:9093".parse().unwrap(),
+                clustered.alertmanager_cluster.as_ref(),
+            );
+            for flag in [
+                "--web.listen-address=0.0.0.0:9093",
+                "--cluster.listen-address=0.0.0.0:9094",
+                "--cluster.advertise-address=10.0.0.1:9094",
+                "--cluster.peer=10.0.0.2:9094",
+            ] {
+                assert!(flags.contains(&flag.to_owned()), "{flags:?}");
+            }
+            assert!(decide(&clustered, &converged(&clustered, systemd))
+                .unwrap()
+                .is_empty());
         }
     }
 

@@ -32,6 +32,7 @@ pub mod script;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
+use promguard_core::plan::AlertmanagerCluster;
 use promguard_core::{HostName, InterfaceName, Role};
 use sha2::{Digest, Sha256};
 
@@ -72,6 +73,9 @@ pub struct DesiredHost {
     /// without it. Its config is the file of kind
     /// [`FileKind::AlertmanagerConfig`].
     pub alertmanager_listen: Option<SocketAddr>,
+    /// Alertmanager's gossip with the other replicas' Alertmanagers;
+    /// `None` on a monitor without replicas (gossip off).
+    pub alertmanager_cluster: Option<AlertmanagerCluster>,
     /// Install missing packages with apt-get (cloud hosts). When false, a
     /// missing program is an error.
     pub install_packages: bool,
@@ -504,6 +508,7 @@ pub(crate) mod test_support {
             exporters: Vec::new(),
             prometheus_listen: None,
             alertmanager_listen: None,
+            alertmanager_cluster: None,
             install_packages: false,
             guest: None,
         }

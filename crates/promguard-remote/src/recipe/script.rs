@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use promguard_core::plan::AlertmanagerCluster;
 
 use super::decide::{Action, Decision};
 use super::facts::{ALERTMANAGER, NODE_EXPORTER, PROMETHEUS, WG_METRICS};
@@ -150,15 +151,47 @@ pub fn common_files() -> Vec<DesiredFile> {
     )]
 }
 
-/// Alertmanager's flags: loopback only, and no cluster listener (its
-/// default would gossip on port 9094 of every address).
-pub fn alertmanager_args(listen: std::net::SocketAddr) -> Vec<String> {
-    vec![
+/// Alertmanager's flags: its API on loopback only; without replicas no
+/// cluster listener (its default would gossip on port 9094 of every
+/// address), with them the gossip with the other replicas'.
+pub fn alertmanager_args(
+    listen: std::net::SocketAddr,
+    cluster: Option<&AlertmanagerCluster>,
+) -> Vec<String> {
+    let mut args = vec![
         format!("--config.file={ALERTMANAGER_CONFIG_PATH}"),
         format!("--storage.path={ALERTMANAGER_STORAGE}"),
-        format!("--web.listen-address={listen}"),
-        "--cluster.listen-address=".to_owned(),
-    ]
+    ];
+    match cluster {
+        // Gossip off: nobody to share notifications with.
+        None => args.extend([
+            format!("--web.listen-address={listen}"),
+            "--cluster.listen-address=".to_owned(),
+        ]),
+        Some(cluster) => {
+            // Every address, not the WireGuard one, which may not exist
+            // yet when Alertmanager starts at boot (and loopback still
+            // answers the tunnel and the recipe); the firewall lets only
+            // the other replicas in over WireGuard, and the others are
+            // told the WireGuard address.
+            let any = |port: u16| {
+                let ip: std::net::IpAddr = if cluster.advertise.is_ipv4() {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                };
+                std::net::SocketAddr::new(ip, port)
+            };
+            args.push(format!("--web.listen-address={}", any(listen.port())));
+            args.push(format!(
+                "--cluster.listen-address={}",
+                any(cluster.advertise.port())
+            ));
+            args.push(format!("--cluster.advertise-address={}", cluster.advertise));
+            args.extend(cluster.peers.iter().map(|p| format!("--cluster.peer={p}")));
+        }
+    }
+    args
 }
 
 fn prometheus_args(listen: std::net::SocketAddr) -> Vec<String> {
@@ -167,6 +200,20 @@ fn prometheus_args(listen: std::net::SocketAddr) -> Vec<String> {
         format!("--storage.tsdb.path={PROMETHEUS_STORAGE}"),
         format!("--web.listen-address={listen}"),
     ]
+}
+
+/// The listeners `ss` shows once Alertmanager's API is up, for
+/// `wait_listening` (a space-separated, quoted list): `listen` itself, or
+/// with a cluster the wildcard of its port, which Go opens as one
+/// dual-stack socket (`*`) where it can.
+fn alertmanager_listeners(host: &DesiredHost, listen: std::net::SocketAddr) -> String {
+    let port = listen.port();
+    let list = match &host.alertmanager_cluster {
+        None => listen.to_string(),
+        Some(c) if c.advertise.is_ipv4() => format!("0.0.0.0:{port} *:{port}"),
+        Some(_) => format!("[::]:{port} *:{port}"),
+    };
+    shell_quote(&list)
 }
 
 /// The files the recipe writes itself on a systemd host.
@@ -243,7 +290,7 @@ pub fn systemd_files(host: &DesiredHost) -> Vec<DesiredFile> {
             0o644,
             format!(
                 "# Managed by PromGuard.\nARGS=\"{}\"\n",
-                alertmanager_args(listen).join(" ")
+                alertmanager_args(listen, host.alertmanager_cluster.as_ref()).join(" ")
             ),
         ));
     }
@@ -544,7 +591,7 @@ fn plain_action(s: &mut String, host: &DesiredHost, action: &Action) {
             let listen = host
                 .alertmanager_listen
                 .expect("Alertmanager actions only when it is wanted");
-            let args: Vec<String> = alertmanager_args(listen)
+            let args: Vec<String> = alertmanager_args(listen, host.alertmanager_cluster.as_ref())
                 .iter()
                 .map(|a| shell_quote(a))
                 .collect();
@@ -555,7 +602,7 @@ fn plain_action(s: &mut String, host: &DesiredHost, action: &Action) {
                  start_daemon {ALERTMANAGER} {ALERTMANAGER_BIN} {}\n\
                  wait_listening alertmanager {} tail -n 20 {RUN_DIR}/{ALERTMANAGER}.log",
                 args.join(" "),
-                shell_quote(&listen.to_string())
+                alertmanager_listeners(host, listen)
             );
         }
         Action::ReloadAlertmanager => {
@@ -680,7 +727,7 @@ fn systemd_action(s: &mut String, host: &DesiredHost, action: &Action) {
                 s,
                 "systemctl unmask --runtime --quiet {ALERTMANAGER_UNIT}; systemctl enable --quiet {ALERTMANAGER_UNIT} && systemctl restart {ALERTMANAGER_UNIT} || fail \"cannot start {ALERTMANAGER_UNIT}\"\n\
                  wait_listening alertmanager {} journalctl -u {ALERTMANAGER_UNIT} -n 20 --no-pager",
-                shell_quote(&listen.to_string())
+                alertmanager_listeners(host, listen)
             );
         }
         Action::ReloadAlertmanager => {

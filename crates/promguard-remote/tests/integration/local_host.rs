@@ -327,6 +327,7 @@ fn converge_a_local_monitor() {
         exporters: Vec::new(),
         prometheus_listen: Some("127.0.0.1:9090".parse().unwrap()),
         alertmanager_listen: None,
+        alertmanager_cluster: None,
         install_packages: false,
         guest: None,
     };
@@ -558,6 +559,7 @@ fn a_guest_refuses_the_hosts_own_interface_and_leaves_no_trace() {
         exporters: Vec::new(),
         prometheus_listen: None,
         alertmanager_listen: None,
+        alertmanager_cluster: None,
         install_packages: false,
         guest: Some(recipe::Guest {
             wireguard_port: promguard_core::Port::new(51827).unwrap(),

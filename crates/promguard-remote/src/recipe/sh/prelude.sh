@@ -32,15 +32,19 @@ write_file() {
   fi
   sync -- "$dir" || fail "cannot flush the directory of $1"
 }
-# wait_listening WHAT ADDR LOGCMD...: up to 15 s for a TCP listener on ADDR.
+# wait_listening WHAT ADDRS LOGCMD...: up to 15 s for a TCP listener on one
+# of ADDRS (space-separated, as `ss` prints them).
 wait_listening() {
-  what=$1 addr=$2; shift 2
+  what=$1 addrs=$2; shift 2
   i=0
   while [ "$i" -lt 150 ]; do
-    if ss -Hltn | awk '{print $4}' | grep -Fxq -- "$addr"; then return 0; fi
+    # awk, not a shell loop: `*:9093` must not glob.
+    if ss -Hltn | awk -v want=" $addrs " 'index(want, " " $4 " ") { found = 1 } END { exit !found }'; then
+      return 0
+    fi
     sleep 0.1; i=$((i + 1))
   done
-  echo "promguard: $what is not listening on $addr after 15 s; its last log lines:" >&2
+  echo "promguard: $what is not listening on $addrs after 15 s; its last log lines:" >&2
   "$@" >&2 || true
   exit 1
 }
