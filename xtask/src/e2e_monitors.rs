@@ -199,7 +199,7 @@ fn replicas_scenario(d: &Deployment, provider: &LocalProvider, receiver: &Receiv
             .with_context(|| format!("status does not list {monitor}"))?["remote_write"]
             .clone();
         ensure!(
-            queue["samples_pending"].is_number() && queue["samples_failed"].is_number(),
+            queue["samples_pending"].is_u64() && queue["samples_failed"].is_u64(),
             "status shows no remote_write queue of {monitor}: {queue}"
         );
     }

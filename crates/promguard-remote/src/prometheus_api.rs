@@ -124,13 +124,13 @@ pub fn parse_targets(body: &[u8]) -> Result<Vec<TargetHealth>, String> {
 pub const REMOTE_WRITE_PATH: &str = "/api/v1/query?query=%7B__name__%3D~%22prometheus_remote_storage_samples_pending%7Cprometheus_remote_storage_samples_failed_total%22%7D";
 
 /// A monitor's remote_write queue, summed over its queues.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RemoteWriteQueue {
     /// Samples read from the WAL and not sent yet.
-    pub samples_pending: f64,
+    pub samples_pending: u64,
     /// Samples that failed to send and were dropped, since Prometheus
     /// started.
-    pub samples_failed: f64,
+    pub samples_failed: u64,
 }
 
 #[derive(Deserialize)]
@@ -161,16 +161,24 @@ pub fn parse_remote_write(body: &[u8]) -> Result<Option<RemoteWriteQueue>, Strin
     }
     let mut queue = RemoteWriteQueue::default();
     for sample in data.result {
+        // Prometheus writes every value as a float; these count samples,
+        // so anything but a finite, non-negative number is a wrong answer
+        // (Rust would parse "NaN" and "-1" too).
         let value: f64 = sample
             .value
             .1
             .parse()
-            .map_err(|_| "Prometheus answered a sample that is no number".to_owned())?;
-        match sample.metric.get("__name__").map(String::as_str) {
-            Some("prometheus_remote_storage_samples_pending") => queue.samples_pending += value,
-            Some("prometheus_remote_storage_samples_failed_total") => queue.samples_failed += value,
+            .ok()
+            .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| "Prometheus answered a sample count that is no count".to_owned())?;
+        // Saturating, as `as` is for floats beyond u64.
+        let count = value.round() as u64;
+        let total = match sample.metric.get("__name__").map(String::as_str) {
+            Some("prometheus_remote_storage_samples_pending") => &mut queue.samples_pending,
+            Some("prometheus_remote_storage_samples_failed_total") => &mut queue.samples_failed,
             _ => return Err("Prometheus answered a series that was not asked for".to_owned()),
-        }
+        };
+        *total = total.saturating_add(count);
     }
     Ok(Some(queue))
 }
@@ -324,15 +332,19 @@ mod tests {
         assert_eq!(
             parse_remote_write(body).unwrap(),
             Some(RemoteWriteQueue {
-                samples_pending: 15.0,
-                samples_failed: 7.0
+                samples_pending: 15,
+                samples_failed: 7
             })
         );
         let none = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
         assert_eq!(parse_remote_write(none).unwrap(), None);
         let odd = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"up"},"value":[1,"1"]}]}}"#;
         assert!(parse_remote_write(odd).is_err());
-        let nan = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"prometheus_remote_storage_samples_pending"},"value":[1,"x"]}]}}"#;
-        assert!(parse_remote_write(nan).is_err());
+        for bad in ["x", "NaN", "-1", "+Inf"] {
+            let body = format!(
+                r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{"__name__":"prometheus_remote_storage_samples_pending"}},"value":[1,"{bad}"]}}]}}}}"#
+            );
+            assert!(parse_remote_write(body.as_bytes()).is_err(), "{bad}");
+        }
     }
 }

@@ -230,8 +230,8 @@ pub fn run(config: Option<&Path>, json: bool, parallel: NonZeroUsize) -> anyhow:
                 let q = m.remote_write?;
                 Some(vec![
                     m.name.clone(),
-                    format!("{}", q.samples_pending),
-                    format!("{}", q.samples_failed),
+                    q.samples_pending.to_string(),
+                    q.samples_failed.to_string(),
                 ])
             })
             .collect();
