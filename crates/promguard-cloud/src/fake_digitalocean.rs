@@ -347,8 +347,16 @@ impl Drop for FakeDigitalOcean {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(Runner::Task(task)) = self.runner.take() {
-            task.abort();
+        match self.runner.take() {
+            Some(Runner::Task(task)) => task.abort(),
+            // Joined, so that the backend's boots still under way have
+            // ended when the caller goes on to remove the machines behind
+            // the droplets (the thread's runtime waits for them as it
+            // drops): a boot that ended later would leave its machine.
+            Some(Runner::Thread(thread)) => {
+                let _ = thread.join();
+            }
+            None => {}
         }
     }
 }

@@ -612,6 +612,57 @@ fn the_fake_runs_on_its_own_thread_for_xtask() {
     fake.stop_blocking();
 }
 
+/// A backend whose boots take a while, counting those that ended.
+struct SlowBackend(std::sync::atomic::AtomicUsize);
+
+impl promguard_cloud::fake_digitalocean::DropletBackend for SlowBackend {
+    fn create(
+        &self,
+        _: &promguard_cloud::fake_digitalocean::DropletSpec,
+    ) -> Result<std::net::Ipv4Addr, String> {
+        std::thread::sleep(Duration::from_millis(500));
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(std::net::Ipv4Addr::new(198, 51, 100, 7))
+    }
+
+    fn destroy(&self, _: &promguard_cloud::fake_digitalocean::DropletSpec) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+// Regression: dropping the fake while a droplet still booted returned at
+// once, so xtask removed the machines behind the droplets before that
+// boot ended, and its machine was left running.
+#[test]
+fn dropping_the_fake_waits_for_the_boots_under_way() {
+    let backend = std::sync::Arc::new(SlowBackend(Default::default()));
+    let fake = FakeDigitalOcean::start_in_thread(FakeOptions {
+        backend: backend.clone(),
+        ..FakeOptions::default()
+    })
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, _) = runtime.block_on(raw(
+        &fake,
+        reqwest::Method::POST,
+        "/v2/droplets",
+        Some(serde_json::json!({
+            "name": "promguard-node-1",
+            "region": "lon1",
+            "size": "s-1vcpu-1gb",
+            "image": "debian-12-x64",
+        })),
+    ));
+    assert_eq!(status, 202);
+    // The boot is under way (it takes 500 ms).
+    std::thread::sleep(Duration::from_millis(100));
+    drop(fake);
+    assert_eq!(backend.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 /// Sends one raw request to the fake, as another API client would.
 async fn raw(
     fake: &FakeDigitalOcean,
