@@ -373,6 +373,14 @@ fn firewall_checks(d: &Deployment, provider: &LocalProvider) -> Result<()> {
             .parse()
             .with_context(|| format!("the {which} of {host}"))
     };
+    // Whether `host` can open a TCP connection to `ip`:`port`.
+    let tcp_from = |host: &str, ip: IpAddr, port: u16| -> Result<bool> {
+        let out = d.ssh(
+            host,
+            &format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{port}'"),
+        )?;
+        Ok(out.status.success())
+    };
     let storage_wg = address(STORAGE, "wireguard_address")?;
     let storage_public = address(STORAGE, "public_address")?;
     for node in NODES {
@@ -381,29 +389,14 @@ fn firewall_checks(d: &Deployment, provider: &LocalProvider) -> Result<()> {
             SocketAddr::new(storage_public, 8428),
             SocketAddr::new(storage_wg, 9100),
         ] {
-            let out = d.ssh(
-                node,
-                &format!(
-                    "timeout 3 bash -c 'exec 3<>/dev/tcp/{}/{}'",
-                    target.ip(),
-                    target.port()
-                ),
-            )?;
             ensure!(
-                !out.status.success(),
+                !tcp_from(node, target.ip(), target.port())?,
                 "{node} reached the storage host at {target}"
             );
         }
     }
     // Alertmanager's API and gossip: the other replica reaches them over
     // the tunnel (so the refusals below mean something), a node does not.
-    let tcp_from = |host: &str, ip: IpAddr, port: u16| -> Result<bool> {
-        let out = d.ssh(
-            host,
-            &format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{port}'"),
-        )?;
-        Ok(out.status.success())
-    };
     let first = address(MONITORS[0], "wireguard_address")?;
     for port in [9093, 9094] {
         ensure!(
@@ -521,8 +514,9 @@ fn alertmanager_status(d: &Deployment, monitor: &str) -> Result<Value> {
 /// the same alerts in the same states, as two Alertmanagers that do not
 /// share their log send.
 fn check_no_duplicates(receiver: &Receiver) -> Result<()> {
+    let notifications = receiver.notifications();
     let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for n in receiver.notifications() {
+    for n in &notifications {
         let mut alerts: Vec<String> = n["alerts"]
             .as_array()
             .cloned()
@@ -537,8 +531,7 @@ fn check_no_duplicates(receiver: &Receiver) -> Result<()> {
             .push(format!("{} from {}", n["receivedAt"], n["externalURL"]));
     }
     if let Some((key, times)) = seen.iter().find(|(_, times)| times.len() > 1) {
-        let all: Vec<String> = receiver
-            .notifications()
+        let all: Vec<String> = notifications
             .iter()
             .map(|n| {
                 format!(

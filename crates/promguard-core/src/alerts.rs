@@ -17,7 +17,9 @@ use crate::prometheus::yaml_string;
 /// Where the rules file lives on the monitor. Not under
 /// [`crate::prometheus::TARGETS_DIR`], which holds only file_sd targets.
 pub const RULES_PATH: &str = "/etc/prometheus/promguard-rules/promguard.rules.yml";
-/// Where Alertmanager listens on the monitor: loopback only.
+/// Where Alertmanager's API is reached on the monitor: loopback (only
+/// there without replicas; with them it listens on every address, which
+/// the firewall opens to the other replicas alone).
 pub const ALERTMANAGER_LISTEN: &str = "127.0.0.1:9093";
 /// The port of Alertmanager's API, which the other replicas' Prometheus
 /// servers send their alerts to over WireGuard.

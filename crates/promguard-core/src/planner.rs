@@ -27,7 +27,7 @@ use crate::plan::{
 };
 use crate::shards::{ShardId, Shards};
 use crate::state::{HostRecord, PairKey, State};
-use crate::topology::{MonitorSlot, RemoteWriteAuth};
+use crate::topology::{MonitorSlot, RemoteWriteAuth, REPLICA_LABELS};
 
 /// Why a plan cannot be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -558,11 +558,14 @@ fn host_plan(cx: &Context<'_>, role: Role, spec: &crate::config::HostSpec) -> Ho
     };
     scrapers.sort();
     scrapers.dedup();
-    // A monitor's other replicas: peers for Alertmanager's gossip, not
-    // scraped (each replica watches the same nodes, not the others).
+    // A monitor's peers that are monitors, its other replicas: there for
+    // Alertmanager's gossip, not scraped (each replica watches the same
+    // nodes, not the others).
     let replicas: Vec<&HostName> = match role {
-        Role::Monitor => star
-            .replicas_of(&spec.name, slots.get(&spec.name).and_then(|s| s.shard))
+        Role::Monitor => peer_names
+            .iter()
+            .copied()
+            .filter(|p| state.hosts[*p].role == Role::Monitor)
             .collect(),
         Role::Node | Role::Storage => Vec::new(),
     };
@@ -604,8 +607,8 @@ fn host_plan(cx: &Context<'_>, role: Role, spec: &crate::config::HostSpec) -> Ho
     let external_labels = match slot {
         Some(slot) if config.topology.is_several() || config.remote_write.is_some() => {
             let mut labels = vec![
-                ("monitor".to_owned(), spec.name.to_string()),
-                ("replica".to_owned(), slot.replica.to_string()),
+                (REPLICA_LABELS[0].to_owned(), spec.name.to_string()),
+                (REPLICA_LABELS[1].to_owned(), slot.replica.to_string()),
             ];
             if let Some(shard) = slot.shard {
                 labels.push(("shard".to_owned(), shard.to_string()));
@@ -641,7 +644,7 @@ fn host_plan(cx: &Context<'_>, role: Role, spec: &crate::config::HostSpec) -> Ho
             // The storage engine keeps one of identical series' samples
             // per interval: the replicas' series must be identical.
             drop_labels: if storage.is_some() {
-                vec!["monitor".to_owned(), "replica".to_owned()]
+                REPLICA_LABELS.map(str::to_owned).to_vec()
             } else {
                 Vec::new()
             },
@@ -659,8 +662,8 @@ fn host_plan(cx: &Context<'_>, role: Role, spec: &crate::config::HostSpec) -> Ho
                     .iter()
                     .map(|&a| SocketAddr::new(a, ALERTMANAGER_API_PORT))
                     .collect(),
-                // What tells the replicas apart; `shard` is the same for all.
-                drop_labels: vec!["monitor".to_owned(), "replica".to_owned()],
+                // `shard` is the same for all of them.
+                drop_labels: REPLICA_LABELS.map(str::to_owned).to_vec(),
             }
         });
     let prometheus = (role == Role::Monitor).then(|| PrometheusPlan {

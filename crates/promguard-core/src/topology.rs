@@ -63,6 +63,11 @@ pub struct MonitorSlot<'a> {
 /// The largest number of replicas per shard.
 pub const MAX_REPLICAS: u16 = 9;
 
+/// The external labels that tell a shard's replicas apart: dropped where
+/// the replicas' copies must be one (writes to the storage host, alerts to
+/// the Alertmanager cluster).
+pub const REPLICA_LABELS: [&str; 2] = ["monitor", "replica"];
+
 /// The name of replica `replica` of `shard`.
 pub fn monitor_name(prefix: &str, shard: Option<&ShardId>, replica: u16) -> String {
     match shard {
